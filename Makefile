@@ -1,0 +1,57 @@
+# gradient-sandbox: every target that needs Python depends on the virtual environment, which
+# is rebuilt only when pyproject.toml changes; `make test` and `make studies` work from a
+# fresh clone with nothing typed first.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export MPLBACKEND := agg
+export PYTHONPATH := $(CURDIR)
+
+STUDIES := gradient descent
+
+.PHONY: setup test test-all test-x64 lint format studies quick figures bench clean $(STUDIES)
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+test-x64: $(STAMP)
+	JAX_ENABLE_X64=1 $(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+$(STUDIES): $(STAMP)
+	$(PY) -m studies.$@
+
+studies: $(STUDIES)
+
+quick: $(STAMP)
+	@set -e; for s in $(STUDIES); do echo "== $$s (quick)"; $(PY) -m studies.$$s --quick; done
+
+figures: $(STAMP)
+	@set -e; for s in $(STUDIES); do $(PY) -m studies.$$s --plot-only; done
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.sweep
+
+clean:
+	rm -rf results .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

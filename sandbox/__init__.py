@@ -1,0 +1,1 @@
+"""gradient-sandbox: gradients, descent sweeps and optimization landscapes in JAX."""

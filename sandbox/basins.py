@@ -1,0 +1,90 @@
+"""Which minimum a run reached: endpoint classification, basin fractions and basin maps."""
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from sandbox import sweep
+
+NOT_CONVERGED = -1
+DIVERGED = -2
+
+
+def classify(
+    x: Any, points: Any, tol: float, diverged: Any | None = None
+) -> np.ndarray:
+    """Labels endpoints by the point they reached.
+
+    Args:
+      x: [N, d] endpoints.
+      points: [k, d] candidate points (minima, usually).
+      tol: an endpoint within this Euclidean distance of a point gets its index.
+      diverged: optional [N] bool; these runs are labelled `DIVERGED` whatever their x.
+
+    Returns:
+      [N] int32: the index of the nearest point within `tol`, `NOT_CONVERGED` (-1) when
+      none is that close, `DIVERGED` (-2) for diverged or non-finite endpoints.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    points = np.asarray(points, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"`x` must have shape [N, d], got {x.shape}")
+    if points.ndim != 2 or points.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"`points` must have shape [k, {x.shape[1]}], got {points.shape}"
+        )
+    if not tol > 0:
+        raise ValueError(f"`tol` must be positive, got {tol}")
+    labels = np.full(len(x), NOT_CONVERGED, dtype=np.int32)
+    if len(points):
+        dist = np.linalg.norm(x[:, None, :] - points[None, :, :], axis=-1)
+        nearest = np.argmin(dist, axis=1)
+        close = dist[np.arange(len(x)), nearest] <= tol
+        labels[close] = nearest[close]
+    bad = ~np.all(np.isfinite(x), axis=1)
+    if diverged is not None:
+        bad |= np.asarray(diverged, dtype=bool)
+    labels[bad] = DIVERGED
+    return labels
+
+
+def fractions(labels: Any, num_points: int) -> np.ndarray:
+    """Share of runs per label: [num_points + 2] = basins 0..k-1, not converged, diverged."""
+    labels = np.asarray(labels).ravel()
+    if labels.size == 0:
+        raise ValueError("`labels` must not be empty")
+    counts = np.array(
+        [np.sum(labels == i) for i in range(num_points)]
+        + [np.sum(labels == NOT_CONVERGED), np.sum(labels == DIVERGED)],
+        dtype=np.float64,
+    )
+    return counts / labels.size
+
+
+def basin_map(
+    fn: Callable | str,
+    bounds: Any,
+    n: int | tuple[int, int],
+    points: Any,
+    *,
+    tol: float = 1e-2,
+    **descend_kwargs: Any,
+) -> np.ndarray:
+    """Descends from every start of an H x W grid and labels each start by its endpoint.
+
+    Args:
+      fn: a landscape name or a function of x [2].
+      bounds: [2, 2] box of the grid of starts.
+      n: starts per side, or (H, W).
+      points: [k, 2] minima to label by.
+      tol: distance that counts as reaching a point.
+      **descend_kwargs: passed to `sweep.descend` (`steps`, `lr`, `optimizer`, ...).
+
+    Returns:
+      labels_HxW int32 (row i is the i-th y value, column j the j-th x value).
+    """
+    starts = sweep.grid(bounds, n)
+    h, w = (n, n) if np.isscalar(n) else n
+    run = sweep.descend(fn, starts, **descend_kwargs)
+    return classify(run.x, points, tol, run.diverged).reshape(h, w)
