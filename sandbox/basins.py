@@ -11,9 +11,7 @@ NOT_CONVERGED = -1
 DIVERGED = -2
 
 
-def classify(
-    x: Any, points: Any, tol: float, diverged: Any | None = None
-) -> np.ndarray:
+def classify(x: Any, points: Any, tol: float, diverged: Any | None = None) -> np.ndarray:
     """Labels endpoints by the point they reached.
 
     Args:
@@ -31,9 +29,7 @@ def classify(
     if x.ndim != 2:
         raise ValueError(f"`x` must have shape [N, d], got {x.shape}")
     if points.ndim != 2 or points.shape[1] != x.shape[1]:
-        raise ValueError(
-            f"`points` must have shape [k, {x.shape[1]}], got {points.shape}"
-        )
+        raise ValueError(f"`points` must have shape [k, {x.shape[1]}], got {points.shape}")
     if not tol > 0:
         raise ValueError(f"`tol` must be positive, got {tol}")
     labels = np.full(len(x), NOT_CONVERGED, dtype=np.int32)

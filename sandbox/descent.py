@@ -119,9 +119,7 @@ def run(
             state = advance(state, b * record_every, record_every)
             return state, (state.x, fn(state.x))
 
-        state, (path, losses) = jax.lax.scan(
-            block, state, jnp.arange(blocks, dtype=jnp.int32)
-        )
+        state, (path, losses) = jax.lax.scan(block, state, jnp.arange(blocks, dtype=jnp.int32))
         path = jnp.concatenate([x0[None], path])
         losses = jnp.concatenate([fn(x0)[None], losses])
         tail = steps - blocks * record_every

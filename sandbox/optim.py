@@ -38,9 +38,7 @@ _OPTIMIZERS: dict[str, tuple[Callable[..., optax.GradientTransformation], dict]]
         {"lr": None, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4},
     ),
     "lion": (
-        lambda lr, b1, b2, weight_decay: optax.lion(
-            lr, b1=b1, b2=b2, weight_decay=weight_decay
-        ),
+        lambda lr, b1, b2, weight_decay: optax.lion(lr, b1=b1, b2=b2, weight_decay=weight_decay),
         {"lr": None, "b1": 0.9, "b2": 0.99, "weight_decay": 0.0},
     ),
 }

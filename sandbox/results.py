@@ -200,9 +200,7 @@ def parse_study_args(
     p.add_argument("--quick", action="store_true", help="small sizes (seconds)")
     p.add_argument("--out", type=Path, default=None, help="output folder")
     p.add_argument("--seed", type=int, default=None, help="override the config's seed")
-    p.add_argument(
-        "--plot-only", action="store_true", help="redraw figures from saved arrays"
-    )
+    p.add_argument("--plot-only", action="store_true", help="redraw figures from saved arrays")
     return p.parse_args(argv)
 
 

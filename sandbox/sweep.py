@@ -8,7 +8,6 @@ bounded for any N and compile once; the run axis of a chunk is split over all JA
 import functools
 import math
 import sys
-import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
 
 from sandbox import descent, landscapes, optim
 
@@ -89,9 +89,7 @@ def descend(
     _check_int("steps", steps, minimum=1)
     _check_int("record_every", record_every, minimum=0)
     if record_every > steps:
-        raise ValueError(
-            f"`record_every` must be at most `steps` ({steps}), got {record_every}"
-        )
+        raise ValueError(f"`record_every` must be at most `steps` ({steps}), got {record_every}")
     for name, value in (("tol", tol), ("bound", bound)):
         if not (np.isscalar(value) and np.isfinite(value) and value > 0):
             raise ValueError(f"`{name}` must be a positive finite number, got {value!r}")
@@ -121,15 +119,22 @@ def descend(
         return jax.device_put(part, sharding)
 
     outputs = []
-    bar = None
-    start = time.perf_counter()
-    for c in range(num_chunks):
-        lo = c * chunk
-        out = compiled(put(x0, lo), {k: put(v, lo) for k, v in hyper_N.items()}, *scalars)
-        outputs.append(jax.device_get(out))
-        bar = _progress(bar, progress, c + 1, num_chunks, chunk, n, start)
-    if bar is not None:
-        bar.close()
+    with tqdm(
+        total=n,
+        unit="run",
+        desc="descend",
+        file=sys.stderr,
+        leave=False,
+        # None: appear only once the sweep has run for a few seconds.
+        disable=not progress if progress is not None else num_chunks < 2,
+        delay=0 if progress else PROGRESS_AFTER_S,
+    ) as bar:
+        for c in range(num_chunks):
+            lo = c * chunk
+            x_chunk = put(x0, lo)
+            hyper_chunk = {k: put(v, lo) for k, v in hyper_N.items()}
+            outputs.append(jax.device_get(compiled(x_chunk, hyper_chunk, *scalars)))
+            bar.update(min(chunk, n - lo))
 
     fields = {}
     for name in descent.Run._fields:
@@ -191,25 +196,11 @@ def _compiled(
         mesh=_mesh(num_devices),
         in_specs=(P("runs"), P("runs"), P(), P()),
         out_specs=P("runs"),
+        # Runs are independent: nothing is communicated, and carries created inside the
+        # run (flags, counters) need not be marked as varying over the run axis.
+        check_vma=False,
     )
     return jax.jit(sharded)
-
-
-def _progress(bar, progress, done, total, chunk, n, start):
-    if progress is False or total <= 1:
-        return bar
-    if bar is None:
-        elapsed = time.perf_counter() - start
-        expected = elapsed / done * total
-        if progress is None and expected < PROGRESS_AFTER_S:
-            return None
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, unit="run", desc="descend", file=sys.stderr, leave=False)
-        bar.update(min(done * chunk, n))
-        return bar
-    bar.update(min(chunk, n - bar.n))
-    return bar
 
 
 def _check_starts(x0: Any) -> np.ndarray:
