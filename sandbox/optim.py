@@ -66,7 +66,8 @@ def make(name: str, **hyper: Any) -> optax.GradientTransformation:
     Returns:
       An `optax.GradientTransformation`.
     """
-    return _OPTIMIZERS[name][0](**resolve(name, hyper))
+    hyper = resolve(name, hyper)
+    return _OPTIMIZERS[name][0](**hyper)
 
 
 def resolve(name: str, hyper: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,195 @@
+"""sweep.descend against theory and against a plain loop of single runs."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sandbox import descent, sweep
+
+
+def himmelblau(x):
+    return (x[0] ** 2 + x[1] - 11) ** 2 + (x[0] + x[1] ** 2 - 7) ** 2
+
+
+def _starts(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-6, 6, (n, 2)).astype(np.float32)
+
+
+@pytest.mark.parametrize("optimizer, atol", [("momentum", 1e-5), ("adam", 1e-3)])
+def test_vmapped_sweep_equals_a_loop_of_single_runs(optimizer, atol):
+    x0 = _starts(37)
+    lr = np.geomspace(1e-4, 1e-2, 37).astype(np.float32)
+    got = sweep.descend(himmelblau, x0, optimizer=optimizer, steps=200, lr=lr, record_every=50)
+    one = jax.jit(
+        lambda x, lr: descent.run(
+            himmelblau, x, {"lr": lr}, optimizer=optimizer, steps=200, record_every=50
+        )
+    )
+    for i in range(len(x0)):
+        want = one(x0[i], lr[i])
+        # Batched and unbatched code round differently (vector FMA, reduction order).
+        # Momentum contracts those differences; Adam divides by sqrt(nu), which amplifies
+        # them where the gradient is tiny, so its tolerance is looser.
+        np.testing.assert_allclose(got.x[i], want.x, rtol=0, atol=atol)
+        np.testing.assert_allclose(got.path[i], want.path, rtol=0, atol=atol)
+        assert abs(int(got.steps_to_tol[i]) - int(want.steps_to_tol)) <= 1
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 1000])
+def test_results_do_not_depend_on_chunk_size(chunk_size):
+    x0 = _starts(300, seed=1)
+    lr = np.geomspace(1e-3, 6e-2, 300).astype(np.float32)
+    ref = sweep.descend(himmelblau, x0, steps=300, lr=lr)
+    got = sweep.descend(himmelblau, x0, steps=300, lr=lr, chunk_size=chunk_size)
+    # Each run is elementwise in its own lane, so chunking only changes vector-lane
+    # placement: allow one float32 rounding step of difference at most.
+    np.testing.assert_allclose(got.x, ref.x, rtol=2e-6, atol=2e-6)
+    np.testing.assert_array_equal(got.diverged, ref.diverged)
+    np.testing.assert_array_equal(got.diverged_step, ref.diverged_step)
+
+
+def test_results_do_not_depend_on_device_count(tmp_path):
+    # Eight simulated CPU devices need a fresh process: XLA reads the flag at start-up.
+    script = textwrap.dedent(
+        """
+        import sys, numpy as np, jax
+        from sandbox import sweep
+        f = lambda x: (x[0] ** 2 + x[1] - 11) ** 2 + (x[0] + x[1] ** 2 - 7) ** 2
+        x0 = np.random.default_rng(2).uniform(-6, 6, (203, 2)).astype(np.float32)
+        lr = np.geomspace(1e-3, 6e-2, 203).astype(np.float32)
+        r = sweep.descend(f, x0, optimizer="momentum", steps=250, lr=lr, momentum=0.5,
+                          chunk_size=64)
+        np.savez(sys.argv[1], x=r.x, diverged=r.diverged, n=jax.device_count())
+        """
+    )
+    outs = {}
+    for count in (1, 8):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}")
+        path = tmp_path / f"d{count}.npz"
+        subprocess.run(
+            [sys.executable, "-c", script, str(path)],
+            env=env,
+            check=True,
+            cwd=Path(__file__).parents[1],
+        )
+        outs[count] = np.load(path)
+        assert int(outs[count]["n"]) == count
+    np.testing.assert_allclose(outs[8]["x"], outs[1]["x"], rtol=2e-6, atol=2e-6)
+    np.testing.assert_array_equal(outs[8]["diverged"], outs[1]["diverged"])
+
+
+@pytest.mark.parametrize("c", [0.5, 3.0, 40.0])
+def test_gd_on_a_quadratic_converges_iff_lr_below_two_over_curvature(c):
+    f = lambda x: 0.5 * c * jnp.sum(x**2)  # noqa: E731
+    lr = np.array([0.9, 1.1]) * 2 / c
+    r = sweep.descend(f, np.ones((2, 1), np.float32), steps=2000, lr=lr, bound=1e3)
+    # |1 - lr c| = 0.8 contracts to ~1e-194 (0 in float32); 1.2 grows past the bound.
+    assert abs(r.x[0, 0]) < 1e-6 and not r.diverged[0]
+    assert r.diverged[1]
+
+
+def test_divergence_freezes_the_run_at_its_last_good_point_and_spares_the_others():
+    f = lambda x: jnp.sum(x**2)  # noqa: E731  GD: x_t+1 = (1 - 2 lr) x_t
+    x0 = np.ones((3, 1), np.float32)
+    lr = np.array([1.5, 0.25, 1.5], np.float32)  # factors -2, 0.5, -2
+    r = sweep.descend(f, x0, steps=50, lr=lr, bound=1e3)
+    # x_t = (-2)^t: x_10 = 1024 leaves the bound, so update 9 diverges and x_9 = -512 stays.
+    np.testing.assert_array_equal(r.diverged, [True, False, True])
+    np.testing.assert_array_equal(r.diverged_step, [9, -1, 9])
+    np.testing.assert_allclose(r.x[[0, 2], 0], [-512.0, -512.0], rtol=0)
+    alone = sweep.descend(f, x0[1:2], steps=50, lr=0.25)
+    np.testing.assert_array_equal(r.x[1], alone.x[0])
+    # Non-finite growth (inf / nan) is caught the same way.
+    r = sweep.descend(f, x0[:1], steps=500, lr=1.5, bound=3e38)
+    assert r.diverged[0] and np.all(np.isfinite(r.x))
+
+
+def test_recorded_path_matches_the_recurrence_and_steps_to_tol():
+    f = lambda x: jnp.sum(x**2)  # noqa: E731
+    x0 = np.array([[1.0, -2.0]], np.float32)
+    r = sweep.descend(f, x0, steps=20, lr=0.25, record_every=4, tol=1e-3)
+    t = np.arange(0, 21, 4)
+    np.testing.assert_allclose(r.path[0], x0[0] * 0.5 ** t[:, None], rtol=1e-6)
+    np.testing.assert_allclose(r.losses[0], 5.0 * 0.25**t, rtol=1e-6)
+    # |grad| = 2 |x0| 0.5^t = 2 sqrt(5) 0.5^t <= 1e-3 first at t = ceil(log2(2 sqrt5 / 1e-3)).
+    assert r.steps_to_tol[0] == int(np.ceil(np.log2(2 * np.sqrt(5) / 1e-3)))
+    # A path whose length is not a multiple of record_every still runs every step.
+    r2 = sweep.descend(f, x0, steps=22, lr=0.25, record_every=4)
+    assert r2.path.shape == (1, 6, 2)
+    np.testing.assert_allclose(r2.x[0], x0[0] * 0.5**22, rtol=1e-6)
+
+
+def test_no_recompilation_for_new_values_of_the_same_shapes():
+    traces = []
+
+    def f(x):
+        traces.append(1)  # runs only while tracing
+        return jnp.sum(x**2)
+
+    sweep.descend(f, _starts(16), steps=10, lr=0.1)
+    n = len(traces)
+    sweep.descend(f, _starts(16, seed=3), steps=10, lr=np.full(16, 0.2, np.float32))
+    sweep.descend(f, _starts(16, seed=4), steps=10, lr=0.05, tol=1e-2, bound=10.0)
+    assert len(traces) == n
+
+
+def test_named_landscape_equals_its_function():
+    from sandbox import landscapes
+
+    x0 = _starts(10)
+    a = sweep.descend("himmelblau", x0, steps=100, lr=0.01)
+    b = sweep.descend(landscapes.get("himmelblau").fn, x0, steps=100, lr=0.01)
+    np.testing.assert_array_equal(a.x, b.x)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(optimizer="nope"), "unknown optimizer 'nope'.*adam"),
+        (dict(lr=0.0), "`lr` must be positive"),
+        (dict(lr=float("nan")), "`lr` must be finite"),
+        (dict(lr=np.array([0.1, -0.1, 0.1])), "`lr` must be positive"),
+        (dict(lr=np.ones(4)), r"`lr` must be a scalar or have shape \[3\]"),
+        (dict(steps=0), "`steps` must be >= 1"),
+        (dict(steps=2.5), "`steps` must be an integer"),
+        (dict(record_every=200), "`record_every` must be at most `steps`"),
+        (dict(x0=np.ones(3)), r"`x0` must have shape \[N, d\]"),
+        (dict(x0=np.ones((0, 2))), r"`x0` must have shape \[N, d\]"),
+        (dict(x0=np.array([[0.0, 1.0], [np.nan, 0.0], [1.0, 1.0]])), "`x0` must be finite; row 1"),
+        (dict(fn="nope"), "unknown landscape 'nope'"),
+        (dict(chunk_size=0), "`chunk_size` must be >= 1"),
+        (dict(tol=-1.0), "`tol` must be a positive"),
+        (dict(momentum=0.9), "unknown hyperparameter"),
+    ],
+)
+def test_bad_input_raises_a_value_error_naming_the_argument(kwargs, match):
+    args = dict(fn=himmelblau, x0=np.zeros((3, 2)), steps=100, lr=0.1)
+    args.update(kwargs)
+    fn, x0 = args.pop("fn"), args.pop("x0")
+    with pytest.raises(ValueError, match=match):
+        sweep.descend(fn, x0, **args)
+
+
+def test_grid_is_row_major_with_y_along_rows():
+    g = sweep.grid([[-1, 1], [0, 2]], (3, 2))
+    np.testing.assert_array_equal(g, [[-1, 0], [1, 0], [-1, 1], [1, 1], [-1, 2], [1, 2]])
+    with pytest.raises(ValueError, match="`bounds`"):
+        sweep.grid([[1, -1], [0, 1]], 4)
+
+
+def test_same_inputs_give_the_same_arrays():
+    x0 = _starts(50)
+    a = sweep.descend(himmelblau, x0, optimizer="adam", steps=100, lr=0.01)
+    b = sweep.descend(himmelblau, x0.copy(), optimizer="adam", steps=100, lr=0.01)
+    for name in ("x", "loss", "steps_to_tol"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    json.dumps(a.x.tolist())  # plain floats: results serialize
