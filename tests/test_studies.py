@@ -1,0 +1,112 @@
+"""Every study in --quick mode: files written, key numbers against theory, clean CLI errors."""
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sandbox import results
+
+ROOT = Path(__file__).parents[1]
+STUDIES = ["gradient", "descent"]
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory):
+    out = {}
+    for name in STUDIES:
+        folder = tmp_path_factory.mktemp(name)
+        importlib.import_module(f"studies.{name}").main(["--quick", "--out", str(folder)])
+        out[name] = folder
+    return out
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_quick_run_writes_the_run_folder(quick_runs, name):
+    folder = quick_runs[name]
+    for f in ("config.json", "arrays.npz", "meta.json", "summary.json"):
+        assert (folder / f).is_file(), f
+    assert list(folder.glob("*.png"))
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["wall_s"] > 0 and meta["backend"]
+
+
+def test_plot_only_redraws_from_saved_arrays(quick_runs):
+    folder = quick_runs["gradient"]
+    png = folder / "surface_quiver.png"
+    png.unlink()
+    importlib.import_module("studies.gradient").main(
+        ["--quick", "--out", str(folder), "--plot-only"]
+    )
+    assert png.is_file()
+
+
+def test_gradient_study_matches_the_analytic_gradient(quick_runs):
+    s = json.loads((quick_runs["gradient"] / "summary.json").read_text())
+    # |grad| <= 8 on [-2, 2]^2: one float32 rounding is 8 * 2^-23 ~ 1e-6.
+    assert s["grad_max_abs_error"]["measured"] <= 1e-6
+    assert s["uphill_fraction"]["measured"] == 1.0
+    # Marching-squares segments on a 101-point grid are straight chords of curved
+    # contours: their angle to the gradient is within a few degrees of 90.
+    assert s["contour_cos_median"]["measured"] < 0.01
+
+
+def test_descent_study_matches_theory(quick_runs):
+    s = json.loads((quick_runs["descent"] / "summary.json").read_text())
+    assert s["contraction_max_abs_error"]["measured"] < 1e-6
+    lo, hi = s["divergence_threshold"]["bracket"]
+    # The quick sweep spaces its 256 alphas (1.2 - 0.001) / 255 = 4.7e-3 apart.
+    assert lo < 1.0 <= hi and hi - lo < 5e-3
+    assert s["parabola_lr_0.98"]["oscillates"]
+    np.testing.assert_allclose(
+        s["parabola_lr_0.98"]["ratio_per_step"]["measured"], -0.96, atol=1e-6
+    )
+    assert (quick_runs["descent"] / "descent.gif").read_bytes()[:6] == b"GIF89a"
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--out", "/proc/forbidden"], "`--out` must be a writable folder"),
+        (["--seed", "abc"], "--seed"),
+        (["--bogus"], "unrecognized arguments"),
+    ],
+)
+def test_bad_command_line_is_one_line_and_exit_status_2(args, match):
+    r = _cli("studies.gradient", "--quick", *args)
+    assert r.returncode == 2
+    assert match in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_plot_only_without_results_is_a_clean_error(tmp_path):
+    r = _cli("studies.descent", "--quick", "--plot-only", "--out", str(tmp_path))
+    assert r.returncode == 2 and "without --plot-only" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_failed_run_keeps_earlier_results(tmp_path, monkeypatch):
+    study = importlib.import_module("studies.gradient")
+    study.main(["--quick", "--out", str(tmp_path)])
+    before = (tmp_path / "arrays.npz").read_bytes()
+
+    def boom(cfg):
+        raise ValueError("`grid_n` broke")
+
+    monkeypatch.setattr(study, "compute", boom)
+    with pytest.raises(SystemExit) as e:
+        study.main(["--quick", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert (tmp_path / "arrays.npz").read_bytes() == before
+    cfg, arrays, _ = results.load(tmp_path, study.Config)
+    assert cfg == study.QUICK
