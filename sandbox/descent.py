@@ -1,9 +1,17 @@
 """One descent run: a `lax.scan` of an Optax update on a scalar function, divergence-safe.
 
-Pure and unbatched: `run` follows one start `x0` of shape [d]; `sweep.descend` vmaps it over
-many starts and hyperparameters, chunks and shards it.
+Pure and unbatched: each function follows one start `x0` of shape [d]; `sweep.descend` vmaps
+them over many starts and hyperparameters, chunks and shards them.
+
+Inside a run the point is a tuple of d scalars rather than a [d] vector. Batched by vmap,
+each coordinate becomes its own contiguous [N] array, every operation of a step is
+elementwise across runs, and XLA compiles a step into a few fused loops that keep their
+values in vector registers. The gradient is taken in forward mode, one coordinate at a
+time, for the same reason: reverse mode through the `x[i]` of a user function turns each
+index into a pad, and pads split the fused loop (see docs/performance.md).
 """
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -12,6 +20,12 @@ import optax
 
 from sandbox import optim
 from sandbox.types import Array, ScalarFn
+
+# Up to this dimension the gradient is d forward-mode derivatives (fused, cheap for the
+# 2-D landscapes); above it, one reverse-mode pass.
+FORWARD_MODE_MAX_DIM = 8
+
+Point = tuple[Array, ...]  # d scalars
 
 
 class Run(NamedTuple):
@@ -24,7 +38,7 @@ class Run(NamedTuple):
       diverged: [] bool, True once an update left the finite, in-bound region.
       diverged_step: [] int32 index of the update that diverged (-1 if none).
       steps_to_tol: [] int32 updates taken before |grad f| first fell to `tol` or below
-        (0: the start already was; -1: never within `steps`).
+        (0: the start already was; -1: never within `steps`), or None without `tol`.
       path: [T', d] points after 0, k, 2k, ... updates (k = record_every), or None.
       losses: [T'] f along `path`, or None.
     """
@@ -34,22 +48,63 @@ class Run(NamedTuple):
     grad_norm: Array
     diverged: Array
     diverged_step: Array
-    steps_to_tol: Array
+    steps_to_tol: Array | None = None
     path: Array | None = None
     losses: Array | None = None
 
 
-class _State(NamedTuple):
-    x: Array
-    opt_state: optax.OptState
-    diverged: Array
-    diverged_step: Array
-    steps_to_tol: Array
+def value_and_grad(fn: ScalarFn, d: int) -> Callable[[Point], tuple[Array, Point]]:
+    """p (d scalars) -> (fn(p), d partial derivatives)."""
+    if d <= FORWARD_MODE_MAX_DIM:
+
+        def vg(p: Point) -> tuple[Array, Point]:
+            def along(i):  # fn as a function of coordinate i alone: one tangent, no zeros
+                return lambda xi: fn(jnp.stack(p[:i] + (xi,) + p[i + 1 :]))
+
+            outs = [jax.jvp(along(i), (p[i],), (jnp.ones_like(p[i]),)) for i in range(d)]
+            return outs[0][0], tuple(o[1] for o in outs)
+
+        return vg
+
+    def vg_reverse(p: Point) -> tuple[Array, Point]:
+        f, g = jax.value_and_grad(fn)(jnp.stack(p))
+        return f, tuple(g[i] for i in range(d))
+
+    return vg_reverse
 
 
 def num_records(steps: int, record_every: int) -> int:
     """Length T' of a recorded path: the start, then one point every `record_every` updates."""
     return steps // record_every + 1 if record_every > 0 else 0
+
+
+def _in_bound(p: Point, bound) -> Array:
+    ok = jnp.abs(p[0]) <= bound  # False for NaN: non-finite points fail too
+    for a in p[1:]:
+        ok = ok & (jnp.abs(a) <= bound)
+    return ok
+
+
+def _sq_norm(g: Point) -> Array:
+    out = g[0] * g[0]
+    for a in g[1:]:
+        out = out + a * a
+    return out
+
+
+def _split(x0: Array) -> Point:
+    return tuple(x0[i] for i in range(x0.shape[0]))
+
+
+def _reached(g: Point, tol, steps_to_tol: Array) -> Array:
+    return (_sq_norm(g) <= tol * tol) & (steps_to_tol < 0)
+
+
+class _State(NamedTuple):
+    p: Point
+    opt_state: optax.OptState
+    diverged_step: Array
+    steps_to_tol: Array
 
 
 def run(
@@ -60,10 +115,10 @@ def run(
     optimizer: str = "sgd",
     steps: int,
     record_every: int = 0,
-    tol: Array | float = 1e-4,
+    tol: Array | float | None = None,
     bound: Array | float = 1e6,
 ) -> Run:
-    """Runs `steps` updates of `optimizer` on `fn` from `x0`.
+    """Runs `steps` updates of `optimizer` on `fn` from `x0`, checking every update.
 
     Args:
       fn: x of shape [d] -> scalar, pure jnp.
@@ -73,75 +128,130 @@ def run(
       optimizer: a name of `optim.names()`.
       steps: number of updates (static).
       record_every: record the point and loss every this many updates (0: no recording).
-      tol: gradient-norm tolerance that defines `steps_to_tol`.
-      bound: a run diverges when a coordinate becomes non-finite or exceeds `bound` in
-        absolute value; it is then frozen at its last good point and its optimizer state
-        is frozen with it.
+      tol: gradient-norm tolerance that defines `steps_to_tol` (None: not tracked).
+      bound: an update diverges when a coordinate becomes non-finite or exceeds `bound` in
+        absolute value; the run then stays at its last good point.
 
     Returns:
       A `Run`.
     """
     opt = optim.make(optimizer, **hyper)
-    value_and_grad = jax.value_and_grad(fn)
+    vg = value_and_grad(fn, x0.shape[0])
+    track = tol is not None
 
     def step(state: _State, t: Array) -> tuple[_State, None]:
-        loss, g = value_and_grad(state.x)
-        gnorm = jnp.sqrt(jnp.sum(g * g))
-        reached = (gnorm <= tol) & (state.steps_to_tol < 0) & ~state.diverged
-        steps_to_tol = jnp.where(reached, t, state.steps_to_tol)
-        updates, opt_state = opt.update(g, state.opt_state, state.x)
-        x = optax.apply_updates(state.x, updates)
-        ok = jnp.all(jnp.isfinite(x) & (jnp.abs(x) <= bound)) & ~state.diverged
-        keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
-        newly = ~ok & ~state.diverged
-        return (
-            _State(
-                x=keep(x, state.x),
-                opt_state=jax.tree.map(keep, opt_state, state.opt_state),
-                diverged=state.diverged | ~ok,
-                diverged_step=jnp.where(newly, t, state.diverged_step),
-                steps_to_tol=steps_to_tol,
-            ),
-            None,
-        )
+        _, g = vg(state.p)
+        steps_to_tol = state.steps_to_tol
+        if track:
+            reached = _reached(g, tol, steps_to_tol) & (state.diverged_step < 0)
+            steps_to_tol = jnp.where(reached, t, steps_to_tol)
+        updates, opt_state = opt.update(g, state.opt_state, state.p)
+        q = optax.apply_updates(state.p, updates)
+        alive = state.diverged_step < 0
+        ok = _in_bound(q, bound)
+        diverged_step = jnp.where(alive & ~ok, t, state.diverged_step)
+        keep = alive & ok
+        p = tuple(jnp.where(keep, a, b) for a, b in zip(q, state.p, strict=True))
+        # The optimizer state of a diverged run is not frozen: its point no longer moves.
+        return _State(p, opt_state, diverged_step, steps_to_tol), None
 
-    def advance(state: _State, t0: Array, n: int) -> _State:
+    def advance(state: _State, t0, n: int) -> _State:
         state, _ = jax.lax.scan(step, state, t0 + jnp.arange(n, dtype=jnp.int32))
         return state
 
+    p0 = _split(x0)
     minus_one = jnp.array(-1, jnp.int32)
-    state = _State(x0, opt.init(x0), jnp.array(False), minus_one, minus_one)
+    state = _State(p0, opt.init(p0), minus_one, minus_one)
     path = losses = None
     if record_every > 0:
         blocks = steps // record_every
 
         def block(state: _State, b: Array) -> tuple[_State, tuple[Array, Array]]:
             state = advance(state, b * record_every, record_every)
-            return state, (state.x, fn(state.x))
+            return state, (jnp.stack(state.p), fn(jnp.stack(state.p)))
 
         state, (path, losses) = jax.lax.scan(block, state, jnp.arange(blocks, dtype=jnp.int32))
         path = jnp.concatenate([x0[None], path])
         losses = jnp.concatenate([fn(x0)[None], losses])
-        tail = steps - blocks * record_every
-        if tail:
-            state = advance(state, jnp.int32(blocks * record_every), tail)
+        if steps > blocks * record_every:
+            state = advance(state, jnp.int32(blocks * record_every), steps - blocks * record_every)
     else:
         state = advance(state, jnp.int32(0), steps)
 
-    loss, g = value_and_grad(state.x)
-    gnorm = jnp.sqrt(jnp.sum(g * g))
-    steps_to_tol = jnp.where(
-        (state.steps_to_tol < 0) & (gnorm <= tol) & ~state.diverged,
-        steps,
-        state.steps_to_tol,
-    )
+    loss, g = vg(state.p)
+    steps_to_tol = None
+    if track:
+        reached = _reached(g, tol, state.steps_to_tol) & (state.diverged_step < 0)
+        steps_to_tol = jnp.where(reached, steps, state.steps_to_tol)
     return Run(
-        x=state.x,
+        x=jnp.stack(state.p),
         loss=loss,
-        grad_norm=gnorm,
-        diverged=state.diverged,
+        grad_norm=jnp.sqrt(_sq_norm(g)),
+        diverged=state.diverged_step >= 0,
         diverged_step=state.diverged_step,
         steps_to_tol=steps_to_tol,
         path=path,
         losses=losses,
     )
+
+
+class FastRun(NamedTuple):
+    """`run_fast`'s outcome: x is NaN where the run diverged (re-run those with `run`)."""
+
+    x: Array
+    loss: Array
+    grad_norm: Array
+    steps_to_tol: Array | None
+
+
+def run_fast(
+    fn: ScalarFn,
+    x0: Array,
+    hyper: dict[str, Array],
+    *,
+    optimizer: str = "sgd",
+    steps: int,
+    tol: Array | float | None = None,
+    bound: Array | float = 1e6,
+    check_every: int = 4,
+) -> FastRun:
+    """The same updates as `run`, with a cheaper divergence check and no recording.
+
+    Every `check_every` updates, a point out of bound (or non-finite) is replaced by NaN,
+    which then stays NaN. The loop carries only the point, the optimizer state and the
+    optional tolerance counter, so XLA fuses `check_every` whole updates into one pass over
+    memory. A run that ends finite here took exactly the updates that `run` takes; a run
+    that ends as NaN diverged and is re-run with `run` for its last good point and the
+    step it diverged at. (A run that leaves the bound and comes back between two checks
+    is not flagged here; `run` would flag it.)
+    """
+    opt = optim.make(optimizer, **hyper)
+    vg = value_and_grad(fn, x0.shape[0])
+    track = tol is not None
+    nan = jnp.array(jnp.nan, x0.dtype)
+
+    def updates(carry, t0, n: int):
+        p, opt_state, steps_to_tol = carry
+        for j in range(n):
+            _, g = vg(p)
+            if track:
+                steps_to_tol = jnp.where(_reached(g, tol, steps_to_tol), t0 + j, steps_to_tol)
+            u, opt_state = opt.update(g, opt_state, p)
+            p = optax.apply_updates(p, u)
+        ok = _in_bound(p, bound)
+        return tuple(jnp.where(ok, a, nan) for a in p), opt_state, steps_to_tol
+
+    def block(carry, b):
+        return updates(carry, b * check_every, check_every), None
+
+    p0 = _split(x0)
+    carry = (p0, opt.init(p0), jnp.array(-1, jnp.int32) if track else None)
+    blocks = steps // check_every
+    carry, _ = jax.lax.scan(block, carry, jnp.arange(blocks, dtype=jnp.int32))
+    if steps > blocks * check_every:
+        carry = updates(carry, jnp.int32(blocks * check_every), steps - blocks * check_every)
+    p, _, steps_to_tol = carry
+    loss, g = vg(p)
+    if track:
+        steps_to_tol = jnp.where(_reached(g, tol, steps_to_tol), steps, steps_to_tol)
+    return FastRun(jnp.stack(p), loss, jnp.sqrt(_sq_norm(g)), steps_to_tol)
