@@ -37,11 +37,21 @@ _OPTIMIZERS: dict[str, tuple[Callable[..., optax.GradientTransformation], dict]]
         ),
         {"lr": None, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4},
     ),
+    # Perturbed gradient descent: Gaussian noise of variance eta / t^gamma added to each
+    # gradient (gamma = 0: constant noise); `seed` (an integer, one per run if wanted) keys it.
+    "noisy_sgd": (
+        lambda lr, eta, gamma, seed: optax.noisy_sgd(lr, eta=eta, gamma=gamma, key=seed),
+        {"lr": None, "eta": 0.01, "gamma": 0.0, "seed": 0},
+    ),
     "lion": (
         lambda lr, b1, b2, weight_decay: optax.lion(lr, b1=b1, b2=b2, weight_decay=weight_decay),
         {"lr": None, "b1": 0.9, "b2": 0.99, "weight_decay": 0.0},
     ),
 }
+
+
+# Hyperparameters that are integers (everything else is a float of the run's dtype).
+INTEGER_HYPERS = frozenset({"seed"})
 
 
 def names() -> list[str]:
@@ -103,7 +113,9 @@ def check_scalar(name: str, value: Any) -> None:
         raise ValueError(f"`lr` must be positive, got {value}")
     if name in ("momentum", "b1", "b2", "decay") and not 0 <= v < 1:
         raise ValueError(f"`{name}` must be in [0, 1), got {value}")
-    if name in ("eps", "weight_decay") and v < 0:
+    if name == "seed" and (v < 0 or v != int(v)):
+        raise ValueError(f"`seed` must be a non-negative integer, got {value}")
+    if name in ("eps", "weight_decay", "eta", "gamma") and v < 0:
         raise ValueError(f"`{name}` must be non-negative, got {value}")
 
 

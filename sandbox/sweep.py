@@ -328,6 +328,11 @@ def _check_positive(name: str, value: Any) -> None:
 
 def _check_hyper(name: str, value: Any, n: int, dtype) -> np.ndarray:
     """A scalar (shared) or an [N] array (per run), checked against the hyperparameter's range."""
+    if name in optim.INTEGER_HYPERS:
+        raw = np.asarray(value)
+        if not np.issubdtype(raw.dtype, np.integer):
+            raise ValueError(f"`{name}` must be an integer or an integer array, got {raw.dtype}")
+        dtype = np.int32
     a = np.asarray(value, dtype=dtype)
     if a.ndim == 0:
         optim.check_scalar(name, a)

@@ -31,6 +31,44 @@ def test_every_optimizer_minimizes_a_parabola(name):
     np.testing.assert_allclose(x, [1.0, 1.0], atol=2e-2)
 
 
+def test_noisy_sgd_adds_gaussian_noise_of_variance_eta():
+    # On a flat function the gradient is zero, so after t steps of lr 1 the point is minus a
+    # sum of t independent N(0, eta) draws: its variance over many seeds is t * eta.
+    from sandbox import sweep
+
+    seeds = np.arange(4000, dtype=np.int32)
+    r = sweep.descend(
+        lambda x: 0.0 * x[0],
+        np.zeros((4000, 1)),
+        optimizer="noisy_sgd",
+        steps=10,
+        lr=1.0,
+        eta=0.04,
+        seed=seeds,
+    )
+    # Sample variance of 4000 normals: relative standard error sqrt(2 / 4000) = 2.2%.
+    np.testing.assert_allclose(np.var(r.x[:, 0]), 10 * 0.04, rtol=0.1)
+    again = sweep.descend(
+        lambda x: 0.0 * x[0],
+        np.zeros((4000, 1)),
+        optimizer="noisy_sgd",
+        steps=10,
+        lr=1.0,
+        eta=0.04,
+        seed=seeds,
+    )
+    np.testing.assert_array_equal(r.x, again.x)
+    with pytest.raises(ValueError, match="`seed` must be an integer"):
+        sweep.descend(
+            lambda x: x[0] ** 2,
+            np.zeros((2, 1)),
+            optimizer="noisy_sgd",
+            steps=2,
+            lr=0.1,
+            seed=np.array([0.5, 1.0]),
+        )
+
+
 def test_names_cover_the_lecture():
     want = {"sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "lion"}
     assert want <= set(optim.names())
