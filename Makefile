@@ -9,9 +9,9 @@ STAMP := $(VENV)/.installed
 export MPLBACKEND := agg
 export PYTHONPATH := $(CURDIR)
 
-STUDIES := gradient descent
+STUDIES := gradient descent optimizers
 
-.PHONY: setup test test-all test-x64 lint format studies quick figures bench clean $(STUDIES)
+.PHONY: setup test test-all test-x64 lint format studies quick figures report bench clean $(STUDIES)
 
 setup: $(STAMP)
 
@@ -42,12 +42,16 @@ $(STUDIES): $(STAMP)
 	$(PY) -m studies.$@
 
 studies: $(STUDIES)
+	$(PY) -m sandbox.report
 
 quick: $(STAMP)
 	@set -e; for s in $(STUDIES); do echo "== $$s (quick)"; $(PY) -m studies.$$s --quick; done
 
 figures: $(STAMP)
 	@set -e; for s in $(STUDIES); do $(PY) -m studies.$$s --plot-only; done
+
+report: $(STAMP)
+	$(PY) -m sandbox.report
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.sweep

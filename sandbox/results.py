@@ -184,7 +184,9 @@ def config_from_dict(cls: type, data: dict[str, Any]):
 # ----------------------------------------------------------------------------- command line
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2, no usage dump)."""
+
     def error(self, message: str):  # one line, exit status 2, no usage dump
         self.exit(2, f"{self.prog}: error: {message}\n")
 
@@ -193,7 +195,7 @@ def parse_study_args(
     name: str, argv: Sequence[str] | None, doc: str | None = None
 ) -> argparse.Namespace:
     """The common command line of every study."""
-    p = _Parser(
+    p = Parser(
         prog=f"python -m studies.{name}",
         description=(doc or "").strip().splitlines()[0] if doc else None,
     )

@@ -12,7 +12,7 @@ import pytest
 from sandbox import results
 
 ROOT = Path(__file__).parents[1]
-STUDIES = ["gradient", "descent"]
+STUDIES = ["gradient", "descent", "optimizers"]
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,20 @@ def test_descent_study_matches_theory(quick_runs):
         s["parabola_lr_0.98"]["ratio_per_step"]["measured"], -0.96, atol=1e-6
     )
     assert (quick_runs["descent"] / "descent.gif").read_bytes()[:6] == b"GIF89a"
+
+
+def test_optimizers_study_is_fair_and_matches_theory(quick_runs):
+    s = json.loads((quick_runs["optimizers"] / "summary.json").read_text())
+    table = s["table"]
+    for row in table.values():
+        for cell in row.values():
+            assert 0.0 <= cell["success_rate"] <= 1.0
+    # Plain GD reaches Himmelblau's minima from every start only if its lr lies below
+    # 2 / lambda_max of the sharpest minimum, 0.01495: otherwise that basin cannot attract.
+    sgd = table["himmelblau"]["sgd"]
+    assert sgd["success_rate"] == 1.0 and sgd["best_lr"] < 0.01495
+    assert "| himmelblau |" in (quick_runs["optimizers"] / "table.md").read_text()
+    assert (quick_runs["optimizers"] / "all_optimizers.gif").read_bytes()[:6] == b"GIF89a"
 
 
 def _cli(*args):

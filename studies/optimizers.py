@@ -1,0 +1,332 @@
+"""Which optimizer, on which landscape? Eight Optax optimizers, tuned fairly on eight functions.
+
+Fair by construction: every optimizer starts from the same starts with the same step budget,
+and each is tuned over a full grid: 32 log-spaced learning rates in [1e-6, 1] and, where it
+has one, four values of its momentum-like parameter (momentum for momentum and nesterov,
+decay for rmsprop, b1 for adam, adamw and lion). Each (function, optimizer) grid is one
+`sweep.descend` call over settings x starts. Reported for the best setting (highest success
+rate, then fewest median steps): the success rate (endpoint within `success_tol` of a global
+minimum), the median number of steps until |grad f| <= `grad_tol` over successful runs, and
+the median final loss. Also: heatmaps of success over lr x beta, and the lecture's picture of
+all optimizers from one start on one surface, with its animation.
+
+Run: make optimizers   (about two minutes on 2 CPU cores; smoke: --quick, seconds)
+"""
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+
+from sandbox import landscapes, optim, plotting, results, sweep
+
+NAME = "optimizers"
+
+# The momentum-like hyperparameter of each optimizer that has one.
+BETA = {
+    "momentum": "momentum",
+    "nesterov": "momentum",
+    "rmsprop": "decay",
+    "adam": "b1",
+    "adamw": "b1",
+    "lion": "b1",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    functions: tuple[str, ...] = (
+        "rosenbrock",
+        "himmelblau",
+        "rastrigin",
+        "beale",
+        "ackley",
+        "six_hump_camel",
+        "styblinski_tang",
+        "goldstein_price",
+    )
+    optimizers: tuple[str, ...] = (
+        "sgd",
+        "momentum",
+        "nesterov",
+        "adagrad",
+        "rmsprop",
+        "adam",
+        "adamw",
+        "lion",
+    )
+    num_starts: int = 1024
+    steps: int = 2000
+    lr_range: tuple[float, float] = (1e-6, 1.0)
+    num_lrs: int = 32
+    betas: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
+    success_tol: float = 1e-2  # distance to a global minimum that counts as success
+    grad_tol: float = 1e-3  # |grad f| that counts as converged, for the step counts
+    # The lecture's picture: every optimizer from one start on one surface.
+    picture_function: str = "rosenbrock"
+    picture_start: tuple[float, float] = (-1.5, 2.5)
+    picture_steps: int = 600
+
+    def __post_init__(self):
+        if not self.functions:
+            raise ValueError("`functions` must not be empty")
+        for f in (*self.functions, self.picture_function):
+            if landscapes.get(f).dim != 2:
+                raise ValueError(f"`functions` must be 2-D landscapes, got {f!r}")
+        if not self.optimizers:
+            raise ValueError("`optimizers` must not be empty")
+        for o in self.optimizers:
+            optim.hyperparameters(o)  # ValueError naming the unknown optimizer
+        for name in ("num_starts", "steps", "num_lrs", "picture_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        lo, hi = self.lr_range
+        if not 0 < lo < hi:
+            raise ValueError(f"`lr_range` must satisfy 0 < lo < hi, got {self.lr_range}")
+        if not self.betas or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"`betas` must be non-empty values in [0, 1), got {self.betas}")
+        if not (self.success_tol > 0 and self.grad_tol > 0):
+            raise ValueError("`success_tol` and `grad_tol` must be positive")
+
+
+QUICK = Config(
+    functions=("himmelblau", "rosenbrock"),
+    optimizers=("sgd", "momentum", "adam", "lion"),
+    num_starts=64,
+    steps=300,
+    num_lrs=8,
+    betas=(0.5, 0.9),
+    picture_steps=100,
+)
+
+
+def _grid(cfg: Config, optimizer: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """lr_G and beta_G (None without a beta) of every setting, lr-major."""
+    lr_L = np.geomspace(*cfg.lr_range, cfg.num_lrs)
+    if optimizer not in BETA:
+        return lr_L, None
+    lr_G, beta_G = np.meshgrid(lr_L, np.asarray(cfg.betas), indexing="ij")
+    return lr_G.ravel(), beta_G.ravel()
+
+
+def _tune(fn, lscape, starts_Sx2, cfg: Config, optimizer: str) -> dict:
+    """One sweep over all settings x starts; per-setting success, steps and final loss."""
+    lr_G, beta_G = _grid(cfg, optimizer)
+    g, s = len(lr_G), len(starts_Sx2)
+    hyper = {"lr": np.repeat(lr_G, s).astype(np.float32)}
+    if beta_G is not None:
+        hyper[BETA[optimizer]] = np.repeat(beta_G, s).astype(np.float32)
+    run = sweep.descend(
+        fn,
+        np.tile(starts_Sx2, (g, 1)),
+        optimizer=optimizer,
+        steps=cfg.steps,
+        tol=cfg.grad_tol,
+        **hyper,
+    )
+    glob = lscape.global_minima
+    dist_N = np.min(np.linalg.norm(run.x[:, None, :] - glob[None], axis=-1), axis=1)
+    success_GxS = ((dist_N <= cfg.success_tol) & ~run.diverged).reshape(g, s)
+    steps_GxS = np.where(
+        success_GxS & (run.steps_to_tol.reshape(g, s) >= 0), run.steps_to_tol.reshape(g, s), -1
+    )
+    loss_GxS = np.where(run.diverged, np.inf, run.loss).reshape(g, s)
+    rate_G = success_GxS.mean(axis=1)
+    med_steps_G = np.array([np.median(r[r >= 0]) if np.any(r >= 0) else np.inf for r in steps_GxS])
+    # Best: highest success rate, then fewest median steps, then lowest median loss.
+    med_loss_G = np.median(loss_GxS, axis=1)
+    best = int(np.lexsort((med_loss_G, med_steps_G, -rate_G))[0])
+    return {
+        "lr_G": lr_G,
+        "beta_G": beta_G,
+        "rate_G": rate_G,
+        "med_steps_G": med_steps_G,
+        "med_loss_G": med_loss_G,
+        "best": best,
+        "diverged_G": run.diverged.reshape(g, s).mean(axis=1),
+    }
+
+
+def compute(cfg: Config) -> tuple[dict, dict]:
+    key = jax.random.key(cfg.seed)
+    arrays, table = {}, {}
+    for fi, fname in enumerate(cfg.functions):
+        lscape = landscapes.get(fname)
+        b = lscape.bounds
+        starts_Sx2 = np.asarray(
+            jax.random.uniform(
+                jax.random.fold_in(key, fi), (cfg.num_starts, 2), minval=b[:, 0], maxval=b[:, 1]
+            ),
+            np.float32,
+        )
+        table[fname] = {}
+        for oname in cfg.optimizers:
+            t = _tune(lscape.fn, lscape, starts_Sx2, cfg, oname)
+            i = t["best"]
+            table[fname][oname] = {
+                "best_lr": float(t["lr_G"][i]),
+                **({"best_beta": float(t["beta_G"][i])} if t["beta_G"] is not None else {}),
+                "success_rate": float(t["rate_G"][i]),
+                "median_steps_to_tol": float(t["med_steps_G"][i]),
+                "median_final_loss": float(t["med_loss_G"][i]),
+                "settings_tried": len(t["lr_G"]),
+            }
+            arrays[f"{fname}/{oname}/success_G"] = t["rate_G"]
+            arrays[f"{fname}/{oname}/lr_G"] = t["lr_G"]
+            if t["beta_G"] is not None:
+                arrays[f"{fname}/{oname}/beta_G"] = t["beta_G"]
+
+    # The picture: each optimizer from one start, at the grid setting that ends lowest from
+    # that start (one sweep over the grid per optimizer), its path recorded.
+    pl = landscapes.get(cfg.picture_function)
+    start_1x2 = np.float32([cfg.picture_start])
+    paths, chosen = [], {}
+    for oname in cfg.optimizers:
+        lr_G, beta_G = _grid(cfg, oname)
+        hyper = {"lr": lr_G.astype(np.float32)}
+        if beta_G is not None:
+            hyper[BETA[oname]] = beta_G.astype(np.float32)
+        r = sweep.descend(
+            pl.fn,
+            np.repeat(start_1x2, len(lr_G), 0),
+            optimizer=oname,
+            steps=cfg.picture_steps,
+            **hyper,
+        )
+        i = int(np.argmin(np.where(r.diverged, np.inf, r.loss)))
+        best = {"lr": float(lr_G[i])}
+        if beta_G is not None:
+            best[BETA[oname]] = float(beta_G[i])
+        chosen[oname] = {**best, "final_loss": float(r.loss[i])}
+        rec = sweep.descend(
+            pl.fn, start_1x2, optimizer=oname, steps=cfg.picture_steps, record_every=1, **best
+        )
+        paths.append(rec.path[0])
+    arrays["picture_path_OxTx2"] = np.stack(paths)
+    summary = {
+        "table": table,
+        "picture": {"function": cfg.picture_function, "start": cfg.picture_start, **chosen},
+        "note": "per function and optimizer, the best of the lr x beta grid; success = "
+        f"endpoint within {cfg.success_tol} of a global minimum after {cfg.steps} steps from "
+        f"the same {cfg.num_starts} starts; steps = median over successful runs of the first "
+        f"step with |grad f| <= {cfg.grad_tol}",
+    }
+    return arrays, summary
+
+
+def markdown_table(summary: dict, cfg: Config) -> str:
+    lines = [
+        "| function | " + " | ".join(cfg.optimizers) + " |",
+        "|---|" + "---|" * len(cfg.optimizers),
+    ]
+    for fname, row in summary["table"].items():
+        cells = []
+        for o in cfg.optimizers:
+            r = row[o]
+            steps = r["median_steps_to_tol"]
+            steps = "-" if not np.isfinite(steps) else f"{steps:.0f}"
+            cells.append(f"{100 * r['success_rate']:.0f}% / {steps}")
+        lines.append(f"| {fname} | " + " | ".join(cells) + " |")
+    return (
+        "Success rate / median steps to |grad f| <= tol, best setting per cell.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
+def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
+    figs = {}
+    with_beta = [o for o in cfg.optimizers if o in BETA]
+    for fname in cfg.functions:
+        if not with_beta:
+            break
+        cols = min(3, len(with_beta))
+        rows = -(-len(with_beta) // cols)
+        with plt.style.context(plotting.STYLE):
+            fig, axes = plt.subplots(
+                rows, cols, figsize=(plotting.FULL, 2.2 * rows + 0.4), squeeze=False
+            )
+            for ax, oname in zip(axes.ravel(), with_beta, strict=False):
+                lr = arrays[f"{fname}/{oname}/lr_G"].reshape(cfg.num_lrs, -1)[:, 0]
+                success = arrays[f"{fname}/{oname}/success_G"].reshape(cfg.num_lrs, -1)
+                plotting.heatmap(
+                    ax,
+                    success.T,
+                    lr,
+                    np.asarray(cfg.betas),
+                    xlabel="learning rate",
+                    ylabel=BETA[oname],
+                    log_x=True,
+                    cbar_label="success",
+                    vmin=0.0,
+                    vmax=1.0,
+                )
+                ax.set_title(oname)
+            for ax in axes.ravel()[len(with_beta) :]:
+                ax.set_visible(False)
+            fig.suptitle(f"{fname}: success rate over lr x beta ({cfg.num_starts} starts)")
+        figs[f"heatmap_{fname}"] = fig
+
+    pl = landscapes.get(cfg.picture_function)
+    paths = arrays["picture_path_OxTx2"]
+    with plt.style.context(plotting.STYLE):
+        fig, ax = plt.subplots(figsize=(plotting.FULL * 0.7, plotting.FULL * 0.6))
+        plotting.contour_paths(
+            ax,
+            pl.fn,
+            pl.bounds,
+            points={"minimum": pl.global_minima},
+            log_levels=True,
+            legend=False,
+        )
+        for i, oname in enumerate(cfg.optimizers):
+            ax.plot(paths[i, :, 0], paths[i, :, 1], lw=1.3, color=f"C{i}", label=oname)
+        ax.plot(*cfg.picture_start, "o", color="k", ms=6)
+        ax.legend(loc="upper right", ncol=2, fontsize=7)
+        ax.set(
+            xlabel="x",
+            ylabel="y",
+            title=f"{cfg.picture_function} from {cfg.picture_start}: each optimizer at its "
+            f"best setting, {cfg.picture_steps} steps",
+        )
+    figs["all_optimizers"] = fig
+    return figs
+
+
+@results.cli
+def main(argv: Sequence[str] | None = None) -> None:
+    args = results.parse_study_args(NAME, argv, __doc__)
+    cfg = QUICK if args.quick else Config()
+    if args.seed is not None:
+        cfg = dataclasses.replace(cfg, seed=args.seed)
+    out = results.run_dir(args.out, NAME, args.quick)
+    if not args.plot_only:
+        start = time.perf_counter()
+        arrays, summary = compute(cfg)
+        results.save(out, cfg, arrays, summary, time.perf_counter() - start)
+    cfg, arrays, summary = results.load(out, Config)
+    results.atomic_write_bytes(out / "table.md", markdown_table(summary, cfg).encode())
+    for name, fig in plot(arrays, cfg, summary).items():
+        plotting.save(fig, out / f"{name}.png")
+    pl = landscapes.get(cfg.picture_function)
+    plotting.animate_paths(
+        pl.fn,
+        pl.bounds,
+        arrays["picture_path_OxTx2"],
+        out / "all_optimizers.gif",
+        points={"minimum": pl.global_minima},
+        colors_N=[f"C{i}" for i in range(len(cfg.optimizers))],
+        tail=30,
+        tail_paths=len(cfg.optimizers),
+        log_levels=True,
+        title=f"{len(cfg.optimizers)} optimizers on {cfg.picture_function}",
+    )
+    print(f"{NAME}: results in {out}")
+
+
+if __name__ == "__main__":
+    main()
