@@ -1,0 +1,164 @@
+"""studies/local_minima in --quick mode: basin fractions and 2/lambda_max thresholds."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sandbox import landscapes
+from studies import local_minima
+
+CFG = local_minima.QUICK
+MINIMA = landscapes.get("himmelblau").minima
+# 2 / lambda_max of each Himmelblau minimum, as the issue states them (float64 Hessians).
+ISSUE_THRESHOLDS = {
+    (3.0, 2.0): 0.02431,
+    (-2.805, 3.131): 0.02483,
+    (-3.779, -3.283): 0.01495,
+    (3.584, -1.848): 0.01897,
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("local_minima")
+    local_minima.main(["--quick", "--out", str(folder)])
+    return folder, json.loads((folder / "summary.json").read_text())
+
+
+def _entry(table: dict, point) -> dict:
+    """The summary entry of the Himmelblau minimum nearest to `point` (by coordinates)."""
+    i = int(np.argmin(np.linalg.norm(MINIMA - np.asarray(point), axis=1)))
+    return table[local_minima._key(MINIMA[i])]
+
+
+def _hand_lambda_max(x, y):
+    """Largest eigenvalue of Himmelblau's Hessian, derived by hand, in float64."""
+    h = np.array([[12 * x**2 + 4 * y - 42, 4 * x + 4 * y], [4 * x + 4 * y, 12 * y**2 + 4 * x - 26]])
+    return np.linalg.eigvalsh(h)[-1]
+
+
+def test_writes_the_run_folder_and_figures(run):
+    folder, _ = run
+    for f in (
+        "config.json",
+        "arrays.npz",
+        "meta.json",
+        "summary.json",
+        "basin_maps.png",
+        "basin_fraction_vs_lr.png",
+        "basins_vs_lr.png",
+        "himmelblau_exercise.png",
+    ):
+        assert (folder / f).is_file(), f
+
+
+def test_basin_fractions_sum_to_one(run):
+    maps = run[1]["maps"]
+    assert len(maps) == len(CFG.maps)
+    for m in maps.values():
+        assert m["fractions_sum"]["theory"] == 1.0
+        np.testing.assert_allclose(sum(m["fractions"].values()), 1.0, atol=1e-12)
+        np.testing.assert_allclose(m["fractions_sum"]["measured"], 1.0, atol=1e-12)
+
+
+def test_himmelblau_gd_basins_match_the_reference(run):
+    m = run[1]["maps"]["himmelblau/sgd/lr=0.01"]
+    # Reference (tests/test_basins.py): GD at lr 0.01, 1000 steps, 401 x 401 starts; the
+    # quick map has 128 x 128, so allow 0.01 per basin.
+    for point, ref in zip(MINIMA, [0.263, 0.261, 0.238, 0.237], strict=True):
+        assert abs(m["fractions"][local_minima._key(point)] - ref) < 0.01
+    assert m["fractions"]["not_converged"] + m["fractions"]["diverged"] < 0.01
+
+
+def test_lr_beyond_a_threshold_empties_that_basin(run):
+    # lr 0.02 > 2/lambda_max of (-3.779, -3.283) and of (3.584, -1.848): no start ends there.
+    f = run[1]["maps"]["himmelblau/sgd/lr=0.02"]["fractions"]
+    assert _entry(f, (-3.779, -3.283)) == 0.0
+    assert _entry(f, (3.584, -1.848)) == 0.0
+    assert f["not_converged"] > 0 and f["diverged"] > 0
+
+
+def test_six_hump_camel_basins_are_point_symmetric(run):
+    m = run[1]["maps"]["six_hump_camel/sgd/lr=0.003"]
+    assert m["local_minima"] == 6
+    lscape = landscapes.get("six_hump_camel")
+    f = m["fractions"]
+    # f(-x, -y) = f(x, y) and the grid of starts is symmetric: mirrored basins are equal
+    # up to starts on the basin boundaries (allow 1e-3).
+    for p in lscape.minima:
+        assert abs(f[local_minima._key(p)] - f[local_minima._key(-p)]) < 1e-3
+
+
+def test_rastrigin_has_121_basins(run):
+    m = run[1]["maps"]["rastrigin/sgd/lr=0.002"]
+    assert m["local_minima"] == 121
+    assert len(m["fractions"]) == 121 + 2
+    assert 0 < m["global_minimum_fraction"] < 0.05
+
+
+@pytest.mark.parametrize("point, issue", ISSUE_THRESHOLDS.items())
+def test_theory_threshold_is_two_over_lambda_max(run, point, issue):
+    v = _entry(run[1]["vanishing_lr"], point)
+    theory = v["theory_2_over_lambda_max"]
+    np.testing.assert_allclose(theory, 2 / _hand_lambda_max(*v["minimum"]), rtol=1e-12)
+    assert abs(theory - issue) <= 5e-6  # the issue rounds to 4 significant digits
+
+
+@pytest.mark.parametrize("point", ISSUE_THRESHOLDS)
+def test_basin_vanishes_at_the_first_lr_past_its_threshold(run, point):
+    v = _entry(run[1]["vanishing_lr"], point)["from_basin_fraction"]
+    spacing = (CFG.lr_max - CFG.lr_min) / (CFG.num_lrs - 1)
+    np.testing.assert_allclose(v["resolution"], spacing, rtol=1e-12)
+    # Resolution one lr spacing (5e-4 here). No basin survives past 2/lambda_max; just below
+    # it the basin shrinks to a sliver that may not hold a kicked run, so the measured lr
+    # (where the fraction first drops to 0) is within one spacing of the threshold.
+    assert v["last_lr_with_basin"] < v["theory"]
+    np.testing.assert_allclose(v["measured"] - v["last_lr_with_basin"], spacing, rtol=1e-9)
+    assert abs(v["measured"] - v["theory"]) <= spacing
+
+
+@pytest.mark.parametrize("point", ISSUE_THRESHOLDS)
+def test_offset_start_brackets_the_threshold_sharply(run, point):
+    v = _entry(run[1]["vanishing_lr"], point)["from_offset_start"]
+    lo, hi = v["bracket"]
+    # float64 GD, offset 1e-6: the linear regime, where the crossing is 2/lambda_max to
+    # ~1e-12; four rounds narrow the bracket to (0.03 - 0.001) / 63^4 = 1.8e-9.
+    assert lo - 1e-12 <= v["theory"] <= hi + 1e-12
+    assert hi - lo < 2e-9
+    assert abs(v["measured"] - v["theory"]) / v["theory"] < 1e-7
+
+
+def test_course_exercise_reaches_a_minimum_from_each_start(run):
+    ex = run[1]["exercise"]
+    assert (ex["optimizer"], ex["lr"], ex["steps"]) == ("adam", 1e-3, 20000)
+    reached = {tuple(r["start"]): r for r in ex["runs"]}
+    # Adam moves about lr per step along sign(grad) at first: from (0, 0) and (1, 0) up and
+    # right into (3, 2)'s basin, from (-4, 0) and (4, 0) down into the nearest basin below.
+    expected = {
+        (0.0, 0.0): (3.0, 2.0),
+        (1.0, 0.0): (3.0, 2.0),
+        (-4.0, 0.0): (-3.779, -3.283),
+        (4.0, 0.0): (3.584, -1.848),
+    }
+    for start, point in expected.items():
+        r = reached[start]
+        assert r["reached"] == local_minima._key(point)
+        assert r["distance_to_it"] < 1e-3 and r["final_loss"] < 1e-6
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"map_n": 0}, "`map_n`"),
+        ({"num_lrs": -3}, "`num_lrs`"),
+        ({"maps": ()}, "`maps`"),
+        ({"maps": (("nope", "sgd", 0.01, 10),)}, "'nope'"),
+        ({"maps": (("himmelblau", "sgd", -0.01, 10),)}, "learning rates"),
+        ({"lr_min": 0.03, "lr_max": 0.001}, "`lr_max`"),
+        ({"exercise_optimizer": "newton"}, "`exercise_optimizer`"),
+    ],
+)
+def test_bad_config_values_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        local_minima.Config(**kwargs)
