@@ -30,8 +30,10 @@ CPU_INNER_BATCH = 16384
 # scalar remainder loop that rounds differently, and results are bitwise independent of
 # both.
 LANE_BLOCK = 64
-# Diverged runs are first re-run for this many steps (most diverge within ten).
+# Diverged runs are first re-run for this many steps (most diverge within ten), in chunks of
+# a fixed size: one compilation whatever their number.
 REDO_HORIZON = 64
+REDO_CHUNK_PER_DEVICE = 4096
 
 
 class Sweep(NamedTuple):
@@ -129,7 +131,7 @@ def descend(
     key = (fn, optimizer, steps, tuple(sorted(per_run)), tuple(sorted(shared)), tol is not None)
 
     if record_every == 0:
-        chunk = _round_chunk(min(chunk_size, n), nd, inner)
+        chunk = _round_chunk(min(chunk_size, n), nd, inner, pow2=n < chunk_size)
         fast = _compiled("fast", *key, check_every, nd, inner)
         outs = _map_chunks(fast, x0, per_run, shared, scalars, chunk, progress, "descend")
         x = outs["x"]
@@ -150,7 +152,7 @@ def descend(
             if not redo.size:
                 break
             exact = _compiled("exact", fn, optimizer, horizon, *key[3:], 0, nd, inner)
-            chunk2 = _round_chunk(min(chunk, redo.size), nd, inner, pow2=True)
+            chunk2 = _round_chunk(min(chunk, REDO_CHUNK_PER_DEVICE * nd), nd, inner)
             sub = _map_chunks(
                 exact,
                 x0[redo],
@@ -168,7 +170,7 @@ def descend(
             redo = redo[~done]
         return Sweep(**fields)
 
-    chunk = _round_chunk(min(chunk_size, n), nd, 1)
+    chunk = _round_chunk(min(chunk_size, n), nd, 1, pow2=n < chunk_size)
     exact = _compiled("exact", *key, record_every, nd, 1)
     outs = _map_chunks(exact, x0, per_run, shared, scalars, chunk, progress, "descend")
     return Sweep(**{name: outs.get(name) for name in Sweep._fields})
@@ -221,7 +223,11 @@ def _inner_batch(devices: list) -> int | None:
 
 
 def _round_chunk(chunk: int, nd: int, inner: int | None, pow2: bool = False) -> int:
-    """Runs per call: a multiple of `LANE_BLOCK` per device (and of `inner` above it)."""
+    """Runs per call: a multiple of `LANE_BLOCK` per device (and of `inner` above it).
+
+    `pow2` rounds up to a power of two first, so sweeps of many different small sizes share
+    a few compiled shapes.
+    """
     if pow2:
         chunk = 1 << max(0, (chunk - 1).bit_length())
     per_device = -(-chunk // nd)
