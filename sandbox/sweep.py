@@ -71,14 +71,16 @@ def descend(
     tol: float | None = None,
     bound: float = 1e6,
     check_every: int = 4,
+    exact: bool = False,
     progress: bool | None = None,
     **hyper: Any,
 ) -> Sweep:
     """Runs N descents of `fn`, one per row of `x0`, each with its own hyperparameters.
 
-    Runs without recording go through `descent.run_fast`, which checks for divergence every
-    `check_every` updates; the few runs it flags are run again through `descent.run`, which
-    checks every update and keeps the last good point. Recorded runs use `descent.run`.
+    Runs without recording (and without `exact`) go through `descent.run_fast`, which checks
+    for divergence every `check_every` updates; the few runs it flags are run again through
+    `descent.run`, which checks every update and keeps the last good point. Recorded runs
+    use `descent.run`.
 
     Args:
       fn: a landscape name (`landscapes.names()`) or any pure jnp function of x [d].
@@ -92,6 +94,9 @@ def descend(
       tol: gradient-norm tolerance for `steps_to_tol` (None: not tracked, a little faster).
       bound: a coordinate beyond +-bound (or non-finite) marks a run as diverged.
       check_every: updates between two divergence checks of the fast path (>= 1).
+      exact: send every run through `descent.run` (checks every update). The same results,
+        faster when most runs are expected to diverge or leave the bound (escape-time
+        studies), since the fast path would re-run those.
       progress: show a progress bar (default: when the sweep runs more than a few seconds).
       **hyper: hyperparameters of the optimizer (`lr` required), each a scalar (shared by
         all runs) or an [N] array (one value per run).
@@ -130,7 +135,7 @@ def descend(
     inner = _inner_batch(devices)
     key = (fn, optimizer, steps, tuple(sorted(per_run)), tuple(sorted(shared)), tol is not None)
 
-    if record_every == 0:
+    if record_every == 0 and not exact:
         chunk = _round_chunk(min(chunk_size, n), nd, inner, pow2=n < chunk_size)
         fast = _compiled("fast", *key, check_every, nd, inner)
         outs = _map_chunks(fast, x0, per_run, shared, scalars, chunk, progress, "descend")
@@ -151,10 +156,10 @@ def descend(
         for horizon in sorted({min(steps, REDO_HORIZON), steps}):
             if not redo.size:
                 break
-            exact = _compiled("exact", fn, optimizer, horizon, *key[3:], 0, nd, inner)
+            exact_fn = _compiled("exact", fn, optimizer, horizon, *key[3:], 0, nd, inner)
             chunk2 = _round_chunk(min(chunk, REDO_CHUNK_PER_DEVICE * nd), nd, inner)
             sub = _map_chunks(
-                exact,
+                exact_fn,
                 x0[redo],
                 {k: v[redo] for k, v in per_run.items()},
                 shared,
@@ -170,9 +175,9 @@ def descend(
             redo = redo[~done]
         return Sweep(**fields)
 
-    chunk = _round_chunk(min(chunk_size, n), nd, 1, pow2=n < chunk_size)
-    exact = _compiled("exact", *key, record_every, nd, 1)
-    outs = _map_chunks(exact, x0, per_run, shared, scalars, chunk, progress, "descend")
+    chunk = _round_chunk(min(chunk_size, n), nd, inner, pow2=n < chunk_size)
+    exact_fn = _compiled("exact", *key, record_every, nd, inner)
+    outs = _map_chunks(exact_fn, x0, per_run, shared, scalars, chunk, progress, "descend")
     return Sweep(**{name: outs.get(name) for name in Sweep._fields})
 
 

@@ -54,6 +54,11 @@ def test_fast_path_equals_the_exactly_checked_path():
     kw = dict(steps=300, lr=lr, tol=1e-3, bound=100.0)
     fast = sweep.descend(himmelblau, x0, **kw)
     exact = sweep.descend(himmelblau, x0, check_every=1, **kw)
+    exact_only = sweep.descend(himmelblau, x0, exact=True, **kw)
+    for name in ("x", "diverged", "diverged_step"):
+        np.testing.assert_array_equal(
+            getattr(exact_only, name)[fast.diverged], getattr(fast, name)[fast.diverged]
+        )
     recorded = sweep.descend(himmelblau, x0, record_every=300, **kw)
     assert 50 < fast.diverged.sum() < 450
     # Diverged runs of both go through the same per-update program: identical outcomes.
