@@ -120,6 +120,8 @@ def descend(
     for k, v in hyper.items():
         a = _check_hyper(k, v, n, x0.dtype)
         (shared if a.ndim == 0 else per_run)[k] = a
+    # A bound beyond the largest float of the runs' dtype means "only non-finite diverges".
+    bound = min(float(bound), float(np.finfo(x0.dtype).max))
     scalars = {k: np.asarray(v, x0.dtype) for k, v in (("tol", tol), ("bound", bound))}
     scalars = {k: v for k, v in scalars.items() if v.ndim == 0 and not np.isnan(v)}
     if tol is None:
