@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export MPLBACKEND := agg
 export PYTHONPATH := $(CURDIR)
 
-STUDIES := gradient descent convex local_minima saddle normalization optimizers
+STUDIES := gradient descent convex local_minima saddle normalization initialization momentum optimizers
 
 .PHONY: setup test test-all test-x64 lint format studies quick figures report bench clean $(STUDIES)
 
