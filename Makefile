@@ -9,9 +9,9 @@ STAMP := $(VENV)/.installed
 export MPLBACKEND := agg
 export PYTHONPATH := $(CURDIR)
 
-STUDIES := gradient descent convex local_minima saddle normalization initialization momentum optimizers
+STUDIES := gradient descent convex local_minima saddle normalization initialization learning_rate momentum optimizers
 
-.PHONY: setup test test-all test-x64 lint format studies quick figures report bench clean $(STUDIES)
+.PHONY: learning_rate-paper setup test test-all test-x64 lint format studies quick figures report bench clean $(STUDIES)
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ format: $(STAMP)
 
 $(STUDIES): $(STAMP)
 	$(PY) -m studies.$@
+
+# The fractal at the paper's scale (width 16, 1024^2 runs x 1000 steps): an accelerator job.
+learning_rate-paper: $(STAMP)
+	$(PY) -m studies.learning_rate --scale paper
 
 studies: $(STUDIES)
 	$(PY) -m sandbox.report
