@@ -9,9 +9,9 @@ STAMP := $(VENV)/.installed
 export MPLBACKEND := agg
 export PYTHONPATH := $(CURDIR)
 
-STUDIES := gradient descent convex local_minima saddle normalization initialization learning_rate momentum optimizers
+STUDIES := gradient descent convex local_minima saddle normalization initialization learning_rate momentum optimizers train_resnet
 
-.PHONY: learning_rate-paper setup test test-all test-x64 lint format studies quick figures report bench clean $(STUDIES)
+.PHONY: learning_rate-paper resnet56 setup test test-all test-x64 lint format studies quick figures report bench clean $(STUDIES)
 
 setup: $(STAMP)
 
@@ -57,8 +57,13 @@ figures: $(STAMP)
 report: $(STAMP)
 	$(PY) -m sandbox.report
 
+# ResNet-56 with and without shortcuts on digits; both accuracies in summary.json.
+resnet56: $(STAMP)
+	$(PY) -m studies.train_resnet --pair
+
 bench: $(STAMP)
 	$(PY) -m benchmarks.sweep
+	$(PY) -m benchmarks.resnet
 
 clean:
 	rm -rf results .pytest_cache .ruff_cache
