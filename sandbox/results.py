@@ -10,6 +10,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,37 @@ def run_dir(out: Path | None, name: str, quick: bool) -> Path:
     if out is None:
         out = RESULTS_ROOT / (f"{name}-quick" if quick else name)
     return check_writable(out)
+
+
+def run_study(
+    name: str,
+    args: argparse.Namespace,
+    cfg: Any,
+    compute: Callable[[Any], tuple[dict, dict]],
+    plot: Callable[[dict, Any, dict], dict],
+    *,
+    out: Path | None = None,
+):
+    """The body every study's `main` shares: compute and save (unless --plot-only), reload,
+    draw each figure of `plot` to <out>/<figure>.png.
+
+    Returns:
+      (out, cfg, arrays, summary) as reloaded from the run folder, for extra outputs.
+    """
+    from sandbox import plotting  # matplotlib only where figures are drawn
+
+    if args.seed is not None:
+        cfg = dataclasses.replace(cfg, seed=args.seed)
+    if out is None:
+        out = run_dir(args.out, name, args.quick)
+    if not args.plot_only:
+        start = time.perf_counter()
+        arrays, summary = compute(cfg)
+        save(out, cfg, arrays, summary, time.perf_counter() - start)
+    cfg, arrays, summary = load(out, type(cfg))
+    for fig_name, fig in plot(arrays, cfg, summary).items():
+        plotting.save(fig, out / f"{fig_name}.png")
+    return out, cfg, arrays, summary
 
 
 def cli(main: Callable[[Sequence[str] | None], Any]) -> Callable:

@@ -27,7 +27,6 @@ import dataclasses
 import functools
 import math
 import sys
-import time
 from collections.abc import Sequence
 
 import jax
@@ -959,19 +958,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if scale == "paper" and args.quick:
         raise ValueError("give `--quick` or `--scale paper`, not both")
     cfg = QUICK if args.quick else PAPER if scale == "paper" else Config()
-    if args.seed is not None:
-        cfg = dataclasses.replace(cfg, seed=args.seed)
+    out = None
     if scale == "paper" and args.out is None:
         out = results.check_writable(results.RESULTS_ROOT / f"{NAME}-paper")
-    else:
-        out = results.run_dir(args.out, NAME, args.quick)
-    if not args.plot_only:
-        start = time.perf_counter()
-        arrays, summary = compute(cfg)
-        results.save(out, cfg, arrays, summary, time.perf_counter() - start)
-    cfg, arrays, summary = results.load(out, Config)
-    for name, fig in plot(arrays, cfg, summary).items():
-        plotting.save(fig, out / f"{name}.png")
+    out, cfg, arrays, summary = results.run_study(NAME, args, cfg, compute, plot, out=out)
     print(f"{NAME}: results in {out}")
 
 

@@ -30,7 +30,6 @@ import dataclasses
 import functools
 import os
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -613,16 +612,7 @@ def animate_balls(arrays: dict, cfg: Config, path: Path, max_frames: int = 120) 
 def main(argv: Sequence[str] | None = None) -> None:
     args = results.parse_study_args(NAME, argv, __doc__)
     cfg = QUICK if args.quick else Config()
-    if args.seed is not None:
-        cfg = dataclasses.replace(cfg, seed=args.seed)
-    out = results.run_dir(args.out, NAME, args.quick)
-    if not args.plot_only:
-        start = time.perf_counter()
-        arrays, summary = compute(cfg)
-        results.save(out, cfg, arrays, summary, time.perf_counter() - start)
-    cfg, arrays, summary = results.load(out, Config)
-    for name, fig in plot(arrays, cfg, summary).items():
-        plotting.save(fig, out / f"{name}.png")
+    out, cfg, arrays, summary = results.run_study(NAME, args, cfg, compute, plot)
     animate_balls(arrays, cfg, out / "balls.gif")
     print(f"{NAME}: results in {out}")
 

@@ -26,7 +26,6 @@ takes well under a minute on 2 cores, most of it the raw regression's 2.6 millio
 import dataclasses
 import functools
 import math
-import time
 from collections.abc import Sequence
 
 import jax
@@ -612,16 +611,7 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
 def main(argv: Sequence[str] | None = None) -> None:
     args = results.parse_study_args(NAME, argv, __doc__)
     cfg = QUICK if args.quick else Config()
-    if args.seed is not None:
-        cfg = dataclasses.replace(cfg, seed=args.seed)
-    out = results.run_dir(args.out, NAME, args.quick)
-    if not args.plot_only:
-        start = time.perf_counter()
-        arrays, summary = compute(cfg)
-        results.save(out, cfg, arrays, summary, time.perf_counter() - start)
-    cfg, arrays, summary = results.load(out, Config)
-    for name, fig in plot(arrays, cfg, summary).items():
-        plotting.save(fig, out / f"{name}.png")
+    out, cfg, arrays, summary = results.run_study(NAME, args, cfg, compute, plot)
     print(f"{NAME}: results in {out}")
 
 
