@@ -1,0 +1,579 @@
+"""Loss landscapes of a network: directions, lines, planes, interpolation and PCA paths, each
+evaluated over a whole data set as one jitted, sharded computation that resumes.
+
+The tools of Li et al. 2018 ("Visualizing the loss landscape of neural nets") as pure JAX:
+
+- `filter_normalized_direction(key, params)`: a Gaussian direction whose every output filter
+  (the last axis of a Flax kernel: conv [kh, kw, in, out], dense [in, out]) is scaled to the
+  norm of the same filter of the weights, so that a step of 1 along it moves each filter by
+  its own size whatever the scale invariance of batch norm did to it. One-dimensional
+  leaves (biases, batch-norm scales and offsets) are zero by default; `ignore_1d=False`
+  sets them to the weights themselves, as the reference code does.
+- `orthogonalize(d2, d1)`: Gram-Schmidt in parameter space (random directions in 10^5+
+  dimensions are already within a few 1e-3 of orthogonal; this makes it exact, and the
+  filter norms of d2 then hold only to that order).
+- `pca_directions(path)`: the two principal directions of a training path (checkpoints
+  minus the final point) and the path's coordinates in them.
+- `evaluate(model, variables, directions, coords, x, y)`: the mean cross-entropy and the
+  accuracy of the network at every point `variables + sum_k coords[p, k] * directions[k]`,
+  in eval mode (batch norm uses the running statistics of `variables`), over every image of
+  `x`. `line`, `plane` and `interpolate` wrap it.
+
+How `evaluate` runs: the data set is put on the devices once, as [batches, B, ...] with a
+mask for the padded tail; one compiled call takes a chunk of grid points, splits it over
+the devices (`jax.shard_map`), and on each device `lax.map`s over its points; each point is
+an axpy on the parameters (K x 0.85 M multiply-adds for ResNet-56) and a `lax.scan` of the
+model's forward pass over the batches. No Python runs per point or per batch, so the
+surface costs what the forward passes cost. Chunks have a fixed shape (the last one padded)
+and compile once. With `resume=path`, the finished cells are written atomically to `path`
+after every chunk, with a digest of the model, parameters, directions, coordinates and
+data; started again, `evaluate` skips them, and a file from another model or direction is
+refused with one line, never overwritten.
+
+    d1 = surface.filter_normalized_direction(k1, variables["params"])
+    d2 = surface.filter_normalized_direction(k2, variables["params"])
+    xs = ys = surface.axis(-1.0, 1.0, 51)
+    m = surface.plane(model, variables, d1, d2, xs, ys, x_NxHxWxC, y_N)    # m.loss [51, 51]
+
+Directions may be pytrees like `variables["params"]` (the running statistics then stay
+those of `variables`) or like `variables` itself (everything moves, as in `interpolate`,
+where the statistics go linearly from those of the start to those of the end).
+"""
+
+import functools
+import hashlib
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.flatten_util import ravel_pytree
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from sandbox import results
+from sandbox.types import Key
+
+PyTree = Any
+EPS = 1e-10  # added to a direction's filter norm before dividing (Li et al.'s value)
+# Images one device forwards per compiled call, at least one grid point's worth: calls of a
+# few seconds on CPU, so progress and resume files follow the work closely.
+IMAGES_PER_CALL = 1 << 15
+PROGRESS_AFTER_S = 3.0
+
+
+class Metrics(NamedTuple):
+    """Mean cross-entropy and accuracy at each point (NumPy; shaped like the grid)."""
+
+    loss: np.ndarray
+    accuracy: np.ndarray
+
+
+class PCA(NamedTuple):
+    """Principal directions of a training path.
+
+    Attributes:
+      directions: the unit-norm principal directions, pytrees like the parameters.
+      explained: [K] fraction of the path's variance along each direction.
+      coords: [T, K] each checkpoint minus the final point, projected on the directions.
+    """
+
+    directions: tuple[PyTree, ...]
+    explained: np.ndarray
+    coords: np.ndarray
+
+
+# ----------------------------------------------------------------------------- directions
+
+
+def check_like(tree: PyTree, like: PyTree, name: str) -> None:
+    """ValueError naming `name` unless `tree` has the structure and shapes of `like`."""
+    s_tree, s_like = jax.tree.structure(tree), jax.tree.structure(like)
+    if s_tree != s_like:
+        raise ValueError(
+            f"`{name}` does not match the parameters: {s_tree.num_leaves} leaves with another "
+            f"structure, expected {s_like.num_leaves} leaves like the parameters"
+        )
+    paths = jax.tree_util.tree_leaves_with_path(like)
+    for (path, a), b in zip(paths, jax.tree.leaves(tree), strict=True):
+        if np.shape(a) != np.shape(b):
+            raise ValueError(
+                f"`{name}` does not match the parameters at {jax.tree_util.keystr(path)}: "
+                f"shape {np.shape(b)}, expected {np.shape(a)}"
+            )
+
+
+def random_direction(key: Key, params: PyTree) -> PyTree:
+    """Standard-normal entries, one independent key per leaf, shaped like `params`."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    return treedef.unflatten(
+        [
+            jax.random.normal(k, jnp.shape(p), jnp.result_type(p))
+            for k, p in zip(keys, leaves, strict=False)
+        ]
+    )
+
+
+def normalize_filters(direction: PyTree, params: PyTree, *, ignore_1d: bool = True) -> PyTree:
+    """`direction` with each output filter scaled to the norm of that filter of `params`.
+
+    A filter is everything that produces one output channel: kernel[..., j]. Leaves of one
+    dimension or none are zeroed (`ignore_1d`) or set to `params` (as Li et al.'s code does).
+    """
+    check_like(direction, params, "direction")
+
+    def one(d, p):
+        p = jnp.asarray(p)
+        if p.ndim <= 1:
+            return jnp.zeros_like(p) if ignore_1d else p
+        axes = tuple(range(p.ndim - 1))
+        d_norm = jnp.sqrt(jnp.sum(jnp.square(d), axis=axes, keepdims=True))
+        p_norm = jnp.sqrt(jnp.sum(jnp.square(p), axis=axes, keepdims=True))
+        return (d * (p_norm / (d_norm + EPS))).astype(p.dtype)
+
+    return jax.tree.map(one, direction, params)
+
+
+def filter_normalized_direction(key: Key, params: PyTree, *, ignore_1d: bool = True) -> PyTree:
+    """A Gaussian direction, filter-normalized to `params` (see `normalize_filters`)."""
+    return normalize_filters(random_direction(key, params), params, ignore_1d=ignore_1d)
+
+
+def vdot(a: PyTree, b: PyTree) -> jax.Array:
+    """The inner product of two pytrees of the same structure, as one vector each."""
+    parts = jax.tree.map(lambda u, v: jnp.vdot(u, v), a, b)
+    return sum(jax.tree.leaves(parts), jnp.zeros(()))
+
+
+def norm(a: PyTree) -> jax.Array:
+    return jnp.sqrt(vdot(a, a))
+
+
+def orthogonalize(d2: PyTree, d1: PyTree) -> PyTree:
+    """d2 minus its projection on d1 (so that vdot(result, d1) = 0 up to rounding)."""
+    check_like(d2, d1, "d2")
+    c = vdot(d2, d1) / vdot(d1, d1)
+    return jax.tree.map(lambda u, v: u - (c * v).astype(u.dtype), d2, d1)
+
+
+def difference(end: PyTree, start: PyTree) -> PyTree:
+    """end - start, leaf by leaf (a direction from `start` to `end`)."""
+    check_like(end, start, "end")
+    return jax.tree.map(lambda a, b: jnp.asarray(a) - jnp.asarray(b), end, start)
+
+
+def pca_directions(
+    path: Sequence[PyTree],
+    *,
+    final: PyTree | None = None,
+    num_components: int = 2,
+    ignore_1d: bool = True,
+) -> PCA:
+    """The principal directions of a training path, as in Li et al. 2018, section 7.
+
+    The rows are theta_t - theta_final for the checkpoints theta_t of `path` (one-dimensional
+    leaves zeroed when `ignore_1d`); the directions are the top right singular vectors of the
+    centred rows (scikit-learn's PCA), and each row is projected on them without centring,
+    so the final point sits at the origin.
+
+    Args:
+      path: T >= 2 parameter pytrees in training order.
+      final: the point the directions are taken around (default: the last of `path`).
+      num_components: how many directions (<= T - 1).
+      ignore_1d: zero the biases and batch-norm parameters in the rows.
+    """
+    path = list(path)
+    if len(path) < 2:
+        raise ValueError(f"`path` must hold at least 2 checkpoints, got {len(path)}")
+    k = num_components
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(path) - 1:
+        raise ValueError(
+            f"`num_components` must be an integer in [1, {len(path) - 1}] for {len(path)} "
+            f"checkpoints, got {num_components!r}"
+        )
+    final = path[-1] if final is None else final
+    for t, p in enumerate(path):
+        check_like(p, final, f"path[{t}]")
+    keep = jax.tree.map(lambda p: np.ndim(p) > 1 or not ignore_1d, final)
+    flat_keep, _ = ravel_pytree(
+        jax.tree.map(lambda p, m: np.full(np.shape(p), m, np.float32), final, keep)
+    )
+    flat_final, unravel = ravel_pytree(final)
+    rows = np.stack(
+        [np.asarray(ravel_pytree(p)[0] - flat_final, np.float64) for p in path]
+    ) * np.asarray(flat_keep, np.float64)
+    centred = rows - rows.mean(axis=0)
+    # T is small: the right singular vectors from the T x T Gram matrix.
+    gram = centred @ centred.T
+    w, u = np.linalg.eigh(gram)
+    order = np.argsort(w)[::-1]
+    w, u = np.clip(w[order], 0.0, None), u[:, order]
+    comps = []
+    for i in range(k):
+        if w[i] <= 1e-30 * max(w[0], 1e-300):
+            raise ValueError(f"`path` spans fewer than {k} directions (checkpoints repeat?)")
+        v = centred.T @ u[:, i] / math.sqrt(w[i])
+        comps.append(v / np.linalg.norm(v))
+    comps = np.stack(comps)  # [K, n]
+    coords = rows @ comps.T
+    explained = w[:k] / max(float(w.sum()), 1e-300)
+    dtype = jnp.result_type(flat_final)
+    directions = tuple(unravel(jnp.asarray(c, dtype)) for c in comps)
+    return PCA(directions, explained, coords)
+
+
+# ----------------------------------------------------------------------------- grids
+
+
+def axis(lo: float, hi: float, n: int, name: str = "range") -> np.ndarray:
+    """n >= 2 evenly spaced coordinates from lo to hi; ValueError naming `name` otherwise."""
+    if not (np.isscalar(lo) and np.isscalar(hi) and np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"`{name}` must be two finite numbers (lo, hi), got ({lo!r}, {hi!r})")
+    if not lo < hi:
+        raise ValueError(f"`{name}` must satisfy lo < hi, got ({lo}, {hi}): empty or inverted")
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 2:
+        raise ValueError(f"`{name}` needs an integer number of points >= 2, got {n!r}")
+    return np.linspace(lo, hi, int(n))
+
+
+def plane_coords(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """[len(ys) * len(xs), 2] points (x, y), row-major with y along rows."""
+    xx, yy = np.meshgrid(np.asarray(xs, np.float64), np.asarray(ys, np.float64))
+    return np.stack([xx.ravel(), yy.ravel()], axis=1)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(
+    model: Any,
+    variables: dict,
+    directions: Sequence[PyTree],
+    coords: Any,
+    x: Any,
+    y: Any,
+    *,
+    batch_size: int = 256,
+    chunk_size: int | None = None,
+    resume: Path | str | None = None,
+    progress: bool | None = None,
+    apply_kwargs: dict | None = None,
+) -> Metrics:
+    """Loss and accuracy at `variables + coords[p] @ directions` for every point p.
+
+    Args:
+      model: a flax Module (anything with `apply(variables, x, **apply_kwargs) -> logits`,
+        hashable, so its compilation is cached).
+      variables: {"params": ..., and "batch_stats" when the model has them}.
+      directions: K pytrees, each like `variables["params"]` or like `variables`.
+      coords: [P, K] coordinates of the points (float64 is rounded to the parameter dtype).
+      x: [N, ...] inputs; y: [N] integer labels.
+      batch_size: images per forward pass (the last batch is padded and masked).
+      chunk_size: grid points per compiled call, rounded up to a multiple of the device count
+        (default: about `IMAGES_PER_CALL` images per device, at least one point each).
+      resume: a .npz file that keeps the finished cells (see the module docstring).
+      progress: tqdm bar over the points; None shows one after a few seconds.
+      apply_kwargs: keyword arguments of `model.apply` (default {"train": False}).
+
+    Returns:
+      Metrics with [P] arrays.
+    """
+    apply_kwargs = {"train": False} if apply_kwargs is None else dict(apply_kwargs)
+    if not isinstance(variables, dict) or "params" not in variables:
+        raise ValueError("`variables` must be a dict with 'params' (and 'batch_stats')")
+    dirs = _as_variables(directions, variables)
+    k = len(dirs)
+    coords = np.asarray(coords, np.float64)
+    if coords.ndim == 1 and k == 1:
+        coords = coords[:, None]
+    if coords.ndim != 2 or coords.shape[1] != k or coords.shape[0] == 0:
+        raise ValueError(f"`coords` must have shape [P, {k}] with P >= 1, got {coords.shape}")
+    if not np.all(np.isfinite(coords)):
+        raise ValueError("`coords` must be finite")
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim < 2 or y.shape != (len(x),) or len(x) == 0:
+        raise ValueError(f"`x` [N, ...] and `y` [N] must match, got {x.shape} and {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"`y` must hold integer labels, got {y.dtype}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
+    n_points = len(coords)
+    _check_memory(n_points, k)
+
+    devices = jax.devices()
+    nd = len(devices)
+    b = min(batch_size, len(x))
+    nb = -(-len(x) // b)
+    if chunk_size is None:
+        chunk_size = nd * max(1, IMAGES_PER_CALL // (nb * b))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}")
+    chunk = -(-min(chunk_size, -(-n_points // nd) * nd) // nd) * nd
+
+    loss_sum = np.full(n_points, np.nan)
+    acc = np.full(n_points, np.nan)
+    done = np.zeros(n_points, bool)
+    identity = None
+    if resume is not None:
+        resume = Path(resume)
+        identity = _identity(model, apply_kwargs, variables, dirs, coords, x, y)
+        if resume.exists():
+            loss_sum, acc, done = _load_resume(resume, identity, n_points)
+
+    todo = np.flatnonzero(~done)
+    if len(todo):
+        mesh = jax.make_mesh((nd,), ("points",), devices=devices)
+        rep, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("points"))
+        pad = nb * b - len(x)
+        xb = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(
+            nb, b, *x.shape[1:]
+        )
+        yb = np.concatenate([y, np.zeros(pad, y.dtype)]).astype(np.int32).reshape(nb, b)
+        mb = (np.arange(nb * b) < len(x)).reshape(nb, b)
+        dtype = jnp.result_type(*jax.tree.leaves(variables["params"]))
+        data = jax.device_put((jnp.asarray(xb), yb, mb), rep)
+        origin, stacked = jax.device_put((variables, _stack(dirs)), rep)
+        run = _compiled(model, tuple(sorted(apply_kwargs.items())), nd)
+
+        def put(idx):
+            c = coords[idx]
+            if len(c) < chunk:
+                c = np.concatenate([c, np.repeat(c[-1:], chunk - len(c), axis=0)])
+            return jax.device_put(jnp.asarray(c, dtype), split)
+
+        chunks = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
+        with tqdm(
+            total=n_points,
+            initial=n_points - len(todo),
+            unit="point",
+            desc="surface",
+            file=sys.stderr,
+            leave=False,
+            disable=not progress if progress is not None else False,
+            delay=0 if progress else PROGRESS_AFTER_S,
+        ) as bar:
+            pending = None
+            for idx in [*chunks, None]:
+                out = None if idx is None else run(origin, stacked, put(idx), *data)
+                if pending is not None:  # copy back the previous chunk while this one runs
+                    p_idx, p_out = pending
+                    s, c = jax.device_get(p_out)
+                    loss_sum[p_idx] = s[: len(p_idx)] / len(x)
+                    acc[p_idx] = c[: len(p_idx)] / len(x)
+                    done[p_idx] = True
+                    if resume is not None:
+                        _save_resume(resume, identity, loss_sum, acc, done)
+                    bar.update(len(p_idx))
+                pending = None if idx is None else (idx, out)
+    return Metrics(loss_sum, acc)
+
+
+def line(model, variables, direction, alphas, x, y, **kw) -> Metrics:
+    """`evaluate` along `variables + alpha * direction` for each alpha of `alphas`."""
+    return evaluate(model, variables, [direction], np.asarray(alphas)[:, None], x, y, **kw)
+
+
+def plane(model, variables, d1, d2, xs, ys, x, y, **kw) -> Metrics:
+    """`evaluate` on the plane `variables + a d1 + b d2`; [len(ys), len(xs)] arrays."""
+    m = evaluate(model, variables, [d1, d2], plane_coords(xs, ys), x, y, **kw)
+    shape = (len(ys), len(xs))
+    return Metrics(m.loss.reshape(shape), m.accuracy.reshape(shape))
+
+
+def interpolate(model, start, end, alphas, x, y, **kw) -> Metrics:
+    """`evaluate` at (1 - alpha) start + alpha end: parameters and running statistics."""
+    check_like(end, start, "end")
+    return evaluate(model, start, [difference(end, start)], np.asarray(alphas)[:, None], x, y, **kw)
+
+
+def _as_variables(directions: Sequence[PyTree], variables: dict) -> list[dict]:
+    """Each direction as a pytree like `variables` (zero where it does not move)."""
+    if isinstance(directions, dict) or not isinstance(directions, Sequence) or not directions:
+        raise ValueError("`directions` must be a non-empty list of pytrees")
+    out = []
+    params_def = jax.tree.structure(variables["params"])
+    for i, d in enumerate(directions):
+        if jax.tree.structure(d) == params_def:
+            check_like(d, variables["params"], f"directions[{i}]")
+            full = jax.tree.map(jnp.zeros_like, variables)
+            full = {**full, "params": d}
+        else:
+            check_like(d, variables, f"directions[{i}]")
+            full = d
+        out.append(jax.tree.map(lambda a, v: jnp.asarray(a, jnp.result_type(v)), full, variables))
+    return out
+
+
+def _stack(dirs: list[dict]) -> dict:
+    return jax.tree.map(lambda *a: jnp.stack(a), *dirs)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(model: Any, apply_items: tuple, num_devices: int) -> Callable:
+    """The chunk runner: (origin, directions [K, ...], coords [C, K], x, y, mask) -> sums."""
+    kwargs = dict(apply_items)
+
+    def point(origin, dirs, c_K, x, y, mask):
+        v = jax.tree.map(
+            lambda o, d: o + jnp.tensordot(c_K.astype(d.dtype), d, axes=1).astype(o.dtype),
+            origin,
+            dirs,
+        )
+
+        def batch(carry, xym):
+            xb, yb, mb = xym
+            logits = model.apply(v, xb, **kwargs)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+            correct = (jnp.argmax(logits, -1) == yb) & mb
+            s, n = carry
+            return (s + jnp.sum(jnp.where(mb, loss, 0.0)), n + jnp.sum(correct)), None
+
+        zero = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+        (s, n), _ = lax.scan(batch, zero, (x, y, mask))
+        return s, n
+
+    def per_device(origin, dirs, coords_CxK, x, y, mask):
+        return lax.map(lambda c: point(origin, dirs, c, x, y, mask), coords_CxK)
+
+    mesh = jax.make_mesh((num_devices,), ("points",), devices=jax.devices()[:num_devices])
+    sharded = jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(P(), P(), P("points"), P(), P(), P()),
+        out_specs=P("points"),
+        check_vma=False,
+    )
+    return jax.jit(sharded)
+
+
+def _check_memory(n_points: int, k: int) -> None:
+    """A grid whose coordinates and results alone would not fit in half the host memory."""
+    need = n_points * (8 * k + 8 + 8 + 1)
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have // 2:
+        raise ValueError(
+            f"`coords`: a grid of {n_points:,} points needs {need / 2**30:.1f} GiB on the host for "
+            f"its coordinates and results, more than half of the {have / 2**30:.0f} GiB here; "
+            "evaluate it in parts"
+        )
+
+
+# ----------------------------------------------------------------------------- resume files
+
+
+def _identity(model, apply_kwargs, variables, dirs, coords, x, y) -> dict[str, str]:
+    """Digests of what the cells are a function of, part by part (for a useful error)."""
+
+    def digest(*trees) -> str:
+        h = hashlib.sha256()
+        for leaf in jax.tree.leaves(jax.device_get(trees)):
+            a = np.ascontiguousarray(leaf)
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+        return h.hexdigest()[:16]
+
+    return {
+        "model": hashlib.sha256(repr((model, sorted(apply_kwargs.items()))).encode()).hexdigest()[
+            :16
+        ],
+        "parameters": digest(variables),
+        "directions": digest(dirs),
+        "coords": digest(coords),
+        "data": digest(x, y),
+    }
+
+
+def _load_resume(path: Path, identity: dict, n_points: int):
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            saved = {k: str(z[f"id_{k}"]) for k in identity}
+            loss, acc, done = z["loss"], z["accuracy"], z["done"].astype(bool)
+    except Exception as e:
+        raise ValueError(
+            f"`resume` file {str(path)!r} is not a surface resume file ({type(e).__name__})"
+        ) from None
+    diff = [k for k in identity if saved[k] != identity[k]]
+    if diff:
+        raise ValueError(
+            f"`resume` file {str(path)!r} belongs to another surface (different "
+            f"{', '.join(diff)}); use another file or delete that one"
+        )
+    if loss.shape != (n_points,):
+        raise ValueError(f"`resume` file {str(path)!r} holds {loss.shape} cells, not {n_points}")
+    return loss.astype(np.float64), acc.astype(np.float64), done
+
+
+def _save_resume(path: Path, identity: dict, loss, acc, done) -> None:
+    arrays = {"loss": loss, "accuracy": acc, "done": done}
+    arrays.update({f"id_{k}": np.asarray(v) for k, v in identity.items()})
+    results.write_arrays(path, arrays)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def surface_stats(loss_YxX: np.ndarray, xs: np.ndarray, ys: np.ndarray, *, level: float) -> dict:
+    """Numbers that say how smooth and how convex a 2-D surface is.
+
+    - centre: the loss at the grid point nearest (0, 0); min and max over the grid;
+    - below_level: the fraction of the plane where the loss is below `level` (for
+      classification, ln(classes): the loss of a uniform guess);
+    - local_minima: grid points strictly lower than their 8 neighbours (interior only);
+      a smooth basin has one;
+    - nonconvex_fraction: the fraction of interior points where the finite-difference
+      Hessian of the surface has a negative eigenvalue of at least 10% of its largest in
+      magnitude (Li et al.'s |lambda_min / lambda_max| map, thresholded);
+    - median_abs_ratio: the median of |lambda_min / lambda_max| of that 2x2 Hessian;
+    - roughness: the mean |discrete Laplacian| divided by the mean |gradient|, per unit of
+      coordinate (high for surfaces that change curvature from point to point).
+    """
+    z = np.asarray(loss_YxX, np.float64)
+    if z.ndim != 2 or min(z.shape) < 3:
+        raise ValueError(f"`loss_YxX` must be a 2-D grid of at least 3 x 3, got {z.shape}")
+    hx, hy = float(xs[1] - xs[0]), float(ys[1] - ys[0])
+    finite = np.isfinite(z)
+    zf = np.where(finite, z, np.nanmax(np.where(finite, z, -np.inf)))
+    ic, jc = int(np.argmin(np.abs(ys))), int(np.argmin(np.abs(xs)))
+    c = zf[1:-1, 1:-1]
+    neighbours = [
+        zf[1 + di : zf.shape[0] - 1 + di, 1 + dj : zf.shape[1] - 1 + dj]
+        for di in (-1, 0, 1)
+        for dj in (-1, 0, 1)
+        if di or dj
+    ]
+    local_min = np.all([c < nb for nb in neighbours], axis=0)
+    fxx = (zf[1:-1, 2:] - 2 * c + zf[1:-1, :-2]) / hx**2
+    fyy = (zf[2:, 1:-1] - 2 * c + zf[:-2, 1:-1]) / hy**2
+    fxy = (zf[2:, 2:] - zf[2:, :-2] - zf[:-2, 2:] + zf[:-2, :-2]) / (4 * hx * hy)
+    mean, dev = (fxx + fyy) / 2, np.sqrt(((fxx - fyy) / 2) ** 2 + fxy**2)
+    lmax, lmin = mean + dev, mean - dev
+    big = np.maximum(np.abs(lmax), np.abs(lmin))
+    small = np.minimum(lmax, lmin)
+    nonconvex = (small < 0) & (np.abs(small) >= 0.1 * big)
+    gx = (zf[1:-1, 2:] - zf[1:-1, :-2]) / (2 * hx)
+    gy = (zf[2:, 1:-1] - zf[:-2, 1:-1]) / (2 * hy)
+    grad = np.sqrt(gx**2 + gy**2)
+    return {
+        "centre": float(z[ic, jc]),
+        "min": float(np.nanmin(z)),
+        "max": float(np.nanmax(z)),
+        "level": float(level),
+        "below_level": float(np.mean(z < level)),
+        "local_minima": int(np.sum(local_min)),
+        "nonconvex_fraction": float(np.mean(nonconvex)),
+        "median_abs_ratio": float(np.median(np.where(lmax > 0, np.abs(lmin / lmax), 1.0))),
+        "roughness": float(np.mean(np.abs(fxx + fyy)) / max(np.mean(grad), 1e-300)),
+        "non_finite": int(np.sum(~finite)),
+    }
