@@ -35,8 +35,11 @@ Costs: one HVP costs about 2-3 forward+backward passes of the loss. `top_eigenva
 `density` num_probes x num_iters. Lanczos keeps its basis, m x n numbers (64 iterations of
 ResNet-56's 0.85 M parameters: 220 MB in float32), and orthogonalizes in 4 m n
 multiply-adds per step, small next to an HVP. `trace` holds `batch` HVPs at a time.
-On CPU, XLA runs convolutions inside a loop body several times slower than outside one
-(jax-ml/jax#12868): a ResNet-8 HVP took 7x its standalone time inside the Lanczos loop.
+On CPU, XLA runs a network's HVP inside a loop body several times slower than outside one
+(jax-ml/jax#12868): a ResNet-20 HVP took 8x its standalone time inside a `fori_loop`. The
+Ritz functions therefore run their Lanczos steps from Python on CPU, one compiled step
+called m times (`default_loop`; `loop="lax"` forces the single compiled loop): ResNet-20,
+256 digits, 8 steps: 4.7 s against 33 s, the same eigenvalues to 1e-7.
 
 Unlike most of `sandbox/`, the functions that take `loss` jit themselves: each runs its whole
 loop as one compiled program (a `lax` loop, never unrolled in Python). `loss` is a static
@@ -169,7 +172,20 @@ def lanczos(
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"`v0_n` must be floating point, got {dtype}")
     tol = 100 * float(jnp.finfo(dtype).eps) if tol is None else tol
-    m = num_iters
+    body = _lanczos_body(matvec, num_iters, n, dtype, tol)
+    V_mxn, alpha_m, beta_m, _ = lax.fori_loop(0, num_iters, body, _lanczos_init(v0_n, num_iters))
+    return Tridiagonal(alpha_m, beta_m[: num_iters - 1], V_mxn)
+
+
+def _lanczos_init(v0_n: Array, m: int) -> tuple:
+    """The loop state (basis [m, n], alpha [m], beta [m], largest |H v| so far)."""
+    dtype = v0_n.dtype
+    V_mxn = jnp.zeros((m, v0_n.shape[0]), dtype).at[0].set(v0_n / jnp.linalg.norm(v0_n))
+    return V_mxn, jnp.zeros(m, dtype), jnp.zeros(m, dtype), jnp.zeros((), dtype)
+
+
+def _lanczos_body(matvec: Matvec, m: int, n: int, dtype, tol: float) -> Callable:
+    """Step i of `lanczos`: (i, state) -> state."""
     # Restart directions need only be generic, not secret: a fixed key keeps `lanczos`
     # a function of its arguments.
     restart_key = jax.random.key(0)
@@ -200,10 +216,53 @@ def lanczos(
         V_mxn = V_mxn.at[i + 1].set(v_next_n, mode="drop")  # dropped when i + 1 == m
         return V_mxn, alpha_m.at[i].set(alpha), beta_m.at[i].set(beta), scale
 
-    V_mxn = jnp.zeros((m, n), dtype).at[0].set(v0_n / jnp.linalg.norm(v0_n))
-    init = (V_mxn, jnp.zeros(m, dtype), jnp.zeros(m, dtype), jnp.zeros((), dtype))
-    V_mxn, alpha_m, beta_m, _ = lax.fori_loop(0, m, body, init)
-    return Tridiagonal(alpha_m, beta_m[: m - 1], V_mxn)
+    return body
+
+
+@functools.lru_cache(maxsize=16)
+def _host_step(loss: Loss, m: int, tol: float) -> Callable:
+    """One compiled Lanczos step of the Hessian of `loss`: (params, i, state) -> state."""
+
+    def step(params, i, state):
+        flat_n, matvec = _flat_matvec(loss, params)
+        body = _lanczos_body(matvec, m, flat_n.shape[0], flat_n.dtype, tol)
+        return body(i, state)
+
+    return jax.jit(step, donate_argnums=2)
+
+
+def _ritz_host(loss: Loss, params: PyTree, key: Key, num_iters: int) -> Ritz:
+    """`_ritz_jit`'s numbers with the loop over steps in Python: one compiled step, called
+    num_iters times (see `default_loop`)."""
+    flat_n, _ = ravel_pytree(params)
+    v0_n = jax.random.normal(key, flat_n.shape, flat_n.dtype)
+    step = _host_step(loss, num_iters, 100 * float(jnp.finfo(flat_n.dtype).eps))
+    state = _lanczos_init(v0_n, num_iters)
+    for i in range(num_iters):
+        state = step(params, jnp.int32(i), state)
+    _, alpha_m, beta_m, _ = state
+    return _ritz_of(alpha_m, beta_m[: num_iters - 1])
+
+
+def default_loop() -> str:
+    """ "lax" (the whole run in one `lax.fori_loop`), except "host" on CPU.
+
+    XLA:CPU runs a network's Hessian-vector product about 8x slower inside a while loop's
+    body than as a program of its own (ResNet-20, 256 digits: 0.46 s alone, 3.7 s per
+    iteration in a `fori_loop`, 0.52 s unrolled; jax-ml/jax#12868), so on CPU the Ritz
+    functions call one compiled Lanczos step from Python m times: one compilation, nothing
+    unrolled, the same arithmetic.
+    """
+    return "host" if jax.default_backend() == "cpu" else "lax"
+
+
+def _ritz(loss: Loss, params: PyTree, key: Key, num_iters: int, loop: str | None) -> Ritz:
+    loop = default_loop() if loop is None else loop
+    if loop == "lax":
+        return _ritz_jit(loss, params, key, num_iters)
+    if loop == "host":
+        return _ritz_host(loss, params, key, num_iters)
+    raise ValueError(f"`loop` must be 'lax', 'host' or None, got {loop!r}")
 
 
 def _ritz_of(alpha_m: Array, beta_m1: Array) -> Ritz:
@@ -242,7 +301,9 @@ def _default_iters(n: int, num_iters: int | None, lo: int = 1) -> int:
     return num_iters
 
 
-def ritz(loss: Loss, params: PyTree, *, key: Key, num_iters: int | None = None) -> Ritz:
+def ritz(
+    loss: Loss, params: PyTree, *, key: Key, num_iters: int | None = None, loop: str | None = None
+) -> Ritz:
     """Ritz values (descending) and weights of one Lanczos run from a Gaussian start.
 
     Args:
@@ -250,16 +311,24 @@ def ritz(loss: Loss, params: PyTree, *, key: Key, num_iters: int | None = None) 
       params: the point.
       key: draws the start vector.
       num_iters: Lanczos steps m, 1 <= m <= n; default min(64, n).
+      loop: "lax" (one compiled loop), "host" (one compiled step, looped in Python) or
+        None for `default_loop()`.
 
     Returns:
       `Ritz(values [m], weights [m])`.
     """
     n = _dimension(params)
-    return _ritz_jit(loss, params, key, _default_iters(n, num_iters))
+    return _ritz(loss, params, key, _default_iters(n, num_iters), loop)
 
 
 def top_eigenvalues(
-    loss: Loss, params: PyTree, k: int, *, key: Key, num_iters: int | None = None
+    loss: Loss,
+    params: PyTree,
+    k: int,
+    *,
+    key: Key,
+    num_iters: int | None = None,
+    loop: str | None = None,
 ) -> Array:
     """The k largest eigenvalues of the Hessian of `loss` at `params`, descending, [k].
 
@@ -269,31 +338,34 @@ def top_eigenvalues(
       k: how many, 1 <= k <= n.
       key: draws the Lanczos start vector.
       num_iters: Lanczos steps, k <= num_iters <= n; default max(2k + 10, 20) capped at n.
+      loop: as in `ritz`.
     """
     n = _dimension(params)
     _check_int("k", k, 1, n)
     if num_iters is None:
         num_iters = min(max(2 * k + 10, 20), n)
     _check_int("num_iters", num_iters, k, n)
-    return _ritz_jit(loss, params, key, num_iters).values[:k]
+    return _ritz(loss, params, key, num_iters, loop).values[:k]
 
 
-def min_eigenvalue(loss: Loss, params: PyTree, *, key: Key, num_iters: int | None = None) -> Array:
+def min_eigenvalue(
+    loss: Loss, params: PyTree, *, key: Key, num_iters: int | None = None, loop: str | None = None
+) -> Array:
     """The smallest (most negative) Hessian eigenvalue, a scalar.
 
     Small negative eigenvalues next to a large bulk near 0 converge slowly: check that the
     value is stable in `num_iters` (default min(64, n)).
     """
     n = _dimension(params)
-    return _ritz_jit(loss, params, key, _default_iters(n, num_iters)).values[-1]
+    return _ritz(loss, params, key, _default_iters(n, num_iters), loop).values[-1]
 
 
 def extreme_eigenvalues(
-    loss: Loss, params: PyTree, *, key: Key, num_iters: int | None = None
+    loss: Loss, params: PyTree, *, key: Key, num_iters: int | None = None, loop: str | None = None
 ) -> tuple[Array, Array]:
     """(lambda_max, lambda_min) of the Hessian from one Lanczos run (default min(64, n))."""
     n = _dimension(params)
-    values_m = _ritz_jit(loss, params, key, _default_iters(n, num_iters)).values
+    values_m = _ritz(loss, params, key, _default_iters(n, num_iters), loop).values
     return values_m[0], values_m[-1]
 
 

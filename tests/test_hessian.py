@@ -85,6 +85,22 @@ def test_top_eigenvalue_converges_well_below_the_dimension(key):
         )
 
 
+def test_host_and_lax_loops_compute_the_same_run(key):
+    _, eig_n = _exact()
+    with jax.enable_x64(True):
+        params = _params64()
+        runs = {
+            loop: hessian.ritz(_mlp_loss, params, key=key, num_iters=_n(), loop=loop)
+            for loop in ("lax", "host")
+        }
+        # Same start, same arithmetic, compiled as one loop or as one step: rounding only.
+        np.testing.assert_allclose(runs["host"].values, runs["lax"].values, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(runs["host"].values, eig_n, rtol=1e-8, atol=1e-10)
+        with pytest.raises(ValueError, match="`loop`"):
+            hessian.ritz(_mlp_loss, params, key=key, num_iters=5, loop="python")
+    assert hessian.default_loop() == ("host" if jax.default_backend() == "cpu" else "lax")
+
+
 def test_min_and_extreme_eigenvalues_are_exact(key):
     _, eig_n = _exact()
     with jax.enable_x64(True):
