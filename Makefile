@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export MPLBACKEND := agg
 export PYTHONPATH := $(CURDIR)
 
-STUDIES := gradient descent convex local_minima saddle normalization initialization learning_rate momentum optimizers train_resnet
+STUDIES := gradient descent convex local_minima saddle normalization initialization learning_rate momentum optimizers train_resnet resnet_landscape
 
 .PHONY: learning_rate-paper resnet56 setup test test-all test-x64 lint format studies quick figures report bench clean $(STUDIES)
 
@@ -64,6 +64,7 @@ resnet56: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.sweep
 	$(PY) -m benchmarks.resnet
+	$(PY) -m benchmarks.surface
 
 clean:
 	rm -rf results .pytest_cache .ruff_cache

@@ -1,0 +1,509 @@
+"""ResNet-56 with and without skip connections: loss surfaces, training paths, Hessian spectra.
+
+The lecture's ResNet-56 slide (Li et al. 2018, "Visualizing the loss landscape of neural
+nets") measured on our data rather than assumed. Two networks of the same depth and the same
+parameters by name and shape, one with identity shortcuts (type A) and one without any, are
+trained alike (sandbox.train: SGD with Nesterov momentum, cosine schedule) on the digits
+(or CIFAR-10 from a local folder). Then, for each, at its trained weights:
+
+- the 2-D surface of the training loss on the plane of two filter-normalized Gaussian
+  directions over [-1, 1]^2, in eval mode over every training image (the same two random
+  draws for both networks), drawn as contours and in 3-D with one colour scale;
+- 1-D slices: the centre row and column of that plane;
+- the linear interpolation from the initial to the trained weights (and running
+  statistics), from alpha = -0.5 to 1.5;
+- the PCA path of training: the checkpoints projected on the top two principal directions
+  of (checkpoint - final), over the surface on that plane;
+- the Hessian's largest and most negative eigenvalues at the trained weights (Lanczos on
+  Hessian-vector products, over a fixed subset of the training images), and
+  |lambda_min / lambda_max|;
+- surface statistics (sandbox.surface.surface_stats): the area below the loss of a uniform
+  guess, grid-local minima, the fraction of the plane where the surface is non-convex.
+
+summary.json compares the two networks on each of these and says, claim by claim, whether
+the shortcuts made the landscape smoother here.
+
+Grid sizes: the CPU default is 21 x 21 on the main plane (step 0.1) and 11 x 11 on the PCA
+plane, about 0.6 s per point for ResNet-56 over the 1,438 training digits on two cores;
+the paper's 51 x 51 is `--grid 51` (an accelerator job, or about 30 minutes per network
+here).
+
+Run: make resnet_landscape (ResNet-56 pair on the digits; about 15 minutes on 2 cores)
+     python -m studies.resnet_landscape --depth 20   (or 110: the other pairs)
+     python -m studies.resnet_landscape --data cifar10 --data-dir DIR --grid 51
+     smoke: python -m studies.resnet_landscape --quick (ResNet-8, 5 x 5; under a minute)
+"""
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+import optax
+from matplotlib import colors
+
+from sandbox import data, hessian, plotting, results, surface, train
+from sandbox.models import resnet
+
+NAME = "resnet_landscape"
+SHORTCUTS = ("A", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    data: str = "digits"  # digits | cifar10 | synthetic
+    depth: int = 56
+    # Training (both networks alike).
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    checkpoint_every: int = 2  # epochs between the checkpoints of the PCA path
+    # Surfaces.
+    grid: int = 21  # points per side of the main plane, odd so the centre is on it
+    extent: float = 1.0  # the plane is [-extent, extent]^2
+    pca_grid: int = 11
+    pca_margin: float = 1.3  # the PCA plane covers the path times this
+    interp_points: int = 21
+    interp_range: tuple[float, float] = (-0.5, 1.5)
+    surface_images: int = 0  # training images the surfaces average over; 0: all
+    eval_batch: int = 256
+    # Hessian.
+    hessian_images: int = 512
+    lanczos_iters: int = 20
+
+    def __post_init__(self):
+        if self.data not in data.NAMES:
+            raise ValueError(f"`data` must be one of {', '.join(data.NAMES)}, got {self.data!r}")
+        resnet.check_depth(self.depth)
+        for name in ("grid", "pca_grid", "interp_points"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 3 or v % 2 == 0:
+                raise ValueError(f"`{name}` must be an odd integer >= 3, got {v!r}")
+        for name in ("epochs", "checkpoint_every", "hessian_images", "lanczos_iters"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {v!r}")
+        if self.checkpoint_every > self.epochs:
+            raise ValueError(
+                f"`checkpoint_every` ({self.checkpoint_every}) must not exceed `epochs` "
+                f"({self.epochs}): the PCA path needs at least 2 checkpoints"
+            )
+        surface.axis(-self.extent, self.extent, self.grid, "extent")
+        surface.axis(*self.interp_range, self.interp_points, "interp_range")
+        if not self.pca_margin >= 1:
+            raise ValueError(f"`pca_margin` must be >= 1, got {self.pca_margin}")
+        self.train_config()
+
+    def train_config(self) -> train.TrainConfig:
+        return train.TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            augment=self.data == "cifar10",
+            seed=self.seed,
+        )
+
+
+QUICK = Config(
+    depth=8,
+    epochs=2,
+    checkpoint_every=1,
+    grid=5,
+    pca_grid=3,
+    interp_points=5,
+    surface_images=256,
+    hessian_images=64,
+    lanczos_iters=6,
+)
+
+
+def _variables(state: dict) -> dict:
+    return {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+
+def _hessian_edges(model, variables, x, y, key, iters) -> tuple[float, float]:
+    """(lambda_max, lambda_min) of the eval-mode training loss on (x, y), by Lanczos."""
+    stats = variables["batch_stats"]
+
+    def loss(params):
+        logits = model.apply({"params": params, "batch_stats": stats}, x, train=False)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    lmax, lmin = hessian.extreme_eigenvalues(loss, variables["params"], key=key, num_iters=iters)
+    return float(lmax), float(lmin)
+
+
+def compute_one(
+    cfg: Config, ds: data.Dataset, shortcut: str, out: Path, progress: bool
+) -> tuple[dict, dict]:
+    """Trains one network (or reloads it) and measures its landscape."""
+    model = resnet.ResNet(depth=cfg.depth, shortcut=shortcut, num_classes=ds.num_classes)
+    keep = list(range(0, cfg.epochs + 1, cfg.checkpoint_every))
+    workdir = out / "train" / shortcut
+    label = f"ResNet-{cfg.depth} shortcut {shortcut}: "
+    start = time.perf_counter()
+    state, hist = train.fit(
+        model,
+        ds,
+        cfg.train_config(),
+        workdir=workdir,
+        keep_epochs=keep,
+        progress=progress,
+        label=label,
+    )
+    train_s = time.perf_counter() - start
+    trained = _variables(state)
+    n = cfg.surface_images or len(ds.x_train)
+    x, y = ds.x_train[:n], ds.y_train[:n]
+    kw = dict(batch_size=min(cfg.eval_batch, n), progress=progress)
+    key = jax.random.key(cfg.seed)
+    k1, k2, kh = jax.random.split(jax.random.fold_in(key, 1), 3)  # same draws for both nets
+    d1 = surface.filter_normalized_direction(k1, trained["params"])
+    d2 = surface.filter_normalized_direction(k2, trained["params"])
+    cos12 = float(surface.vdot(d1, d2) / (surface.norm(d1) * surface.norm(d2)))
+
+    # Centre check: the trained model's loss by the training code's own evaluation.
+    evaluate = train.make_evaluate(model, cfg.eval_batch)
+    ref_loss, ref_acc = evaluate(state, jnp.asarray(x), jnp.asarray(y))
+
+    t0 = time.perf_counter()
+    xs = ys = surface.axis(-cfg.extent, cfg.extent, cfg.grid, "extent")
+    main = surface.plane(
+        model, trained, d1, d2, xs, ys, x, y, resume=out / f"cells_{shortcut}_plane.npz", **kw
+    )
+    plane_s = time.perf_counter() - t0
+
+    alphas = surface.axis(*cfg.interp_range, cfg.interp_points, "interp_range")
+    ckpt_dir = workdir / "checkpoints"
+    init_state, _ = train.load_checkpoint(ckpt_dir, 0)
+    interp = surface.interpolate(
+        model,
+        _variables(init_state),
+        trained,
+        alphas,
+        x,
+        y,
+        resume=out / f"cells_{shortcut}_interp.npz",
+        **kw,
+    )
+
+    path = [train.load_checkpoint(ckpt_dir, e)[0]["params"] for e in keep]
+    pca = surface.pca_directions(path, final=trained["params"])
+    reach = cfg.pca_margin * float(np.max(np.abs(pca.coords)))
+    pxs = pys = surface.axis(-reach, reach, cfg.pca_grid, "pca range")
+    pca_plane = surface.plane(
+        model,
+        trained,
+        *pca.directions,
+        pxs,
+        pys,
+        x,
+        y,
+        resume=out / f"cells_{shortcut}_pca.npz",
+        **kw,
+    )
+
+    t0 = time.perf_counter()
+    nh = min(cfg.hessian_images, len(ds.x_train))
+    lmax, lmin = _hessian_edges(
+        model,
+        trained,
+        jnp.asarray(ds.x_train[:nh]),
+        jnp.asarray(ds.y_train[:nh]),
+        kh,
+        cfg.lanczos_iters,
+    )
+    hessian_s = time.perf_counter() - t0
+
+    level = math.log(ds.num_classes)
+    c = cfg.grid // 2
+    arrays = {
+        "xs_X": xs,
+        "loss_YxX": main.loss,
+        "acc_YxX": main.accuracy,
+        "slice_d1_X": main.loss[c, :],
+        "slice_d2_Y": main.loss[:, c],
+        "alphas_A": alphas,
+        "interp_loss_A": interp.loss,
+        "interp_acc_A": interp.accuracy,
+        "pca_xs_X": pxs,
+        "pca_loss_YxX": pca_plane.loss,
+        "pca_path_Tx2": pca.coords,
+        "pca_epochs_T": np.asarray(keep),
+        "test_acc_E": hist.test_acc_E,
+        "train_loss_E": hist.train_loss_E,
+    }
+    stats = surface.surface_stats(main.loss, xs, ys, level=level)
+    summary = {
+        "network": f"ResNet-{cfg.depth}, shortcut {shortcut}",
+        "params": resnet.num_params(trained["params"]),
+        "test_accuracy": float(hist.test_acc_E[-1]),
+        "train_accuracy_eval_mode": float(ref_acc),
+        "centre_loss": {
+            "measured": float(main.loss[c, c]),
+            "reference": float(ref_loss),
+            "note": "surface centre vs sandbox.train's evaluation of the trained model",
+        },
+        "surface": stats,
+        "directions_cosine": cos12,
+        "interpolation": {
+            "loss_at_0": float(interp.loss[np.argmin(np.abs(alphas))]),
+            "loss_at_1": float(interp.loss[np.argmin(np.abs(alphas - 1))]),
+            "max_between": float(np.max(interp.loss[(alphas >= 0) & (alphas <= 1)])),
+            "monotone_decrease": bool(
+                np.all(np.diff(interp.loss[(alphas >= 0) & (alphas <= 1)]) <= 0)
+            ),
+        },
+        "pca": {
+            "explained": [float(e) for e in pca.explained],
+            "checkpoints": len(keep),
+            "range": reach,
+        },
+        "hessian": {
+            "lambda_max": lmax,
+            "lambda_min": lmin,
+            "abs_min_over_max": abs(lmin / lmax) if lmax else None,
+            "images": nh,
+            "lanczos_iters": cfg.lanczos_iters,
+        },
+        "wall_s": {
+            "train_session": round(train_s, 1),
+            "plane": round(plane_s, 1),
+            "hessian": round(hessian_s, 1),
+        },
+        "surface_images": n,
+    }
+    return arrays, summary
+
+
+def compare(s: dict) -> dict:
+    """Li et al.'s claim, piece by piece: is the network with shortcuts the smoother one?"""
+    a, b = s["A"], s["none"]
+
+    def claim(name, va, vb, smoother_if):
+        return {"A": va, "none": vb, "holds": bool(smoother_if(va, vb)), "claim": name}
+
+    return {
+        "lower_sharpness": claim(
+            "smaller top Hessian eigenvalue with shortcuts",
+            a["hessian"]["lambda_max"],
+            b["hessian"]["lambda_max"],
+            lambda u, v: u < v,
+        ),
+        "more_convex_at_minimum": claim(
+            "smaller |lambda_min / lambda_max| with shortcuts",
+            a["hessian"]["abs_min_over_max"],
+            b["hessian"]["abs_min_over_max"],
+            lambda u, v: u < v,
+        ),
+        "wider_basin": claim(
+            "larger area of the plane below the uniform-guess loss with shortcuts",
+            a["surface"]["below_level"],
+            b["surface"]["below_level"],
+            lambda u, v: u > v,
+        ),
+        "fewer_local_minima": claim(
+            "no more grid-local minima with shortcuts",
+            a["surface"]["local_minima"],
+            b["surface"]["local_minima"],
+            lambda u, v: u <= v,
+        ),
+        "less_nonconvex": claim(
+            "smaller non-convex fraction of the plane with shortcuts",
+            a["surface"]["nonconvex_fraction"],
+            b["surface"]["nonconvex_fraction"],
+            lambda u, v: u < v,
+        ),
+    }
+
+
+def compute(cfg: Config, out: Path, *, data_dir: str | None = None, progress: bool = True):
+    ds = data.load(cfg.data, data_dir=data_dir, seed=cfg.seed)
+    arrays, summary = {}, {}
+    for shortcut in SHORTCUTS:
+        a, s = compute_one(cfg, ds, shortcut, out, progress)
+        arrays.update({f"{shortcut}/{k}": v for k, v in a.items()})
+        summary[shortcut] = s
+    summary["smoother_with_shortcuts"] = compare(summary)
+    summary["data"] = {"name": ds.name, "train": len(ds.x_train), "test": len(ds.x_test)}
+    summary["grid"] = f"{cfg.grid} x {cfg.grid} on [-{cfg.extent}, {cfg.extent}]^2"
+    return arrays, summary
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _levels(arrays: dict, key: str) -> np.ndarray:
+    """Shared contour levels for both networks: log-spaced over their finite range."""
+    z = np.concatenate([arrays[f"{s}/{key}"].ravel() for s in SHORTCUTS])
+    z = z[np.isfinite(z) & (z > 0)]
+    lo, hi = float(np.min(z)), float(np.max(z))
+    return np.geomspace(lo, max(hi, lo * 1.01), 25)
+
+
+def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
+    figs = {}
+    titles = {s: f"shortcut {s}" if s != "none" else "no shortcuts" for s in SHORTCUTS}
+    levels = _levels(arrays, "loss_YxX")
+    norm = colors.LogNorm(levels[0], levels[-1])
+    with plt.style.context(plotting.STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(plotting.FULL, 3.2), layout="constrained")
+        for ax, s in zip(axes, SHORTCUTS, strict=True):
+            xs = arrays[f"{s}/xs_X"]
+            cs = ax.contourf(xs, xs, arrays[f"{s}/loss_YxX"], levels=levels, norm=norm)
+            ax.contour(
+                xs,
+                xs,
+                arrays[f"{s}/loss_YxX"],
+                levels=levels[::3],
+                colors="k",
+                linewidths=0.4,
+                alpha=0.5,
+            )
+            ax.plot(0, 0, "w*", ms=8, mec="k")
+            h = summary[s]["hessian"]
+            ax.set(
+                xlabel="δ (filter-normalized)",
+                ylabel="η (filter-normalized)",
+                title=f"ResNet-{cfg.depth}, {titles[s]}\nλmax {h['lambda_max']:.3g}, "
+                f"|λmin/λmax| {h['abs_min_over_max']:.2g}",
+                aspect="equal",
+            )
+        cbar = fig.colorbar(cs, ax=axes, label="training loss (log scale)", shrink=0.9)
+        cbar.set_ticks(levels[::4], labels=[f"{v:.3g}" for v in levels[::4]])
+        cbar.minorticks_off()
+        figs["contours"] = fig
+
+        fig = plt.figure(figsize=(plotting.FULL, 3.2), layout="constrained")
+        zlo, zhi = levels[0], levels[-1]
+        for i, s in enumerate(SHORTCUTS):
+            ax = fig.add_subplot(1, 2, i + 1, projection="3d")
+            xs = arrays[f"{s}/xs_X"]
+            X, Y = np.meshgrid(xs, xs)
+            Z = np.log10(arrays[f"{s}/loss_YxX"])
+            ax.plot_surface(
+                X,
+                Y,
+                Z,
+                cmap="viridis",
+                norm=colors.Normalize(np.log10(zlo), np.log10(zhi)),
+                rstride=1,
+                cstride=1,
+                linewidth=0,
+                antialiased=False,
+            )
+            ax.set(
+                xlabel="δ",
+                ylabel="η",
+                zlabel="log10 loss",
+                title=titles[s],
+                zlim=(np.log10(zlo), np.log10(zhi)),
+            )
+        figs["surface3d"] = fig
+
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(plotting.FULL, 2.6), layout="constrained")
+        for i, s in enumerate(SHORTCUTS):
+            xs = arrays[f"{s}/xs_X"]
+            ax1.semilogy(xs, arrays[f"{s}/slice_d1_X"], "-", color=f"C{i}", label=f"{titles[s]}, δ")
+            ax1.semilogy(
+                xs, arrays[f"{s}/slice_d2_Y"], "--", color=f"C{i}", label=f"{titles[s]}, η"
+            )
+            a = arrays[f"{s}/alphas_A"]
+            ax2.semilogy(
+                a, arrays[f"{s}/interp_loss_A"], "o-", ms=3, color=f"C{i}", label=titles[s]
+            )
+        ax1.set(xlabel="step along the direction", ylabel="training loss", title="1-D slices")
+        ax1.legend(fontsize=7)
+        ax2.axvline(0, color="k", lw=0.6, ls=":")
+        ax2.axvline(1, color="k", lw=0.6, ls=":")
+        ax2.set(
+            xlabel="α: (1 − α) initial + α trained",
+            ylabel="training loss",
+            title="interpolation from initial to trained",
+        )
+        ax2.legend(fontsize=7)
+        figs["slices"] = fig
+
+        fig, axes = plt.subplots(1, 2, figsize=(plotting.FULL, 3.2), layout="constrained")
+        for ax, s in zip(axes, SHORTCUTS, strict=True):
+            xs = arrays[f"{s}/pca_xs_X"]
+            z = arrays[f"{s}/pca_loss_YxX"]
+            zl = np.geomspace(np.nanmin(z), max(np.nanmax(z), np.nanmin(z) * 1.01), 20)
+            cs = ax.contourf(xs, xs, z, levels=zl, norm=colors.LogNorm(zl[0], zl[-1]))
+            p = arrays[f"{s}/pca_path_Tx2"]
+            ax.plot(p[:, 0], p[:, 1], "o-", color="C3", ms=3, lw=1.2)
+            ax.plot(p[0, 0], p[0, 1], "o", color="w", mec="C3", ms=6)
+            ax.plot(0, 0, "w*", ms=9, mec="k")
+            ex = summary[s]["pca"]["explained"]
+            ax.set(
+                xlabel=f"PC 1 ({100 * ex[0]:.0f}%)",
+                ylabel=f"PC 2 ({100 * ex[1]:.0f}%)",
+                title=f"training path, {titles[s]}",
+                aspect="equal",
+            )
+            cbar = fig.colorbar(cs, ax=ax, shrink=0.8)
+            cbar.set_ticks(zl[::4], labels=[f"{v:.3g}" for v in zl[::4]])
+            cbar.minorticks_off()
+        figs["pca_path"] = fig
+    return figs
+
+
+def _parse(argv):
+    p = results.Parser(prog=f"python -m studies.{NAME}", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="ResNet-8, 5 x 5 grid (under a minute)")
+    p.add_argument("--out", type=Path, default=None, help="output folder")
+    p.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    p.add_argument("--plot-only", action="store_true", help="redraw figures from saved arrays")
+    p.add_argument("--depth", type=int, default=None, help="6n + 2: 20, 32, 44, 56, 110")
+    p.add_argument("--grid", type=int, default=None, help="points per side of the plane (odd)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--data", default=None, help=f"one of {', '.join(data.NAMES)}")
+    p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (else $CIFAR10_DIR)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+@results.cli
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parse(argv)
+    cfg = QUICK if args.quick else Config()
+    overrides = {
+        "seed": args.seed,
+        "depth": args.depth,
+        "grid": args.grid,
+        "epochs": args.epochs,
+        "data": args.data,
+    }
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    name = NAME if cfg.depth == 56 or args.quick else f"{NAME}-resnet{cfg.depth}"
+    out = results.run_dir(args.out, name, args.quick)
+    if not args.plot_only:
+        start = time.perf_counter()
+        arrays, summary = compute(cfg, out, data_dir=args.data_dir, progress=not args.no_progress)
+        results.save(out, cfg, arrays, summary, time.perf_counter() - start)
+    cfg, arrays, summary = results.load(out, Config)
+    for fig_name, fig in plot(arrays, cfg, summary).items():
+        plotting.save(fig, out / f"{fig_name}.png")
+    for s in SHORTCUTS:
+        t = summary[s]
+        print(
+            f"{NAME}: ResNet-{cfg.depth} {s}: test accuracy {t['test_accuracy']:.4f}, "
+            f"lambda_max {t['hessian']['lambda_max']:.4g}, |min/max| "
+            f"{t['hessian']['abs_min_over_max']:.3g}, area below ln(K) "
+            f"{t['surface']['below_level']:.3f}, local minima {t['surface']['local_minima']}"
+        )
+    holds = [k for k, v in summary["smoother_with_shortcuts"].items() if v["holds"]]
+    print(f"{NAME}: smoother with shortcuts on {len(holds)}/5 counts: {', '.join(holds)}")
+    print(f"{NAME}: results in {out}")
+
+
+if __name__ == "__main__":
+    main()

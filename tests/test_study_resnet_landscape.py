@@ -1,0 +1,98 @@
+"""studies/resnet_landscape in --quick mode (ResNet-8 pair, 5 x 5 plane): files, the centre of
+every surface against the training code's evaluation, and the command line's errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sandbox import results
+from studies import resnet_landscape as study
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("resnet_landscape")
+    study.main(["--quick", "--out", str(out), "--no-progress"])
+    cfg, arrays, summary = results.load(out, study.Config)
+    return out, cfg, arrays, summary
+
+
+def test_the_run_folder_holds_every_figure(run):
+    out, _, _, _ = run
+    for name in ("contours", "surface3d", "slices", "pca_path"):
+        assert (out / f"{name}.png").stat().st_size > 10_000, name
+    for s in study.SHORTCUTS:  # the finished cells of every surface, for a resumed run
+        for part in ("plane", "interp", "pca"):
+            with np.load(out / f"cells_{s}_{part}.npz") as z:
+                assert z["done"].all()
+
+
+def test_surface_centres_equal_the_trained_networks_loss(run):
+    _, cfg, arrays, summary = run
+    c = cfg.grid // 2
+    for s in study.SHORTCUTS:
+        centre = summary[s]["centre_loss"]
+        # Same network, same images, batch sums in another order: float32, relative 1e-5.
+        assert centre["measured"] == pytest.approx(centre["reference"], rel=1e-5)
+        assert arrays[f"{s}/loss_YxX"][c, c] == centre["measured"]
+        # Slices are the plane's centre row and column; the interpolation ends there too.
+        np.testing.assert_array_equal(arrays[f"{s}/slice_d1_X"], arrays[f"{s}/loss_YxX"][c])
+        alphas = arrays[f"{s}/alphas_A"]
+        at_one = arrays[f"{s}/interp_loss_A"][np.argmin(np.abs(alphas - 1))]
+        assert at_one == pytest.approx(centre["reference"], rel=1e-5)
+        # The PCA plane is centred on the trained weights as well.
+        p = arrays[f"{s}/pca_loss_YxX"]
+        assert p[len(p) // 2, len(p) // 2] == pytest.approx(centre["reference"], rel=1e-5)
+        assert np.allclose(arrays[f"{s}/pca_path_Tx2"][-1], 0, atol=1e-6)
+
+
+def test_summary_compares_the_two_networks(run):
+    _, _, _, summary = run
+    claims = summary["smoother_with_shortcuts"]
+    assert set(claims) == {
+        "lower_sharpness",
+        "more_convex_at_minimum",
+        "wider_basin",
+        "fewer_local_minima",
+        "less_nonconvex",
+    }
+    for c in claims.values():
+        assert isinstance(c["holds"], bool) and c["A"] is not None and c["none"] is not None
+    for s in study.SHORTCUTS:
+        h = summary[s]["hessian"]
+        assert h["lambda_max"] > 0 and h["lambda_max"] >= h["lambda_min"]
+        assert abs(summary[s]["directions_cosine"]) < 0.05  # random directions in 75k dims
+
+
+def test_plot_only_redraws(run):
+    out, _, _, _ = run
+    (out / "contours.png").unlink()
+    study.main(["--quick", "--out", str(out), "--plot-only"])
+    assert (out / "contours.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--grid", "4"], "`grid` must be an odd integer >= 3"),
+        (["--depth", "9"], "`depth` must be 6n + 2"),
+        (["--data", "mnist"], "`data` must be one of"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_status_2(args, message, tmp_path):
+    p = subprocess.run(
+        [sys.executable, "-m", "studies.resnet_landscape", "--out", str(tmp_path), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2
+    assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert not json.dumps(p.stderr).count("Traceback")
