@@ -13,7 +13,8 @@ The tools of Li et al. 2018 ("Visualizing the loss landscape of neural nets") as
   dimensions are already within a few 1e-3 of orthogonal; this makes it exact, and the
   filter norms of d2 then hold only to that order).
 - `pca_directions(path)`: the two principal directions of a training path (checkpoints
-  minus the final point) and the path's coordinates in them.
+  minus the final point) and the path's coordinates in them; `checkpoint_path(folder)`
+  reads the path from the checkpoints `sandbox.train` saved.
 - `evaluate(model, variables, directions, coords, x, y)`: the mean cross-entropy and the
   accuracy of the network at every point `variables + sum_k coords[p, k] * directions[k]`,
   in eval mode (batch norm uses the running statistics of `variables`), over every image of
@@ -229,6 +230,31 @@ def pca_directions(
     dtype = jnp.result_type(flat_final)
     directions = tuple(unravel(jnp.asarray(c, dtype)) for c in comps)
     return PCA(directions, explained, coords)
+
+
+def checkpoint_path(folder: Path | str, epochs: Sequence[int] | None = None):
+    """(epochs, parameters) of the checkpoints `sandbox.train.fit` saved in `folder`.
+
+    Args:
+      folder: a run's `checkpoints/` folder.
+      epochs: which ones (default: every epoch saved there), in this order.
+
+    Returns:
+      The epochs and a list of parameter pytrees (NumPy), ready for `pca_directions`.
+    """
+    from sandbox import train  # orbax is slow to import: only where checkpoints are read
+
+    folder = Path(folder)
+    saved = sorted(int(p.name) for p in folder.glob("*") if p.is_dir() and p.name.isdigit())
+    if not saved:
+        raise ValueError(f"`folder` {str(folder)!r} holds no training checkpoints")
+    epochs = saved if epochs is None else [int(e) for e in epochs]
+    missing = sorted(set(epochs) - set(saved))
+    if missing:
+        raise ValueError(
+            f"`epochs`: no checkpoint for epoch(s) {missing} in {str(folder)!r}; have {saved}"
+        )
+    return epochs, [train.load_checkpoint(folder, e)[0]["params"] for e in epochs]
 
 
 # ----------------------------------------------------------------------------- grids

@@ -195,7 +195,7 @@ def compute_one(
         **kw,
     )
 
-    path = [train.load_checkpoint(ckpt_dir, e)[0]["params"] for e in keep]
+    _, path = surface.checkpoint_path(ckpt_dir, keep)
     pca = surface.pca_directions(path, final=trained["params"])
     reach = cfg.pca_margin * float(np.max(np.abs(pca.coords)))
     pxs = pys = surface.axis(-reach, reach, cfg.pca_grid, "pca range")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sandbox import results
+from sandbox import results, surface
 from studies import resnet_landscape as study
 
 ROOT = Path(__file__).parents[1]
@@ -68,6 +68,19 @@ def test_summary_compares_the_two_networks(run):
         h = summary[s]["hessian"]
         assert h["lambda_max"] > 0 and h["lambda_max"] >= h["lambda_min"]
         assert abs(summary[s]["directions_cosine"]) < 0.05  # random directions in 75k dims
+
+
+def test_checkpoint_path_reads_the_training_checkpoints(run):
+    out, cfg, arrays, _ = run
+    folder = out / "train" / "A" / "checkpoints"
+    epochs, path = surface.checkpoint_path(folder)
+    assert epochs == list(range(0, cfg.epochs + 1, cfg.checkpoint_every))
+    assert len(path) == len(epochs) and set(path[0]) == set(path[-1])
+    np.testing.assert_array_equal(arrays["A/pca_epochs_T"], epochs)
+    with pytest.raises(ValueError, match=r"`epochs`: no checkpoint for epoch\(s\) \[99\]"):
+        surface.checkpoint_path(folder, [0, 99])
+    with pytest.raises(ValueError, match="holds no training checkpoints"):
+        surface.checkpoint_path(out / "nowhere")
 
 
 def test_plot_only_redraws(run):

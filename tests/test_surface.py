@@ -2,6 +2,12 @@
 a plain Python loop over points, the training code's own evaluation, scikit-learn's PCA, and
 surfaces whose shape is known."""
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -178,6 +184,43 @@ def test_interpolation_ends_at_both_models(resnet8):
     assert m.loss[2] == pytest.approx(reference_loss(model, end, x, y), rel=1e-5)
     mid = jax.tree.map(lambda a, b: (a + b) / 2, start, end)
     assert m.loss[1] == pytest.approx(reference_loss(model, mid, x, y), rel=1e-5)
+
+
+def test_results_do_not_depend_on_the_device_count(tmp_path):
+    # Simulated CPU devices need a fresh process: XLA reads the flag at start-up.
+    script = textwrap.dedent(
+        """
+        import sys, numpy as np, jax
+        from sandbox import surface
+        from sandbox.models.resnet import ResNet
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((40, 8, 8, 1)).astype(np.float32)
+        y = rng.integers(0, 10, 40).astype(np.int32)
+        model = ResNet(depth=8)
+        v = jax.jit(model.init)(jax.random.key(0), x[:1])
+        d1 = surface.filter_normalized_direction(jax.random.key(1), v["params"])
+        d2 = surface.filter_normalized_direction(jax.random.key(2), v["params"])
+        xs = surface.axis(-1.0, 1.0, 5)
+        m = surface.plane(model, v, d1, d2, xs, xs[:3], x, y, batch_size=16, progress=False)
+        np.savez(sys.argv[1], loss=m.loss, acc=m.accuracy, n=jax.device_count())
+        """
+    )
+    outs = {}
+    for count in (1, 8):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}")
+        path = tmp_path / f"d{count}.npz"
+        subprocess.run(
+            [sys.executable, "-c", script, str(path)],
+            env=env,
+            check=True,
+            cwd=Path(__file__).parents[1],
+        )
+        outs[count] = np.load(path)
+        assert int(outs[count]["n"]) == count
+    # 15 points over 8 devices (one padded chunk) against one device: each point is the
+    # same compiled forward pass wherever it runs; float32, relative 1e-6.
+    np.testing.assert_allclose(outs[8]["loss"], outs[1]["loss"], rtol=1e-6)
+    np.testing.assert_array_equal(outs[8]["acc"], outs[1]["acc"])
 
 
 # ----------------------------------------------------------------------------- resume
