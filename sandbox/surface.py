@@ -425,9 +425,27 @@ def plane(model, variables, d1, d2, xs, ys, x, y, **kw) -> Metrics:
 
 
 def interpolate(model, start, end, alphas, x, y, **kw) -> Metrics:
-    """`evaluate` at (1 - alpha) start + alpha end: parameters and running statistics."""
+    """`evaluate` at (1 - alpha) start + alpha end, for variables {"params", ...}.
+
+    The parameters move with alpha; the other collections (batch norm's running means and
+    variances) with alpha clipped to [0, 1], since extrapolated variances can turn negative.
+    """
     check_like(end, start, "end")
-    return evaluate(model, start, [difference(end, start)], np.asarray(alphas)[:, None], x, y, **kw)
+    alphas = np.asarray(alphas, np.float64)
+    if alphas.ndim != 1:
+        raise ValueError(f"`alphas` must have shape [A], got {alphas.shape}")
+    step = difference(end, start)
+    moves = {"params": step["params"]}
+    directions = [
+        {k: v if k == "params" else jax.tree.map(jnp.zeros_like, v) for k, v in step.items()}
+    ]
+    coords = [alphas]
+    if len(step) > 1:  # the statistics as a second direction, at the clipped alpha
+        directions.append(
+            {k: jax.tree.map(jnp.zeros_like, v) if k in moves else v for k, v in step.items()}
+        )
+        coords.append(np.clip(alphas, 0.0, 1.0))
+    return evaluate(model, start, directions, np.stack(coords, 1), x, y, **kw)
 
 
 def _as_variables(directions: Sequence[PyTree], variables: dict) -> list[dict]:

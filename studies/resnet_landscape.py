@@ -406,6 +406,8 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
                 zlabel="log10 loss",
                 title=titles[s],
                 zlim=(np.log10(zlo), np.log10(zhi)),
+                xticks=[-cfg.extent, 0, cfg.extent],
+                yticks=[-cfg.extent, 0, cfg.extent],
             )
         figs["surface3d"] = fig
 

@@ -184,6 +184,20 @@ def test_interpolation_ends_at_both_models(resnet8):
     assert m.loss[2] == pytest.approx(reference_loss(model, end, x, y), rel=1e-5)
     mid = jax.tree.map(lambda a, b: (a + b) / 2, start, end)
     assert m.loss[1] == pytest.approx(reference_loss(model, mid, x, y), rel=1e-5)
+    # Beyond the ends the parameters extrapolate and the running statistics stay those of
+    # the nearer end (extrapolated variances could be negative).
+    out = surface.interpolate(model, start, end, [-0.5, 1.5], x, y, progress=False)
+    lo = {
+        "params": jax.tree.map(lambda a, b: 1.5 * a - 0.5 * b, start["params"], end["params"]),
+        "batch_stats": start["batch_stats"],
+    }
+    hi = {
+        "params": jax.tree.map(lambda a, b: -0.5 * a + 1.5 * b, start["params"], end["params"]),
+        "batch_stats": end["batch_stats"],
+    }
+    assert np.all(np.isfinite(out.loss))
+    assert out.loss[0] == pytest.approx(reference_loss(model, lo, x, y), rel=1e-5)
+    assert out.loss[1] == pytest.approx(reference_loss(model, hi, x, y), rel=1e-5)
 
 
 def test_results_do_not_depend_on_the_device_count(tmp_path):
