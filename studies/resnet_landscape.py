@@ -197,8 +197,13 @@ def compute_one(
 
     _, path = surface.checkpoint_path(ckpt_dir, keep)
     pca = surface.pca_directions(path, final=trained["params"])
-    reach = cfg.pca_margin * float(np.max(np.abs(pca.coords)))
-    pxs = pys = surface.axis(-reach, reach, cfg.pca_grid, "pca range")
+    # Each axis covers the path; the second at least a tenth of the first, so a path that is
+    # nearly a straight line still shows the valley around it.
+    c1, c2 = np.max(np.abs(pca.coords), axis=0)
+    reach_x = cfg.pca_margin * float(c1)
+    reach_y = cfg.pca_margin * float(max(c2, 0.1 * c1))
+    pxs = surface.axis(-reach_x, reach_x, cfg.pca_grid, "pca range")
+    pys = surface.axis(-reach_y, reach_y, cfg.pca_grid, "pca range")
     pca_plane = surface.plane(
         model,
         trained,
@@ -235,6 +240,7 @@ def compute_one(
         "interp_loss_A": interp.loss,
         "interp_acc_A": interp.accuracy,
         "pca_xs_X": pxs,
+        "pca_ys_Y": pys,
         "pca_loss_YxX": pca_plane.loss,
         "pca_path_Tx2": pca.coords,
         "pca_epochs_T": np.asarray(keep),
@@ -265,7 +271,7 @@ def compute_one(
         "pca": {
             "explained": [float(e) for e in pca.explained],
             "checkpoints": len(keep),
-            "range": reach,
+            "range": [reach_x, reach_y],
         },
         "hessian": {
             "lambda_max": lmax,
@@ -341,33 +347,52 @@ def compute(cfg: Config, out: Path, *, data_dir: str | None = None, progress: bo
 # ----------------------------------------------------------------------------- figures
 
 
-def _levels(arrays: dict, key: str) -> np.ndarray:
-    """Shared contour levels for both networks: log-spaced over their finite range."""
-    z = np.concatenate([arrays[f"{s}/{key}"].ravel() for s in SHORTCUTS])
+# Losses above this are drawn in the top colour (as Li et al. clip theirs): without shortcuts
+# the loss reaches 1e9 at the plane's corners, which would leave one colour for everything else.
+PLOT_CAP = 100.0
+
+
+def _levels(values: list[np.ndarray], n: int = 25) -> np.ndarray:
+    """Log-spaced levels from the smallest finite loss to min(largest, PLOT_CAP)."""
+    z = np.concatenate([np.ravel(v) for v in values])
     z = z[np.isfinite(z) & (z > 0)]
-    lo, hi = float(np.min(z)), float(np.max(z))
-    return np.geomspace(lo, max(hi, lo * 1.01), 25)
+    if not len(z):
+        return np.geomspace(1e-3, PLOT_CAP, n)
+    lo = float(np.min(z))
+    hi = min(float(np.max(z)), PLOT_CAP)
+    return np.geomspace(lo, max(hi, lo * 1.01), n)
+
+
+def _shown(z: np.ndarray, levels: np.ndarray) -> np.ma.MaskedArray:
+    """z clipped into the levels' range; non-finite losses masked (left blank)."""
+    z = np.asarray(z, np.float64)
+    return np.ma.masked_invalid(np.where(np.isfinite(z), np.clip(z, levels[0], levels[-1]), np.nan))
+
+
+def _contours(fig, ax, xs, ys, z, levels):
+    norm = colors.LogNorm(levels[0], levels[-1])
+    zs = _shown(z, levels)
+    cs = ax.contourf(xs, ys, zs, levels=levels, norm=norm)
+    ax.contour(xs, ys, zs, levels=levels[::3], colors="k", linewidths=0.4, alpha=0.5)
+    return cs
+
+
+def _colorbar(fig, cs, axes, levels, label):
+    cbar = fig.colorbar(cs, ax=axes, label=label, shrink=0.85)
+    cbar.set_ticks(levels[::4], labels=[f"{v:.3g}" for v in levels[::4]])
+    cbar.minorticks_off()
 
 
 def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
     figs = {}
     titles = {s: f"shortcut {s}" if s != "none" else "no shortcuts" for s in SHORTCUTS}
-    levels = _levels(arrays, "loss_YxX")
-    norm = colors.LogNorm(levels[0], levels[-1])
+    levels = _levels([arrays[f"{s}/loss_YxX"] for s in SHORTCUTS])
+    capped = f" (clipped at {PLOT_CAP:g})" if levels[-1] == PLOT_CAP else ""
     with plt.style.context(plotting.STYLE):
         fig, axes = plt.subplots(1, 2, figsize=(plotting.FULL, 3.2), layout="constrained")
         for ax, s in zip(axes, SHORTCUTS, strict=True):
             xs = arrays[f"{s}/xs_X"]
-            cs = ax.contourf(xs, xs, arrays[f"{s}/loss_YxX"], levels=levels, norm=norm)
-            ax.contour(
-                xs,
-                xs,
-                arrays[f"{s}/loss_YxX"],
-                levels=levels[::3],
-                colors="k",
-                linewidths=0.4,
-                alpha=0.5,
-            )
+            cs = _contours(fig, ax, xs, xs, arrays[f"{s}/loss_YxX"], levels)
             ax.plot(0, 0, "w*", ms=8, mec="k")
             h = summary[s]["hessian"]
             ax.set(
@@ -377,24 +402,22 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
                 f"|λmin/λmax| {h['abs_min_over_max']:.2g}",
                 aspect="equal",
             )
-        cbar = fig.colorbar(cs, ax=axes, label="training loss (log scale)", shrink=0.9)
-        cbar.set_ticks(levels[::4], labels=[f"{v:.3g}" for v in levels[::4]])
-        cbar.minorticks_off()
+        _colorbar(fig, cs, axes, levels, f"training loss, log scale{capped}")
         figs["contours"] = fig
 
         fig = plt.figure(figsize=(plotting.FULL, 3.2), layout="constrained")
-        zlo, zhi = levels[0], levels[-1]
+        zlo, zhi = np.log10(levels[0]), np.log10(levels[-1])
         for i, s in enumerate(SHORTCUTS):
             ax = fig.add_subplot(1, 2, i + 1, projection="3d")
             xs = arrays[f"{s}/xs_X"]
             X, Y = np.meshgrid(xs, xs)
-            Z = np.log10(arrays[f"{s}/loss_YxX"])
+            Z = np.log10(_shown(arrays[f"{s}/loss_YxX"], levels).filled(np.nan))
             ax.plot_surface(
                 X,
                 Y,
                 Z,
                 cmap="viridis",
-                norm=colors.Normalize(np.log10(zlo), np.log10(zhi)),
+                norm=colors.Normalize(zlo, zhi),
                 rstride=1,
                 cstride=1,
                 linewidth=0,
@@ -404,8 +427,8 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
                 xlabel="δ",
                 ylabel="η",
                 zlabel="log10 loss",
-                title=titles[s],
-                zlim=(np.log10(zlo), np.log10(zhi)),
+                title=titles[s] + capped,
+                zlim=(zlo, zhi),
                 xticks=[-cfg.extent, 0, cfg.extent],
                 yticks=[-cfg.extent, 0, cfg.extent],
             )
@@ -414,15 +437,13 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(plotting.FULL, 2.6), layout="constrained")
         for i, s in enumerate(SHORTCUTS):
             xs = arrays[f"{s}/xs_X"]
-            ax1.semilogy(xs, arrays[f"{s}/slice_d1_X"], "-", color=f"C{i}", label=f"{titles[s]}, δ")
-            ax1.semilogy(
-                xs, arrays[f"{s}/slice_d2_Y"], "--", color=f"C{i}", label=f"{titles[s]}, η"
-            )
+            c = dict(color=f"C{i}")
+            ax1.semilogy(xs, _finite(arrays[f"{s}/slice_d1_X"]), "-", label=f"{titles[s]}, δ", **c)
+            ax1.semilogy(xs, _finite(arrays[f"{s}/slice_d2_Y"]), "--", label=f"{titles[s]}, η", **c)
             a = arrays[f"{s}/alphas_A"]
-            ax2.semilogy(
-                a, arrays[f"{s}/interp_loss_A"], "o-", ms=3, color=f"C{i}", label=titles[s]
-            )
+            ax2.semilogy(a, _finite(arrays[f"{s}/interp_loss_A"]), "o-", ms=3, label=titles[s], **c)
         ax1.set(xlabel="step along the direction", ylabel="training loss", title="1-D slices")
+        ax1.set_xticks(np.linspace(-cfg.extent, cfg.extent, 5))
         ax1.legend(fontsize=7)
         ax2.axvline(0, color="k", lw=0.6, ls=":")
         ax2.axvline(1, color="k", lw=0.6, ls=":")
@@ -434,28 +455,39 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
         ax2.legend(fontsize=7)
         figs["slices"] = fig
 
-        fig, axes = plt.subplots(1, 2, figsize=(plotting.FULL, 3.2), layout="constrained")
+        fig, axes = plt.subplots(1, 2, figsize=(plotting.FULL, 3.4), layout="constrained")
         for ax, s in zip(axes, SHORTCUTS, strict=True):
-            xs = arrays[f"{s}/pca_xs_X"]
+            xs, ys = arrays[f"{s}/pca_xs_X"], arrays[f"{s}/pca_ys_Y"]
             z = arrays[f"{s}/pca_loss_YxX"]
-            zl = np.geomspace(np.nanmin(z), max(np.nanmax(z), np.nanmin(z) * 1.01), 20)
-            cs = ax.contourf(xs, xs, z, levels=zl, norm=colors.LogNorm(zl[0], zl[-1]))
+            zl = _levels([z], 20)
+            cs = _contours(fig, ax, xs, ys, z, zl)
             p = arrays[f"{s}/pca_path_Tx2"]
             ax.plot(p[:, 0], p[:, 1], "o-", color="C3", ms=3, lw=1.2)
             ax.plot(p[0, 0], p[0, 1], "o", color="w", mec="C3", ms=6)
             ax.plot(0, 0, "w*", ms=9, mec="k")
             ex = summary[s]["pca"]["explained"]
+            blank = int(np.sum(~np.isfinite(z)))
+            if blank:
+                ax.text(
+                    0.02,
+                    0.02,
+                    f"blank: loss overflows ({blank} points)",
+                    fontsize=7,
+                    transform=ax.transAxes,
+                )
             ax.set(
-                xlabel=f"PC 1 ({100 * ex[0]:.0f}%)",
-                ylabel=f"PC 2 ({100 * ex[1]:.0f}%)",
+                xlabel=f"PC 1 ({100 * ex[0]:.1f}% of the path's variance)",
+                ylabel=f"PC 2 ({100 * ex[1]:.1f}%)",
                 title=f"training path, {titles[s]}",
-                aspect="equal",
             )
-            cbar = fig.colorbar(cs, ax=ax, shrink=0.8)
-            cbar.set_ticks(zl[::4], labels=[f"{v:.3g}" for v in zl[::4]])
-            cbar.minorticks_off()
+            _colorbar(fig, cs, ax, zl, "training loss" if s == "none" else None)
         figs["pca_path"] = fig
     return figs
+
+
+def _finite(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, np.float64)
+    return np.where(np.isfinite(v), v, np.nan)
 
 
 def _parse(argv):
