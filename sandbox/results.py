@@ -192,19 +192,25 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def parse_study_args(
-    name: str, argv: Sequence[str] | None, doc: str | None = None
-) -> argparse.Namespace:
-    """The common command line of every study."""
+def study_parser(name: str, doc: str | None = None, quick_help: str = "small sizes (seconds)"):
+    """The common command line of every study (--quick, --out, --seed, --plot-only), for
+    studies that add options of their own."""
     p = Parser(
         prog=f"python -m studies.{name}",
         description=(doc or "").strip().splitlines()[0] if doc else None,
     )
-    p.add_argument("--quick", action="store_true", help="small sizes (seconds)")
+    p.add_argument("--quick", action="store_true", help=quick_help)
     p.add_argument("--out", type=Path, default=None, help="output folder")
     p.add_argument("--seed", type=int, default=None, help="override the config's seed")
     p.add_argument("--plot-only", action="store_true", help="redraw figures from saved arrays")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_study_args(
+    name: str, argv: Sequence[str] | None, doc: str | None = None
+) -> argparse.Namespace:
+    """The common command line of every study."""
+    return study_parser(name, doc).parse_args(argv)
 
 
 def run_dir(out: Path | None, name: str, quick: bool) -> Path:

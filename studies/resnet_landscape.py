@@ -493,11 +493,7 @@ def _finite(v: np.ndarray) -> np.ndarray:
 
 
 def _parse(argv):
-    p = results.Parser(prog=f"python -m studies.{NAME}", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="ResNet-8, 5 x 5 grid (under a minute)")
-    p.add_argument("--out", type=Path, default=None, help="output folder")
-    p.add_argument("--seed", type=int, default=None, help="override the config's seed")
-    p.add_argument("--plot-only", action="store_true", help="redraw figures from saved arrays")
+    p = results.study_parser(NAME, __doc__, quick_help="ResNet-8, 5 x 5 grid (under a minute)")
     p.add_argument("--depth", type=int, default=None, help="6n + 2: 20, 32, 44, 56, 110")
     p.add_argument("--grid", type=int, default=None, help="points per side of the plane (odd)")
     p.add_argument("--epochs", type=int, default=None)
@@ -521,13 +517,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     name = NAME if cfg.depth == 56 or args.quick else f"{NAME}-resnet{cfg.depth}"
     out = results.run_dir(args.out, name, args.quick)
-    if not args.plot_only:
-        start = time.perf_counter()
-        arrays, summary = compute(cfg, out, data_dir=args.data_dir, progress=not args.no_progress)
-        results.save(out, cfg, arrays, summary, time.perf_counter() - start)
-    cfg, arrays, summary = results.load(out, Config)
-    for fig_name, fig in plot(arrays, cfg, summary).items():
-        plotting.save(fig, out / f"{fig_name}.png")
+    out, cfg, arrays, summary = results.run_study(
+        NAME,
+        args,
+        cfg,
+        lambda c: compute(c, out, data_dir=args.data_dir, progress=not args.no_progress),
+        plot,
+        out=out,
+    )
     for s in SHORTCUTS:
         t = summary[s]
         print(

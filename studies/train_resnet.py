@@ -182,11 +182,7 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
 
 
 def _parse(argv: Sequence[str] | None):
-    p = results.Parser(prog=f"python -m studies.{NAME}", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="ResNet-8 for 2 epochs (seconds)")
-    p.add_argument("--out", type=Path, default=None, help="output folder")
-    p.add_argument("--seed", type=int, default=None, help="override the config's seed")
-    p.add_argument("--plot-only", action="store_true", help="redraw figures from saved arrays")
+    p = results.study_parser(NAME, __doc__, quick_help="ResNet-8 for 2 epochs (seconds)")
     p.add_argument("--pair", action="store_true", help="also train without shortcuts")
     p.add_argument("--data", default=None, help=f"one of {', '.join(data.NAMES)}")
     p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (else $CIFAR10_DIR)")
@@ -219,13 +215,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     cfg = dataclasses.replace(cfg, **overrides)
     out = results.run_dir(args.out, NAME, args.quick)
-    if not args.plot_only:
-        start = time.perf_counter()
-        arrays, summary = compute(cfg, out, data_dir=args.data_dir, progress=not args.no_progress)
-        results.save(out, cfg, arrays, summary, time.perf_counter() - start)
-    cfg, arrays, summary = results.load(out, Config)
-    for name, fig in plot(arrays, cfg, summary).items():
-        plotting.save(fig, out / f"{name}.png")
+    out, cfg, arrays, summary = results.run_study(
+        NAME,
+        args,
+        cfg,
+        lambda c: compute(c, out, data_dir=args.data_dir, progress=not args.no_progress),
+        plot,
+        out=out,
+    )
     for shortcut in cfg.shortcuts():
         s = summary[shortcut]
         print(

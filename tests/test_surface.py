@@ -2,11 +2,7 @@
 a plain Python loop over points, the training code's own evaluation, scikit-learn's PCA, and
 surfaces whose shape is known."""
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -14,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import run_on_devices
 
 from sandbox import results, surface, train
 from sandbox.models.resnet import ResNet
@@ -221,15 +218,7 @@ def test_results_do_not_depend_on_the_device_count(tmp_path):
     )
     outs = {}
     for count in (1, 8):
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}")
-        path = tmp_path / f"d{count}.npz"
-        subprocess.run(
-            [sys.executable, "-c", script, str(path)],
-            env=env,
-            check=True,
-            cwd=Path(__file__).parents[1],
-        )
-        outs[count] = np.load(path)
+        outs[count] = run_on_devices(script, count, tmp_path / f"d{count}.npz")
         assert int(outs[count]["n"]) == count
     # 15 points over 8 devices (one padded chunk) against one device: each point is the
     # same compiled forward pass wherever it runs; float32, relative 1e-6.

@@ -1,16 +1,13 @@
 """sweep.descend against theory and against a plain loop of single runs."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_on_devices
 
 from sandbox import descent, sweep
 
@@ -110,15 +107,7 @@ def test_results_do_not_depend_on_device_count(tmp_path):
     )
     outs = {}
     for count in (1, 8):
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}")
-        path = tmp_path / f"d{count}.npz"
-        subprocess.run(
-            [sys.executable, "-c", script, str(path)],
-            env=env,
-            check=True,
-            cwd=Path(__file__).parents[1],
-        )
-        outs[count] = np.load(path)
+        outs[count] = run_on_devices(script, count, tmp_path / f"d{count}.npz")
         assert int(outs[count]["n"]) == count
     np.testing.assert_array_equal(outs[8]["x"], outs[1]["x"])
     np.testing.assert_array_equal(outs[8]["diverged"], outs[1]["diverged"])
