@@ -7,7 +7,8 @@ passes in eval mode at batch B. Three ways, timed in turns (best of R):
 
 - inference: the model's own jitted forward pass on one batch of B images, with the batch
   split over every device (the fastest the network itself runs here); images per second.
-- surface: `sandbox.surface.plane`, the whole plane in compiled chunks; point-images/s.
+- surface: `sandbox.surface.plane` with its default chunks (about 32k images per device per
+  compiled call, at least one point); point-images/s.
 - loop: how the reference tool (Li et al.'s loss-landscape) works: for each point, set the
   weights (a jitted axpy), then run a jitted loss over the data batch by batch from Python,
   reading each batch's sums back; point-images/s.
@@ -127,7 +128,6 @@ def main(argv=None) -> dict:
 
     inference = make_inference(model, variables, x[: args.batch])
     loop = make_loop(model, args.batch)
-    chunk = len(jax.devices())  # one point per device per call: the smallest chunk
 
     def run_surface():
         return surface.plane(
@@ -140,7 +140,6 @@ def main(argv=None) -> dict:
             x,
             y,
             batch_size=args.batch,
-            chunk_size=chunk,
             progress=False,
             unroll=args.unroll,
         ).loss.ravel()

@@ -42,7 +42,8 @@ called m times (`default_loop`; `loop="lax"` forces the single compiled loop): R
 256 digits, 8 steps: 4.7 s against 33 s, the same eigenvalues to 1e-7.
 
 Unlike most of `sandbox/`, the functions that take `loss` jit themselves: each runs its whole
-loop as one compiled program (a `lax` loop, never unrolled in Python). `loss` is a static
+loop as one compiled program (a `lax` loop, never unrolled in Python), except the Ritz
+functions on CPU, which call one compiled step per iteration (`default_loop`). `loss` is a static
 argument of that jit, so pass the same function object to reuse the compiled program; a new
 lambda per call compiles again. Everything is computed in the dtype of `params`.
 
@@ -219,7 +220,7 @@ def _lanczos_body(matvec: Matvec, m: int, n: int, dtype, tol: float) -> Callable
     return body
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)  # each entry keeps its `loss` (and the data it closes over)
 def _host_step(loss: Loss, m: int, tol: float) -> Callable:
     """One compiled Lanczos step of the Hessian of `loss`: (params, i, state) -> state."""
 
@@ -231,8 +232,8 @@ def _host_step(loss: Loss, m: int, tol: float) -> Callable:
     return jax.jit(step, donate_argnums=2)
 
 
-def _ritz_host(loss: Loss, params: PyTree, key: Key, num_iters: int) -> Ritz:
-    """`_ritz_jit`'s numbers with the loop over steps in Python: one compiled step, called
+def _tri_host(loss: Loss, params: PyTree, key: Key, num_iters: int) -> tuple[Array, Array]:
+    """`_tri_jit`'s numbers with the loop over steps in Python: one compiled step, called
     num_iters times (see `default_loop`)."""
     flat_n, _ = ravel_pytree(params)
     v0_n = jax.random.normal(key, flat_n.shape, flat_n.dtype)
@@ -241,7 +242,7 @@ def _ritz_host(loss: Loss, params: PyTree, key: Key, num_iters: int) -> Ritz:
     for i in range(num_iters):
         state = step(params, jnp.int32(i), state)
     _, alpha_m, beta_m, _ = state
-    return _ritz_of(alpha_m, beta_m[: num_iters - 1])
+    return alpha_m, beta_m[: num_iters - 1]
 
 
 def default_loop() -> str:
@@ -256,13 +257,40 @@ def default_loop() -> str:
     return "host" if jax.default_backend() == "cpu" else "lax"
 
 
-def _ritz(loss: Loss, params: PyTree, key: Key, num_iters: int, loop: str | None) -> Ritz:
+def _tri(
+    loss: Loss, params: PyTree, key: Key, num_iters: int, loop: str | None
+) -> tuple[Array, Array]:
     loop = default_loop() if loop is None else loop
     if loop == "lax":
-        return _ritz_jit(loss, params, key, num_iters)
+        return _tri_jit(loss, params, key, num_iters)
     if loop == "host":
-        return _ritz_host(loss, params, key, num_iters)
+        return _tri_host(loss, params, key, num_iters)
     raise ValueError(f"`loop` must be 'lax', 'host' or None, got {loop!r}")
+
+
+def _ritz(loss: Loss, params: PyTree, key: Key, num_iters: int, loop: str | None) -> Ritz:
+    return _ritz_of(*_tri(loss, params, key, num_iters, loop))
+
+
+def tridiagonal(
+    loss: Loss, params: PyTree, *, key: Key, num_iters: int | None = None, loop: str | None = None
+) -> tuple[Array, Array]:
+    """(alpha [m], beta [m-1]): the Lanczos tridiagonal of one run from a Gaussian start.
+
+    The Ritz values after j < m steps are the eigenvalues of its leading j x j block, so
+    one run shows how the values converge (`ritz_values(alpha[:j], beta[:j - 1])`).
+    """
+    n = _dimension(params)
+    return _tri(loss, params, key, _default_iters(n, num_iters), loop)
+
+
+def ritz_values(alpha, beta) -> np.ndarray:
+    """Eigenvalues of the tridiagonal (alpha, beta), descending (NumPy, float64)."""
+    a = np.asarray(alpha, np.float64)
+    b = np.asarray(beta, np.float64)
+    if a.ndim != 1 or b.shape != (max(len(a) - 1, 0),):
+        raise ValueError(f"`alpha` [m] and `beta` [m-1] expected, got {a.shape} and {b.shape}")
+    return np.linalg.eigvalsh(np.diag(a) + np.diag(b, 1) + np.diag(b, -1))[::-1]
 
 
 def _ritz_of(alpha_m: Array, beta_m1: Array) -> Ritz:
@@ -288,11 +316,11 @@ def _probes(key: Key, num_probes: int, n: int, dtype) -> Array:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
-def _ritz_jit(loss: Loss, params: PyTree, key: Key, num_iters: int) -> Ritz:
+def _tri_jit(loss: Loss, params: PyTree, key: Key, num_iters: int) -> tuple[Array, Array]:
     flat_n, matvec = _flat_matvec(loss, params)
     v0_n = jax.random.normal(key, flat_n.shape, flat_n.dtype)
     tri = lanczos(matvec, v0_n, num_iters)
-    return _ritz_of(tri.alpha, tri.beta)
+    return tri.alpha, tri.beta
 
 
 def _default_iters(n: int, num_iters: int | None, lo: int = 1) -> int:

@@ -43,7 +43,6 @@ where the statistics go linearly from those of the start to those of the end).
 
 import functools
 import hashlib
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -151,7 +150,7 @@ def filter_normalized_direction(key: Key, params: PyTree, *, ignore_1d: bool = T
 
 def vdot(a: PyTree, b: PyTree) -> jax.Array:
     """The inner product of two pytrees of the same structure, as one vector each."""
-    parts = jax.tree.map(lambda u, v: jnp.vdot(u, v), a, b)
+    parts = jax.tree.map(lambda u, v: jnp.vdot(u, v, precision=lax.Precision.HIGHEST), a, b)
     return sum(jax.tree.leaves(parts), jnp.zeros(()))
 
 
@@ -213,18 +212,14 @@ def pca_directions(
         [np.asarray(ravel_pytree(p)[0] - flat_final, np.float64) for p in path]
     ) * np.asarray(flat_keep, np.float64)
     centred = rows - rows.mean(axis=0)
-    # T is small: the right singular vectors from the T x T Gram matrix.
-    gram = centred @ centred.T
-    w, u = np.linalg.eigh(gram)
-    order = np.argsort(w)[::-1]
-    w, u = np.clip(w[order], 0.0, None), u[:, order]
-    comps = []
-    for i in range(k):
-        if w[i] <= 1e-30 * max(w[0], 1e-300):
-            raise ValueError(f"`path` spans fewer than {k} directions (checkpoints repeat?)")
-        v = centred.T @ u[:, i] / math.sqrt(w[i])
-        comps.append(v / np.linalg.norm(v))
-    comps = np.stack(comps)  # [K, n]
+    # Economy SVD of the T x n rows (T is a few dozen). Directions below 1e-6 of the first
+    # are rounding (float32 parameters) or repeated checkpoints, not a direction of the path.
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+    if sv.size < k or sv[k - 1] <= 1e-6 * max(sv[0], 1e-300):
+        raise ValueError(f"`path` spans fewer than {k} directions (checkpoints repeat?)")
+    comps = vt[:k] * np.asarray(flat_keep, np.float64)  # [K, n]; ignored leaves exactly 0
+    comps /= np.linalg.norm(comps, axis=1, keepdims=True)
+    w = sv**2
     coords = rows @ comps.T
     explained = w[:k] / max(float(w.sum()), 1e-300)
     dtype = jnp.result_type(flat_final)
@@ -476,6 +471,7 @@ def _compiled(model: Any, apply_items: tuple, num_devices: int, unroll: int) -> 
     kwargs = dict(apply_items)
 
     def point(origin, dirs, c_K, x, y, mask):
+        acc_dtype = jnp.promote_types(jnp.result_type(*jax.tree.leaves(origin)), jnp.float32)
         v = jax.tree.map(
             lambda o, d: o + jnp.tensordot(c_K.astype(d.dtype), d, axes=1).astype(o.dtype),
             origin,
@@ -488,9 +484,11 @@ def _compiled(model: Any, apply_items: tuple, num_devices: int, unroll: int) -> 
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
             correct = (jnp.argmax(logits, -1) == yb) & mb
             s, n = carry
-            return (s + jnp.sum(jnp.where(mb, loss, 0.0)), n + jnp.sum(correct)), None
+            total = jnp.sum(jnp.where(mb, loss, 0.0)).astype(s.dtype)
+            return (s + total, n + jnp.sum(correct, dtype=jnp.int32)), None
 
-        zero = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+        # Losses summed in at least float32 (float64 under x64 with float64 parameters).
+        zero = (jnp.zeros((), acc_dtype), jnp.zeros((), jnp.int32))
         (s, n), _ = lax.scan(batch, zero, (x, y, mask), unroll=unroll)
         return s, n
 
@@ -590,14 +588,18 @@ def surface_stats(loss_YxX: np.ndarray, xs: np.ndarray, ys: np.ndarray, *, level
       magnitude (Li et al.'s |lambda_min / lambda_max| map, thresholded);
     - median_abs_ratio: the median of |lambda_min / lambda_max| of that 2x2 Hessian;
     - roughness: the mean |discrete Laplacian| divided by the mean |gradient|, per unit of
-      coordinate (high for surfaces that change curvature from point to point).
+      coordinate (high for surfaces that change curvature from point to point);
+    - non_finite: how many losses overflowed. For the other numbers they count as the
+      largest finite loss (a plateau), so a blown-up region reads as flat, not as minima.
     """
     z = np.asarray(loss_YxX, np.float64)
     if z.ndim != 2 or min(z.shape) < 3:
         raise ValueError(f"`loss_YxX` must be a 2-D grid of at least 3 x 3, got {z.shape}")
     hx, hy = float(xs[1] - xs[0]), float(ys[1] - ys[0])
     finite = np.isfinite(z)
-    zf = np.where(finite, z, np.nanmax(np.where(finite, z, -np.inf)))
+    if not finite.any():
+        raise ValueError("`loss_YxX` has no finite value")
+    zf = np.where(finite, z, np.max(z[finite]))
     ic, jc = int(np.argmin(np.abs(ys))), int(np.argmin(np.abs(xs)))
     c = zf[1:-1, 1:-1]
     neighbours = [
@@ -626,7 +628,9 @@ def surface_stats(loss_YxX: np.ndarray, xs: np.ndarray, ys: np.ndarray, *, level
         "below_level": float(np.mean(z < level)),
         "local_minima": int(np.sum(local_min)),
         "nonconvex_fraction": float(np.mean(nonconvex)),
-        "median_abs_ratio": float(np.median(np.where(lmax > 0, np.abs(lmin / lmax), 1.0))),
+        "median_abs_ratio": float(
+            np.median(np.divide(np.abs(lmin), lmax, out=np.ones_like(lmax), where=lmax > 0))
+        ),
         "roughness": float(np.mean(np.abs(fxx + fyy)) / max(np.mean(grad), 1e-300)),
         "non_finite": int(np.sum(~finite)),
     }

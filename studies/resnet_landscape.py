@@ -27,7 +27,7 @@ Grid sizes: the CPU default is 21 x 21 on the main plane (step 0.1) and 11 x 11 
 plane, about 0.5 s per point for ResNet-56 over the 1,438 training digits on two cores;
 the paper's 51 x 51 is `--grid 51` (an accelerator job, or about 25 minutes per network
 here). A run that is stopped continues where it stopped: training from its checkpoints,
-each surface from its cells_<network>_<surface>.npz file.
+each surface from its file in cells/ (one per network, surface and grid).
 
 Run: make resnet_landscape (ResNet-56 pair on the digits; about 15 minutes on 2 idle cores,
                             estimated from its parts; 35 minutes measured on a busy machine)
@@ -37,6 +37,7 @@ Run: make resnet_landscape (ResNet-56 pair on the digits; about 15 minutes on 2 
 """
 
 import dataclasses
+import hashlib
 import math
 import time
 from collections.abc import Sequence
@@ -53,6 +54,7 @@ from sandbox import data, hessian, plotting, results, surface, train
 from sandbox.models import resnet
 
 NAME = "resnet_landscape"
+CONVERGED = 0.1  # Ritz values that move less than this (relative) when the steps double
 SHORTCUTS = ("A", "none")
 
 
@@ -78,7 +80,7 @@ class Config:
     eval_batch: int = 256
     # Hessian.
     hessian_images: int = 512
-    lanczos_iters: int = 20
+    lanczos_iters: int = 20  # the run takes twice as many: the second half checks convergence
 
     def __post_init__(self):
         if self.data not in data.NAMES:
@@ -92,16 +94,20 @@ class Config:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {v!r}")
-        if self.checkpoint_every > self.epochs:
+        if len(self.checkpoint_epochs()) < 3:
             raise ValueError(
-                f"`checkpoint_every` ({self.checkpoint_every}) must not exceed `epochs` "
-                f"({self.epochs}): the PCA path needs at least 2 checkpoints"
+                f"`checkpoint_every` ({self.checkpoint_every}) and `epochs` ({self.epochs}) "
+                "give fewer than 3 checkpoints: the PCA path needs at least 3 for 2 directions"
             )
         surface.axis(-self.extent, self.extent, self.grid, "extent")
         surface.axis(*self.interp_range, self.interp_points, "interp_range")
         if not self.pca_margin >= 1:
             raise ValueError(f"`pca_margin` must be >= 1, got {self.pca_margin}")
         self.train_config()
+
+    def checkpoint_epochs(self) -> list[int]:
+        """The epochs of the PCA path: every `checkpoint_every`-th and the last."""
+        return sorted({*range(0, self.epochs + 1, self.checkpoint_every), self.epochs})
 
     def train_config(self) -> train.TrainConfig:
         return train.TrainConfig(
@@ -127,20 +133,59 @@ QUICK = Config(
 )
 
 
+# The config fields each surface's cells depend on (training fields are guarded by the
+# training checkpoints themselves, which refuse a different run).
+CELL_FIELDS = {
+    "plane": ("grid", "extent", "surface_images", "seed"),
+    "interp": ("interp_points", "interp_range", "surface_images"),
+    "pca": ("pca_grid", "pca_margin", "checkpoint_every", "surface_images"),
+}
+
+
+def _cells(out: Path, cfg: Config, shortcut: str, kind: str) -> Path:
+    """The resume file of one surface, named by the fields that define it, so that runs
+    with other grids keep their own cells instead of refusing each other's."""
+    fields = {f: getattr(cfg, f) for f in CELL_FIELDS[kind]}
+    tag = hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()[:8]
+    return out / "cells" / f"{shortcut}_{kind}_{tag}.npz"
+
+
 def _variables(state: dict) -> dict:
     return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 
-def _hessian_edges(model, variables, x, y, key, iters) -> tuple[float, float]:
-    """(lambda_max, lambda_min) of the eval-mode training loss on (x, y), by Lanczos."""
+def _hessian_edges(model, variables, x, y, key, iters) -> dict:
+    """Lambda_max and lambda_min of the eval-mode training loss on (x, y), by Lanczos.
+
+    One run of 2 * iters steps; the Ritz values after iters steps (the leading block of the
+    tridiagonal) beside those after 2 * iters say whether the two ends have converged.
+    """
     stats = variables["batch_stats"]
 
     def loss(params):
         logits = model.apply({"params": params, "batch_stats": stats}, x, train=False)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    lmax, lmin = hessian.extreme_eigenvalues(loss, variables["params"], key=key, num_iters=iters)
-    return float(lmax), float(lmin)
+    alpha, beta = hessian.tridiagonal(loss, variables["params"], key=key, num_iters=2 * iters)
+    half = hessian.ritz_values(alpha[:iters], beta[: iters - 1])
+    full = hessian.ritz_values(alpha, beta)
+    lmax, lmin = float(full[0]), float(full[-1])
+
+    def change(a, b):
+        return abs(a - b) / max(abs(b), 1e-30)
+
+    changes = {"lambda_max": change(half[0], full[0]), "lambda_min": change(half[-1], full[-1])}
+    return {
+        "lambda_max": lmax,
+        "lambda_min": lmin,
+        "abs_min_over_max": abs(lmin / lmax) if lmax > 0 else None,
+        f"lambda_max_after_{iters}": float(half[0]),
+        f"lambda_min_after_{iters}": float(half[-1]),
+        "relative_change": changes,
+        # Both ends moved by less than 10% when the steps were doubled.
+        "converged": bool(max(changes.values()) < CONVERGED),
+        "lanczos_iters": 2 * iters,
+    }
 
 
 def compute_one(
@@ -148,7 +193,7 @@ def compute_one(
 ) -> tuple[dict, dict]:
     """Trains one network (or reloads it) and measures its landscape."""
     model = resnet.ResNet(depth=cfg.depth, shortcut=shortcut, num_classes=ds.num_classes)
-    keep = list(range(0, cfg.epochs + 1, cfg.checkpoint_every))
+    keep = cfg.checkpoint_epochs()
     workdir = out / "train" / shortcut
     label = f"ResNet-{cfg.depth} shortcut {shortcut}: "
     start = time.perf_counter()
@@ -179,7 +224,7 @@ def compute_one(
     t0 = time.perf_counter()
     xs = ys = surface.axis(-cfg.extent, cfg.extent, cfg.grid, "extent")
     main = surface.plane(
-        model, trained, d1, d2, xs, ys, x, y, resume=out / f"cells_{shortcut}_plane.npz", **kw
+        model, trained, d1, d2, xs, ys, x, y, resume=_cells(out, cfg, shortcut, "plane"), **kw
     )
     plane_s = time.perf_counter() - t0
 
@@ -193,7 +238,7 @@ def compute_one(
         alphas,
         x,
         y,
-        resume=out / f"cells_{shortcut}_interp.npz",
+        resume=_cells(out, cfg, shortcut, "interp"),
         **kw,
     )
 
@@ -214,13 +259,13 @@ def compute_one(
         pys,
         x,
         y,
-        resume=out / f"cells_{shortcut}_pca.npz",
+        resume=_cells(out, cfg, shortcut, "pca"),
         **kw,
     )
 
     t0 = time.perf_counter()
     nh = min(cfg.hessian_images, len(ds.x_train))
-    lmax, lmin = _hessian_edges(
+    edges = _hessian_edges(
         model,
         trained,
         jnp.asarray(ds.x_train[:nh]),
@@ -275,13 +320,7 @@ def compute_one(
             "checkpoints": len(keep),
             "range": [reach_x, reach_y],
         },
-        "hessian": {
-            "lambda_max": lmax,
-            "lambda_min": lmin,
-            "abs_min_over_max": abs(lmin / lmax) if lmax else None,
-            "images": nh,
-            "lanczos_iters": cfg.lanczos_iters,
-        },
+        "hessian": {**edges, "images": nh},
         "wall_s": {
             "train_session": round(train_s, 1),
             "plane": round(plane_s, 1),
@@ -296,8 +335,14 @@ def compare(s: dict) -> dict:
     """Li et al.'s claim, piece by piece: is the network with shortcuts the smoother one?"""
     a, b = s["A"], s["none"]
 
-    def claim(name, va, vb, smoother_if):
-        return {"A": va, "none": vb, "holds": bool(smoother_if(va, vb)), "claim": name}
+    def claim(name, va, vb, smoother_if, hessian=False):
+        out = {"A": va, "none": vb, "claim": name}
+        if va is None or vb is None:
+            return {**out, "holds": None, "note": "undefined (lambda_max <= 0)"}
+        out["holds"] = bool(smoother_if(va, vb))
+        if hessian and not (a["hessian"]["converged"] and b["hessian"]["converged"]):
+            out["note"] = "Lanczos not converged to 10% (see hessian.relative_change)"
+        return out
 
     return {
         "lower_sharpness": claim(
@@ -305,12 +350,14 @@ def compare(s: dict) -> dict:
             a["hessian"]["lambda_max"],
             b["hessian"]["lambda_max"],
             lambda u, v: u < v,
+            hessian=True,
         ),
         "more_convex_at_minimum": claim(
             "smaller |lambda_min / lambda_max| with shortcuts",
             a["hessian"]["abs_min_over_max"],
             b["hessian"]["abs_min_over_max"],
             lambda u, v: u < v,
+            hessian=True,
         ),
         "wider_basin": claim(
             "larger area of the plane below the uniform-guess loss with shortcuts",
@@ -401,7 +448,7 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
                 xlabel="δ (filter-normalized)",
                 ylabel="η (filter-normalized)",
                 title=f"ResNet-{cfg.depth}, {titles[s]}\nλmax {h['lambda_max']:.3g}, "
-                f"|λmin/λmax| {h['abs_min_over_max']:.2g}",
+                f"|λmin/λmax| {_fmt(h['abs_min_over_max'])}",
                 aspect="equal",
             )
         _colorbar(fig, cs, axes, levels, f"training loss, log scale{capped}")
@@ -487,6 +534,10 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
     return figs
 
 
+def _fmt(v) -> str:
+    return "undefined" if v is None else f"{v:.2g}"
+
+
 def _finite(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, np.float64)
     return np.where(np.isfinite(v), v, np.nan)
@@ -530,7 +581,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(
             f"{NAME}: ResNet-{cfg.depth} {s}: test accuracy {t['test_accuracy']:.4f}, "
             f"lambda_max {t['hessian']['lambda_max']:.4g}, |min/max| "
-            f"{t['hessian']['abs_min_over_max']:.3g}, area below ln(K) "
+            f"{_fmt(t['hessian']['abs_min_over_max'])}, area below ln(K) "
             f"{t['surface']['below_level']:.3f}, local minima {t['surface']['local_minima']}"
         )
     holds = [k for k, v in summary["smoother_with_shortcuts"].items() if v["holds"]]

@@ -101,6 +101,23 @@ def test_host_and_lax_loops_compute_the_same_run(key):
     assert hessian.default_loop() == ("host" if jax.default_backend() == "cpu" else "lax")
 
 
+def test_leading_blocks_of_the_tridiagonal_are_the_shorter_runs(key):
+    _, eig_n = _exact()
+    with jax.enable_x64(True):
+        params = _params64()
+        alpha, beta = hessian.tridiagonal(_mlp_loss, params, key=key, num_iters=30)
+        assert alpha.shape == (30,) and beta.shape == (29,)
+        short = hessian.ritz(_mlp_loss, params, key=key, num_iters=12).values
+        # Lanczos is a recurrence: 12 steps of a 30-step run are the 12-step run.
+        np.testing.assert_allclose(
+            hessian.ritz_values(alpha[:12], beta[:11]), short, rtol=1e-10, atol=1e-12
+        )
+        full = hessian.ritz_values(alpha, beta)
+        assert abs(full[0] - eig_n[0]) <= abs(short[0] - eig_n[0]) + 1e-12
+    with pytest.raises(ValueError, match="`alpha`"):
+        hessian.ritz_values(np.ones(3), np.ones(3))
+
+
 def test_min_and_extreme_eigenvalues_are_exact(key):
     _, eig_n = _exact()
     with jax.enable_x64(True):

@@ -161,6 +161,19 @@ def test_centre_equals_the_trained_models_loss(resnet8):
     assert np.all(m.loss[[0, 0, 2, 2], [0, 2, 0, 2]] != m.loss[1, 1])
 
 
+def test_evaluate_in_float64_matches_a_plain_loop(mlp):
+    model, v, x, y = mlp
+    with jax.enable_x64(True):
+        v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), v)
+        d = surface.filter_normalized_direction(jax.random.key(1), v64["params"])
+        got = surface.line(model, v64, d, [0.0, 0.5], x.astype(np.float64), y, progress=False)
+        params = jax.tree.map(lambda o, u: o + 0.5 * u, v64["params"], d)
+        logits = model.apply({"params": params}, x.astype(np.float64))
+        want = float(optax.softmax_cross_entropy_with_integer_labels(logits, y).mean())
+        # Float64 throughout: the sums agree to rounding.
+        assert got.loss[1] == pytest.approx(want, rel=1e-12)
+
+
 def test_results_do_not_depend_on_chunks_or_batches(mlp):
     model, v, x, y = mlp
     d = surface.filter_normalized_direction(jax.random.key(1), v["params"])
@@ -355,6 +368,12 @@ def test_pca_needs_two_checkpoints_that_differ():
         surface.pca_directions([p, p], num_components=2)
     with pytest.raises(ValueError, match="spans fewer than 1"):
         surface.pca_directions([p, p], num_components=1)
+    # Three checkpoints, two of them equal: one direction, not two (the second would be
+    # rounding noise).
+    q, f = {"w": np.ones((2, 2)) * 2}, {"w": np.array([[0.0, 1.0], [3.0, -1.0]])}
+    with pytest.raises(ValueError, match="spans fewer than 2"):
+        surface.pca_directions([q, q, f])
+    assert surface.pca_directions([q, q, f], num_components=1).explained[0] == pytest.approx(1)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -374,6 +393,11 @@ def test_surface_stats_on_known_shapes():
     assert disc["below_level"] == pytest.approx(np.pi * 0.5 / 4, abs=0.01)
     saddle = surface.surface_stats(X**2 - Y**2, xs, ys, level=0.0)
     assert saddle["local_minima"] == 0 and saddle["nonconvex_fraction"] == 1.0
+    flat = surface.surface_stats(np.ones((5, 5)), xs[:5], ys[:5], level=2.0)  # no warning
+    assert flat["median_abs_ratio"] == 1.0 and flat["local_minima"] == 0
+    with_inf = np.where(X**2 + Y**2 > 0.8, np.inf, X**2 + Y**2)
+    blown = surface.surface_stats(with_inf, xs, ys, level=0.5)
+    assert blown["non_finite"] == int(np.sum(np.isinf(with_inf))) and blown["local_minima"] == 1
     egg = surface.surface_stats(np.cos(3 * np.pi * X) * np.cos(3 * np.pi * Y), xs, ys, level=0)
     assert egg["local_minima"] > 1 and 0 < egg["nonconvex_fraction"] < 1
     assert egg["roughness"] > bowl["roughness"]
