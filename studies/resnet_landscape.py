@@ -23,6 +23,13 @@ trained alike (sandbox.train: SGD with Nesterov momentum, cosine schedule) on th
 summary.json compares the two networks on each of these and says, claim by claim, whether
 the shortcuts made the landscape smoother here.
 
+Measured on the digits (seed 0, 30 epochs, 21 x 21 plane):
+  ResNet-56  shortcut A: test 97.8%, lambda_max 1.21, 24% of the plane below ln 10,
+             non-convex share 6%;  no shortcuts: 65.2%, lambda_max 2130, 0.2%, 16%.
+  ResNet-20  shortcut A: test 97.5%, lambda_max 1.26, 35%, 2%;  no shortcuts: 97.8%,
+             lambda_max 0.22, 28%, 8%: at 20 layers the plain network trains and is not
+             sharper; at 56 it is (Li et al. report the same trend with depth).
+
 Grid sizes: the CPU default is 21 x 21 on the main plane (step 0.1) and 11 x 11 on the PCA
 plane, about 0.5 s per point for ResNet-56 over the 1,438 training digits on two cores;
 the paper's 51 x 51 is `--grid 51` (an accelerator job, or about 25 minutes per network
