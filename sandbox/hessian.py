@@ -37,13 +37,13 @@ ResNet-56's 0.85 M parameters: 220 MB in float32), and orthogonalizes in 4 m n
 multiply-adds per step, small next to an HVP. `trace` holds `batch` HVPs at a time.
 On CPU, XLA runs a network's HVP inside a loop body several times slower than outside one
 (jax-ml/jax#12868): a ResNet-20 HVP took 8x its standalone time inside a `fori_loop`. The
-Ritz functions therefore run their Lanczos steps from Python on CPU, one compiled step
-called m times (`default_loop`; `loop="lax"` forces the single compiled loop): ResNet-20,
-256 digits, 8 steps: 4.7 s against 33 s, the same eigenvalues to 1e-7.
+functions therefore loop from Python on CPU, over one compiled step (a Lanczos step, a
+group of trace probes) (`default_loop`; `loop="lax"` forces the single compiled loop):
+ResNet-20, 256 digits, 8 Lanczos steps: 4.7 s against 33 s, the same eigenvalues to 1e-7.
 
 Unlike most of `sandbox/`, the functions that take `loss` jit themselves: each runs its whole
-loop as one compiled program (a `lax` loop, never unrolled in Python), except the Ritz
-functions on CPU, which call one compiled step per iteration (`default_loop`). `loss` is a static
+loop as one compiled program (a `lax` loop, never unrolled in Python), except on CPU, where
+they call one compiled step per iteration (`default_loop`). `loss` is a static
 argument of that jit, so pass the same function object to reuse the compiled program; a new
 lambda per call compiles again. Everything is computed in the dtype of `params`.
 
@@ -232,17 +232,29 @@ def _host_step(loss: Loss, m: int, tol: float) -> Callable:
     return jax.jit(step, donate_argnums=2)
 
 
-def _tri_host(loss: Loss, params: PyTree, key: Key, num_iters: int) -> tuple[Array, Array]:
-    """`_tri_jit`'s numbers with the loop over steps in Python: one compiled step, called
-    num_iters times (see `default_loop`)."""
-    flat_n, _ = ravel_pytree(params)
-    v0_n = jax.random.normal(key, flat_n.shape, flat_n.dtype)
-    step = _host_step(loss, num_iters, 100 * float(jnp.finfo(flat_n.dtype).eps))
+def _lanczos_host(loss: Loss, params: PyTree, v0_n: Array, num_iters: int):
+    """`lanczos` on the Hessian of `loss` with the loop over steps in Python: one compiled
+    step, called num_iters times (see `default_loop`). Returns (alpha [m], beta [m-1])."""
+    step = _host_step(loss, num_iters, 100 * float(jnp.finfo(v0_n.dtype).eps))
     state = _lanczos_init(v0_n, num_iters)
     for i in range(num_iters):
         state = step(params, jnp.int32(i), state)
     _, alpha_m, beta_m, _ = state
     return alpha_m, beta_m[: num_iters - 1]
+
+
+def _tri_host(loss: Loss, params: PyTree, key: Key, num_iters: int) -> tuple[Array, Array]:
+    """`_tri_jit`'s numbers, stepped from Python."""
+    flat_n, _ = ravel_pytree(params)
+    v0_n = jax.random.normal(key, flat_n.shape, flat_n.dtype)
+    return _lanczos_host(loss, params, v0_n, num_iters)
+
+
+def _check_loop(loop: str | None) -> str:
+    loop = default_loop() if loop is None else loop
+    if loop not in ("lax", "host"):
+        raise ValueError(f"`loop` must be 'lax', 'host' or None, got {loop!r}")
+    return loop
 
 
 def default_loop() -> str:
@@ -260,12 +272,9 @@ def default_loop() -> str:
 def _tri(
     loss: Loss, params: PyTree, key: Key, num_iters: int, loop: str | None
 ) -> tuple[Array, Array]:
-    loop = default_loop() if loop is None else loop
-    if loop == "lax":
+    if _check_loop(loop) == "lax":
         return _tri_jit(loss, params, key, num_iters)
-    if loop == "host":
-        return _tri_host(loss, params, key, num_iters)
-    raise ValueError(f"`loop` must be 'lax', 'host' or None, got {loop!r}")
+    return _tri_host(loss, params, key, num_iters)
 
 
 def _ritz(loss: Loss, params: PyTree, key: Key, num_iters: int, loop: str | None) -> Ritz:
@@ -397,30 +406,58 @@ def extreme_eigenvalues(
     return values_m[0], values_m[-1]
 
 
+def _probe_group(loss: Loss, params: PyTree, keys_b: Array) -> Array:
+    """z^T H z for the Rademacher probes z drawn from each key of `keys_b`, vmapped: [b]."""
+    flat_n, matvec = _flat_matvec(loss, params)
+    n, dtype = flat_n.shape[0], flat_n.dtype
+    z_bxn = jax.vmap(lambda k: jax.random.rademacher(k, (n,), dtype=dtype), in_axes=0)(keys_b)
+    Hz_bxn = jax.vmap(matvec, in_axes=0)(z_bxn)
+    return jnp.sum(z_bxn * Hz_bxn, axis=1)
+
+
+def _probe_keys(key: Key, num_probes: int, batch: int) -> Array:
+    """[G, batch] keys: probe p comes from fold_in(key, p), so the estimate does not depend
+    on `batch`; the last group's surplus probes are computed and dropped."""
+    num_groups = -(-num_probes // batch)
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+        key, jnp.arange(num_groups * batch)
+    ).reshape(num_groups, batch)
+
+
+def _mean_and_error(samples_P: Array) -> tuple[Array, Array]:
+    return jnp.mean(samples_P), jnp.std(samples_P, ddof=1) / jnp.sqrt(samples_P.shape[0])
+
+
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def _trace_jit(
     loss: Loss, params: PyTree, key: Key, num_probes: int, batch: int
 ) -> tuple[Array, Array]:
-    flat_n, matvec = _flat_matvec(loss, params)
-    n, dtype = flat_n.shape[0], flat_n.dtype
+    keys_Gxb = _probe_keys(key, num_probes, batch)
+    samples_P = lax.map(lambda k: _probe_group(loss, params, k), keys_Gxb).reshape(-1)
+    return _mean_and_error(samples_P[:num_probes])
 
-    def group(keys_b):
-        z_bxn = jax.vmap(lambda k: jax.random.rademacher(k, (n,), dtype=dtype), in_axes=0)(keys_b)
-        Hz_bxn = jax.vmap(matvec, in_axes=0)(z_bxn)
-        return jnp.sum(z_bxn * Hz_bxn, axis=1)
 
-    num_groups = -(-num_probes // batch)
-    # Probe p comes from fold_in(key, p), so the estimate does not depend on `batch`. The
-    # last group's surplus probes are computed and dropped: every group has one shape.
-    keys_Gxb = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
-        key, jnp.arange(num_groups * batch)
-    ).reshape(num_groups, batch)
-    samples_P = lax.map(group, keys_Gxb).reshape(-1)[:num_probes]
-    return jnp.mean(samples_P), jnp.std(samples_P, ddof=1) / jnp.sqrt(num_probes)
+@functools.lru_cache(maxsize=4)  # each entry keeps its `loss`
+def _host_group(loss: Loss) -> Callable:
+    return jax.jit(functools.partial(_probe_group, loss))
+
+
+def _trace_host(loss, params, key, num_probes, batch) -> tuple[Array, Array]:
+    """`_trace_jit`'s numbers with the loop over groups in Python (see `default_loop`)."""
+    group = _host_group(loss)
+    keys_Gxb = _probe_keys(key, num_probes, batch)
+    samples_P = jnp.concatenate([group(params, k) for k in keys_Gxb])
+    return _mean_and_error(samples_P[:num_probes])
 
 
 def trace(
-    loss: Loss, params: PyTree, *, key: Key, num_probes: int = 100, batch: int = 10
+    loss: Loss,
+    params: PyTree,
+    *,
+    key: Key,
+    num_probes: int = 100,
+    batch: int = 10,
+    loop: str | None = None,
 ) -> tuple[Array, Array]:
     """Hutchinson estimate of tr H with Rademacher probes.
 
@@ -430,7 +467,9 @@ def trace(
       key: draws the probes.
       num_probes: P >= 2 probes.
       batch: probes per vmapped group of HVPs (memory grows with it); groups run in a
-        `lax.map`. The probes, and so the estimate, do not depend on it.
+        `lax.map` (from Python on CPU, see `default_loop`). The probes, and so the
+        estimate, do not depend on it.
+      loop: as in `ritz`.
 
     Returns:
       (estimate, standard error): the mean of z^T H z and its sample std / sqrt(P).
@@ -438,7 +477,10 @@ def trace(
     _dimension(params)
     _check_int("num_probes", num_probes, 2)
     _check_int("batch", batch, 1)
-    return _trace_jit(loss, params, key, num_probes, min(batch, num_probes))
+    batch = min(batch, num_probes)
+    if _check_loop(loop) == "lax":
+        return _trace_jit(loss, params, key, num_probes, batch)
+    return _trace_host(loss, params, key, num_probes, batch)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
@@ -464,6 +506,7 @@ def density(
     key: Key,
     num_probes: int = 4,
     num_iters: int | None = None,
+    loop: str | None = None,
 ) -> tuple[Array, Array]:
     """Stochastic Lanczos quadrature of the Hessian's spectral density.
 
@@ -473,6 +516,7 @@ def density(
       key: draws the probes (`_probes`: Rademacher, unit norm).
       num_probes: P >= 1 Lanczos runs.
       num_iters: steps per run m, 1 <= m <= n; default min(64, n).
+      loop: as in `ritz` (probes one after another in both).
 
     Returns:
       (nodes [P, m], weights [P, m]): each probe's Ritz values (descending) and weights;
@@ -480,7 +524,15 @@ def density(
     """
     n = _dimension(params)
     _check_int("num_probes", num_probes, 1)
-    return _density_jit(loss, params, key, num_probes, _default_iters(n, num_iters))
+    m = _default_iters(n, num_iters)
+    if _check_loop(loop) == "lax":
+        return _density_jit(loss, params, key, num_probes, m)
+    flat_n, _ = ravel_pytree(params)
+    runs = [
+        _ritz_of(*_lanczos_host(loss, params, v_n, m))
+        for v_n in _probes(key, num_probes, n, flat_n.dtype)
+    ]
+    return jnp.stack([r.values for r in runs]), jnp.stack([r.weights for r in runs])
 
 
 def density_curve(nodes, weights, grid, sigma: float) -> np.ndarray:

@@ -196,6 +196,24 @@ def test_density_moments_equal_exact_probe_moments():
         Hv_Pxn = Hv_Pxn @ H_nxn
 
 
+def test_trace_and_density_host_and_lax_loops_agree(key):
+    with jax.enable_x64(True):
+        params = _params64()
+        tr = {
+            loop: hessian.trace(_mlp_loss, params, key=key, num_probes=23, batch=5, loop=loop)
+            for loop in ("lax", "host")
+        }
+        # Same probes, same arithmetic, grouped in one program or one call per group.
+        np.testing.assert_allclose(tr["host"], tr["lax"], rtol=1e-10)
+        den = {
+            loop: hessian.density(_mlp_loss, params, key=key, num_probes=3, num_iters=10, loop=loop)
+            for loop in ("lax", "host")
+        }
+        for h, x in zip(den["host"], den["lax"], strict=True):
+            assert h.shape == (3, 10)
+            np.testing.assert_allclose(h, x, rtol=1e-9, atol=1e-12)
+
+
 def test_density_curve_integrates_to_one():
     with jax.enable_x64(True):
         nodes_Pxm, weights_Pxm = hessian.density(
