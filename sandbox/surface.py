@@ -305,8 +305,8 @@ def evaluate(
       resume: a .npz file that keeps the finished cells (see the module docstring).
       progress: tqdm bar over the points; None shows one after a few seconds.
       apply_kwargs: keyword arguments of `model.apply` (default {"train": False}).
-      unroll: batches per iteration of the loop over the data (`lax.scan`'s unroll); on
-        GPUs a larger value lets XLA launch several forward passes as one graph.
+      unroll: batches per iteration of the loop over the data (`lax.scan`'s unroll). On an
+        H200, 10 instead of 1 changed nothing measurable (docs/performance.md).
 
     Returns:
       Metrics with [P] arrays.
@@ -430,15 +430,12 @@ def interpolate(model, start, end, alphas, x, y, **kw) -> Metrics:
     if alphas.ndim != 1:
         raise ValueError(f"`alphas` must have shape [A], got {alphas.shape}")
     step = difference(end, start)
-    moves = {"params": step["params"]}
-    directions = [
-        {k: v if k == "params" else jax.tree.map(jnp.zeros_like, v) for k, v in step.items()}
-    ]
+    # The parameters as one direction, the other collections (if any) as a second one.
+    zero = {k: jax.tree.map(jnp.zeros_like, v) for k, v in step.items()}
+    directions = [{**zero, "params": step["params"]}]
     coords = [alphas]
-    if len(step) > 1:  # the statistics as a second direction, at the clipped alpha
-        directions.append(
-            {k: jax.tree.map(jnp.zeros_like, v) if k in moves else v for k, v in step.items()}
-        )
+    if len(step) > 1:
+        directions.append({**step, "params": zero["params"]})
         coords.append(np.clip(alphas, 0.0, 1.0))
     return evaluate(model, start, directions, np.stack(coords, 1), x, y, **kw)
 

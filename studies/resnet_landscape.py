@@ -34,13 +34,13 @@ Measured on the digits (seed 0, 30 epochs, 21 x 21 plane):
   surface turns non-convex almost everywhere: the trend with depth that Li et al. report.
 
 Grid sizes: the CPU default is 21 x 21 on the main plane (step 0.1) and 11 x 11 on the PCA
-plane, about 0.5 s per point for ResNet-56 over the 1,438 training digits on two cores;
-the paper's 51 x 51 is `--grid 51` (an accelerator job, or about 25 minutes per network
-here). A run that is stopped continues where it stopped: training from its checkpoints,
-each surface from its file in cells/ (one per network, surface and grid).
+plane: ResNet-56 over the 1,438 training digits took 0.75 s per point on two cores shared
+with other jobs, so the paper's 51 x 51 (`--grid 51`) is an accelerator job. A run that is
+stopped continues where it stopped: training from its checkpoints, each surface from its
+file in cells/ (one per network, surface and grid).
 
-Run: make resnet_landscape (ResNet-56 pair on the digits; about 15 minutes on 2 idle cores,
-                            estimated from its parts; 35 minutes measured on a busy machine)
+Run: make resnet_landscape (ResNet-56 pair on the digits; 35 minutes measured on 2 cores
+                            shared with other jobs)
      python -m studies.resnet_landscape --depth 20   (or 110: the other pairs)
      python -m studies.resnet_landscape --data cifar10 --data-dir DIR --grid 51
      smoke: python -m studies.resnet_landscape --quick (ResNet-8, 5 x 5; under a minute)
