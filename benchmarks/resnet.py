@@ -25,7 +25,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sandbox import train
+from sandbox import devices, train
 from sandbox.models.resnet import ResNet
 
 TRAIN_BATCH = 128
@@ -134,6 +134,7 @@ def race(variants, kind: str, repeats: int) -> dict[str, float]:
 
 
 def main(argv=None) -> dict:
+    devices.use_all_cores()  # before the first computation starts JAX
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5, help="timed calls per variant")
     p.add_argument("--epoch", action="store_true", help="also time a 50,000-image epoch")

@@ -31,7 +31,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sandbox import surface
+from sandbox import devices, surface
 from sandbox.models.resnet import ResNet
 
 MACS_FORWARD = 125.0e6  # per 32x32x3 image (benchmarks/resnet.py)
@@ -100,6 +100,7 @@ def make_loop(model, batch: int):
 
 
 def main(argv=None) -> dict:
+    devices.use_all_cores()  # before the first computation starts JAX
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     on_cpu = jax.default_backend() == "cpu"
     p.add_argument("--points", type=int, default=4 if on_cpu else 16, help="grid points")

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from sandbox import landscapes, sweep
+from sandbox import devices, landscapes, sweep
 
 NUMPY_CHUNK = 16384  # pairs per block: measured best of 1024..65536 (state stays in L2)
 
@@ -116,6 +116,7 @@ def _best_time(f, repeats: int):
 
 
 def main(argv=None) -> None:
+    devices.use_all_cores()  # before the first computation starts JAX
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=1_000_000, help="pairs for sweep.descend")
     p.add_argument("--steps", type=int, default=1000)

@@ -11,6 +11,7 @@ flattened grid, inside one jit). `losses` keeps the whole loss curve of a run. `
 and `box_counting_dimension` are host-side NumPy on the finished image.
 """
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sandbox import engine
 from sandbox.models import mlp
 from sandbox.types import Array, Key
 
@@ -297,3 +299,50 @@ def _check_sizes(sizes, shape: tuple[int, ...]) -> np.ndarray:
     if s[0] < 1 or s[-1] > min(shape[:2]):
         raise ValueError(f"`sizes` must be in [1, {min(shape[:2])}], got {s.tolist()}")
     return s
+
+
+# Runs per call of `score_grid` (a progress-bar tick): a few seconds of work each on CPU.
+GRID_CHUNK = 16384
+
+
+def score_grid(
+    params: mlp.Params,
+    data: Data,
+    lr1_W,
+    lr2_H,
+    *,
+    steps: int,
+    batch_size: int,
+    store=None,
+) -> np.ndarray:
+    """`train` on every (lr1, lr2) of a grid: score_HxW[i, j] at (lr1_W[j], lr2_H[i]).
+
+    The grid is flattened to N = H W pairs and mapped by `engine.map_chunks`, `batch_size`
+    runs vectorized at a time on each device, `GRID_CHUNK` runs per call; `store` keeps the
+    finished chunks (resume, several processes). Call under `jax.enable_x64(True)` for
+    float64.
+    """
+    lr1_W, lr2_H = np.asarray(lr1_W), np.asarray(lr2_H)
+    g1, g2 = np.meshgrid(lr1_W, lr2_H)
+    lr_Nx2 = np.stack([g1.ravel(), g2.ravel()], axis=1).astype(params[0].dtype)
+    score_N = engine.map_chunks(
+        _grid_point(steps),
+        {"lr": lr_Nx2},
+        {"params": params, "data": data},
+        chunk=min(GRID_CHUNK, len(lr_Nx2)),
+        lane=batch_size,
+        batch=batch_size,
+        store=store,
+        desc=f"fractal {len(lr2_H)}x{len(lr1_W)}",
+        unit="run",
+    )
+    return np.asarray(score_N, np.float64).reshape(len(lr2_H), len(lr1_W))
+
+
+@functools.lru_cache(maxsize=8)
+def _grid_point(steps: int):
+    def one(item, shared):
+        lr = item["lr"]
+        return train(shared["params"], shared["data"], lr[0], lr[1], steps)
+
+    return one

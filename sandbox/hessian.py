@@ -69,6 +69,7 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from sandbox import checks
 from sandbox.types import Array, Key, PyTree
 
 Loss = Callable[[PyTree], Array]  # params pytree -> scalar
@@ -119,13 +120,6 @@ def hvp(loss: Loss, params: PyTree, v: PyTree) -> PyTree:
     return jax.jvp(jax.grad(loss), (params,), (v,))[1]
 
 
-def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
-    ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
-    if not ok or value < lo or (hi is not None and value > hi):
-        want = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"`{name}` must be an integer {want}, got {value!r}")
-
-
 def _dimension(params: PyTree) -> int:
     """Number of parameters; refuses empty or non-floating pytrees."""
     leaves = jax.tree.leaves(params)
@@ -168,7 +162,7 @@ def lanczos(
     if jnp.ndim(v0_n) != 1:
         raise ValueError(f"`v0_n` must have shape [n], got shape {jnp.shape(v0_n)}")
     n = v0_n.shape[0]
-    _check_int("num_iters", num_iters, 1, n)
+    checks.integer("num_iters", num_iters, minimum=1, maximum=n)
     dtype = v0_n.dtype
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"`v0_n` must be floating point, got {dtype}")
@@ -334,7 +328,7 @@ def _tri_jit(loss: Loss, params: PyTree, key: Key, num_iters: int) -> tuple[Arra
 
 def _default_iters(n: int, num_iters: int | None, lo: int = 1) -> int:
     num_iters = min(DEFAULT_ITERS, n) if num_iters is None else num_iters
-    _check_int("num_iters", num_iters, lo, n)
+    checks.integer("num_iters", num_iters, minimum=lo, maximum=n)
     return num_iters
 
 
@@ -378,10 +372,10 @@ def top_eigenvalues(
       loop: as in `ritz`.
     """
     n = _dimension(params)
-    _check_int("k", k, 1, n)
+    checks.integer("k", k, minimum=1, maximum=n)
     if num_iters is None:
         num_iters = min(max(2 * k + 10, 20), n)
-    _check_int("num_iters", num_iters, k, n)
+    checks.integer("num_iters", num_iters, minimum=k, maximum=n)
     return _ritz(loss, params, key, num_iters, loop).values[:k]
 
 
@@ -475,8 +469,8 @@ def trace(
       (estimate, standard error): the mean of z^T H z and its sample std / sqrt(P).
     """
     _dimension(params)
-    _check_int("num_probes", num_probes, 2)
-    _check_int("batch", batch, 1)
+    checks.integer("num_probes", num_probes, minimum=2)
+    checks.integer("batch", batch, minimum=1)
     batch = min(batch, num_probes)
     if _check_loop(loop) == "lax":
         return _trace_jit(loss, params, key, num_probes, batch)
@@ -523,7 +517,7 @@ def density(
       each row of weights sums to 1.
     """
     n = _dimension(params)
-    _check_int("num_probes", num_probes, 1)
+    checks.integer("num_probes", num_probes, minimum=1)
     m = _default_iters(n, num_iters)
     if _check_loop(loop) == "lax":
         return _density_jit(loss, params, key, num_probes, m)

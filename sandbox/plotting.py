@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from sandbox import types
+from sandbox import checks, types
 
 ONE_COL = 3.25  # inches: one column of a two-column page
 FULL = 6.75  # inches: full page width
@@ -64,12 +64,6 @@ def _bounds_1d(bounds) -> np.ndarray:
     return b
 
 
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or int(value) != value or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_paths(paths, name: str = "paths") -> np.ndarray:
     p = np.asarray(paths, dtype=float)
     if p.ndim != 3 or p.shape[-1] != 2 or 0 in p.shape:
@@ -111,7 +105,7 @@ def _evaluate(fn: types.ScalarFn, x_Mxd: np.ndarray) -> np.ndarray:
 
 def _mesh(bounds, n: int) -> tuple[np.ndarray, np.ndarray]:
     b = _bounds_2d(bounds)
-    n = _check_int(n, "n", 2)
+    n = checks.integer("n", n, minimum=2)
     return np.meshgrid(np.linspace(*b[0], n), np.linspace(*b[1], n))
 
 
@@ -403,7 +397,7 @@ def quiver(
         The Quiver.
     """
     b = _bounds_2d(bounds)
-    n = _check_int(n, "n", 2)
+    n = checks.integer("n", n, minimum=2)
     X, Y, Z = grid(fn, b, 101)
     Z = _log_values(Z) if log_levels else Z
     ax.contour(X, Y, np.ma.masked_invalid(Z), levels=levels, cmap=_cmap(cmap), linewidths=0.8)
@@ -429,7 +423,7 @@ def basin_palette(k: int) -> np.ndarray:
     tab10 for up to 9 basins, tab20 past that, both without their grays (kept for
     "not converged"); more than 18 basins repeat colours.
     """
-    k = _check_int(k, "k", 0)
+    k = checks.integer("k", k, minimum=0)
     if k <= 9:
         base = [c for i, c in enumerate(mpl.colormaps["tab10"].colors) if i != 7]
     else:
@@ -683,7 +677,7 @@ def curve_1d(ax: Axes, fn: types.ScalarFn, bounds_1d, *, path_T=None, n: int = 4
         The curve's Line2D.
     """
     b = _bounds_1d(bounds_1d)
-    n = _check_int(n, "n", 2)
+    n = checks.integer("n", n, minimum=2)
     x = np.linspace(*b, n)
     f = _evaluate(fn, x[:, None])
     (curve,) = ax.plot(x, np.ma.masked_invalid(f), color="C0", zorder=2)
@@ -716,8 +710,8 @@ def frame_indices(num_steps: int, max_frames: int) -> np.ndarray:
     All steps when T <= max_frames, else max_frames evenly spread ones that keep the
     first and the last.
     """
-    t = _check_int(num_steps, "num_steps", 1)
-    m = _check_int(max_frames, "max_frames", 1)
+    t = checks.integer("num_steps", num_steps, minimum=1)
+    m = checks.integer("max_frames", max_frames, minimum=1)
     if t <= m:
         return np.arange(t)
     if m == 1:
@@ -779,10 +773,10 @@ def animate_paths(
     steps = np.arange(t) if steps_T is None else np.asarray(steps_T)
     if steps.shape != (t,):
         raise ValueError(f"`steps_T` must have shape [T] = [{t}], got {steps.shape}")
-    fps = _check_int(fps, "fps", 1)
+    fps = checks.integer("fps", fps, minimum=1)
     idx = frame_indices(t, max_frames)
     if tail is not None:
-        tail = _check_int(tail, "tail", 1)
+        tail = checks.integer("tail", tail, minimum=1)
     out = pathlib.Path(path)
     if out.suffix and out.suffix.lower() != ".gif":
         raise ValueError(f"`path` must end in .gif, got {str(path)!r}")

@@ -252,9 +252,13 @@ def run_study(
 
 
 def cli(main: Callable[[Sequence[str] | None], Any]) -> Callable:
-    """Wraps a study's `main`: bad input becomes one line on stderr and exit status 2."""
+    """Wraps a study's `main`: every CPU core in use (`devices.use_all_cores`), and bad input
+    becomes one line on stderr and exit status 2."""
 
     def wrapped(argv: Sequence[str] | None = None):
+        from sandbox import devices
+
+        devices.use_all_cores()  # before the study's first computation starts JAX's backend
         try:
             return main(argv)
         except ValueError as e:

@@ -1,5 +1,5 @@
 """Loss landscapes of a network: directions, lines, planes, interpolation and PCA paths, each
-evaluated over a whole data set as one jitted, sharded computation that resumes.
+evaluated over a whole data set through the engine (sharded, chunked, resumable).
 
 The tools of Li et al. 2018 ("Visualizing the loss landscape of neural nets") as pure JAX:
 
@@ -20,16 +20,16 @@ The tools of Li et al. 2018 ("Visualizing the loss landscape of neural nets") as
   in eval mode (batch norm uses the running statistics of `variables`), over every image of
   `x`. `line`, `plane` and `interpolate` wrap it.
 
-How `evaluate` runs: the data set is put on the devices once, as [batches, B, ...] with a
-mask for the padded tail; one compiled call takes a chunk of grid points, splits it over
-the devices (`jax.shard_map`), and on each device `lax.map`s over its points; each point is
-an axpy on the parameters (K x 0.85 M multiply-adds for ResNet-56) and a `lax.scan` of the
-model's forward pass over the batches. No Python runs per point or per batch, so the
-surface costs what the forward passes cost. Chunks have a fixed shape (the last one padded)
-and compile once. With `resume=path`, the finished cells are written atomically to `path`
-after every chunk, with a digest of the model, parameters, directions, coordinates and
-data; started again, `evaluate` skips them, and a file from another model or direction is
-refused with one line, never overwritten.
+How `evaluate` runs: through `engine.map_chunks`, with the grid points as the items and the
+data set (as [batches, B, ...] with a mask for the padded tail), the weights and the
+directions as the shared inputs, put on the devices once. One compiled call takes a chunk
+of grid points, splits it over the devices, and on each device `lax.map`s over its points;
+each point is an axpy on the parameters (K x 0.85 M multiply-adds for ResNet-56) and a
+`lax.scan` of the model's forward pass over the batches. No Python runs per point or per
+batch, so the surface costs what the forward passes cost. With `store=path`, finished
+chunks are kept in `path` with a digest of the model, parameters, directions, coordinates
+and data; started again, `evaluate` computes only the rest, and a store of another model
+or direction is refused with one line, never overwritten.
 
     d1 = surface.filter_normalized_direction(k1, variables["params"])
     d2 = surface.filter_normalized_direction(k2, variables["params"])
@@ -42,9 +42,7 @@ where the statistics go linearly from those of the start to those of the end).
 """
 
 import functools
-import hashlib
 import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -55,19 +53,15 @@ import numpy as np
 import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
-from tqdm.auto import tqdm
 
-from sandbox import results
+from sandbox import checks, engine
 from sandbox.types import Key
 
 PyTree = Any
 EPS = 1e-10  # added to a direction's filter norm before dividing (Li et al.'s value)
 # Images one device forwards per compiled call, at least one grid point's worth: calls of a
-# few seconds on CPU, so progress and resume files follow the work closely.
+# few seconds on CPU, so progress and the store follow the work closely.
 IMAGES_PER_CALL = 1 << 15
-PROGRESS_AFTER_S = 3.0
 
 
 class Metrics(NamedTuple):
@@ -285,7 +279,7 @@ def evaluate(
     *,
     batch_size: int = 256,
     chunk_size: int | None = None,
-    resume: Path | str | None = None,
+    store: Path | str | None = None,
     progress: bool | None = None,
     apply_kwargs: dict | None = None,
     unroll: int = 1,
@@ -302,7 +296,8 @@ def evaluate(
       batch_size: images per forward pass (the last batch is padded and masked).
       chunk_size: grid points per compiled call, rounded up to a multiple of the device count
         (default: about `IMAGES_PER_CALL` images per device, at least one point each).
-      resume: a .npz file that keeps the finished cells (see the module docstring).
+      store: a folder that keeps the finished chunks of points (`engine.map_chunks`): the
+        same call after an interruption computes only the rest.
       progress: tqdm bar over the points; None shows one after a few seconds.
       apply_kwargs: keyword arguments of `model.apply` (default {"train": False}).
       unroll: batches per iteration of the loop over the data (`lax.scan`'s unroll). On an
@@ -337,74 +332,40 @@ def evaluate(
     n_points = len(coords)
     _check_memory(n_points, k)
 
-    devices = jax.devices()
-    nd = len(devices)
+    nd = len(jax.local_devices())
     b = min(batch_size, len(x))
     nb = -(-len(x) // b)
     if chunk_size is None:
         chunk_size = nd * max(1, IMAGES_PER_CALL // (nb * b))
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}")
-    chunk = -(-min(chunk_size, -(-n_points // nd) * nd) // nd) * nd
+    checks.integer("chunk_size", chunk_size, minimum=1)
+    chunk = min(chunk_size, -(-n_points // nd) * nd)
+    dtype = jnp.result_type(*jax.tree.leaves(variables["params"]))
+    shared = {"parameters": variables, "directions": _stack(dirs), "data": _batches(x, y, nb, b)}
+    one = _point_fn(model, tuple(sorted(apply_kwargs.items())), min(unroll, nb))
+    loss_sum, correct = engine.map_chunks(
+        one,
+        {"coords": np.asarray(coords, dtype)},
+        shared,
+        chunk=chunk,
+        batch=1,  # one point at a time per device: a point is a whole pass over the data
+        store=store,
+        progress=progress,
+        desc="surface",
+        unit="point",
+    )
+    return Metrics(loss_sum.astype(np.float64) / len(x), correct / len(x))
 
-    loss_sum = np.full(n_points, np.nan)
-    acc = np.full(n_points, np.nan)
-    done = np.zeros(n_points, bool)
-    identity = None
-    if resume is not None:
-        resume = Path(resume)
-        identity = _identity(model, apply_kwargs, variables, dirs, coords, x, y)
-        if resume.exists():
-            loss_sum, acc, done = _load_resume(resume, identity, n_points)
 
-    todo = np.flatnonzero(~done)
-    if len(todo):
-        mesh = jax.make_mesh((nd,), ("points",), devices=devices)
-        rep, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("points"))
-        pad = nb * b - len(x)
-        xp = jnp if isinstance(x, jax.Array) else np
-        xb, yb = x, y.astype(np.int32)
-        if pad:  # the last batch is filled with zeros and masked out
-            xb = xp.concatenate([xb, xp.zeros((pad, *x.shape[1:]), x.dtype)])
-            yb = xp.concatenate([yb, xp.zeros(pad, np.int32)])
-        xb, yb = xb.reshape(nb, b, *x.shape[1:]), yb.reshape(nb, b)
-        mb = (np.arange(nb * b) < len(x)).reshape(nb, b)
-        dtype = jnp.result_type(*jax.tree.leaves(variables["params"]))
-        data = jax.device_put((xb, yb, mb), rep)
-        origin, stacked = jax.device_put((variables, _stack(dirs)), rep)
-        run = _compiled(model, tuple(sorted(apply_kwargs.items())), nd, min(unroll, nb))
-
-        def put(idx):
-            c = coords[idx]
-            if len(c) < chunk:
-                c = np.concatenate([c, np.repeat(c[-1:], chunk - len(c), axis=0)])
-            return jax.device_put(jnp.asarray(c, dtype), split)
-
-        chunks = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
-        with tqdm(
-            total=n_points,
-            initial=n_points - len(todo),
-            unit="point",
-            desc="surface",
-            file=sys.stderr,
-            leave=False,
-            disable=not progress if progress is not None else False,
-            delay=0 if progress else PROGRESS_AFTER_S,
-        ) as bar:
-            pending = None
-            for idx in [*chunks, None]:
-                out = None if idx is None else run(origin, stacked, put(idx), *data)
-                if pending is not None:  # copy back the previous chunk while this one runs
-                    p_idx, p_out = pending
-                    s, c = jax.device_get(p_out)
-                    loss_sum[p_idx] = s[: len(p_idx)] / len(x)
-                    acc[p_idx] = c[: len(p_idx)] / len(x)
-                    done[p_idx] = True
-                    if resume is not None:
-                        _save_resume(resume, identity, loss_sum, acc, done)
-                    bar.update(len(p_idx))
-                pending = None if idx is None else (idx, out)
-    return Metrics(loss_sum, acc)
+def _batches(x, y, nb: int, b: int):
+    """x [nb, b, ...], y [nb, b] and the mask of real images (the last batch zero-padded)."""
+    pad = nb * b - len(x)
+    xp = jnp if isinstance(x, jax.Array) else np
+    xb, yb = x, y.astype(np.int32)
+    if pad:
+        xb = xp.concatenate([xb, xp.zeros((pad, *x.shape[1:]), x.dtype)])
+        yb = xp.concatenate([yb, xp.zeros(pad, np.int32)])
+    mb = (np.arange(nb * b) < len(x)).reshape(nb, b)
+    return xb.reshape(nb, b, *x.shape[1:]), yb.reshape(nb, b), mb
 
 
 def line(model, variables, direction, alphas, x, y, **kw) -> Metrics:
@@ -463,11 +424,14 @@ def _stack(dirs: list[dict]) -> dict:
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled(model: Any, apply_items: tuple, num_devices: int, unroll: int) -> Callable:
-    """The chunk runner: (origin, directions [K, ...], coords [C, K], x, y, mask) -> sums."""
+def _point_fn(model: Any, apply_items: tuple, unroll: int) -> Callable:
+    """One grid point: ({"coords": [K]}, {"parameters", "directions" [K, ...], "data": (x, y,
+    mask)}) -> the summed loss and the count of correct predictions over the data set."""
     kwargs = dict(apply_items)
 
-    def point(origin, dirs, c_K, x, y, mask):
+    def point(item, shared):
+        c_K, origin, dirs = item["coords"], shared["parameters"], shared["directions"]
+        x, y, mask = shared["data"]
         acc_dtype = jnp.promote_types(jnp.result_type(*jax.tree.leaves(origin)), jnp.float32)
         v = jax.tree.map(
             lambda o, d: o + jnp.tensordot(c_K.astype(d.dtype), d, axes=1).astype(o.dtype),
@@ -489,18 +453,7 @@ def _compiled(model: Any, apply_items: tuple, num_devices: int, unroll: int) -> 
         (s, n), _ = lax.scan(batch, zero, (x, y, mask), unroll=unroll)
         return s, n
 
-    def per_device(origin, dirs, coords_CxK, x, y, mask):
-        return lax.map(lambda c: point(origin, dirs, c, x, y, mask), coords_CxK)
-
-    mesh = jax.make_mesh((num_devices,), ("points",), devices=jax.devices()[:num_devices])
-    sharded = jax.shard_map(
-        per_device,
-        mesh=mesh,
-        in_specs=(P(), P(), P("points"), P(), P(), P()),
-        out_specs=P("points"),
-        check_vma=False,
-    )
-    return jax.jit(sharded)
+    return point
 
 
 def _check_memory(n_points: int, k: int) -> None:
@@ -516,57 +469,6 @@ def _check_memory(n_points: int, k: int) -> None:
             f"its coordinates and results, more than half of the {have / 2**30:.0f} GiB here; "
             "evaluate it in parts"
         )
-
-
-# ----------------------------------------------------------------------------- resume files
-
-
-def _identity(model, apply_kwargs, variables, dirs, coords, x, y) -> dict[str, str]:
-    """Digests of what the cells are a function of, part by part (for a useful error)."""
-
-    def digest(*trees) -> str:
-        h = hashlib.sha256()
-        for leaf in jax.tree.leaves(jax.device_get(trees)):
-            a = np.ascontiguousarray(leaf)
-            h.update(f"{a.dtype}{a.shape}".encode())
-            h.update(a.tobytes())
-        return h.hexdigest()[:16]
-
-    return {
-        "model": hashlib.sha256(repr((model, sorted(apply_kwargs.items()))).encode()).hexdigest()[
-            :16
-        ],
-        "parameters": digest(variables),
-        "directions": digest(dirs),
-        "coords": digest(coords),
-        "data": digest(x, y),
-    }
-
-
-def _load_resume(path: Path, identity: dict, n_points: int):
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            saved = {k: str(z[f"id_{k}"]) for k in identity}
-            loss, acc, done = z["loss"], z["accuracy"], z["done"].astype(bool)
-    except Exception as e:
-        raise ValueError(
-            f"`resume` file {str(path)!r} is not a surface resume file ({type(e).__name__})"
-        ) from None
-    diff = [k for k in identity if saved[k] != identity[k]]
-    if diff:
-        raise ValueError(
-            f"`resume` file {str(path)!r} belongs to another surface (different "
-            f"{', '.join(diff)}); use another file or delete that one"
-        )
-    if loss.shape != (n_points,):
-        raise ValueError(f"`resume` file {str(path)!r} holds {loss.shape} cells, not {n_points}")
-    return loss.astype(np.float64), acc.astype(np.float64), done
-
-
-def _save_resume(path: Path, identity: dict, loss, acc, done) -> None:
-    arrays = {"loss": loss, "accuracy": acc, "done": done}
-    arrays.update({f"id_{k}": np.asarray(v) for k, v in identity.items()})
-    results.write_arrays(path, arrays)
 
 
 # ----------------------------------------------------------------------------- statistics

@@ -7,21 +7,16 @@ bounded for any N and compile once; the run axis of a chunk is split over all JA
 
 import functools
 import math
-import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
-from tqdm.auto import tqdm
 
-from sandbox import descent, landscapes, optim
+from sandbox import checks, descent, engine, landscapes, optim
 
-# Progress bars appear once a sweep has run this many seconds.
-PROGRESS_AFTER_S = 3.0
 # On CPU, runs advanced together by one device: large enough to amortize the per-step cost
 # of XLA's loop (a dozen small kernels for Adam), small enough for the state to stay in L2.
 CPU_INNER_BATCH = 16384
@@ -72,6 +67,8 @@ def descend(
     bound: float = 1e6,
     check_every: int = 4,
     exact: bool = False,
+    store: Path | str | None = None,
+    lazy: bool = False,
     progress: bool | None = None,
     **hyper: Any,
 ) -> Sweep:
@@ -79,14 +76,15 @@ def descend(
 
     Runs without recording (and without `exact`) go through `descent.run_fast`, which checks
     for divergence every `check_every` updates; the few runs it flags are run again through
-    `descent.run`, which checks every update and keeps the last good point. Recorded runs
-    use `descent.run`.
+    `descent.run`, which checks every update and keeps the last good point (chunk by chunk,
+    as each chunk comes back). Recorded runs use `descent.run`. All of it runs through
+    `engine.map_chunks`.
 
     Args:
       fn: a landscape name (`landscapes.names()`) or any pure jnp function of x [d].
       x0: [N, d] starts (float32 unless given as float64 with x64 enabled).
       optimizer: a name of `optim.names()`.
-      steps: updates per run, >= 1.
+      steps: updates per run, in [1, 2^31 - 1].
       record_every: record points and losses every this many updates (0: none); at most
         `steps`.
       chunk_size: runs per compiled call; default: chosen from the device kind and the
@@ -97,151 +95,130 @@ def descend(
       exact: send every run through `descent.run` (checks every update). The same results,
         faster when most runs are expected to diverge or leave the bound (escape-time
         studies), since the fast path would re-run those.
+      store: a folder where finished chunks are kept: the same call after an interruption
+        computes only what is missing; under `jax.distributed`, every process makes the
+        same call with a shared folder and computes its share (`engine.map_chunks`).
+      lazy: with `store`, return zarr arrays read on demand (for sweeps larger than memory).
       progress: show a progress bar (default: when the sweep runs more than a few seconds).
       **hyper: hyperparameters of the optimizer (`lr` required), each a scalar (shared by
         all runs) or an [N] array (one value per run).
 
     Returns:
-      A `Sweep` of NumPy arrays with a leading run axis N.
+      A `Sweep` of arrays with a leading run axis N (NumPy; zarr arrays if `lazy`).
     """
+    name = fn if isinstance(fn, str) else None
     fn = landscapes.as_fn(fn)
     hyper = optim.resolve(optimizer, hyper)
     x0 = _check_starts(x0)
     n, d = x0.shape
-    _check_int("steps", steps, minimum=1)
-    _check_int("record_every", record_every, minimum=0)
-    _check_int("check_every", check_every, minimum=1)
+    if name is not None and landscapes.get(name).bounds.shape[0] != d:
+        dim = landscapes.get(name).bounds.shape[0]
+        raise ValueError(
+            f"`x0` must have shape [N, {dim}] for the {dim}-D landscape {name!r}, got {x0.shape}"
+        )
+    _check_fn(fn, d, x0.dtype)
+    checks.integer("steps", steps, minimum=1, maximum=checks.INT32_MAX)
+    checks.integer("record_every", record_every, minimum=0)
     if record_every > steps:
         raise ValueError(f"`record_every` must be at most `steps` ({steps}), got {record_every}")
-    _check_positive("bound", bound)
+    checks.integer("check_every", check_every, minimum=1)
+    checks.positive("bound", bound)
     if tol is not None:
-        _check_positive("tol", tol)
+        checks.positive("tol", tol)
     per_run, shared = {}, {}
     for k, v in hyper.items():
         a = _check_hyper(k, v, n, x0.dtype)
         (shared if a.ndim == 0 else per_run)[k] = a
     # A bound beyond the largest float of the runs' dtype means "only non-finite diverges".
-    bound = min(float(bound), float(np.finfo(x0.dtype).max))
-    scalars = {k: np.asarray(v, x0.dtype) for k, v in (("tol", tol), ("bound", bound))}
-    scalars = {k: v for k, v in scalars.items() if v.ndim == 0 and not np.isnan(v)}
-    if tol is None:
-        scalars.pop("tol", None)
+    scalars = {"bound": np.asarray(min(float(bound), float(np.finfo(x0.dtype).max)), x0.dtype)}
+    if tol is not None:
+        scalars["tol"] = np.asarray(tol, x0.dtype)
 
-    devices = jax.devices()
-    nd = len(devices)
+    devices = jax.local_devices()
     t_rec = descent.num_records(steps, record_every)
     if chunk_size is None:
         chunk_size = default_chunk_size(n, d, t_rec, devices)
     else:
-        _check_int("chunk_size", chunk_size, minimum=1)
+        checks.integer("chunk_size", chunk_size, minimum=1)
     inner = _inner_batch(devices)
-    key = (fn, optimizer, steps, tuple(sorted(per_run)), tuple(sorted(shared)), tol is not None)
-
-    if record_every == 0 and not exact:
-        chunk = _round_chunk(min(chunk_size, n), nd, inner, pow2=n < chunk_size)
-        fast = _compiled("fast", *key, check_every, nd, inner)
-        outs = _map_chunks(fast, x0, per_run, shared, scalars, chunk, progress, "descend")
-        x = outs["x"]
-        fields = {
-            "x": x,
-            "loss": outs["loss"],
-            "grad_norm": outs["grad_norm"],
-            "diverged": np.zeros(n, bool),
-            "diverged_step": np.full(n, -1, np.int32),
-            "steps_to_tol": outs["steps_to_tol"],
-        }
-        redo = np.flatnonzero(~np.all(np.isfinite(x), axis=1))
-        # The diverged runs go again through the path that checks every update, for their
-        # last good point and divergence step. Most diverge within a few steps, so a short
-        # horizon settles them; only the rest run all `steps` again. A run that diverged
-        # within the horizon ends exactly as it would after all `steps`: it stays frozen.
-        for horizon in sorted({min(steps, REDO_HORIZON), steps}):
-            if not redo.size:
-                break
-            exact_fn = _compiled("exact", fn, optimizer, horizon, *key[3:], 0, nd, inner)
-            chunk2 = _round_chunk(min(chunk, REDO_CHUNK_PER_DEVICE * nd), nd, inner)
-            sub = _map_chunks(
-                exact_fn,
-                x0[redo],
-                {k: v[redo] for k, v in per_run.items()},
-                shared,
-                scalars,
-                chunk2,
-                False,
-                "",
-            )
-            done = sub["diverged"] | (horizon == steps)
-            for name in fields:
-                if fields[name] is not None:
-                    fields[name][redo[done]] = sub[name][done]
-            redo = redo[~done]
-        return Sweep(**fields)
-
-    chunk = _round_chunk(min(chunk_size, n), nd, inner, pow2=n < chunk_size)
-    exact_fn = _compiled("exact", *key, record_every, nd, inner)
-    outs = _map_chunks(exact_fn, x0, per_run, shared, scalars, chunk, progress, "descend")
-    return Sweep(**{name: outs.get(name) for name in Sweep._fields})
-
-
-def _map_chunks(compiled, x0, per_run, shared, scalars, chunk, progress, desc) -> dict:
-    """Calls `compiled` on fixed-size chunks (the last one padded); concatenates on host."""
-    n = len(x0)
-    sharding = NamedSharding(_mesh(len(jax.devices())), P("runs"))
-    num_chunks = -(-n // chunk)
-
-    def put(a: np.ndarray, lo: int) -> jax.Array:
-        part = a[lo : lo + chunk]
-        if len(part) < chunk:  # pad with copies of the first run; dropped afterwards
-            part = np.concatenate([part, np.repeat(a[:1], chunk - len(part), axis=0)])
-        return jax.device_put(part, sharding)
-
-    outputs = []
-    with tqdm(
-        total=n,
+    # Sweeps of many different small sizes share a few compiled shapes.
+    chunk = _pow2(n) if n < chunk_size else chunk_size
+    static = (fn, optimizer, tuple(sorted(per_run)), tuple(sorted(shared)), tol is not None)
+    items = {"x0": x0, **per_run}
+    run_shared = {"hyper": shared, "scalars": scalars}
+    kw = dict(
+        lane=LANE_BLOCK,
+        batch=inner,
+        store=store,
+        lazy=lazy,
+        progress=progress,
+        desc="descend",
         unit="run",
-        desc=desc,
-        file=sys.stderr,
-        leave=False,
-        # None: appear only once the sweep has run for a few seconds.
-        disable=not progress if progress is not None else num_chunks < 2,
-        delay=0 if progress else PROGRESS_AFTER_S,
-    ) as bar:
-        pending = None
-        for c in range(num_chunks):
-            lo = c * chunk
-            chunk_per_run = {k: put(v, lo) for k, v in per_run.items()}
-            out = compiled(put(x0, lo), chunk_per_run, shared, scalars)
-            # Dispatch is asynchronous: copy the previous chunk back while this one runs.
-            if pending is not None:
-                outputs.append(jax.device_get(pending))
-                bar.update(chunk)
-            pending = out
-        outputs.append(jax.device_get(pending))
-        bar.update(n - bar.n)
-    return {
-        name: None if outputs[0][name] is None else np.concatenate([o[name] for o in outputs])[:n]
-        for name in outputs[0]
-    }
+    )
+    if record_every or exact:
+        one = _one("exact", *static, steps, record_every)
+        out = engine.map_chunks(one, items, run_shared, chunk=chunk, **kw)
+        return Sweep(**{f: out.get(f) for f in Sweep._fields})
+
+    def finish(out: dict, start: int) -> dict:
+        return _redo(out, start, items, run_shared, static, steps, chunk)
+
+    one = _one("fast", *static, steps, check_every)
+    out = engine.map_chunks(
+        one,
+        items,
+        run_shared,
+        chunk=chunk,
+        finish=finish,
+        identity={"redo": f"horizon {REDO_HORIZON}"},
+        **kw,
+    )
+    return Sweep(**{f: out.get(f) for f in Sweep._fields})
+
+
+def _redo(
+    out: dict, start: int, items: dict, shared: dict, static: tuple, steps: int, chunk: int
+) -> dict:
+    """Runs the diverged runs of one chunk (NaN in the fast path) again through the path that
+    checks every update, for their last good point and divergence step.
+
+    Most diverge within a few steps, so a short horizon settles them; only the rest run all
+    `steps` again. A run that diverged within the horizon ends exactly as it would after all
+    `steps`: it stays frozen.
+    """
+    redo = np.flatnonzero(~np.all(np.isfinite(out["x"]), axis=1))
+    nd = len(jax.local_devices())
+    chunk2 = min(chunk, REDO_CHUNK_PER_DEVICE * nd)
+    for horizon in sorted({min(steps, REDO_HORIZON), steps}):
+        if not redo.size:
+            break
+        one = _one("exact", *static, horizon, 0)
+        sub_items = {k: v[start + redo] for k, v in items.items()}
+        sub = engine.map_chunks(
+            one,
+            sub_items,
+            shared,
+            chunk=chunk2,
+            lane=LANE_BLOCK,
+            batch=_inner_batch(jax.local_devices()),
+            progress=False,
+        )
+        done = sub["diverged"] | (horizon == steps)
+        for name, a in out.items():
+            if a is not None:
+                out[name] = a = a if a.flags.writeable else a.copy()
+                a[redo[done]] = sub[name][done]
+        redo = redo[~done]
+    return out
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
 
 
 def _inner_batch(devices: list) -> int | None:
     """Runs that one device advances together on CPU: a few cache-sized vectors' worth."""
     return CPU_INNER_BATCH if devices[0].platform == "cpu" else None
-
-
-def _round_chunk(chunk: int, nd: int, inner: int | None, pow2: bool = False) -> int:
-    """Runs per call: a multiple of `LANE_BLOCK` per device (and of `inner` above it).
-
-    `pow2` rounds up to a power of two first, so sweeps of many different small sizes share
-    a few compiled shapes.
-    """
-    if pow2:
-        chunk = 1 << max(0, (chunk - 1).bit_length())
-    per_device = -(-chunk // nd)
-    per_device = -(-per_device // LANE_BLOCK) * LANE_BLOCK
-    if inner and per_device > inner:
-        per_device = -(-per_device // inner) * inner
-    return per_device * nd
 
 
 def default_chunk_size(n: int, d: int, t_rec: int, devices: list) -> int:
@@ -258,59 +235,58 @@ def default_chunk_size(n: int, d: int, t_rec: int, devices: list) -> int:
     return max(nd, min(per_device * nd, cap, max(n, 1)))
 
 
-@functools.lru_cache(maxsize=64)
-def _mesh(num_devices: int) -> jax.sharding.Mesh:
-    return jax.make_mesh((num_devices,), ("runs",), devices=jax.devices()[:num_devices])
-
-
 @functools.lru_cache(maxsize=128)
-def _compiled(
+def _one(
     mode: str,
     fn: Callable,
     optimizer: str,
-    steps: int,
     per_run_names: tuple[str, ...],
     shared_names: tuple[str, ...],
     track_tol: bool,
+    steps: int,
     option: int,
-    num_devices: int,
-    inner: int | None,
 ) -> Callable:
-    """One jitted, sharded, vmapped chunk runner per static configuration (no retrace).
+    """One run as the engine maps it, one closure per static configuration (so the engine's
+    compilation cache hits). `option` is `check_every` (fast) or `record_every` (exact).
 
-    `option` is `check_every` for the fast path and `record_every` for the exact one.
     Hyperparameters shared by all runs stay unbatched scalars, so work that depends only on
     them (Adam's bias corrections) is done once per step, not once per run.
     """
     del per_run_names, shared_names  # cache key only: the dicts passed in have these keys
 
-    def one(x0, per_run, shared, scalars):
+    def one(item, shared):
+        scalars = shared["scalars"]
         kw = dict(optimizer=optimizer, steps=steps, bound=scalars["bound"])
         kw["tol"] = scalars["tol"] if track_tol else None
-        hyper = {**per_run, **shared}
-        if mode == "fast":
-            r = descent.run_fast(fn, x0, hyper, check_every=option, **kw)
-        else:
-            r = descent.run(fn, x0, hyper, record_every=option, **kw)
-        return r._asdict()
+        x0 = item["x0"]
+        hyper = {**{k: v for k, v in item.items() if k != "x0"}, **shared["hyper"]}
+        if mode == "exact":
+            return descent.run(fn, x0, hyper, record_every=option, **kw)._asdict()
+        r = descent.run_fast(fn, x0, hyper, check_every=option, **kw)
+        # The full set of fields; `_redo` fills in the divergence of the NaN runs.
+        return {
+            **r._asdict(),
+            "diverged": jnp.zeros((), bool),
+            "diverged_step": jnp.full((), -1, jnp.int32),
+        }
 
-    def per_device(x0, per_run, shared, scalars):
-        if inner is None or x0.shape[0] <= inner:
-            return jax.vmap(one, in_axes=(0, 0, None, None))(x0, per_run, shared, scalars)
-        # lax.map vmaps `one` over `inner` runs at a time: their whole state stays in cache
-        # for every step.
-        return jax.lax.map(lambda a: one(*a, shared, scalars), (x0, per_run), batch_size=inner)
+    return one
 
-    sharded = jax.shard_map(
-        per_device,
-        mesh=_mesh(num_devices),
-        in_specs=(P("runs"), P("runs"), P(), P()),
-        out_specs=P("runs"),
-        # Runs are independent: nothing is communicated, and carries created inside the
-        # run (flags, counters) need not be marked as varying over the run axis.
-        check_vma=False,
-    )
-    return jax.jit(sharded)
+
+def _check_fn(fn: Callable, d: int, dtype) -> None:
+    """`fn` must map one point [d] to a scalar, traceable (no Python control flow on x)."""
+    try:
+        out = jax.eval_shape(fn, jax.ShapeDtypeStruct((d,), dtype))
+    except jax.errors.ConcretizationTypeError:
+        raise ValueError(
+            "`fn` must be traceable by JAX: it uses Python control flow (if/while/bool) on the "
+            "point; use jnp.where or lax.cond"
+        ) from None
+    except TypeError as e:
+        raise ValueError(f"`fn` must take one point x of shape [{d}] ({e})") from None
+    if not (hasattr(out, "shape") and out.shape == ()):
+        shape = getattr(out, "shape", type(out).__name__)
+        raise ValueError(f"`fn` must return a scalar for x of shape [{d}], got {shape}")
 
 
 def _check_starts(x0: Any) -> np.ndarray:
@@ -325,18 +301,6 @@ def _check_starts(x0: Any) -> np.ndarray:
         bad = int(np.argmax(~np.all(np.isfinite(x0), axis=1)))
         raise ValueError(f"`x0` must be finite; row {bad} is {x0[bad]}")
     return np.ascontiguousarray(x0)
-
-
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"`{name}` must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if not (np.isscalar(value) and np.isfinite(value) and value > 0):
-        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}")
 
 
 def _check_hyper(name: str, value: Any, n: int, dtype) -> np.ndarray:

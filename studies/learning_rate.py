@@ -26,19 +26,15 @@ import argparse
 import dataclasses
 import functools
 import math
-import sys
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 from matplotlib import colors
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
-from tqdm.auto import tqdm
 
 from sandbox import basins, calculus, fractal, landscapes, plotting, results, sweep
 
@@ -199,9 +195,6 @@ PAPER = Config(
     zoom_target=(1.0, 2.15),
 )
 
-# Runs per call of the fractal grid (a progress-bar tick): a few seconds of work each.
-GRID_CHUNK = 16384
-
 # Lines of starts of the Himmelblau phase maps: (label, start, end).
 PHASE_LINES = (("y0 = 0", (-6.0, 0.0), (6.0, 0.0)), ("x0 = 0", (0.0, -6.0), (0.0, 6.0)))
 
@@ -246,62 +239,6 @@ def _rate(norm_T: np.ndarray) -> float:
         return 0.0
     a = (n - 1) // 2
     return float((norm_T[n - 1] / norm_T[a]) ** (1.0 / (n - 1 - a)))
-
-
-@functools.lru_cache(maxsize=8)
-def _grid_runner(steps: int, batch_size: int, num_devices: int):
-    """jit(shard_map(lax.map(train))) over a flat [N, 2] lr grid, compiled once per shape."""
-    mesh = jax.make_mesh((num_devices,), ("runs",), devices=jax.devices()[:num_devices])
-
-    def per_device(params, data, lr_Nx2):
-        def run(lr_2):
-            return fractal.train(params, data, lr_2[0], lr_2[1], steps)
-
-        return jax.lax.map(run, lr_Nx2, batch_size=batch_size)
-
-    sharded = jax.shard_map(
-        per_device,
-        mesh=mesh,
-        in_specs=(P(), P(), P("runs")),
-        out_specs=P("runs"),
-        check_vma=False,  # runs are independent; nothing is communicated
-    )
-    return jax.jit(sharded), NamedSharding(mesh, P("runs"))
-
-
-def score_grid(params, data, lr1_W, lr2_H, *, steps: int, batch_size: int) -> np.ndarray:
-    """`fractal.train` on every (lr1, lr2) of a grid: score_HxW[i, j] at (lr1_W[j], lr2_H[i]).
-
-    The grid is flattened to N = H W pairs and mapped in batches of `batch_size` runs
-    (`lax.map`) inside one jit whose run axis is split over `jax.devices()`, one call per
-    chunk of up to `GRID_CHUNK` runs (all chunks one shape, the last padded: one
-    compilation), with a progress bar on long grids. Call under `jax.enable_x64(True)` for
-    float64.
-    """
-    lr1_W, lr2_H = np.asarray(lr1_W), np.asarray(lr2_H)
-    g1, g2 = np.meshgrid(lr1_W, lr2_H)
-    lr_Nx2 = np.stack([g1.ravel(), g2.ravel()], axis=1)
-    n = len(lr_Nx2)
-    nd = len(jax.devices())
-    block = nd * batch_size
-    chunk = min(max(GRID_CHUNK // block, 1), -(-n // block)) * block
-    num_chunks = -(-n // chunk)
-    lr_Nx2 = np.concatenate([lr_Nx2, np.repeat(lr_Nx2[:1], num_chunks * chunk - n, axis=0)])
-    lr_Nx2 = lr_Nx2.astype(params[0].dtype)
-    runner, sharding = _grid_runner(steps, batch_size, nd)
-    out = []
-    for c in tqdm(
-        range(num_chunks),
-        desc=f"fractal {len(lr2_H)}x{len(lr1_W)}",
-        unit="chunk",
-        file=sys.stderr,
-        leave=False,
-        delay=sweep.PROGRESS_AFTER_S,
-        disable=num_chunks < 2,
-    ):
-        part = jax.device_put(lr_Nx2[c * chunk : (c + 1) * chunk], sharding)
-        out.append(np.asarray(jax.device_get(runner(params, data, part)), dtype=np.float64))
-    return np.concatenate(out)[:n].reshape(len(lr2_H), len(lr1_W))
 
 
 def _local_mean(a_HxW: np.ndarray, r: int) -> np.ndarray:
@@ -545,7 +482,7 @@ def _himmelblau(cfg: Config) -> tuple[dict, dict]:
 def _fractal(cfg: Config, key: jax.Array) -> tuple[dict, dict]:
     with jax.enable_x64(True):
         params, data = fractal.problem(key, cfg.width)
-        run = functools.partial(score_grid, steps=cfg.steps, batch_size=cfg.batch_size)
+        run = functools.partial(fractal.score_grid, steps=cfg.steps, batch_size=cfg.batch_size)
         lims = [(tuple(cfg.log10_lr1), tuple(cfg.log10_lr2))]
         sizes = [cfg.grid_n]
         scores = []

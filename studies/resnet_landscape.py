@@ -37,7 +37,7 @@ Grid sizes: the CPU default is 21 x 21 on the main plane (step 0.1) and 11 x 11 
 plane: ResNet-56 over the 1,438 training digits took 0.75 s per point on two cores shared
 with other jobs, so the paper's 51 x 51 (`--grid 51`) is an accelerator job. A run that is
 stopped continues where it stopped: training from its checkpoints, each surface from its
-file in cells/ (one per network, surface and grid).
+engine store in cells/ (one per network, surface and grid).
 
 Run: make resnet_landscape (ResNet-56 pair on the digits; 35 minutes measured on 2 cores
                             shared with other jobs)
@@ -153,11 +153,11 @@ CELL_FIELDS = {
 
 
 def _cells(out: Path, cfg: Config, shortcut: str, kind: str) -> Path:
-    """The resume file of one surface, named by the fields that define it, so that runs
+    """The engine store of one surface, named by the fields that define it, so that runs
     with other grids keep their own cells instead of refusing each other's."""
     fields = {f: getattr(cfg, f) for f in CELL_FIELDS[kind]}
     tag = hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()[:8]
-    return out / "cells" / f"{shortcut}_{kind}_{tag}.npz"
+    return out / "cells" / f"{shortcut}_{kind}_{tag}"
 
 
 def _variables(state: dict) -> dict:
@@ -234,7 +234,7 @@ def compute_one(
     t0 = time.perf_counter()
     xs = ys = surface.axis(-cfg.extent, cfg.extent, cfg.grid, "extent")
     main = surface.plane(
-        model, trained, d1, d2, xs, ys, x, y, resume=_cells(out, cfg, shortcut, "plane"), **kw
+        model, trained, d1, d2, xs, ys, x, y, store=_cells(out, cfg, shortcut, "plane"), **kw
     )
     plane_s = time.perf_counter() - t0
 
@@ -248,7 +248,7 @@ def compute_one(
         alphas,
         x,
         y,
-        resume=_cells(out, cfg, shortcut, "interp"),
+        store=_cells(out, cfg, shortcut, "interp"),
         **kw,
     )
 
@@ -269,7 +269,7 @@ def compute_one(
         pys,
         x,
         y,
-        resume=_cells(out, cfg, shortcut, "pca"),
+        store=_cells(out, cfg, shortcut, "pca"),
         **kw,
     )
 

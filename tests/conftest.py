@@ -9,6 +9,9 @@ import jax
 import numpy as np
 import pytest
 
+from sandbox import devices
+
+devices.use_all_cores()  # as the study commands do: one CPU device per core
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 

@@ -152,7 +152,7 @@ def test_vmapped_grid_equals_a_loop_of_single_runs(key):
     lr2_H = np.array([1.0, 10.0, 300.0])
     with jax.enable_x64(True):
         params, data = fractal.problem(key, 6)
-        got = study.score_grid(params, data, lr1_W, lr2_H, steps=steps, batch_size=4)
+        got = fractal.score_grid(params, data, lr1_W, lr2_H, steps=steps, batch_size=4)
         one = jax.jit(lambda a, b: fractal.train(params, data, a, b, steps))
         want = np.array([[float(one(a, b)) for a in lr1_W] for b in lr2_H])
     assert (got > 0).any() and (got < 0).any()

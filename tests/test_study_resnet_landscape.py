@@ -27,11 +27,11 @@ def test_the_run_folder_holds_every_figure(run):
     out, _, _, _ = run
     for name in ("contours", "surface3d", "slices", "pca_path"):
         assert (out / f"{name}.png").stat().st_size > 10_000, name
-    cells = sorted((out / "cells").glob("*.npz"))  # every surface's cells, for a resumed run
-    assert len(cells) == 2 * 3
-    for f in cells:
-        with np.load(f) as z:
-            assert z["done"].all()
+    stores = sorted((out / "cells").iterdir())  # every surface's store, for a resumed run
+    assert len(stores) == 2 * 3
+    for store in stores:
+        meta = json.loads((store / "engine.json").read_text())
+        assert len(list((store / "done").iterdir())) == -(-meta["n"] // meta["chunk"])
 
 
 def test_surface_centres_equal_the_trained_networks_loss(run):

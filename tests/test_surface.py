@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import zarr
 from conftest import run_on_devices
 
-from sandbox import results, surface, train
+from sandbox import engine, surface, train
 from sandbox.models.resnet import ResNet
 
 
@@ -247,52 +248,57 @@ def test_an_interrupted_grid_resumes_where_it_stopped(mlp, tmp_path, monkeypatch
     d = surface.filter_normalized_direction(jax.random.key(1), v["params"])
     alphas = np.linspace(-1, 1, 10)
     full = surface.line(model, v, d, alphas, x, y, chunk_size=2, progress=False)
-    path = tmp_path / "cells.npz"
-    real_save = surface._save_resume
+    path = tmp_path / "cells"
+    real_write = engine._Store.write
     calls = []
 
-    def save_then_die(*args):
-        real_save(*args)
-        calls.append(1)
+    def write_then_die(self, c, outputs):
+        real_write(self, c, outputs)
+        calls.append(c)
         if len(calls) == 2:
             raise KeyboardInterrupt  # killed after two chunks were written
 
-    monkeypatch.setattr(surface, "_save_resume", save_then_die)
+    monkeypatch.setattr(engine._Store, "write", write_then_die)
     with pytest.raises(KeyboardInterrupt):
-        surface.line(model, v, d, alphas, x, y, chunk_size=2, resume=path, progress=False)
-    monkeypatch.setattr(surface, "_save_resume", real_save)
-    with np.load(path) as z:
-        done = z["done"].copy()
-        saved = dict(z)
-    assert done.sum() == 4 and done[:4].all()
+        surface.line(model, v, d, alphas, x, y, chunk_size=2, store=path, progress=False)
+    monkeypatch.setattr(engine._Store, "write", real_write)
+    assert sorted(p.name for p in (path / "done").iterdir()) == ["0", "1"]
     # Mark a finished cell: if the resumed run recomputed it, the mark would be gone.
-    saved["loss"][0] = 123.0
-    results.write_arrays(path, saved)
-    again = surface.line(model, v, d, alphas, x, y, chunk_size=2, resume=path, progress=False)
+    g = zarr.open_group(path / "arrays.zarr", mode="r+")
+    g["0"][0] = 123.0 * len(x)
+    again = surface.line(model, v, d, alphas, x, y, chunk_size=2, store=path, progress=False)
     assert again.loss[0] == 123.0
     np.testing.assert_array_equal(again.loss[1:], full.loss[1:])
-    with np.load(path) as z:
-        assert z["done"].all()
+    np.testing.assert_array_equal(again.accuracy, full.accuracy)
+    assert len(list((path / "done").iterdir())) == 5
 
 
-def test_a_resume_file_of_another_surface_is_refused_and_kept(mlp, tmp_path):
+def _files(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_store_of_another_surface_is_refused_and_kept(mlp, tmp_path):
     model, v, x, y = mlp
     d = surface.filter_normalized_direction(jax.random.key(1), v["params"])
     e = surface.filter_normalized_direction(jax.random.key(2), v["params"])
-    path = tmp_path / "cells.npz"
-    surface.line(model, v, d, [0.0, 1.0], x, y, resume=path, progress=False)
-    before = path.read_bytes()
-    with pytest.raises(ValueError, match="another surface.*directions"):
-        surface.line(model, v, e, [0.0, 1.0], x, y, resume=path, progress=False)
+    path = tmp_path / "cells"
+    surface.line(model, v, d, [0.0, 1.0], x, y, store=path, progress=False)
+    before = _files(path)
+    with pytest.raises(ValueError, match=r"another computation \(different shared.directions\)"):
+        surface.line(model, v, e, [0.0, 1.0], x, y, store=path, progress=False)
     other = {"params": jax.tree.map(lambda a: a + 1.0, v["params"])}
-    with pytest.raises(ValueError, match="another surface.*parameters"):
-        surface.line(model, other, d, [0.0, 1.0], x, y, resume=path, progress=False)
-    with pytest.raises(ValueError, match="another surface.*coords"):
-        surface.line(model, v, d, [0.0, 0.5], x, y, resume=path, progress=False)
-    assert path.read_bytes() == before
-    path.write_bytes(b"not an npz")
-    with pytest.raises(ValueError, match="not a surface resume file"):
-        surface.line(model, v, d, [0.0, 1.0], x, y, resume=path, progress=False)
+    with pytest.raises(ValueError, match=r"another computation \(different shared.parameters\)"):
+        surface.line(model, other, d, [0.0, 1.0], x, y, store=path, progress=False)
+    with pytest.raises(ValueError, match=r"another computation \(different items.coords\)"):
+        surface.line(model, v, d, [0.0, 0.5], x, y, store=path, progress=False)
+    with pytest.raises(ValueError, match=r"another computation \(different shared.data\)"):
+        surface.line(model, v, d, [0.0, 1.0], x, (y + 1) % 10, store=path, progress=False)
+    assert _files(path) == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is a folder that is not an engine store"):
+        surface.line(model, v, d, [0.0, 1.0], x, y, store=tmp_path / "other", progress=False)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 
 
 # ----------------------------------------------------------------------------- bad input
