@@ -3,10 +3,13 @@
 import argparse
 import dataclasses
 import datetime
+import fcntl
+import hashlib
 import io
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,6 +21,14 @@ from typing import Any
 import numpy as np
 
 RESULTS_ROOT = Path("results")
+# The mode of every file of a run folder: what the umask allows of rw-rw-rw-.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+# Files a run writes at the top of its folder; older ones that the new run did not write are
+# dropped when it lands, so every such file comes from one run.
+RUN_FILE_SUFFIXES = (".json", ".npz", ".png", ".pdf", ".gif", ".md")
+RUN_DATA = ("config.json", "arrays.npz", "summary.json", "meta.json")
 
 
 # ----------------------------------------------------------------------------- writing
@@ -33,6 +44,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; results are meant to be read
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -134,38 +146,92 @@ def save(
     arrays: dict[str, Any],
     summary: dict[str, Any],
     wall_s: float,
+    study: str | None = None,
 ) -> None:
     """Writes config.json, arrays.npz, summary.json and meta.json into `run_dir`.
 
-    Each file is replaced atomically, and only after everything was computed, so an
-    interrupted or failed run never leaves a half-written file or loses an older result.
+    Each file is replaced atomically; `run_study` writes them into a staging folder and
+    lands the whole folder at once (`RunFolder`), so files of two runs never mix.
     """
     run_dir = Path(run_dir)
     write_arrays(run_dir / "arrays.npz", arrays)
     write_json(run_dir / "config.json", config)
     write_json(run_dir / "summary.json", summary)
-    write_json(run_dir / "meta.json", meta(wall_s, getattr(config, "seed", None)))
+    info = meta(wall_s, getattr(config, "seed", None))
+    info["study"] = study
+    # Ties the arrays to this meta.json: a truncated or foreign arrays.npz is refused on load.
+    info["arrays_sha256"] = _sha256(run_dir / "arrays.npz")
+    write_json(run_dir / "meta.json", info)
 
 
-def load(run_dir: Path | str, config_cls: type | None = None):
+def load(run_dir: Path | str, config_cls: type | None = None, study: str | None = None):
     """Reads a run folder: returns (config, arrays, summary).
 
     `config` is an instance of `config_cls` when given (lists become tuples where the
-    field's default is a tuple), else a dict.
+    field's default is a tuple), else a dict. Every unreadable, missing or mismatched file
+    is one ValueError naming it; `study` also refuses a folder of another study.
     """
     run_dir = Path(run_dir)
     if not (run_dir / "arrays.npz").exists():
         raise ValueError(
             f"no saved results in {str(run_dir)!r}: run the study without --plot-only first"
         )
-    with np.load(run_dir / "arrays.npz") as z:
-        arrays = {k: z[k] for k in z.files}
-    config = json.loads((run_dir / "config.json").read_text())
+    info = _read_json(run_dir / "meta.json", required=False)
+    if study is not None and info.get("study", study) != study:
+        raise ValueError(
+            f"{str(run_dir / 'meta.json')!r} is a run of {info['study']!r}, not of {study!r}"
+        )
+    if "arrays_sha256" in info and _sha256(run_dir / "arrays.npz") != info["arrays_sha256"]:
+        raise ValueError(
+            f"{str(run_dir / 'arrays.npz')!r} is not the file its meta.json was written with "
+            "(truncated or from another run); run the study again"
+        )
+    try:
+        with np.load(run_dir / "arrays.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile, zlib and format errors alike
+        raise ValueError(
+            f"{str(run_dir / 'arrays.npz')!r} is not a readable NumPy archive "
+            f"({type(e).__name__}); run the study again"
+        ) from None
+    config = _read_json(run_dir / "config.json", required=True)
     if config_cls is not None:
-        config = config_from_dict(config_cls, config)
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        unknown = sorted(set(config) - {f.name for f in dataclasses.fields(config_cls)})
+        if unknown:
+            raise ValueError(
+                f"{str(run_dir / 'config.json')!r} has fields {unknown} that "
+                f"{config_cls.__module__}.{config_cls.__name__} does not know"
+            )
+        try:
+            config = config_from_dict(config_cls, config)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"{str(run_dir / 'config.json')!r} is not a valid config: {e}"
+            ) from None
+    summary = _read_json(run_dir / "summary.json", required=False)
     return config, arrays, summary
+
+
+def _read_json(path: Path, *, required: bool) -> dict:
+    if not path.exists():
+        if required:
+            raise ValueError(f"{str(path)!r} is missing; run the study again")
+        return {}
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{str(path)!r} must hold a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def config_from_dict(cls: type, data: dict[str, Any]):
@@ -201,9 +267,23 @@ def study_parser(name: str, doc: str | None = None, quick_help: str = "small siz
     )
     p.add_argument("--quick", action="store_true", help=quick_help)
     p.add_argument("--out", type=Path, default=None, help="output folder")
-    p.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    p.add_argument("--seed", type=_seed, default=None, help="override the config's seed")
     p.add_argument("--plot-only", action="store_true", help="redraw figures from saved arrays")
     return p
+
+
+SEED_MAX = 2**32 - 1  # PRNG keys take 32-bit seeds on every backend
+
+
+def _seed(text: str) -> int:
+    """`--seed`: one rule for every study, an integer in [0, 2^32 - 1]."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {SEED_MAX}], got {text!r}")
+    return value
 
 
 def parse_study_args(
@@ -220,6 +300,103 @@ def run_dir(out: Path | None, name: str, quick: bool) -> Path:
     return check_writable(out)
 
 
+class RunFolder:
+    """A run folder written as a whole: a lock, a staging folder, one atomic swap.
+
+    `with RunFolder(out) as stage:` holds an exclusive lock on `out` (released by the kernel
+    if the process dies, so a killed run never leaves it stuck; a second run into the same
+    folder is refused with one line), removes what a killed run left behind, and gives a
+    staging folder inside `out` for the new files. `commit()` builds the new folder beside
+    `out` from hard links (the new files, plus the subfolders and hidden files of `out`,
+    such as checkpoints and engine stores, that a run keeps between runs), and exchanges it
+    with `out` in one `renameat2(RENAME_EXCHANGE)`. Whatever moment a run is killed at, the
+    folder holds the files of one run. Older top-level run files (`RUN_FILE_SUFFIXES`) that
+    the new run did not write are dropped.
+    """
+
+    def __init__(self, out: Path | str):
+        self.out = check_writable(out)
+        self._lock = None
+        self.stage: Path | None = None
+
+    def __enter__(self) -> Path:
+        fd = os.open(self.out / ".lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            other = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ValueError(
+                f"`--out` {str(self.out)!r} is in use by another run (pid {other}); wait for it "
+                "or give another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock = fd
+        self._clean()
+        self.stage = Path(tempfile.mkdtemp(dir=self.out, prefix=".staging-"))
+        return self.stage
+
+    def __exit__(self, *exc) -> None:
+        if self.stage is not None and self.stage.exists():
+            shutil.rmtree(self.stage, ignore_errors=True)
+        if self._lock is not None:
+            os.close(self._lock)  # releases the lock
+            self._lock = None
+
+    def _clean(self) -> None:
+        """Removes what a killed run left (we hold the lock, so its owner is gone)."""
+        for p in self.out.glob(".staging-*"):
+            shutil.rmtree(p, ignore_errors=True)
+        for p in self.out.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
+        for p in self.out.parent.glob(f".{self.out.name}.next-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+    def link_data(self) -> None:
+        """Hard-links the saved data files of `out` into the stage (for --plot-only)."""
+        for name in RUN_DATA:
+            if (self.out / name).exists():
+                os.link(self.out / name, self.stage / name)
+
+    def commit(self) -> None:
+        new = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.next-"))
+        try:
+            staged = {p.name for p in self.stage.iterdir()}
+            for p in self.out.iterdir():
+                if p == self.stage or p.name.startswith(".staging-") or p.name in staged:
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.copytree(p, new / p.name, symlinks=True, copy_function=os.link)
+                elif p.name.startswith(".") or not p.name.endswith(RUN_FILE_SUFFIXES):
+                    os.link(p, new / p.name, follow_symlinks=False)
+            for name in staged:
+                os.rename(self.stage / name, new / name)
+            os.chmod(new, os.stat(self.out).st_mode & 0o7777)
+            _exchange(new, self.out)
+        finally:
+            shutil.rmtree(new, ignore_errors=True)  # after the exchange: the old folder
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swaps two folders atomically (Linux renameat2); elsewhere two renames."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        at_fdcwd, rename_exchange = -100, 2
+        if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+            return
+    old = a.with_name(a.name + ".old")
+    os.rename(b, old)
+    os.rename(a, b)
+    os.rename(old, a)
+
+
 def run_study(
     name: str,
     args: argparse.Namespace,
@@ -228,12 +405,15 @@ def run_study(
     plot: Callable[[dict, Any, dict], dict],
     *,
     out: Path | None = None,
+    artifacts: Callable[[dict, Any, dict, Path], None] | None = None,
 ):
     """The body every study's `main` shares: compute and save (unless --plot-only), reload,
-    draw each figure of `plot` to <out>/<figure>.png.
+    draw each figure of `plot` to <out>/<figure>.png, and `artifacts(arrays, cfg, summary,
+    folder)` for the rest (GIFs, tables), all into a staging folder that lands as a whole
+    (`RunFolder`).
 
     Returns:
-      (out, cfg, arrays, summary) as reloaded from the run folder, for extra outputs.
+      (out, cfg, arrays, summary) as reloaded from the run folder.
     """
     from sandbox import plotting  # matplotlib only where figures are drawn
 
@@ -241,14 +421,22 @@ def run_study(
         cfg = dataclasses.replace(cfg, seed=args.seed)
     if out is None:
         out = run_dir(args.out, name, args.quick)
-    if not args.plot_only:
-        start = time.perf_counter()
-        arrays, summary = compute(cfg)
-        save(out, cfg, arrays, summary, time.perf_counter() - start)
-    cfg, arrays, summary = load(out, type(cfg))
-    for fig_name, fig in plot(arrays, cfg, summary).items():
-        plotting.save(fig, out / f"{fig_name}.png")
-    return out, cfg, arrays, summary
+    rf = RunFolder(out)
+    with rf as stage:
+        if args.plot_only:
+            load(out, type(cfg), study=name)  # one clear line if the saved run is unusable
+            rf.link_data()
+        else:
+            start = time.perf_counter()
+            arrays, summary = compute(cfg)
+            save(stage, cfg, arrays, summary, time.perf_counter() - start, study=name)
+        cfg, arrays, summary = load(stage, type(cfg), study=name)
+        for fig_name, fig in plot(arrays, cfg, summary).items():
+            plotting.save(fig, stage / f"{fig_name}.png")
+        if artifacts is not None:
+            artifacts(arrays, cfg, summary, stage)
+        rf.commit()
+    return Path(out), cfg, arrays, summary
 
 
 def cli(main: Callable[[Sequence[str] | None], Any]) -> Callable:

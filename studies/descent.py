@@ -12,6 +12,7 @@ Run: make descent   (smoke: python -m studies.descent --quick; about ten seconds
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import matplotlib.pyplot as plt
@@ -262,21 +263,26 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
     return figs
 
 
-@results.cli
-def main(argv: Sequence[str] | None = None) -> None:
-    args = results.parse_study_args(NAME, argv, __doc__)
-    cfg = QUICK if args.quick else Config()
-    out, cfg, arrays, summary = results.run_study(NAME, args, cfg, compute, plot)
+def animate(arrays: dict, cfg: Config, summary: dict, folder: Path) -> None:
+    """descent.gif: the balls of the learning-process figure, step by step."""
+    del summary
     bowl = landscapes.get("bowl")
     plotting.animate_paths(
         bowl.fn,
         bowl.bounds,
         arrays["gif_path_BxTx2"],
-        out / "descent.gif",
+        folder / "descent.gif",
         points={"minimum": bowl.minima},
         title=f"GD on J = θ1² + θ2², α = {cfg.lr:g}",
         tail=8,
     )
+
+
+@results.cli
+def main(argv: Sequence[str] | None = None) -> None:
+    args = results.parse_study_args(NAME, argv, __doc__)
+    cfg = QUICK if args.quick else Config()
+    out, *_ = results.run_study(NAME, args, cfg, compute, plot, artifacts=animate)
     print(f"{NAME}: results in {out}")
 
 

@@ -612,8 +612,14 @@ def animate_balls(arrays: dict, cfg: Config, path: Path, max_frames: int = 120) 
 def main(argv: Sequence[str] | None = None) -> None:
     args = results.parse_study_args(NAME, argv, __doc__)
     cfg = QUICK if args.quick else Config()
-    out, cfg, arrays, summary = results.run_study(NAME, args, cfg, compute, plot)
-    animate_balls(arrays, cfg, out / "balls.gif")
+    out, *_ = results.run_study(
+        NAME,
+        args,
+        cfg,
+        compute,
+        plot,
+        artifacts=lambda a, c, s, f: animate_balls(a, c, f / "balls.gif"),
+    )
     print(f"{NAME}: results in {out}")
 
 

@@ -15,6 +15,7 @@ Run: make optimizers   (about two minutes on 2 CPU cores; smoke: --quick, second
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import matplotlib.pyplot as plt
@@ -298,18 +299,15 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
     return figs
 
 
-@results.cli
-def main(argv: Sequence[str] | None = None) -> None:
-    args = results.parse_study_args(NAME, argv, __doc__)
-    cfg = QUICK if args.quick else Config()
-    out, cfg, arrays, summary = results.run_study(NAME, args, cfg, compute, plot)
-    results.atomic_write_bytes(out / "table.md", markdown_table(summary, cfg).encode())
+def artifacts(arrays: dict, cfg: Config, summary: dict, folder: Path) -> None:
+    """table.md and all_optimizers.gif, from the saved arrays and summary."""
+    results.atomic_write_bytes(folder / "table.md", markdown_table(summary, cfg).encode())
     pl = landscapes.get(cfg.picture_function)
     plotting.animate_paths(
         pl.fn,
         pl.bounds,
         arrays["picture_path_OxTx2"],
-        out / "all_optimizers.gif",
+        folder / "all_optimizers.gif",
         points={"minimum": pl.global_minima},
         colors_N=[f"C{i}" for i in range(len(cfg.optimizers))],
         tail=30,
@@ -317,6 +315,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_levels=True,
         title=f"{len(cfg.optimizers)} optimizers on {cfg.picture_function}",
     )
+
+
+@results.cli
+def main(argv: Sequence[str] | None = None) -> None:
+    args = results.parse_study_args(NAME, argv, __doc__)
+    cfg = QUICK if args.quick else Config()
+    out, *_ = results.run_study(NAME, args, cfg, compute, plot, artifacts=artifacts)
     print(f"{NAME}: results in {out}")
 
 

@@ -1,0 +1,202 @@
+"""Run folders land as a whole: a kill at any moment, or a second run into the same folder,
+never leaves files of two runs side by side; every bad saved file is one line."""
+
+import hashlib
+import importlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+# A study as small as a study can be, with arrays large enough (32 MiB) that saving them
+# takes a while, a figure and an artifact written from the saved arrays.
+TINY_STUDY = """
+import dataclasses, sys, time
+import numpy as np
+from sandbox import results
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    wait_s: float = 0.0
+
+def compute(cfg):
+    time.sleep(cfg.wait_s)
+    rng = np.random.default_rng(cfg.seed)
+    return {"seed": np.int64(cfg.seed), "noise": rng.random(1 << 22)}, {"seed": cfg.seed}
+
+def plot(arrays, cfg, summary):
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.set_title(f"seed {int(arrays['seed'])}")
+    return {"figure": fig}
+
+def note(arrays, cfg, summary, folder):
+    (folder / "note.md").write_text(f"seed {int(arrays['seed'])}\\n")
+
+@results.cli
+def main(argv=None):
+    p = results.study_parser("tiny")
+    p.add_argument("--wait", type=float, default=0.0)
+    args = p.parse_args(argv)
+    cfg = Config(wait_s=args.wait)
+    results.run_study("tiny", args, cfg, compute, plot, artifacts=note)
+"""
+TINY = {}
+exec(TINY_STUDY, TINY)  # the same study in this process, for the fast tests
+
+
+def _tiny(out, *args, capture=False):
+    """The tiny study into `out`; with `capture`, read its output with `communicate()`."""
+    pipe = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen(
+        [sys.executable, "-c", TINY_STUDY + "main()", "--out", str(out), *map(str, args)],
+        cwd=ROOT,
+        env=dict(os.environ, MPLBACKEND="agg"),
+        stdout=pipe,
+        stderr=pipe,
+        text=True,
+    )
+
+
+def _one_run(out: Path) -> int | None:
+    """The seed of the run the folder holds, checked file by file as a user reads them."""
+    if not (out / "config.json").exists():
+        assert not (out / "arrays.npz").exists() and not (out / "meta.json").exists()
+        return None
+    seed = json.loads((out / "config.json").read_text())["seed"]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["seed"] == seed
+    assert json.loads((out / "summary.json").read_text())["seed"] == seed
+    digest = hashlib.sha256((out / "arrays.npz").read_bytes()).hexdigest()
+    assert digest == meta["arrays_sha256"]
+    with np.load(out / "arrays.npz") as z:
+        assert int(z["seed"]) == seed
+    assert (out / "note.md").read_text() == f"seed {seed}\n"
+    assert (out / "figure.png").stat().st_size > 0
+    return seed
+
+
+def _leftovers(out: Path) -> list[str]:
+    here = [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".lock"]
+    beside = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+    return here + beside
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_a_run_killed_at_any_moment_leaves_one_whole_run(tmp_path, first):
+    out = tmp_path / "run"
+    if not first:
+        assert _tiny(out, "--seed", 1).wait() == 0
+    # How long a whole run takes here, then kills spread over that time.
+    start = time.monotonic()
+    assert _tiny(tmp_path / "timing", "--seed", 2).wait() == 0
+    total = time.monotonic() - start
+    seen = set()
+    kills = 3 if first else 6
+    for i in range(kills):
+        p = _tiny(out, "--seed", 2)
+        time.sleep(total * (0.4 + 0.6 * i / kills))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        seen.add(_one_run(out))
+        assert seen <= ({None, 2} if first else {1, 2})
+    # The next run removes what the killed ones left, and lands whole.
+    assert _tiny(out, "--seed", 3).wait() == 0
+    assert _one_run(out) == 3 and _leftovers(out) == []
+    if first:  # a first run killed before it landed leaves nothing --plot-only could read
+        empty = tmp_path / "empty"
+        p = _tiny(empty, "--seed", 4)
+        time.sleep(0.5 * total)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        q = _tiny(empty, "--plot-only", capture=True)
+        _, err = q.communicate()
+        assert q.returncode == 2 and "no saved results" in err and err.count("\n") == 1
+
+
+def test_a_second_run_into_a_busy_folder_is_refused_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    first = _tiny(out, "--seed", 5, "--wait", 6)
+    time.sleep(4)  # the first run holds the folder (it computes for 6 s)
+    second = _tiny(out, "--seed", 6, capture=True)
+    _, err = second.communicate()
+    assert second.returncode == 2
+    assert err.count("\n") == 1 and "is in use by another run" in err and "--out" in err
+    assert first.wait() == 0
+    assert _one_run(out) == 5
+
+
+def _main(out, *args) -> None:
+    """Runs the tiny study in this process."""
+    TINY["main"](["--out", str(out), *map(str, args)])
+
+
+def test_files_of_a_run_folder_share_one_mode(tmp_path):
+    out = tmp_path / "run"
+    _main(out)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ["config.json", "arrays.npz", "summary.json", "meta.json", "figure.png", "note.md"]:
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+def _broken(out: Path, what: str) -> None:
+    if what == "truncated arrays":
+        data = (out / "arrays.npz").read_bytes()
+        (out / "arrays.npz").write_bytes(data[: len(data) // 2])
+    elif what == "missing config":
+        (out / "config.json").unlink()
+    elif what == "unparsable config":
+        (out / "config.json").write_text("{not json")
+    elif what == "unparsable summary":
+        (out / "summary.json").write_text("[1, 2")
+    elif what == "another study's arrays":
+        np.savez(out / "arrays.npz", other=np.zeros(3))
+    elif what == "another study's folder":
+        meta = json.loads((out / "meta.json").read_text())
+        (out / "meta.json").write_text(json.dumps({**meta, "study": "gradient"}))
+
+
+@pytest.mark.parametrize(
+    "what, message",
+    [
+        ("truncated arrays", "arrays.npz' is not the file its meta.json was written with"),
+        ("missing config", "config.json' is missing"),
+        ("unparsable config", "config.json' is not valid JSON"),
+        ("unparsable summary", "summary.json' is not valid JSON"),
+        ("another study's arrays", "arrays.npz' is not the file its meta.json was written with"),
+        ("another study's folder", "meta.json' is a run of 'gradient', not of 'tiny'"),
+    ],
+)
+def test_plot_only_on_a_bad_file_is_one_line_naming_it(tmp_path, capsys, what, message):
+    out = tmp_path / "run"
+    _main(out)
+    _broken(out, what)
+    before = {p.name: p.read_bytes() for p in out.glob("[!.]*")}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        TINY["main"](["--out", str(out), "--plot-only"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and message in err, err
+    assert {p.name: p.read_bytes() for p in out.glob("[!.]*")} == before
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999", "-1", "1.5", str(2**32)])
+@pytest.mark.parametrize("study", ["gradient", "train_resnet"])
+def test_every_study_takes_the_same_seeds(capsys, study, seed):
+    main = importlib.import_module(f"studies.{study}").main
+    with pytest.raises(SystemExit) as e:
+        main(["--seed", seed, "--quick"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert "argument --seed: expected an integer in [0, 4294967295]" in err
