@@ -40,7 +40,12 @@ def classify(x: Any, points: Any, tol: float, diverged: Any | None = None) -> np
         labels[close] = nearest[close]
     bad = ~np.all(np.isfinite(x), axis=1)
     if diverged is not None:
-        bad |= np.asarray(diverged, dtype=bool)
+        diverged = np.asarray(diverged, dtype=bool)
+        if diverged.shape != (len(x),):
+            raise ValueError(
+                f"`diverged` must have shape [{len(x)}] like `x`, got {diverged.shape}"
+            )
+        bad |= diverged
     labels[bad] = DIVERGED
     return labels
 

@@ -138,7 +138,7 @@ def map_chunks(
         desc=desc,
         file=sys.stderr,
         leave=False,
-        disable=not progress if progress is not None else False,
+        disable=not progress if progress is not None else _OUTER_BARS > 0,
         delay=0 if progress else PROGRESS_AFTER_S,
     )
     pieces = {}
@@ -172,6 +172,29 @@ def map_chunks(
     if len(pieces) == 1:
         return pieces[0]
     return jax.tree.map(lambda *a: np.concatenate(a), *[pieces[c] for c in range(chunks)])
+
+
+def bar(iterable, *, desc: str, unit: str = "cell", total: int | None = None):
+    """A study-level progress bar over `iterable` (parts, cells of a table): shown once the
+    work has run a few seconds, with the time left; while it runs, the engine's own bars
+    stay hidden, so a person sees one bar, never a stack of them."""
+    global _OUTER_BARS
+    _OUTER_BARS += 1
+    try:
+        yield from tqdm(
+            iterable,
+            desc=desc,
+            unit=unit,
+            total=total,
+            file=sys.stderr,
+            leave=False,
+            delay=PROGRESS_AFTER_S,
+        )
+    finally:
+        _OUTER_BARS -= 1
+
+
+_OUTER_BARS = 0  # how many study-level bars are open (`bar`)
 
 
 def round_chunk(chunk: int, num_devices: int, lane: int = 1, batch: int | None = None) -> int:

@@ -311,26 +311,36 @@ def evaluate(
         raise ValueError("`variables` must be a dict with 'params' (and 'batch_stats')")
     dirs = _as_variables(directions, variables)
     k = len(dirs)
-    coords = np.asarray(coords, np.float64)
+    coords = np.asarray(coords)
     if coords.ndim == 1 and k == 1:
         coords = coords[:, None]
     if coords.ndim != 2 or coords.shape[1] != k or coords.shape[0] == 0:
         raise ValueError(f"`coords` must have shape [P, {k}] with P >= 1, got {coords.shape}")
+    _check_memory(len(coords), k)  # before any copy of the coordinates
+    coords = coords.astype(np.float64, copy=False)
     if not np.all(np.isfinite(coords)):
         raise ValueError("`coords` must be finite")
     # Arrays already on the devices stay there (no copy through the host per call).
     x = x if isinstance(x, jax.Array) else np.asarray(x)
     y = y if isinstance(y, jax.Array) else np.asarray(y)
-    if x.ndim < 2 or y.shape != (len(x),) or len(x) == 0:
-        raise ValueError(f"`x` [N, ...] and `y` [N] must match, got {x.shape} and {y.shape}")
+    if x.ndim < 2 or len(x) == 0:
+        raise ValueError(f"`x` must have shape [N, ...] with N >= 1 images, got {x.shape}")
+    if y.shape != (len(x),):
+        raise ValueError(f"`y` must have shape [{len(x)}] like `x`, got {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"`y` must hold integer labels, got {y.dtype}")
+    classes = jax.eval_shape(lambda v, xb: model.apply(v, xb, **apply_kwargs), variables, x[:1])
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= classes.shape[-1]:
+        raise ValueError(
+            f"`y` must hold labels in [0, {classes.shape[-1]}) (the model's classes), "
+            f"got labels from {lo} to {hi}"
+        )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
     if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
         raise ValueError(f"`unroll` must be a positive integer, got {unroll!r}")
     n_points = len(coords)
-    _check_memory(n_points, k)
 
     nd = len(jax.local_devices())
     b = min(batch_size, len(x))
@@ -375,6 +385,7 @@ def line(model, variables, direction, alphas, x, y, **kw) -> Metrics:
 
 def plane(model, variables, d1, d2, xs, ys, x, y, **kw) -> Metrics:
     """`evaluate` on the plane `variables + a d1 + b d2`; [len(ys), len(xs)] arrays."""
+    _check_memory(len(xs) * len(ys), 2)  # before the grid of coordinates is made
     m = evaluate(model, variables, [d1, d2], plane_coords(xs, ys), x, y, **kw)
     shape = (len(ys), len(xs))
     return Metrics(m.loss.reshape(shape), m.accuracy.reshape(shape))

@@ -38,7 +38,7 @@ import optax
 from matplotlib import colors
 from matplotlib.lines import Line2D
 
-from sandbox import basins, data, landscapes, optim, plotting, results, sweep
+from sandbox import basins, data, engine, landscapes, optim, plotting, results, sweep
 
 NAME = "initialization"
 TEST_FROM = 1437  # digits 1437..1796 (the last 20%) are the MLP's test set
@@ -207,7 +207,8 @@ def _many_starts(cfg: Config, key: jax.Array) -> tuple[dict, dict]:
         x0_Nx2 = starts_FxNx2[f]
         n_global = len(land.global_minima)
         per_fn = {}
-        for o, opt in enumerate(cfg.optimizers):
+        cells = list(enumerate(cfg.optimizers))
+        for o, opt in engine.bar(cells, desc=f"{NAME}: {fname} ({f + 1}/{len(cfg.functions)})"):
             # Every lr at once, without recording. Labels against every stored minimum
             # (global ones first): which minimum a start reaches, success = a global one.
             seeds_LN = np.arange(nl * n)  # noisy_sgd: run (lr l, start i) has seed l n + i

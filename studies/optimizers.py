@@ -21,7 +21,7 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sandbox import landscapes, optim, plotting, results, sweep
+from sandbox import engine, landscapes, optim, plotting, results, sweep
 
 NAME = "optimizers"
 
@@ -154,31 +154,32 @@ def _tune(fn, lscape, starts_Sx2, cfg: Config, optimizer: str) -> dict:
 def compute(cfg: Config) -> tuple[dict, dict]:
     key = jax.random.key(cfg.seed)
     arrays, table = {}, {}
-    for fi, fname in enumerate(cfg.functions):
+    cells = [(fi, fname, o) for fi, fname in enumerate(cfg.functions) for o in cfg.optimizers]
+    starts = {}
+    for fi, fname, oname in engine.bar(cells, desc=f"{NAME}: function x optimizer"):
         lscape = landscapes.get(fname)
         b = lscape.bounds
-        starts_Sx2 = np.asarray(
-            jax.random.uniform(
-                jax.random.fold_in(key, fi), (cfg.num_starts, 2), minval=b[:, 0], maxval=b[:, 1]
-            ),
-            np.float32,
-        )
-        table[fname] = {}
-        for oname in cfg.optimizers:
-            t = _tune(lscape.fn, lscape, starts_Sx2, cfg, oname)
-            i = t["best"]
-            table[fname][oname] = {
-                "best_lr": float(t["lr_G"][i]),
-                **({"best_beta": float(t["beta_G"][i])} if t["beta_G"] is not None else {}),
-                "success_rate": float(t["rate_G"][i]),
-                "median_steps_to_tol": float(t["med_steps_G"][i]),
-                "median_final_loss": float(t["med_loss_G"][i]),
-                "settings_tried": len(t["lr_G"]),
-            }
-            arrays[f"{fname}/{oname}/success_G"] = t["rate_G"]
-            arrays[f"{fname}/{oname}/lr_G"] = t["lr_G"]
-            if t["beta_G"] is not None:
-                arrays[f"{fname}/{oname}/beta_G"] = t["beta_G"]
+        if fname not in starts:
+            starts[fname] = np.asarray(
+                jax.random.uniform(
+                    jax.random.fold_in(key, fi), (cfg.num_starts, 2), minval=b[:, 0], maxval=b[:, 1]
+                ),
+                np.float32,
+            )
+        t = _tune(lscape.fn, lscape, starts[fname], cfg, oname)
+        i = t["best"]
+        table.setdefault(fname, {})[oname] = {
+            "best_lr": float(t["lr_G"][i]),
+            **({"best_beta": float(t["beta_G"][i])} if t["beta_G"] is not None else {}),
+            "success_rate": float(t["rate_G"][i]),
+            "median_steps_to_tol": float(t["med_steps_G"][i]),
+            "median_final_loss": float(t["med_loss_G"][i]),
+            "settings_tried": len(t["lr_G"]),
+        }
+        arrays[f"{fname}/{oname}/success_G"] = t["rate_G"]
+        arrays[f"{fname}/{oname}/lr_G"] = t["lr_G"]
+        if t["beta_G"] is not None:
+            arrays[f"{fname}/{oname}/beta_G"] = t["beta_G"]
 
     # The picture: each optimizer from one start, at the grid setting with the lowest mean
     # log-loss along a path that stays inside the box (fast and steady beats a lucky chaotic

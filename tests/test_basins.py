@@ -25,6 +25,8 @@ def test_classify_rejects_mismatched_shapes():
         basins.classify(np.zeros((3, 2)), np.zeros((2, 2)), tol=0.0)
     with pytest.raises(ValueError, match="`labels` must not be empty"):
         basins.fractions([], 2)
+    with pytest.raises(ValueError, match=r"`diverged` must have shape \[3\] like `x`, got \(2,\)"):
+        basins.classify(np.zeros((3, 2)), np.zeros((2, 2)), tol=0.1, diverged=[True, False])
 
 
 def test_himmelblau_basin_fractions_for_plain_gd():

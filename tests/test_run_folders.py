@@ -102,7 +102,7 @@ def test_a_run_killed_at_any_moment_leaves_one_whole_run(tmp_path, first):
     assert _tiny(tmp_path / "timing", "--seed", 2).wait() == 0
     total = time.monotonic() - start
     seen = set()
-    kills = 3 if first else 6
+    kills = 2 if first else 4
     for i in range(kills):
         p = _tiny(out, "--seed", 2)
         time.sleep(total * (0.4 + 0.6 * i / kills))
