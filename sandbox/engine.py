@@ -224,7 +224,17 @@ def _chunk_of(items: PyTree, c: int, chunk: int, n: int) -> PyTree:
 
 
 def _out_spec(one, items, shared) -> PyTree:
+    """The shapes and dtypes `one` returns, traced once per `one` and input shapes."""
     item = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), items)
+    spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.result_type(a)), shared)
+    leaves_i, tree_i = jax.tree.flatten(item)
+    leaves_s, tree_s = jax.tree.flatten(spec)
+    return _traced_spec(one, tree_i, tuple(leaves_i), tree_s, tuple(leaves_s))
+
+
+@functools.lru_cache(maxsize=256)
+def _traced_spec(one, tree_i, leaves_i, tree_s, leaves_s) -> PyTree:
+    item, shared = jax.tree.unflatten(tree_i, leaves_i), jax.tree.unflatten(tree_s, leaves_s)
     try:
         return jax.eval_shape(one, item, shared)
     except (TypeError, ValueError, jax.errors.JAXTypeError) as e:

@@ -329,11 +329,14 @@ def evaluate(
         raise ValueError(f"`y` must have shape [{len(x)}] like `x`, got {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"`y` must hold integer labels, got {y.dtype}")
-    classes = jax.eval_shape(lambda v, xb: model.apply(v, xb, **apply_kwargs), variables, x[:1])
+    spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.result_type(a)), variables)
+    leaves, tree = jax.tree.flatten(spec)
+    image = jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)
+    classes = _num_classes(model, tuple(sorted(apply_kwargs.items())), tree, tuple(leaves), image)
     lo, hi = int(y.min()), int(y.max())
-    if lo < 0 or hi >= classes.shape[-1]:
+    if lo < 0 or hi >= classes:
         raise ValueError(
-            f"`y` must hold labels in [0, {classes.shape[-1]}) (the model's classes), "
+            f"`y` must hold labels in [0, {classes}) (the model's classes), "
             f"got labels from {lo} to {hi}"
         )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -432,6 +435,14 @@ def _as_variables(directions: Sequence[PyTree], variables: dict) -> list[dict]:
 
 def _stack(dirs: list[dict]) -> dict:
     return jax.tree.map(lambda *a: jnp.stack(a), *dirs)
+
+
+@functools.lru_cache(maxsize=16)
+def _num_classes(model: Any, apply_items: tuple, tree, leaves: tuple, image) -> int:
+    """The model's number of outputs, traced once per model and input shapes."""
+    variables = jax.tree.unflatten(tree, leaves)
+    out = jax.eval_shape(lambda v, xb: model.apply(v, xb, **dict(apply_items)), variables, image)
+    return int(out.shape[-1])
 
 
 @functools.lru_cache(maxsize=16)

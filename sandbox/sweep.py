@@ -194,11 +194,14 @@ def _redo(
             break
         one = _one("exact", *static, horizon, 0)
         sub_items = {k: v[start + redo] for k, v in items.items()}
+        # The checked path costs several fast steps per step: pad the runs that need it to
+        # the smallest of three chunk shapes (three compilations at most), not to a full one.
+        fit = next(c for c in (chunk2 // 16, chunk2 // 4, chunk2) if c >= min(redo.size, chunk2))
         sub = engine.map_chunks(
             one,
             sub_items,
             shared,
-            chunk=chunk2,
+            chunk=fit,
             lane=LANE_BLOCK,
             batch=_inner_batch(jax.local_devices()),
             progress=False,
@@ -275,6 +278,11 @@ def _one(
 
 def _check_fn(fn: Callable, d: int, dtype) -> None:
     """`fn` must map one point [d] to a scalar, traceable (no Python control flow on x)."""
+    _check_fn_traced(fn, d, np.dtype(dtype).str)
+
+
+@functools.lru_cache(maxsize=256)
+def _check_fn_traced(fn: Callable, d: int, dtype: str) -> None:
     try:
         out = jax.eval_shape(fn, jax.ShapeDtypeStruct((d,), dtype))
     except jax.errors.ConcretizationTypeError:
