@@ -226,7 +226,12 @@ def _chunk_of(items: PyTree, c: int, chunk: int, n: int) -> PyTree:
 def _out_spec(one, items, shared) -> PyTree:
     """The shapes and dtypes `one` returns, traced once per `one` and input shapes."""
     item = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), items)
-    spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.result_type(a)), shared)
+    spec = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(
+            np.shape(a), a.dtype if hasattr(a, "dtype") else np.result_type(a)
+        ),
+        shared,
+    )
     leaves_i, tree_i = jax.tree.flatten(item)
     leaves_s, tree_s = jax.tree.flatten(spec)
     return _traced_spec(one, tree_i, tuple(leaves_i), tree_s, tuple(leaves_s))
