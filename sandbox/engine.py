@@ -223,18 +223,23 @@ def _chunk_of(items: PyTree, c: int, chunk: int, n: int) -> PyTree:
     return jax.tree.map(part, items)
 
 
-def _out_spec(one, items, shared) -> PyTree:
-    """The shapes and dtypes `one` returns, traced once per `one` and input shapes."""
-    item = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), items)
+def shape_key(tree: PyTree) -> tuple:
+    """(treedef, leaves as ShapeDtypeStructs): a hashable key of a pytree's shapes and dtypes,
+    for caching what is traced once per input shapes."""
     spec = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(
             np.shape(a), a.dtype if hasattr(a, "dtype") else np.result_type(a)
         ),
-        shared,
+        tree,
     )
-    leaves_i, tree_i = jax.tree.flatten(item)
-    leaves_s, tree_s = jax.tree.flatten(spec)
-    return _traced_spec(one, tree_i, tuple(leaves_i), tree_s, tuple(leaves_s))
+    leaves, treedef = jax.tree.flatten(spec)
+    return treedef, tuple(leaves)
+
+
+def _out_spec(one, items, shared) -> PyTree:
+    """The shapes and dtypes `one` returns, traced once per `one` and input shapes."""
+    item = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), items)
+    return _traced_spec(one, *shape_key(item), *shape_key(shared))
 
 
 @functools.lru_cache(maxsize=256)

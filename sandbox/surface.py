@@ -329,13 +329,7 @@ def evaluate(
         raise ValueError(f"`y` must have shape [{len(x)}] like `x`, got {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"`y` must hold integer labels, got {y.dtype}")
-    spec = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(
-            np.shape(a), a.dtype if hasattr(a, "dtype") else np.result_type(a)
-        ),
-        variables,
-    )
-    leaves, tree = jax.tree.flatten(spec)
+    tree, leaves = engine.shape_key(variables)
     image = jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)
     classes = _num_classes(model, tuple(sorted(apply_kwargs.items())), tree, tuple(leaves), image)
     lo, hi = int(y.min()), int(y.max())
