@@ -400,6 +400,47 @@ def extreme_eigenvalues(
     return values_m[0], values_m[-1]
 
 
+def converged_extremes(
+    loss: Loss,
+    params: PyTree,
+    *,
+    key: Key,
+    num_iters: int,
+    tol: float = 0.1,
+    loop: str | None = None,
+) -> dict:
+    """lambda_max and lambda_min with a convergence check, from one Lanczos run.
+
+    The run takes 2 * `num_iters` steps; the Ritz values of its leading `num_iters` block
+    (what a run of `num_iters` steps gives) beside those of the whole say whether each end
+    has converged: it moved by less than `tol` (relative) when the steps doubled.
+
+    Returns:
+      {"lambda_max", "lambda_min", "half": {"lambda_max", "lambda_min"} (after `num_iters`
+      steps), "relative_change": {...}, "converged": {...} (both keyed by end),
+      "lanczos_iters": 2 * num_iters}.
+    """
+    if not num_iters >= 1:
+        raise ValueError(f"`num_iters` must be a positive integer, got {num_iters!r}")
+    if not 2 * num_iters <= _dimension(params):
+        raise ValueError(
+            f"`num_iters` ({num_iters}) doubled exceeds the parameter count {_dimension(params)}"
+        )
+    alpha, beta = tridiagonal(loss, params, key=key, num_iters=2 * num_iters, loop=loop)
+    half = ritz_values(alpha[:num_iters], beta[: num_iters - 1])
+    full = ritz_values(alpha, beta)
+    ends = {"lambda_max": (half[0], full[0]), "lambda_min": (half[-1], full[-1])}
+    change = {k: abs(a - b) / max(abs(b), 1e-30) for k, (a, b) in ends.items()}
+    return {
+        "lambda_max": float(full[0]),
+        "lambda_min": float(full[-1]),
+        "half": {k: float(a) for k, (a, _) in ends.items()},
+        "relative_change": {k: float(v) for k, v in change.items()},
+        "converged": {k: bool(v < tol) for k, v in change.items()},
+        "lanczos_iters": 2 * num_iters,
+    }
+
+
 def _probe_group(loss: Loss, params: PyTree, keys_b: Array) -> Array:
     """z^T H z for the Rademacher probes z drawn from each key of `keys_b`, vmapped: [b]."""
     flat_n, matvec = _flat_matvec(loss, params)

@@ -163,17 +163,18 @@ def _compiled_init(model: nn.Module) -> Callable:
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, key, image_shape) -> dict:
     """{"step", "params", "batch_stats", "opt_state"} for a fresh model."""
-    variables = _compiled_init(model)(key, jnp.zeros((1, *image_shape), jnp.float32))
-    params = variables["params"]
+    v0 = _compiled_init(model)(key, jnp.zeros((1, *image_shape), jnp.float32))
+    params = v0["params"]
     return {
         "step": jnp.zeros((), jnp.int32),
         "params": params,
-        "batch_stats": variables.get("batch_stats", {}),
+        "batch_stats": v0.get("batch_stats", {}),
         "opt_state": tx.init(params),
     }
 
 
-def _variables(state: dict) -> dict:
+def variables(state: dict) -> dict:
+    """A training state's model variables: params, and batch_stats where the model has them."""
     v = {"params": state["params"]}
     if state["batch_stats"]:
         v["batch_stats"] = state["batch_stats"]
@@ -210,12 +211,12 @@ def make_train_step(
             x = augment(jax.random.fold_in(key, state["step"]), x)
 
         def loss_fn(params):
-            variables = _variables({**state, "params": params})
+            v = variables({**state, "params": params})
             if state["batch_stats"]:
-                logits, upd = model.apply(variables, x, train=True, mutable=["batch_stats"])
+                logits, upd = model.apply(v, x, train=True, mutable=["batch_stats"])
                 stats = upd["batch_stats"]
             else:
-                logits, stats = model.apply(variables, x, train=True), {}
+                logits, stats = model.apply(v, x, train=True), {}
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
             return loss, (logits, stats)
 
@@ -246,7 +247,7 @@ def make_evaluate(model: nn.Module, batch_size: int) -> Callable:
     def evaluate(state, x, y):
         n = len(x)
         b = min(batch_size, n)
-        variables = _variables(state)
+        v = variables(state)
         loss = correct = 0.0
         for lo in range(0, n, b):
             xb, yb = x[lo : lo + b], y[lo : lo + b]
@@ -254,7 +255,7 @@ def make_evaluate(model: nn.Module, batch_size: int) -> Callable:
             if m < b:  # pad the last batch: one compiled shape
                 xb = jnp.concatenate([xb, jnp.zeros((b - m, *xb.shape[1:]), xb.dtype)])
                 yb = jnp.concatenate([yb, jnp.zeros((b - m,), yb.dtype)])
-            s_loss, s_correct = batch_sums(variables, xb, yb, jnp.arange(b) < m)
+            s_loss, s_correct = batch_sums(v, xb, yb, jnp.arange(b) < m)
             loss += float(s_loss)
             correct += float(s_correct)
         return loss / n, correct / n
@@ -318,21 +319,24 @@ def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
 class Checkpoints:
     """Orbax checkpoints of one run under `folder`, one per epoch (the step number)."""
 
-    def __init__(self, folder: Path, keep_last: int, keep_epochs=()):
+    def __init__(self, folder: Path, keep_last: int = 3, keep_epochs=(), *, read_only=False):
         import orbax.checkpoint as ocp  # imported late: it is slow to import
 
         self._ocp = ocp
         self.folder = Path(folder)
-        policies = ocp.checkpoint_managers
-        keep = [policies.LatestN(max(1, keep_last))]
-        if keep_epochs:
-            keep.append(policies.CustomSteps(sorted({int(e) for e in keep_epochs})))
-        options = ocp.CheckpointManagerOptions(
-            enable_async_checkpointing=False,
-            cleanup_tmp_directories=True,  # remove what a killed save left behind
-            preservation_policy=policies.AnyPreservationPolicy(keep),
-            create=True,
-        )
+        if read_only:  # not orbax's read_only (which logs warnings), but nothing is written
+            options = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
+        else:
+            policies = ocp.checkpoint_managers
+            keep = [policies.LatestN(max(1, keep_last))]
+            if keep_epochs:
+                keep.append(policies.CustomSteps(sorted({int(e) for e in keep_epochs})))
+            options = ocp.CheckpointManagerOptions(
+                enable_async_checkpointing=False,
+                cleanup_tmp_directories=True,  # remove what a killed save left behind
+                preservation_policy=policies.AnyPreservationPolicy(keep),
+                create=True,
+            )
         self.manager = ocp.CheckpointManager(self.folder.resolve(), options=options)
 
     def epochs(self) -> list[int]:
@@ -560,6 +564,38 @@ def fit(
                 callback=callback,
                 label=label,
             )
+    finally:
+        ckpt.close()
+    return state, _history(rows)
+
+
+def reload(
+    model: nn.Module, dataset: Dataset, cfg: TrainConfig, workdir: Path | str, *, keep_epochs=()
+) -> tuple[dict, History] | None:
+    """The finished run of `fit(model, dataset, cfg, workdir=workdir)`, read without writing.
+
+    For a study that reuses networks another study trained (the landscape study reads
+    train_resnet's run folder). None, and nothing read but metadata, unless `workdir` holds
+    this very run (same model, config and data), trained to its last epoch, with the
+    checkpoints of every epoch of `keep_epochs`; ValueError if a checkpoint is corrupt.
+    """
+    workdir = Path(workdir)
+    if not (workdir / "checkpoints").is_dir():
+        return None
+    rows = [r for r in _read_metrics(workdir / "metrics.jsonl") if r.get("epoch", 0) <= cfg.epochs]
+    if [r.get("epoch") for r in rows] != list(range(1, cfg.epochs + 1)):
+        return None
+    identity = run_identity(model, cfg, dataset)
+    ckpt = Checkpoints(workdir / "checkpoints", read_only=True)
+    try:
+        done = ckpt.epochs()
+        if not done or done[-1] != cfg.epochs or not {int(e) for e in keep_epochs} <= set(done):
+            return None
+        if ckpt.meta(done[-1]).get("run") != identity:
+            return None
+        tx = make_optimizer(cfg, steps_per_epoch(len(dataset.x_train), cfg.batch_size))
+        like = init_state(model, tx, jax.random.key(cfg.seed), dataset.image_shape)
+        state = ckpt.restore(done[-1], like, identity)
     finally:
         ckpt.close()
     return state, _history(rows)

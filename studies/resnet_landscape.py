@@ -80,11 +80,11 @@ class Config:
     weight_decay: float = 5e-4
     checkpoint_every: int = 2  # epochs between the checkpoints of the PCA path
     # Surfaces.
-    grid: int = 21  # points per side of the main plane, odd so the centre is on it
+    grid: int = 11  # points per side of the main plane, odd so the centre is on it
     extent: float = 1.0  # the plane is [-extent, extent]^2
-    pca_grid: int = 11
+    pca_grid: int = 7
     pca_margin: float = 1.3  # the PCA plane covers the path times this
-    interp_points: int = 21
+    interp_points: int = 11
     interp_range: tuple[float, float] = (-0.5, 1.5)
     surface_images: int = 0  # training images the surfaces average over; 0: all
     eval_batch: int = 256
@@ -143,6 +143,10 @@ QUICK = Config(
 )
 
 
+# Li et al.'s resolution: 51 x 51 on the main plane (an accelerator job, `--scale paper`).
+PAPER = Config(grid=51, pca_grid=21, interp_points=41)
+
+
 # The config fields each surface's cells depend on (training fields are guarded by the
 # training checkpoints themselves, which refuse a different run).
 CELL_FIELDS = {
@@ -160,64 +164,66 @@ def _cells(out: Path, cfg: Config, shortcut: str, kind: str) -> Path:
     return out / "cells" / f"{shortcut}_{kind}_{tag}"
 
 
-def _variables(state: dict) -> dict:
-    return {"params": state["params"], "batch_stats": state["batch_stats"]}
-
-
 def _hessian_edges(model, variables, x, y, key, iters) -> dict:
-    """Lambda_max and lambda_min of the eval-mode training loss on (x, y), by Lanczos.
-
-    One run of 2 * iters steps; the Ritz values after iters steps (the leading block of the
-    tridiagonal) beside those after 2 * iters say whether the two ends have converged.
-    """
+    """Lambda_max and lambda_min of the eval-mode training loss on (x, y), checked by
+    doubling the Lanczos steps (`hessian.converged_extremes`)."""
     stats = variables["batch_stats"]
 
     def loss(params):
         logits = model.apply({"params": params, "batch_stats": stats}, x, train=False)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    alpha, beta = hessian.tridiagonal(loss, variables["params"], key=key, num_iters=2 * iters)
-    half = hessian.ritz_values(alpha[:iters], beta[: iters - 1])
-    full = hessian.ritz_values(alpha, beta)
-    lmax, lmin = float(full[0]), float(full[-1])
-
-    def change(a, b):
-        return abs(a - b) / max(abs(b), 1e-30)
-
-    changes = {"lambda_max": change(half[0], full[0]), "lambda_min": change(half[-1], full[-1])}
+    e = hessian.converged_extremes(
+        loss, variables["params"], key=key, num_iters=iters, tol=CONVERGED
+    )
+    lmax, lmin = e["lambda_max"], e["lambda_min"]
     return {
         "lambda_max": lmax,
         "lambda_min": lmin,
         "abs_min_over_max": abs(lmin / lmax) if lmax > 0 else None,
-        f"lambda_max_after_{iters}": float(half[0]),
-        f"lambda_min_after_{iters}": float(half[-1]),
-        "relative_change": changes,
-        # Each end: moved by less than 10% when the steps were doubled.
-        "converged": {k: bool(v < CONVERGED) for k, v in changes.items()},
-        "lanczos_iters": 2 * iters,
+        f"lambda_max_after_{iters}": e["half"]["lambda_max"],
+        f"lambda_min_after_{iters}": e["half"]["lambda_min"],
+        "relative_change": e["relative_change"],
+        "converged": e["converged"],
+        "lanczos_iters": e["lanczos_iters"],
     }
 
 
+def _trained(
+    cfg: Config, ds: data.Dataset, model, shortcut: str, out: Path, networks, progress: bool
+):
+    """(state, history, workdir) of the trained network: the one in `networks`/<shortcut>
+    (train_resnet's run folder) when it is this very run, else trained (or resumed) in
+    out/train/<shortcut>."""
+    keep = cfg.checkpoint_epochs()
+    tcfg = cfg.train_config()
+    if networks is not None:
+        found = train.reload(model, ds, tcfg, Path(networks) / shortcut, keep_epochs=keep)
+        if found is not None:
+            return *found, Path(networks) / shortcut
+    workdir = out / "train" / shortcut
+    label = f"ResNet-{cfg.depth} shortcut {shortcut}: "
+    state, hist = train.fit(
+        model, ds, tcfg, workdir=workdir, keep_epochs=keep, progress=progress, label=label
+    )
+    return state, hist, workdir
+
+
 def compute_one(
-    cfg: Config, ds: data.Dataset, shortcut: str, out: Path, progress: bool
+    cfg: Config,
+    ds: data.Dataset,
+    shortcut: str,
+    out: Path,
+    progress: bool,
+    networks: Path | None = None,
 ) -> tuple[dict, dict]:
     """Trains one network (or reloads it) and measures its landscape."""
     model = resnet.ResNet(depth=cfg.depth, shortcut=shortcut, num_classes=ds.num_classes)
     keep = cfg.checkpoint_epochs()
-    workdir = out / "train" / shortcut
-    label = f"ResNet-{cfg.depth} shortcut {shortcut}: "
     start = time.perf_counter()
-    state, hist = train.fit(
-        model,
-        ds,
-        cfg.train_config(),
-        workdir=workdir,
-        keep_epochs=keep,
-        progress=progress,
-        label=label,
-    )
+    state, hist, workdir = _trained(cfg, ds, model, shortcut, out, networks, progress)
     train_s = time.perf_counter() - start
-    trained = _variables(state)
+    trained = train.variables(state)
     n = cfg.surface_images or len(ds.x_train)
     x, y = ds.x_train[:n], ds.y_train[:n]
     kw = dict(batch_size=min(cfg.eval_batch, n), progress=progress)
@@ -243,7 +249,7 @@ def compute_one(
     init_state, _ = train.load_checkpoint(ckpt_dir, 0)
     interp = surface.interpolate(
         model,
-        _variables(init_state),
+        train.variables(init_state),
         trained,
         alphas,
         x,
@@ -331,6 +337,7 @@ def compute_one(
             "range": [reach_x, reach_y],
         },
         "hessian": {**edges, "images": nh},
+        "trained_in": str(workdir),
         "wall_s": {
             "train_session": round(train_s, 1),
             "plane": round(plane_s, 1),
@@ -396,11 +403,20 @@ def compare(s: dict) -> dict:
     }
 
 
-def compute(cfg: Config, out: Path, *, data_dir: str | None = None, progress: bool = True):
+def compute(
+    cfg: Config,
+    out: Path,
+    *,
+    data_dir: str | None = None,
+    progress: bool = True,
+    networks: Path | str | None = None,
+):
+    """Both networks' landscapes; `networks`: a train_resnet run folder whose networks are
+    reused where they are the same runs (else each is trained in out/train/)."""
     ds = data.load(cfg.data, data_dir=data_dir, seed=cfg.seed)
     arrays, summary = {}, {}
     for shortcut in SHORTCUTS:
-        a, s = compute_one(cfg, ds, shortcut, out, progress)
+        a, s = compute_one(cfg, ds, shortcut, out, progress, networks)
         arrays.update({f"{shortcut}/{k}": v for k, v in a.items()})
         summary[shortcut] = s
     summary["smoother_with_shortcuts"] = compare(summary)
@@ -562,10 +578,22 @@ def _finite(v: np.ndarray) -> np.ndarray:
 def _parse(argv):
     p = results.study_parser(NAME, __doc__, quick_help="ResNet-8, 5 x 5 grid (under a minute)")
     p.add_argument("--depth", type=int, default=None, help="6n + 2: 20, 32, 44, 56, 110")
+    p.add_argument(
+        "--scale",
+        choices=("default", "paper"),
+        default="default",
+        help="paper: Li et al.'s 51 x 51 plane (and 21 x 21 PCA plane, 41 interpolation points)",
+    )
     p.add_argument("--grid", type=int, default=None, help="points per side of the plane (odd)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--data", default=None, help=f"one of {', '.join(data.NAMES)}")
     p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (else $CIFAR10_DIR)")
+    p.add_argument(
+        "--networks",
+        default=None,
+        help="a train_resnet run folder whose trained networks are reused when they are the "
+        "same runs (default results/train_resnet, or -quick; 'none': train here)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -573,7 +601,9 @@ def _parse(argv):
 @results.cli
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(argv)
-    cfg = QUICK if args.quick else Config()
+    if args.scale == "paper" and args.quick:
+        raise ValueError("give `--quick` or `--scale paper`, not both")
+    cfg = QUICK if args.quick else PAPER if args.scale == "paper" else Config()
     overrides = {
         "seed": args.seed,
         "depth": args.depth,
@@ -584,11 +614,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     name = NAME if cfg.depth == 56 or args.quick else f"{NAME}-resnet{cfg.depth}"
     out = results.run_dir(args.out, name, args.quick)
+    networks = args.networks or results.RESULTS_ROOT / (
+        "train_resnet-quick" if args.quick else "train_resnet"
+    )
+    networks = None if str(networks) == "none" else Path(networks)
     out, cfg, arrays, summary = results.run_study(
         NAME,
         args,
         cfg,
-        lambda c: compute(c, out, data_dir=args.data_dir, progress=not args.no_progress),
+        lambda c: compute(
+            c, out, data_dir=args.data_dir, progress=not args.no_progress, networks=networks
+        ),
         plot,
         out=out,
     )

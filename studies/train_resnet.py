@@ -20,6 +20,7 @@ Run: make train_resnet (ResNet-56 with shortcut A on the digits; about 2 minutes
 Options: --data, --data-dir, --depth, --shortcut, --epochs, --batch-size, --optimizer, --pair.
 """
 
+import argparse
 import dataclasses
 import time
 from collections.abc import Sequence
@@ -42,7 +43,7 @@ class Config:
     depth: int = 56
     shortcut: str = "A"  # A | B | none
     norm: bool = True
-    pair: bool = False  # also train the same network with shortcut "none"
+    pair: bool = True  # also train the same network with shortcut "none"
     # Training.
     epochs: int = 30
     batch_size: int = 128
@@ -53,8 +54,9 @@ class Config:
     schedule: str = "cosine"  # cosine | step | constant
     warmup_epochs: int = 0
     augment: bool | None = None  # random crop and flip; None: on for cifar10 only
-    # Checkpoints kept for good: every keep_every-th epoch and epoch 0 (0: none of them).
-    keep_every: int = 5
+    # Checkpoints kept for good: every keep_every-th epoch and epoch 0 (0: none of them); the
+    # landscape study's PCA path reads every second one.
+    keep_every: int = 2
     keep_last: int = 3
     target_accuracy: float = 0.97  # test accuracy expected with shortcuts on the digits
 
@@ -183,7 +185,12 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
 
 def _parse(argv: Sequence[str] | None):
     p = results.study_parser(NAME, __doc__, quick_help="ResNet-8 for 2 epochs (seconds)")
-    p.add_argument("--pair", action="store_true", help="also train without shortcuts")
+    p.add_argument(
+        "--pair",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also train the network without shortcuts (default: on)",
+    )
     p.add_argument("--data", default=None, help=f"one of {', '.join(data.NAMES)}")
     p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (else $CIFAR10_DIR)")
     p.add_argument("--depth", type=int, default=None, help="6n + 2: 20, 32, 44, 56, 110")
@@ -209,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "epochs": args.epochs,
             "batch_size": args.batch_size,
             "optimizer": args.optimizer,
-            "pair": True if args.pair else None,
+            "pair": args.pair,
         }.items()
         if v is not None
     }

@@ -132,6 +132,24 @@ def test_min_and_extreme_eigenvalues_are_exact(key):
         np.testing.assert_allclose([lam_max, lam_min], eig_n[[0, -1]], rtol=1e-6)
 
 
+def test_converged_extremes_flags_the_ends_by_their_change(key):
+    _, eig_n = _exact()
+    with jax.enable_x64(True):
+        params = _params64()
+        # 2 x 20 steps: both ends exact to 1e-6 relative (see above), and flagged converged.
+        e = hessian.converged_extremes(_mlp_loss, params, key=key, num_iters=20)
+        np.testing.assert_allclose([e["lambda_max"], e["lambda_min"]], eig_n[[0, -1]], rtol=1e-6)
+        assert e["converged"] == {"lambda_max": True, "lambda_min": True}
+        # 2 x 1 steps: two Ritz values of 49; the one-step Ritz value (a Rayleigh quotient)
+        # lies strictly inside the spectrum, so the ends still move: not both converged at 1e-6.
+        e = hessian.converged_extremes(_mlp_loss, params, key=key, num_iters=1, tol=1e-6)
+        assert e["lanczos_iters"] == 2 and not all(e["converged"].values())
+        assert e["half"]["lambda_max"] == e["half"]["lambda_min"]  # one step: one Ritz value
+        assert eig_n[-1] <= e["lambda_min"] < e["lambda_max"] <= eig_n[0]
+    with pytest.raises(ValueError, match="`num_iters`"):
+        hessian.converged_extremes(_mlp_loss, _PARAMS, key=key, num_iters=25)  # 50 > 49
+
+
 def test_ritz_weights_sum_to_one(key):
     with jax.enable_x64(True):
         values_m, weights_m = hessian.ritz(_mlp_loss, _params64(), key=key, num_iters=20)

@@ -3,6 +3,7 @@ parameters after an interruption anywhere, and checkpoints that must not be load
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -184,6 +185,28 @@ def test_a_finished_run_is_reloaded_without_training(reference, tiny):
     state, hist = train.fit(MODEL, tiny, CFG, workdir=folder, progress=False, callback=fail)
     _assert_same_state(state, ref_state)
     _assert_same_history(hist, ref_hist)
+
+
+def test_reload_reads_the_same_finished_run_and_writes_nothing(reference, tiny, tmp_path):
+    folder, ref_state, ref_hist = reference
+    before = _snapshot(folder)
+    state, hist = train.reload(MODEL, tiny, CFG, folder, keep_epochs=(0,))
+    _assert_same_state(state, ref_state)
+    _assert_same_history(hist, ref_hist)
+    # Not this run, or not all of it: None, and the caller trains its own.
+    longer = train.TrainConfig(**{**CFG.__dict__, "epochs": 5})
+    assert train.reload(MODEL, tiny, longer, folder) is None
+    assert train.reload(ResNet(depth=14, num_classes=4), tiny, CFG, folder) is None
+    assert train.reload(MODEL, tiny, CFG, tmp_path / "absent") is None
+    assert _snapshot(folder) == before
+    pruned = tmp_path / "pruned"
+    shutil.copytree(folder, pruned)
+    shutil.rmtree(pruned / "checkpoints" / "1")  # as a run with keep_last=2 leaves it
+    assert train.reload(MODEL, tiny, CFG, pruned, keep_epochs=(0,)) is not None
+    assert train.reload(MODEL, tiny, CFG, pruned, keep_epochs=(0, 1)) is None
+    with pytest.raises(Interrupt):  # an unfinished run
+        train.fit(MODEL, tiny, CFG, workdir=tmp_path, progress=False, callback=_interrupt_at(3, 0))
+    assert train.reload(MODEL, tiny, CFG, tmp_path) is None
 
 
 def test_a_half_written_checkpoint_is_ignored(reference, tiny, tmp_path):
