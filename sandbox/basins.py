@@ -89,3 +89,21 @@ def basin_map(
     h, w = (n, n) if np.isscalar(n) else n
     run = sweep.descend(fn, starts, **descend_kwargs)
     return classify(run.x, points, tol, run.diverged).reshape(h, w)
+
+
+def cluster(x_Mx2: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Groups points within `tol` of a group's first point.
+
+    Returns (centres_Cx2 (group means), counts_C, largest distance of a point from its
+    group's mean).
+    """
+    rest = np.asarray(x_Mx2, np.float64)
+    centres, counts, spread = [], [], 0.0
+    while len(rest):
+        near = np.linalg.norm(rest - rest[0], axis=1) <= tol
+        c = rest[near].mean(axis=0)
+        spread = max(spread, float(np.max(np.linalg.norm(rest[near] - c, axis=1))))
+        centres.append(c)
+        counts.append(int(near.sum()))
+        rest = rest[~near]
+    return np.reshape(centres, (-1, 2)), np.asarray(counts, np.int64), spread

@@ -2,8 +2,8 @@
 
 `fn` is always a scalar function of a point x of shape [d], as in `landscapes`.
 `gradient`, `hessian`, `gradient_norm` and `hessian_eigenvalues` are pure and unjitted
-(callers jit). `classify`, `newton_refine` and `check_grad` are host-side checks that
-return Python or numpy values and compute in float64.
+(callers jit). `critical_point_kind`, `newton_refine`, `check_grad` and `top_curvature`
+are host-side checks that return Python or numpy values and compute in float64.
 """
 
 import functools
@@ -49,7 +49,7 @@ def _as_point(x, name: str = "x") -> np.ndarray:
 _hessian_eigenvalues_jit = jax.jit(hessian_eigenvalues, static_argnums=0)
 
 
-def classify(fn: ScalarFn, x: Array, *, tol: float = 1e-6) -> str:
+def critical_point_kind(fn: ScalarFn, x: Array, *, tol: float = 1e-6) -> str:
     """The kind of critical point x is, from the signs of the Hessian's eigenvalues.
 
     Computed in float64: near `tol` the verdict is sensitive to float32 rounding.
@@ -152,3 +152,12 @@ def check_grad(fn: ScalarFn, x: Array, *, eps: float = 1e-6) -> float:
     x = _as_point(x)
     with jax.enable_x64(True):
         return float(_grad_error(fn, jnp.asarray(x), float(eps)))
+
+
+def top_curvature(fn: ScalarFn, x_Kxd) -> tuple[np.ndarray, np.ndarray]:
+    """(lambda_max [K], its unit eigenvector [K, d]) of the Hessian at each of K points, float64."""
+    with jax.enable_x64(True):
+        hess = jax.jit(jax.vmap(jax.hessian(fn)))
+        h_Kxdxd = np.asarray(hess(jnp.asarray(x_Kxd, jnp.float64)))
+    eig_Kxd, vec_Kxdxd = np.linalg.eigh(h_Kxdxd)
+    return eig_Kxd[:, -1], vec_Kxdxd[:, :, -1]

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sandbox import calculus
 from sandbox.types import Array, ScalarFn
 
 
@@ -200,7 +201,7 @@ def monkey_saddle() -> Landscape:
         _monkey_saddle,
         [[-2, 2], [-2, 2]],
         [],
-        [[0, 0]],  # degenerate: classify() says "degenerate"
+        [[0, 0]],  # degenerate: calculus.critical_point_kind says "degenerate"
         [],
         "x^3 - 3 x y^2",
         -math.inf,
@@ -506,6 +507,25 @@ _FACTORIES: dict[str, Callable[..., Landscape]] = {
         x2sinx,
     )
 }
+
+
+def local_minima(lscape: Landscape) -> np.ndarray:
+    """Every local minimum inside the bounds, [k, 2] float64.
+
+    The stored minima, except for rastrigin, which stores only its global minimum: its
+    local minima (one near each integer point) are found by Newton's method from the
+    integer points inside the bounds and checked to be minima. Rows are in row-major order
+    of the integer grid (y outer, x inner).
+    """
+    if lscape.name != "rastrigin":
+        return np.asarray(lscape.minima, np.float64)
+    b = lscape.bounds
+    xs, ys = (np.arange(math.ceil(lo), math.floor(hi) + 1.0) for lo, hi in b)
+    xx, yy = np.meshgrid(xs, ys)
+    x_Kx2 = calculus.newton_refine(lscape.fn, np.stack([xx.ravel(), yy.ravel()], axis=1))
+    inside = np.all((x_Kx2 >= b[:, 0]) & (x_Kx2 <= b[:, 1]), axis=1)
+    kinds = [calculus.critical_point_kind(lscape.fn, x) for x in x_Kx2]
+    return x_Kx2[inside & np.array([k == "minimum" for k in kinds])]
 
 
 def names() -> list[str]:

@@ -109,7 +109,9 @@ def _mesh(bounds, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.meshgrid(np.linspace(*b[0], n), np.linspace(*b[1], n))
 
 
-def grid(fn: types.ScalarFn, bounds, n: int = 201) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def evaluate_grid(
+    fn: types.ScalarFn, bounds, n: int = 201
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Evaluates a 2-D landscape on a regular grid.
 
     Args:
@@ -287,7 +289,7 @@ def contour_paths(
     b = _bounds_2d(bounds)
     paths = None if paths is None else _check_paths(paths)
     points = _check_points_dict(points)
-    X, Y, Z = grid(fn, b, n)
+    X, Y, Z = evaluate_grid(fn, b, n)
     Z = np.ma.masked_invalid(_log_values(Z) if log_levels else Z)
     if Z.count() == 0:
         raise ValueError("`fn` is not finite anywhere inside `bounds`")
@@ -332,7 +334,7 @@ def surface3d(ax3d, fn: types.ScalarFn, bounds, *, n: int = 81, paths=None, cmap
         )
     b = _bounds_2d(bounds)
     paths = None if paths is None else _check_paths(paths)
-    X, Y, Z = grid(fn, b, n)
+    X, Y, Z = evaluate_grid(fn, b, n)
     # Draw in zorder, so paths stay on top of the surface instead of being sorted
     # into it by mplot3d's painter's algorithm.
     ax3d.computed_zorder = False
@@ -398,7 +400,7 @@ def quiver(
     """
     b = _bounds_2d(bounds)
     n = checks.integer("n", n, minimum=2)
-    X, Y, Z = grid(fn, b, 101)
+    X, Y, Z = evaluate_grid(fn, b, 101)
     Z = _log_values(Z) if log_levels else Z
     ax.contour(X, Y, np.ma.masked_invalid(Z), levels=levels, cmap=_cmap(cmap), linewidths=0.8)
     Xq, Yq, U, V = _grad_field(fn, b, n)
@@ -431,7 +433,7 @@ def basin_palette(k: int) -> np.ndarray:
     return np.array([colors.to_rgba(base[i % len(base)]) for i in range(k)]).reshape(k, 4)
 
 
-def basin_map(
+def basin_image(
     ax: Axes,
     labels_HxW,
     bounds,

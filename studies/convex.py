@@ -29,7 +29,7 @@ from matplotlib import colors
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from sandbox import calculus, landscapes, plotting, results, sweep
+from sandbox import basins, landscapes, plotting, results, sweep
 
 NAME = "convex"
 # An eigenvalue down to this much below zero (relative to the largest |eigenvalue| on the
@@ -246,43 +246,6 @@ def psd_fraction_theory(name: str, bounds: np.ndarray, cfg: Config) -> tuple[flo
     return float(np.mean(m) / (y1 - y0)), note
 
 
-def local_minima(lscape: landscapes.Landscape) -> np.ndarray:
-    """Every local minimum inside the bounds, [k, 2] float64.
-
-    The stored minima, except for rastrigin, which stores only its global minimum: its
-    local minima (one near each integer point) are found by Newton's method from the
-    integer points inside the bounds and checked to be minima. Rows are in row-major order
-    of the integer grid (y outer, x inner).
-    """
-    if lscape.name != "rastrigin":
-        return np.asarray(lscape.minima, np.float64)
-    b = lscape.bounds
-    xs, ys = (np.arange(math.ceil(lo), math.floor(hi) + 1.0) for lo, hi in b)
-    xx, yy = np.meshgrid(xs, ys)
-    x_Kx2 = calculus.newton_refine(lscape.fn, np.stack([xx.ravel(), yy.ravel()], axis=1))
-    inside = np.all((x_Kx2 >= b[:, 0]) & (x_Kx2 <= b[:, 1]), axis=1)
-    kinds = [calculus.classify(lscape.fn, x) for x in x_Kx2]
-    return x_Kx2[inside & np.array([k == "minimum" for k in kinds])]
-
-
-def cluster(x_Mx2: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """Groups points within `tol` of a group's first point.
-
-    Returns (centres_Cx2 (group means), counts_C, largest distance of a point from its
-    group's mean).
-    """
-    rest = np.asarray(x_Mx2, np.float64)
-    centres, counts, spread = [], [], 0.0
-    while len(rest):
-        near = np.linalg.norm(rest - rest[0], axis=1) <= tol
-        c = rest[near].mean(axis=0)
-        spread = max(spread, float(np.max(np.linalg.norm(rest[near] - c, axis=1))))
-        centres.append(c)
-        counts.append(int(near.sum()))
-        rest = rest[~near]
-    return np.reshape(centres, (-1, 2)), np.asarray(counts, np.int64), spread
-
-
 # ----------------------------------------------------------------------------- compute
 
 
@@ -316,8 +279,8 @@ def compute(cfg: Config) -> tuple[dict, dict]:
         )
         run = sweep.descend(lscape.fn, x0_Nx2, steps=steps, lr=lr)
         converged_N = ~run.diverged & (run.grad_norm <= cfg.grad_tol)
-        centres_Cx2, counts_C, spread = cluster(run.x[converged_N], cfg.cluster_tol)
-        minima_Kx2 = local_minima(lscape)
+        centres_Cx2, counts_C, spread = basins.cluster(run.x[converged_N], cfg.cluster_tol)
+        minima_Kx2 = landscapes.local_minima(lscape)
         dist_CxK = np.linalg.norm(centres_Cx2[:, None] - minima_Kx2[None], axis=-1)
         at_minimum_C = (
             np.min(dist_CxK, axis=1) <= cfg.cluster_tol if len(minima_Kx2) else np.zeros(0, bool)

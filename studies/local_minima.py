@@ -27,14 +27,12 @@ import math
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from sandbox import basins, landscapes, optim, plotting, results, sweep
-from studies.convex import local_minima
+from sandbox import basins, calculus, landscapes, optim, plotting, results, sweep
 
 NAME = "local_minima"
 HIMMELBLAU = "himmelblau"
@@ -174,15 +172,6 @@ def _map_key(name: str, optimizer: str, lr: float) -> str:
     return f"{name}/{optimizer}/lr={lr:g}"
 
 
-def top_curvature(fn, minima_Kx2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(lambda_max_K, top eigenvector_Kx2) of the Hessian at each minimum, in float64."""
-    with jax.enable_x64(True):
-        hess = jax.jit(jax.vmap(jax.hessian(fn)))
-        h_Kx2x2 = np.asarray(hess(jnp.asarray(minima_Kx2, jnp.float64)))
-    eig_K2, vec_Kx2x2 = np.linalg.eigh(h_Kx2x2)
-    return eig_K2[:, -1], vec_Kx2x2[:, :, -1]
-
-
 def _offset_ratio(fn, minima_Kx2, v_Kx2, lr_KxM, cfg: Config) -> np.ndarray:
     """|x_T - x*| / offset after threshold_steps of float64 GD from x* + offset * v; [K, M].
 
@@ -263,7 +252,7 @@ def compute(cfg: Config) -> tuple[dict, dict]:
     # Basin maps.
     for name, optimizer, lr, steps in cfg.maps:
         lscape = landscapes.get(name)
-        minima = local_minima(lscape)
+        minima = landscapes.local_minima(lscape)
         starts = sweep.grid(lscape.bounds, cfg.map_n)
         labels = _map_labels(lscape, minima, starts, optimizer, lr, steps, cfg)
         frac = basins.fractions(labels, len(minima))
@@ -288,7 +277,7 @@ def compute(cfg: Config) -> tuple[dict, dict]:
     h = landscapes.get(HIMMELBLAU)
     minima = np.asarray(h.minima, np.float64)
     k = len(minima)
-    lam_K, v_Kx2 = top_curvature(h.fn, minima)
+    lam_K, v_Kx2 = calculus.top_curvature(h.fn, minima)
     theory_K = 2.0 / lam_K
     lr_L = np.linspace(cfg.lr_min, cfg.lr_max, cfg.num_lrs)
     starts = sweep.grid(h.bounds, cfg.sweep_n)
@@ -419,7 +408,7 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
             labels = arrays[f"map/{key}/labels_HxW"]
             pts = arrays[f"map/{key}/minima_Kx2"]
             many = len(pts) > 9
-            plotting.basin_map(
+            plotting.basin_image(
                 ax,
                 labels,
                 lscape.bounds,
@@ -511,7 +500,7 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
             1, len(snaps), figsize=(plotting.FULL, 2.3), layout="constrained", squeeze=False
         )
         for ax, lab, lr in zip(axes[0], snaps, s_lr, strict=True):
-            plotting.basin_map(ax, lab, h.bounds, points=minima, legend=False)
+            plotting.basin_image(ax, lab, h.bounds, points=minima, legend=False)
             ax.set_title(f"lr {lr:.4g}", fontsize=8)
             ax.set_aspect("equal")
             ax.set_xticks([-5, 0, 5])

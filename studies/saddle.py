@@ -253,7 +253,7 @@ def _hessian_report(name: str, x: np.ndarray, grad_norm: float) -> dict:
             "measured": hessian_eigenvalues(name, x).tolist(),
             "theory": hessian_eigenvalues(name, lscape.saddles[0]).tolist(),
         },
-        "kind": {"measured": calculus.classify(lscape.fn, x), "theory": "saddle"},
+        "kind": {"measured": calculus.critical_point_kind(lscape.fn, x), "theory": "saddle"},
         "f_final": float(lscape.fn(jnp.asarray(x))),
     }
 

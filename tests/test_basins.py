@@ -51,3 +51,15 @@ def test_basin_map_orientation_rows_are_y():
     )
     left = int(np.argmin(lscape.minima[:, 0]))
     assert np.all(labels[:, :4] == left) and np.all(labels[:, 4:] == 1 - left)
+
+
+def test_cluster_groups_points_within_tol_of_a_groups_first_point():
+    x = np.array([[0.0, 0.0], [0.01, 0.0], [1.0, 1.0], [0.0, 0.02], [1.0, 1.03]])
+    centres, counts, spread = basins.cluster(x, tol=0.05)
+    np.testing.assert_allclose(centres, [[0.01 / 3, 0.02 / 3], [1.0, 1.015]], rtol=1e-12)
+    np.testing.assert_array_equal(counts, [3, 2])
+    # The largest distance of a point from its group's mean: 0.015 in the second group (the
+    # first's largest is |(0, 0.02) - (1/300, 2/300)| = 0.0137).
+    np.testing.assert_allclose(spread, 0.015, rtol=1e-9)
+    centres, counts, _ = basins.cluster(np.zeros((0, 2)), tol=0.05)
+    assert centres.shape == (0, 2) and counts.shape == (0,)

@@ -54,24 +54,24 @@ def test_pure_functions_jit_in_float32():
         (lambda x: x[0] ** 2 * jnp.sin(x[0]), [0.0], "degenerate"),
     ],
 )
-def test_classify_known_cases(fn, x, expected):
+def test_critical_point_kind_known_cases(fn, x, expected):
     for point in (np.asarray(x), jnp.asarray(x, dtype=jnp.float32)):
-        kind = calculus.classify(fn, point)
+        kind = calculus.critical_point_kind(fn, point)
         assert type(kind) is str
         assert kind == expected
 
 
-def test_classify_tol():
+def test_critical_point_kind_tol():
     def fn(x):
         return x[0] ** 2 + 1e-8 * x[1] ** 2
 
-    assert calculus.classify(fn, np.zeros(2)) == "degenerate"  # tol = 1e-6
-    assert calculus.classify(fn, np.zeros(2), tol=1e-10) == "minimum"
+    assert calculus.critical_point_kind(fn, np.zeros(2)) == "degenerate"  # tol = 1e-6
+    assert calculus.critical_point_kind(fn, np.zeros(2), tol=1e-10) == "minimum"
 
 
-def test_classify_rejects_batches():
+def test_critical_point_kind_rejects_batches():
     with pytest.raises(ValueError, match="`x`"):
-        calculus.classify(lambda x: jnp.sum(x**2), np.zeros((3, 2)))
+        calculus.critical_point_kind(lambda x: jnp.sum(x**2), np.zeros((3, 2)))
 
 
 def _smooth(x):
@@ -150,3 +150,17 @@ def test_newton_refine_rejects_bad_arguments():
         calculus.newton_refine(_quadratic, np.zeros((2, 2, 2)))
     with pytest.raises(ValueError, match="`steps`"):
         calculus.newton_refine(_quadratic, np.zeros(2), steps=-1)
+
+
+def test_top_curvature_of_a_rotated_quadratic():
+    # 0.5 x^T A x with A = R diag(1, 9) R^T: lambda_max 9 along R's second column.
+    c, s = np.cos(0.3), np.sin(0.3)
+    R = np.array([[c, -s], [s, c]])
+    A = R @ np.diag([1.0, 9.0]) @ R.T
+
+    def fn(x):
+        return 0.5 * x @ jnp.asarray(A, x.dtype) @ x
+
+    lam_K, v_Kx2 = calculus.top_curvature(fn, np.array([[0.0, 0.0], [1.0, -2.0]]))
+    np.testing.assert_allclose(lam_K, [9.0, 9.0], rtol=1e-12)  # float64: to rounding
+    np.testing.assert_allclose(np.abs(v_Kx2 @ R[:, 1]), [1.0, 1.0], rtol=1e-12)

@@ -67,7 +67,7 @@ def test_critical_points_are_classified(landscape):
     for field, i, point in _stored(landscape):
         degenerate = (landscape.name, field, i) in DEGENERATE
         expected = "degenerate" if degenerate else KINDS[field]
-        assert calculus.classify(landscape.fn, point) == expected, (field, i, point)
+        assert calculus.critical_point_kind(landscape.fn, point) == expected, (field, i, point)
 
 
 def test_f_min_at_global_minima(landscape):
@@ -203,3 +203,16 @@ def test_analytic_gradients(name):
     with jax.enable_x64(True):
         got = np.asarray(jax.jit(jax.vmap(jax.grad(ls.fn)))(jnp.asarray(x_Nd)))
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_local_minima_of_rastrigin_one_near_each_integer_point():
+    lscape = landscapes.get("rastrigin")
+    x_Kx2 = landscapes.local_minima(lscape)
+    assert x_Kx2.shape == (11 * 11, 2)  # integer points -5..5 inside [-5.12, 5.12]^2
+    # Each is a stationary point (float64 Newton) within 0.1 of its integer point, a minimum.
+    grad = jax.jit(jax.vmap(jax.grad(lscape.fn)))
+    with jax.enable_x64(True):
+        assert np.max(np.abs(grad(jnp.asarray(x_Kx2)))) < 1e-9
+    assert np.max(np.abs(x_Kx2 - np.round(x_Kx2))) < 0.1
+    himmelblau = landscapes.get("himmelblau")  # the others: their stored minima
+    np.testing.assert_array_equal(landscapes.local_minima(himmelblau), himmelblau.minima)

@@ -54,7 +54,7 @@ def test_style_file_sets_house_rc():
 
 
 def test_grid_is_row_y_column_x():
-    X, Y, Z = plotting.grid(tilted, BOUNDS, n=5)
+    X, Y, Z = plotting.evaluate_grid(tilted, BOUNDS, n=5)
     assert X.shape == Y.shape == Z.shape == (5, 5)
     np.testing.assert_allclose(X[0], np.linspace(-2.0, 2.0, 5), rtol=0, atol=1e-12)
     np.testing.assert_allclose(Y[:, 0], np.linspace(-1.0, 3.0, 5), rtol=0, atol=1e-12)
@@ -62,7 +62,7 @@ def test_grid_is_row_y_column_x():
 
 
 def test_grid_accepts_fn_returning_shape_1():
-    _, _, Z = plotting.grid(lambda x: jnp.sum(x**2, keepdims=True), BOUNDS, n=3)
+    _, _, Z = plotting.evaluate_grid(lambda x: jnp.sum(x**2, keepdims=True), BOUNDS, n=3)
     assert Z.shape == (3, 3)
 
 
@@ -204,7 +204,7 @@ def test_curve_1d_smoke(tmp_path):
 def test_basin_map_colours_each_label():
     fig, ax = small_fig()
     labels = np.array([[0, 1], [-1, -2]])
-    image = plotting.basin_map(
+    image = plotting.basin_image(
         ax, labels, BOUNDS, points=[[0.0, 0.0], [1.0, 1.0]], saddles=[[0.5, 0.5]]
     )
     np.testing.assert_array_equal(image.get_array(), labels)
@@ -223,7 +223,7 @@ def test_basin_map_colours_each_label():
 def test_basin_map_legend_lists_only_present_special_classes(tmp_path):
     fig, ax = small_fig(figsize=(plotting.FULL, 2.0))  # room for the legend
     labels = np.array([[0, 0], [2, -1]])
-    plotting.basin_map(ax, labels, BOUNDS, names=["a", "b", "c"], fractions=True)
+    plotting.basin_image(ax, labels, BOUNDS, names=["a", "b", "c"], fractions=True)
     texts = [t.get_text() for t in ax.get_legend().get_texts()]
     assert texts == ["0 a: 50.0%", "1 b: 0.0%", "2 c: 25.0%", "not converged: 25.0%"]
     assert_png(plotting.save(fig, tmp_path / "basins.png", dpi=50))
@@ -296,11 +296,11 @@ def _surface_on_2d_axes(ax):
 
 
 def _basin_bad_labels(ax):
-    plotting.basin_map(ax, np.zeros(4, dtype=int), BOUNDS)
+    plotting.basin_image(ax, np.zeros(4, dtype=int), BOUNDS)
 
 
 def _basin_bad_points(ax):
-    plotting.basin_map(ax, np.zeros((2, 2), dtype=int), BOUNDS, points=np.zeros(3))
+    plotting.basin_image(ax, np.zeros((2, 2), dtype=int), BOUNDS, points=np.zeros(3))
 
 
 def _loss_bad_losses(ax):
