@@ -9,9 +9,9 @@ STAMP := $(VENV)/.installed
 export MPLBACKEND := agg
 export PYTHONPATH := $(CURDIR)
 
-STUDIES := gradient descent convex local_minima saddle normalization initialization learning_rate momentum optimizers train_resnet resnet_landscape
+STUDIES := gradient descent convex local_minima saddle normalization initialization learning_rate fractal momentum optimizers train_resnet resnet_landscape
 
-.PHONY: learning_rate-paper resnet56 setup test test-all test-x64 lint format studies quick figures report bench clean $(STUDIES)
+.PHONY: fractal-paper resnet56 setup test test-all test-x64 lint format studies quick figures report bench clean $(STUDIES)
 
 setup: $(STAMP)
 
@@ -45,8 +45,8 @@ $(STUDIES): $(STAMP)
 	$(PY) -m studies.$@
 
 # The fractal at the paper's scale (width 16, 1024^2 runs x 1000 steps): an accelerator job.
-learning_rate-paper: $(STAMP)
-	$(PY) -m studies.learning_rate --scale paper
+fractal-paper: $(STAMP)
+	$(PY) -m studies.fractal --scale paper
 
 studies: $(STUDIES)
 	$(PY) -m sandbox.report

@@ -7,8 +7,9 @@ training converges or diverges, as a function of (lr1, lr2), draws a fractal.
 
 Pure and unbatched: `train` is one network and one (lr1, lr2) pair, reduced to a signed
 score (`score`); a study maps it over a grid of learning rates (`jax.lax.map` over the
-flattened grid, inside one jit). `losses` keeps the whole loss curve of a run. `boundary`
-and `box_counting_dimension` are host-side NumPy on the finished image.
+flattened grid, inside one jit). `losses` keeps the whole loss curve of a run. `boundary`,
+`box_counting_dimension` and the zoom helpers (`zoom_centre`, `local_mean`, `pixel_decades`)
+are host-side NumPy on the finished image.
 """
 
 import functools
@@ -299,6 +300,78 @@ def _check_sizes(sizes, shape: tuple[int, ...]) -> np.ndarray:
     if s[0] < 1 or s[-1] > min(shape[:2]):
         raise ValueError(f"`sizes` must be in [1, {min(shape[:2])}], got {s.tolist()}")
     return s
+
+
+def local_mean(a_HxW: np.ndarray, r: int) -> np.ndarray:
+    """Mean of `a_HxW` over the (2r + 1) x (2r + 1) window around each pixel, float64 [H, W].
+
+    Edge pixels are repeated outward, so every window is full. Summed-area table: O(H W)
+    whatever r.
+    """
+    a = np.asarray(a_HxW)
+    if a.ndim != 2 or 0 in a.shape:
+        raise ValueError(f"`a_HxW` must have shape [H, W], got {a.shape}")
+    if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+        raise ValueError(f"`r` must be an integer >= 0, got {r!r}")
+    k = 2 * r + 1
+    c = np.pad(a.astype(np.float64), r, mode="edge").cumsum(0).cumsum(1)
+    c = np.pad(c, ((1, 0), (1, 0)))  # c[i, j]: sum over the padded image's [:i, :j]
+    return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) / (k * k)
+
+
+def pixel_decades(lim: tuple[float, float], n: int) -> float:
+    """Spacing of an n-point grid from lim[0] to lim[1] (both included): decades per pixel
+    when lim is a log10 range."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"`n` must be an integer >= 2, got {n!r}")
+    return (lim[1] - lim[0]) / (n - 1)
+
+
+def zoom_centre(
+    trainable_HxW: np.ndarray,
+    lim1: tuple[float, float],
+    lim2: tuple[float, float],
+    target: tuple[float, float],
+    radius_px: float,
+    half_px: float,
+) -> tuple[float, float]:
+    """The centre of the next zoom into an image of the boundary: a boundary pixel near `target`.
+
+    The image covers lim1 (columns, lr1) x lim2 (rows, lr2), both ends included, in the
+    units of `target` (log10 lr). Picked: the boundary pixel nearest `target` whose window
+    of the next zoom's size (half-width `half_px` pixels) is 20% to 80% trainable, so the
+    zoom shows both sides; if none within `radius_px` pixels is, the most evenly split one
+    there (the nearest boundary pixel when none is within `radius_px`).
+
+    Args:
+      trainable_HxW: bool image, True where the run trains.
+      lim1, lim2: (first, last) coordinate of the columns and of the rows.
+      target: (c1, c2), the point to zoom near.
+      radius_px: how far from `target` to look, in pixels.
+      half_px: half-width of the next zoom's window, in pixels.
+
+    Returns:
+      (c1, c2): coordinates of the chosen pixel.
+    """
+    trainable = np.asarray(trainable_HxW, dtype=bool)
+    h, w = trainable.shape
+    ii, jj = np.nonzero(boundary(trainable))
+    if ii.size == 0:
+        raise ValueError(
+            "`trainable_HxW` has no boundary pixel (all runs trainable or all diverged): "
+            "widen the window of learning rates"
+        )
+    ti = (target[1] - lim2[0]) / (lim2[1] - lim2[0]) * (h - 1)
+    tj = (target[0] - lim1[0]) / (lim1[1] - lim1[0]) * (w - 1)
+    dist = np.hypot(ii - ti, jj - tj)
+    near = dist <= max(radius_px, dist.min())
+    frac = local_mean(trainable, max(1, round(half_px)))[ii, jj]
+    balance = np.where(near, np.minimum(frac, 1 - frac), -1.0)
+    mixed = balance >= 0.2
+    k = int(np.argmin(np.where(mixed, dist, np.inf))) if mixed.any() else int(np.argmax(balance))
+    c1 = lim1[0] + jj[k] * (lim1[1] - lim1[0]) / (w - 1)
+    c2 = lim2[0] + ii[k] * (lim2[1] - lim2[0]) / (h - 1)
+    return float(c1), float(c2)
 
 
 # Runs per call of `score_grid` (a progress-bar tick): a few seconds of work each on CPU.
