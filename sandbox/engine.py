@@ -28,6 +28,7 @@ runs, loss-surface grid points and the fractal's learning-rate grid all go throu
   again computes only its chunks that are not yet done.
 """
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -122,8 +123,11 @@ def map_chunks(
     chunks = -(-n // chunk)
     store_ = None
     todo = list(range(chunks))
-    if store is not None:
+    if store is not None or _STORE_ROOTS:
         parts = _identity(one, items, shared, out_spec, identity)
+        if store is None:  # inside `stores_in`: a store named by the computation
+            key = json.dumps({"n": n, "identity": parts}, sort_keys=True).encode()
+            store = _STORE_ROOTS[-1] / hashlib.sha256(key).hexdigest()[:16]
         store_ = _Store.open(Path(store), parts, out_spec, n, chunk, len(devices), lane, batch)
         chunk = store_.chunk
         chunks = -(-n // chunk)
@@ -172,6 +176,31 @@ def map_chunks(
     if len(pieces) == 1:
         return pieces[0]
     return jax.tree.map(lambda *a: np.concatenate(a), *[pieces[c] for c in range(chunks)])
+
+
+_STORE_ROOTS: list[Path] = []  # the folders of `stores_in`, innermost last
+
+
+@contextlib.contextmanager
+def stores_in(root: Path | str | None):
+    """Inside this block every map without a `store` of its own keeps its chunks in a store
+    under `root`, named by the digest of its computation (`<root>/<16 hex digits>`).
+
+    What a study's `--store DIR` does: a run killed and started again with the same DIR
+    computes only the chunks that are not yet done, and another computation gets a store of
+    its own instead of being refused. `root=None` changes nothing.
+    """
+    if root is None:
+        yield
+        return
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"`store` {str(root)!r} is not a folder")
+    _STORE_ROOTS.append(root)
+    try:
+        yield
+    finally:
+        _STORE_ROOTS.pop()
 
 
 def bar(iterable, *, desc: str, unit: str = "cell", total: int | None = None):

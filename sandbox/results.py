@@ -269,6 +269,14 @@ def study_parser(name: str, doc: str | None = None, quick_help: str = "small siz
     p.add_argument("--out", type=Path, default=None, help="output folder")
     p.add_argument("--seed", type=_seed, default=None, help="override the config's seed")
     p.add_argument("--plot-only", action="store_true", help="redraw figures from saved arrays")
+    p.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep the finished chunks of every batched computation in DIR: a run stopped and "
+        "started again with the same DIR computes only what is missing",
+    )
     return p
 
 
@@ -427,8 +435,11 @@ def run_study(
             load(out, type(cfg), study=name)  # one clear line if the saved run is unusable
             rf.link_data()
         else:
+            from sandbox import engine
+
             start = time.perf_counter()
-            arrays, summary = compute(cfg)
+            with engine.stores_in(getattr(args, "store", None)):
+                arrays, summary = compute(cfg)
             save(stage, cfg, arrays, summary, time.perf_counter() - start, study=name)
         cfg, arrays, summary = load(stage, type(cfg), study=name)
         for fig_name, fig in plot(arrays, cfg, summary).items():

@@ -37,7 +37,7 @@ Grid sizes: the CPU default is 21 x 21 on the main plane (step 0.1) and 11 x 11 
 plane: ResNet-56 over the 1,438 training digits took 0.75 s per point on two cores shared
 with other jobs, so the paper's 51 x 51 (`--grid 51`) is an accelerator job. A run that is
 stopped continues where it stopped: training from its checkpoints, each surface from its
-engine store in cells/ (one per network, surface and grid).
+engine store in cells/ (one per computation, named by its digest; `--store DIR` elsewhere).
 
 Run: make resnet_landscape (ResNet-56 pair on the digits; 35 minutes measured on 2 cores
                             shared with other jobs)
@@ -47,7 +47,6 @@ Run: make resnet_landscape (ResNet-56 pair on the digits; 35 minutes measured on
 """
 
 import dataclasses
-import hashlib
 import math
 import time
 from collections.abc import Sequence
@@ -147,23 +146,6 @@ QUICK = Config(
 PAPER = Config(grid=51, pca_grid=21, interp_points=41)
 
 
-# The config fields each surface's cells depend on (training fields are guarded by the
-# training checkpoints themselves, which refuse a different run).
-CELL_FIELDS = {
-    "plane": ("grid", "extent", "surface_images", "seed"),
-    "interp": ("interp_points", "interp_range", "surface_images"),
-    "pca": ("pca_grid", "pca_margin", "checkpoint_every", "surface_images"),
-}
-
-
-def _cells(out: Path, cfg: Config, shortcut: str, kind: str) -> Path:
-    """The engine store of one surface, named by the fields that define it, so that runs
-    with other grids keep their own cells instead of refusing each other's."""
-    fields = {f: getattr(cfg, f) for f in CELL_FIELDS[kind]}
-    tag = hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()[:8]
-    return out / "cells" / f"{shortcut}_{kind}_{tag}"
-
-
 def _hessian_edges(model, variables, x, y, key, iters) -> dict:
     """Lambda_max and lambda_min of the eval-mode training loss on (x, y), checked by
     doubling the Lanczos steps (`hessian.converged_extremes`)."""
@@ -239,9 +221,7 @@ def compute_one(
 
     t0 = time.perf_counter()
     xs = ys = surface.axis(-cfg.extent, cfg.extent, cfg.grid, "extent")
-    main = surface.plane(
-        model, trained, d1, d2, xs, ys, x, y, store=_cells(out, cfg, shortcut, "plane"), **kw
-    )
+    main = surface.plane(model, trained, d1, d2, xs, ys, x, y, **kw)
     plane_s = time.perf_counter() - t0
 
     alphas = surface.axis(*cfg.interp_range, cfg.interp_points, "interp_range")
@@ -254,7 +234,6 @@ def compute_one(
         alphas,
         x,
         y,
-        store=_cells(out, cfg, shortcut, "interp"),
         **kw,
     )
 
@@ -275,7 +254,6 @@ def compute_one(
         pys,
         x,
         y,
-        store=_cells(out, cfg, shortcut, "pca"),
         **kw,
     )
 
@@ -618,6 +596,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "train_resnet-quick" if args.quick else "train_resnet"
     )
     networks = None if str(networks) == "none" else Path(networks)
+    if args.store is None:  # every surface resumes from its engine store in <out>/cells
+        args.store = out / "cells"
     out, cfg, arrays, summary = results.run_study(
         NAME,
         args,

@@ -200,3 +200,23 @@ def test_every_study_takes_the_same_seeds(capsys, study, seed):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1
     assert "argument --seed: expected an integer in [0, 4294967295]" in err
+
+
+def test_a_study_run_again_with_the_same_store_computes_no_sweep_again(tmp_path, monkeypatch):
+    from sandbox import engine, results
+    from studies import convex
+
+    store = tmp_path / "store"
+    convex.main(["--quick", "--out", str(tmp_path / "a"), "--store", str(store)])
+    assert any(store.iterdir())
+
+    def no_run(*args):
+        return lambda *a: pytest.fail("a sweep was computed again")
+
+    monkeypatch.setattr(engine, "_runner", no_run)
+    convex.main(["--quick", "--out", str(tmp_path / "b"), "--store", str(store)])
+    _, a, summary_a = results.load(tmp_path / "a", convex.Config)
+    _, b, summary_b = results.load(tmp_path / "b", convex.Config)
+    assert a.keys() == b.keys() and summary_a == summary_b
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
