@@ -64,7 +64,7 @@ def loss(params: mlp.Params, data: Data) -> Array:
     return jnp.mean((mlp.apply(params, data.x) - data.y) ** 2)
 
 
-def value_and_grad(params: mlp.Params, data: Data) -> tuple[Array, mlp.Params]:
+def loss_and_grad(params: mlp.Params, data: Data) -> tuple[Array, mlp.Params]:
     """`loss` and its gradient for a one-hidden-layer network with one output, by hand.
 
     The same numbers as `jax.value_and_grad(loss)` (tests check it in float64), written
@@ -89,7 +89,7 @@ def value_and_grad(params: mlp.Params, data: Data) -> tuple[Array, mlp.Params]:
 
 def _step(params: mlp.Params, data: Data, lr1: Array, lr2: Array) -> tuple[mlp.Params, Array]:
     """One GD update with lr1 on W1 and lr2 on W2; returns (new params, loss before it)."""
-    value, (g1, g2) = value_and_grad(params, data)
+    value, (g1, g2) = loss_and_grad(params, data)
     return (params[0] - lr1 * g1, params[1] - lr2 * g2), value
 
 
@@ -190,7 +190,7 @@ def train(
     _check_score_args(steps, window)
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise ValueError(f"`block` must be a positive integer, got {block!r}")
-    loss0 = value_and_grad(params, data)[0]  # = loss_T[0], as `score` normalizes
+    loss0 = loss_and_grad(params, data)[0]  # = loss_T[0], as `score` normalizes
     zero = jnp.zeros((), loss0.dtype)
     never = jnp.array(steps + 1, jnp.int32)
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sandbox import results
+from sandbox import cli, results
 
 # Every study in lecture order (studies not written yet are listed as not run).
 STUDIES = (
@@ -125,9 +125,9 @@ def build(results_dir: Path | str = results.RESULTS_ROOT, out: Path | str | None
     return results.atomic_write_bytes(out, page.encode())
 
 
-@results.cli
+@cli.command
 def main(argv: Sequence[str] | None = None) -> None:
-    p = results.Parser(prog="python -m sandbox.report", description=__doc__.splitlines()[0])
+    p = cli.Parser(prog="python -m sandbox.report", description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=results.RESULTS_ROOT)
     args = p.parse_args(argv)
     print(f"gallery: {build(args.results)}")

@@ -29,7 +29,7 @@ from matplotlib import colors
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from sandbox import basins, landscapes, plotting, results, sweep
+from sandbox import basins, cli, landscapes, plotting, sweep
 
 NAME = "convex"
 # An eigenvalue down to this much below zero (relative to the largest |eigenvalue| on the
@@ -418,11 +418,11 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
     return {"nonconvex_regions": fig}
 
 
-@results.cli
+@cli.command
 def main(argv: Sequence[str] | None = None) -> None:
-    args = results.parse_study_args(NAME, argv, __doc__)
+    args = cli.parse_study_args(NAME, argv, __doc__)
     cfg = QUICK if args.quick else Config()
-    out, cfg, arrays, summary = results.run_study(NAME, args, cfg, compute, plot)
+    out, cfg, arrays, summary = cli.run_study(NAME, args, cfg, compute, plot)
     print(f"{NAME}: results in {out}")
 
 

@@ -18,7 +18,7 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sandbox import landscapes, plotting, results, sweep
+from sandbox import cli, landscapes, plotting, sweep
 
 NAME = "descent"
 
@@ -278,11 +278,11 @@ def animate(arrays: dict, cfg: Config, summary: dict, folder: Path) -> None:
     )
 
 
-@results.cli
+@cli.command
 def main(argv: Sequence[str] | None = None) -> None:
-    args = results.parse_study_args(NAME, argv, __doc__)
+    args = cli.parse_study_args(NAME, argv, __doc__)
     cfg = QUICK if args.quick else Config()
-    out, *_ = results.run_study(NAME, args, cfg, compute, plot, artifacts=animate)
+    out, *_ = cli.run_study(NAME, args, cfg, compute, plot, artifacts=animate)
     print(f"{NAME}: results in {out}")
 
 

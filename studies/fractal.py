@@ -34,7 +34,7 @@ import numpy as np
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from sandbox import fractal, plotting, results
+from sandbox import cli, fractal, plotting, results
 
 NAME = "fractal"
 
@@ -395,7 +395,7 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
 
 
 def _parse(argv: Sequence[str] | None):
-    p = results.study_parser(NAME, __doc__, quick_help="40 x 40 grids of 150 steps (seconds)")
+    p = cli.study_parser(NAME, __doc__, quick_help="40 x 40 grids of 150 steps (seconds)")
     p.add_argument(
         "--scale",
         choices=("default", "paper"),
@@ -405,7 +405,7 @@ def _parse(argv: Sequence[str] | None):
     return p.parse_args(argv)
 
 
-@results.cli
+@cli.command
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(argv)
     if args.scale == "paper" and args.quick:
@@ -414,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = None
     if args.scale == "paper" and args.out is None:
         out = results.check_writable(results.RESULTS_ROOT / f"{NAME}-paper")
-    out, cfg, arrays, summary = results.run_study(NAME, args, cfg, compute, plot, out=out)
+    out, cfg, arrays, summary = cli.run_study(NAME, args, cfg, compute, plot, out=out)
     print(f"{NAME}: results in {out}")
 
 

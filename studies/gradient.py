@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sandbox import landscapes, plotting, results
+from sandbox import cli, landscapes, plotting
 
 NAME = "gradient"
 
@@ -159,11 +159,11 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
     return figures
 
 
-@results.cli
+@cli.command
 def main(argv: Sequence[str] | None = None) -> None:
-    args = results.parse_study_args(NAME, argv, __doc__)
+    args = cli.parse_study_args(NAME, argv, __doc__)
     cfg = QUICK if args.quick else Config()
-    out, cfg, arrays, summary = results.run_study(NAME, args, cfg, compute, plot)
+    out, cfg, arrays, summary = cli.run_study(NAME, args, cfg, compute, plot)
     print(f"{NAME}: results in {out}")
 
 

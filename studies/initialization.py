@@ -38,7 +38,7 @@ import optax
 from matplotlib import colors
 from matplotlib.lines import Line2D
 
-from sandbox import basins, data, engine, landscapes, optim, plotting, results, sweep
+from sandbox import basins, cli, data, engine, landscapes, optim, plotting, sweep
 
 NAME = "initialization"
 TEST_FROM = 1437  # digits 1437..1796 (the last 20%) are the MLP's test set
@@ -669,11 +669,11 @@ def _plot_mlp(arrays: dict, cfg: Config, summary: dict):
     return fig
 
 
-@results.cli
+@cli.command
 def main(argv: Sequence[str] | None = None) -> None:
-    args = results.parse_study_args(NAME, argv, __doc__)
+    args = cli.parse_study_args(NAME, argv, __doc__)
     cfg = QUICK if args.quick else Config()
-    out, cfg, arrays, summary = results.run_study(NAME, args, cfg, compute, plot)
+    out, cfg, arrays, summary = cli.run_study(NAME, args, cfg, compute, plot)
     print(f"{NAME}: results in {out}")
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from matplotlib import colors
 from matplotlib.patches import Patch
 
-from sandbox import basins, calculus, landscapes, plotting, results, sweep
+from sandbox import basins, calculus, cli, landscapes, plotting, sweep
 
 NAME = "learning_rate"
 
@@ -458,11 +458,11 @@ def _edges(v: np.ndarray, log: bool = False) -> np.ndarray:
 # ----------------------------------------------------------------------------- main
 
 
-@results.cli
+@cli.command
 def main(argv: Sequence[str] | None = None) -> None:
-    args = results.parse_study_args(NAME, argv, __doc__)
+    args = cli.parse_study_args(NAME, argv, __doc__)
     cfg = QUICK if args.quick else Config()
-    out, cfg, arrays, summary = results.run_study(NAME, args, cfg, compute, plot)
+    out, cfg, arrays, summary = cli.run_study(NAME, args, cfg, compute, plot)
     print(f"{NAME}: results in {out}")
 
 

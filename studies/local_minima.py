@@ -32,7 +32,7 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from sandbox import basins, calculus, landscapes, optim, plotting, results, sweep
+from sandbox import basins, calculus, cli, landscapes, optim, plotting, sweep
 
 NAME = "local_minima"
 HIMMELBLAU = "himmelblau"
@@ -560,11 +560,11 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
     return figs
 
 
-@results.cli
+@cli.command
 def main(argv: Sequence[str] | None = None) -> None:
-    args = results.parse_study_args(NAME, argv, __doc__)
+    args = cli.parse_study_args(NAME, argv, __doc__)
     cfg = QUICK if args.quick else Config()
-    out, cfg, arrays, summary = results.run_study(NAME, args, cfg, compute, plot)
+    out, cfg, arrays, summary = cli.run_study(NAME, args, cfg, compute, plot)
     print(f"{NAME}: results in {out}")
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from matplotlib import animation, colors, ticker
 from matplotlib.patches import Patch
 
-from sandbox import basins, landscapes, plotting, results, sweep
+from sandbox import basins, cli, landscapes, plotting, sweep
 
 NAME = "momentum"
 # Part 2 optimizers: name -> the hyperparameter that beta sets. GD is heavy ball at beta = 0.
@@ -608,11 +608,11 @@ def animate_balls(arrays: dict, cfg: Config, path: Path, max_frames: int = 120) 
     return path
 
 
-@results.cli
+@cli.command
 def main(argv: Sequence[str] | None = None) -> None:
-    args = results.parse_study_args(NAME, argv, __doc__)
+    args = cli.parse_study_args(NAME, argv, __doc__)
     cfg = QUICK if args.quick else Config()
-    out, *_ = results.run_study(
+    out, *_ = cli.run_study(
         NAME,
         args,
         cfg,

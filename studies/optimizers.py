@@ -21,7 +21,7 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sandbox import engine, landscapes, optim, plotting, results, sweep
+from sandbox import cli, engine, landscapes, optim, plotting, results, sweep
 
 NAME = "optimizers"
 
@@ -318,11 +318,11 @@ def artifacts(arrays: dict, cfg: Config, summary: dict, folder: Path) -> None:
     )
 
 
-@results.cli
+@cli.command
 def main(argv: Sequence[str] | None = None) -> None:
-    args = results.parse_study_args(NAME, argv, __doc__)
+    args = cli.parse_study_args(NAME, argv, __doc__)
     cfg = QUICK if args.quick else Config()
-    out, *_ = results.run_study(NAME, args, cfg, compute, plot, artifacts=artifacts)
+    out, *_ = cli.run_study(NAME, args, cfg, compute, plot, artifacts=artifacts)
     print(f"{NAME}: results in {out}")
 
 

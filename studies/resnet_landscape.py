@@ -59,7 +59,7 @@ import numpy as np
 import optax
 from matplotlib import colors
 
-from sandbox import data, hessian, plotting, results, surface, train
+from sandbox import cli, data, hessian, plotting, results, surface, train
 from sandbox.models import resnet
 
 NAME = "resnet_landscape"
@@ -554,7 +554,7 @@ def _finite(v: np.ndarray) -> np.ndarray:
 
 
 def _parse(argv):
-    p = results.study_parser(NAME, __doc__, quick_help="ResNet-8, 5 x 5 grid (under a minute)")
+    p = cli.study_parser(NAME, __doc__, quick_help="ResNet-8, 5 x 5 grid (under a minute)")
     p.add_argument("--depth", type=int, default=None, help="6n + 2: 20, 32, 44, 56, 110")
     p.add_argument(
         "--scale",
@@ -576,7 +576,7 @@ def _parse(argv):
     return p.parse_args(argv)
 
 
-@results.cli
+@cli.command
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(argv)
     if args.scale == "paper" and args.quick:
@@ -591,14 +591,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     name = NAME if cfg.depth == 56 or args.quick else f"{NAME}-resnet{cfg.depth}"
-    out = results.run_dir(args.out, name, args.quick)
+    out = cli.run_dir(args.out, name, args.quick)
     networks = args.networks or results.RESULTS_ROOT / (
         "train_resnet-quick" if args.quick else "train_resnet"
     )
     networks = None if str(networks) == "none" else Path(networks)
     if args.store is None:  # every surface resumes from its engine store in <out>/cells
         args.store = out / "cells"
-    out, cfg, arrays, summary = results.run_study(
+    out, cfg, arrays, summary = cli.run_study(
         NAME,
         args,
         cfg,

@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import LogLocator
 
-from sandbox import calculus, descent, landscapes, optim, plotting, results, sweep
+from sandbox import calculus, cli, descent, landscapes, optim, plotting, sweep
 
 NAME = "saddle"
 LANDSCAPES = ("saddle", "double_well")
@@ -688,11 +688,11 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
     return figs
 
 
-@results.cli
+@cli.command
 def main(argv: Sequence[str] | None = None) -> None:
-    args = results.parse_study_args(NAME, argv, __doc__)
+    args = cli.parse_study_args(NAME, argv, __doc__)
     cfg = QUICK if args.quick else Config()
-    out, cfg, arrays, summary = results.run_study(NAME, args, cfg, compute, plot)
+    out, cfg, arrays, summary = cli.run_study(NAME, args, cfg, compute, plot)
     print(f"{NAME}: results in {out}")
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sandbox import data, optim, plotting, results, train
+from sandbox import cli, data, optim, plotting, train
 from sandbox.models import resnet
 
 NAME = "train_resnet"
@@ -184,7 +184,7 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
 
 
 def _parse(argv: Sequence[str] | None):
-    p = results.study_parser(NAME, __doc__, quick_help="ResNet-8 for 2 epochs (seconds)")
+    p = cli.study_parser(NAME, __doc__, quick_help="ResNet-8 for 2 epochs (seconds)")
     p.add_argument(
         "--pair",
         action=argparse.BooleanOptionalAction,
@@ -202,7 +202,7 @@ def _parse(argv: Sequence[str] | None):
     return p.parse_args(argv)
 
 
-@results.cli
+@cli.command
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(argv)
     cfg = QUICK if args.quick else Config()
@@ -221,8 +221,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if v is not None
     }
     cfg = dataclasses.replace(cfg, **overrides)
-    out = results.run_dir(args.out, NAME, args.quick)
-    out, cfg, arrays, summary = results.run_study(
+    out = cli.run_dir(args.out, NAME, args.quick)
+    out, cfg, arrays, summary = cli.run_study(
         NAME,
         args,
         cfg,

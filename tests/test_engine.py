@@ -146,9 +146,7 @@ def test_a_store_of_another_sweep_is_refused_with_what_differs_and_kept(tmp_path
     assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == files
 
 
-def test_inside_stores_in_each_computation_resumes_from_a_store_of_its_own(
-    tmp_path, monkeypatch
-):
+def test_inside_stores_in_each_computation_resumes_from_a_store_of_its_own(tmp_path, monkeypatch):
     ref = sweep.descend("himmelblau", _starts(), **HIMMELBLAU)
     with engine.stores_in(tmp_path):
         _same(sweep.descend("himmelblau", _starts(), **HIMMELBLAU), ref)
@@ -157,6 +155,7 @@ def test_inside_stores_in_each_computation_resumes_from_a_store_of_its_own(
     # One store per computation (the checked re-runs of diverged runs are maps of their
     # own): the second sweep got new ones instead of being refused.
     assert len(stores) >= 2
+
     # The same computations again: read back from their stores, nothing computed.
     def no_run(*args):
         return lambda *a: pytest.fail("computed again")

@@ -22,7 +22,7 @@ ROOT = Path(__file__).parents[1]
 TINY_STUDY = """
 import dataclasses, sys, time
 import numpy as np
-from sandbox import results
+from sandbox import cli, results
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -43,13 +43,13 @@ def plot(arrays, cfg, summary):
 def note(arrays, cfg, summary, folder):
     (folder / "note.md").write_text(f"seed {int(arrays['seed'])}\\n")
 
-@results.cli
+@cli.command
 def main(argv=None):
-    p = results.study_parser("tiny")
+    p = cli.study_parser("tiny")
     p.add_argument("--wait", type=float, default=0.0)
     args = p.parse_args(argv)
     cfg = Config(wait_s=args.wait)
-    results.run_study("tiny", args, cfg, compute, plot, artifacts=note)
+    cli.run_study("tiny", args, cfg, compute, plot, artifacts=note)
 """
 TINY = {}
 exec(TINY_STUDY, TINY)  # the same study in this process, for the fast tests
