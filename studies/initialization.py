@@ -66,7 +66,7 @@ class Config:
         "lion",
         "noisy_sgd",
     )
-    num_starts: int = 10_000
+    num_starts: int = 4096
     steps: int = 2000
     lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     tol: float = 1e-2  # distance to a global minimum that counts as success

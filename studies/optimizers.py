@@ -59,7 +59,7 @@ class Config:
         "adamw",
         "lion",
     )
-    num_starts: int = 1024
+    num_starts: int = 512
     steps: int = 2000
     lr_range: tuple[float, float] = (1e-6, 1.0)
     num_lrs: int = 32
