@@ -39,7 +39,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -65,7 +65,7 @@ def map_chunks(
     chunk: int | None = None,
     lane: int = 1,
     batch: int | None = None,
-    store: Path | str | None = None,
+    store: Path | str | None | bool = None,
     identity: dict[str, str] | None = None,
     finish: Callable[[PyTree, int], PyTree] | None = None,
     lazy: bool = False,
@@ -87,7 +87,8 @@ def map_chunks(
       lane: every device's share of a chunk is a multiple of this many items.
       batch: items a device vectorizes at once (`lax.map`'s batch size); 1: one item at a
         time; None: the whole share in one vmap.
-      store: a folder holding the finished chunks (see the module docstring).
+      store: a folder holding the finished chunks (see the module docstring); None: one
+        under the folder of `stores_in` when inside one; False: none even there.
       identity: more parts of what determines the result, for the store's digest (strings).
       finish: `finish(outputs, start)` on the host, on each chunk's outputs (NumPy, rows
         start, start + 1, ...) before they are stored; it returns outputs of the same
@@ -99,21 +100,11 @@ def map_chunks(
     Returns:
       The pytree `one` returns, each leaf with the leading axis N (NumPy, or zarr if lazy).
     """
-    leaves = jax.tree.leaves(items)
-    if not leaves:
-        raise ValueError("`items` must hold at least one array")
-    n = int(leaves[0].shape[0]) if np.ndim(leaves[0]) else 0
-    for leaf in leaves:
-        if np.ndim(leaf) == 0 or leaf.shape[0] != n:
-            shapes = [tuple(np.shape(a)) for a in leaves]
-            raise ValueError(f"`items` must share a leading axis N, got shapes {shapes}")
-    if n == 0:
-        raise ValueError("`items` must hold at least one item (N >= 1)")
+    n = _count(items)
     checks.integer("lane", lane, minimum=1)
     if batch is not None:
         checks.integer("batch", batch, minimum=1)
-    if lazy and store is None:
-        raise ValueError("`lazy` needs a `store` to read the results from")
+    store = _store_path(store, lazy)
     devices = jax.local_devices()
     chunk = round_chunk(
         n if chunk is None else checks.integer("chunk", chunk, minimum=1), len(devices), lane, batch
@@ -123,11 +114,11 @@ def map_chunks(
     chunks = -(-n // chunk)
     store_ = None
     todo = list(range(chunks))
-    if store is not None or _STORE_ROOTS:
+    if store is not None:
         parts = _identity(one, items, shared, out_spec, identity)
-        if store is None:  # inside `stores_in`: a store named by the computation
+        if isinstance(store, _Root):  # inside `stores_in`: a store named by the computation
             key = json.dumps({"n": n, "identity": parts}, sort_keys=True).encode()
-            store = _STORE_ROOTS[-1] / hashlib.sha256(key).hexdigest()[:16]
+            store = store.path / hashlib.sha256(key).hexdigest()[:16]
         store_ = _Store.open(Path(store), parts, out_spec, n, chunk, len(devices), lane, batch)
         chunk = store_.chunk
         chunks = -(-n // chunk)
@@ -145,30 +136,8 @@ def map_chunks(
         disable=not progress if progress is not None else _OUTER_BARS > 0,
         delay=0 if progress else PROGRESS_AFTER_S,
     )
-    pieces = {}
     with bar:
-        runner = _runner(one, len(devices), batch)
-        sharding = NamedSharding(_mesh(tuple(devices)), P("items"))
-        shared_dev = jax.device_put(shared, NamedSharding(_mesh(tuple(devices)), P()))
-        pending = None
-        for c in [*mine, None]:
-            out = None
-            if c is not None:
-                part = jax.device_put(_chunk_of(items, c, chunk, n), sharding)
-                out = runner(part, shared_dev)
-            if pending is not None:  # copy back the last chunk while this one runs
-                pc, pout = pending
-                host = jax.tree.map(
-                    lambda a, pc=pc: np.asarray(a)[: _rows(pc, chunk, n)], jax.device_get(pout)
-                )
-                if finish is not None:
-                    host = finish(host, pc * chunk)
-                if store_ is not None:
-                    store_.write(pc, host)
-                else:
-                    pieces[pc] = host
-                bar.update(_rows(pc, chunk, n))
-            pending = None if c is None else (c, out)
+        pieces = _run(one, items, shared, mine, chunk, n, batch, finish, store_, bar)
         if store_ is not None:
             store_.wait_for_others(todo, bar, lambda c: _rows(c, chunk, n))
     if store_ is not None:
@@ -179,6 +148,21 @@ def map_chunks(
 
 
 _STORE_ROOTS: list[Path] = []  # the folders of `stores_in`, innermost last
+
+
+class _Root(NamedTuple):
+    path: Path  # a store will be made under it, named by the computation's digest
+
+
+def _store_path(store, lazy: bool):
+    """The store of a map: its own folder, a `_Root` inside `stores_in`, or None."""
+    if store is False:
+        store = None
+    elif store is None and _STORE_ROOTS:
+        store = _Root(_STORE_ROOTS[-1])
+    if lazy and store is None:
+        raise ValueError("`lazy` needs a `store` to read the results from")
+    return store
 
 
 @contextlib.contextmanager
@@ -201,6 +185,51 @@ def stores_in(root: Path | str | None):
         yield
     finally:
         _STORE_ROOTS.pop()
+
+
+def _count(items: PyTree) -> int:
+    """N, the leading axis every leaf of `items` shares (ValueError otherwise)."""
+    leaves = jax.tree.leaves(items)
+    if not leaves:
+        raise ValueError("`items` must hold at least one array")
+    n = int(leaves[0].shape[0]) if np.ndim(leaves[0]) else 0
+    for leaf in leaves:
+        if np.ndim(leaf) == 0 or leaf.shape[0] != n:
+            shapes = [tuple(np.shape(a)) for a in leaves]
+            raise ValueError(f"`items` must share a leading axis N, got shapes {shapes}")
+    if n == 0:
+        raise ValueError("`items` must hold at least one item (N >= 1)")
+    return n
+
+
+def _run(one, items, shared, mine, chunk, n, batch, finish, store_, progress_bar) -> dict:
+    """Computes the chunks `mine`, the next dispatched while the last is copied back; each
+    is finished, then stored (or kept: the returned {chunk index: outputs})."""
+    devices = jax.local_devices()
+    pieces = {}
+    runner = _runner(one, len(devices), batch)
+    sharding = NamedSharding(_mesh(tuple(devices)), P("items"))
+    shared_dev = jax.device_put(shared, NamedSharding(_mesh(tuple(devices)), P()))
+    pending = None
+    for c in [*mine, None]:
+        out = None
+        if c is not None:
+            part = jax.device_put(_chunk_of(items, c, chunk, n), sharding)
+            out = runner(part, shared_dev)
+        if pending is not None:  # copy back the last chunk while this one runs
+            pc, pout = pending
+            host = jax.tree.map(
+                lambda a, pc=pc: np.asarray(a)[: _rows(pc, chunk, n)], jax.device_get(pout)
+            )
+            if finish is not None:
+                host = finish(host, pc * chunk)
+            if store_ is not None:
+                store_.write(pc, host)
+            else:
+                pieces[pc] = host
+            progress_bar.update(_rows(pc, chunk, n))
+        pending = None if c is None else (c, out)
+    return pieces
 
 
 def bar(iterable, *, desc: str, unit: str = "cell", total: int | None = None):

@@ -106,43 +106,11 @@ def descend(
     Returns:
       A `Sweep` of arrays with a leading run axis N (NumPy; zarr arrays if `lazy`).
     """
-    name = fn if isinstance(fn, str) else None
-    fn = landscapes.as_fn(fn)
-    hyper = optim.resolve(optimizer, hyper)
-    x0 = _check_starts(x0)
+    fn, x0, per_run, shared, scalars = _checked(
+        fn, x0, optimizer, steps, record_every, check_every, bound, tol, hyper
+    )
     n, d = x0.shape
-    if name is not None and landscapes.get(name).bounds.shape[0] != d:
-        dim = landscapes.get(name).bounds.shape[0]
-        raise ValueError(
-            f"`x0` must have shape [N, {dim}] for the {dim}-D landscape {name!r}, got {x0.shape}"
-        )
-    _check_fn(fn, d, x0.dtype)
-    checks.integer("steps", steps, minimum=1, maximum=checks.INT32_MAX)
-    checks.integer("record_every", record_every, minimum=0)
-    if record_every > steps:
-        raise ValueError(f"`record_every` must be at most `steps` ({steps}), got {record_every}")
-    checks.integer("check_every", check_every, minimum=1)
-    checks.positive("bound", bound)
-    if tol is not None:
-        checks.positive("tol", tol)
-    per_run, shared = {}, {}
-    for k, v in hyper.items():
-        a = _check_hyper(k, v, n, x0.dtype)
-        (shared if a.ndim == 0 else per_run)[k] = a
-    # A bound beyond the largest float of the runs' dtype means "only non-finite diverges".
-    scalars = {"bound": np.asarray(min(float(bound), float(np.finfo(x0.dtype).max)), x0.dtype)}
-    if tol is not None:
-        scalars["tol"] = np.asarray(tol, x0.dtype)
-
-    devices = jax.local_devices()
-    t_rec = descent.num_records(steps, record_every)
-    if chunk_size is None:
-        chunk_size = default_chunk_size(n, d, t_rec, devices)
-    else:
-        checks.integer("chunk_size", chunk_size, minimum=1)
-    inner = _inner_batch(devices)
-    # Sweeps of many different small sizes share a few compiled shapes.
-    chunk = _pow2(n) if n < chunk_size else chunk_size
+    chunk, inner = _layout(n, d, descent.num_records(steps, record_every), chunk_size)
     static = (fn, optimizer, tuple(sorted(per_run)), tuple(sorted(shared)), tol is not None)
     items = {"x0": x0, **per_run}
     run_shared = {"hyper": shared, "scalars": scalars}
@@ -176,6 +144,50 @@ def descend(
     return Sweep(**{f: out.get(f) for f in Sweep._fields})
 
 
+def _layout(n: int, d: int, t_rec: int, chunk_size: int | None) -> tuple[int, int | None]:
+    """(runs per compiled call, runs a device advances together) of a sweep of n runs."""
+    devices = jax.local_devices()
+    if chunk_size is None:
+        chunk_size = default_chunk_size(n, d, t_rec, devices)
+    else:
+        checks.integer("chunk_size", chunk_size, minimum=1)
+    # Sweeps of many different small sizes share a few compiled shapes.
+    return (_pow2(n) if n < chunk_size else chunk_size), _inner_batch(devices)
+
+
+def _checked(fn, x0, optimizer, steps, record_every, check_every, bound, tol, hyper) -> tuple:
+    """`descend`'s arguments checked, one ValueError naming the argument; returns (fn, x0,
+    per-run hyperparameters, shared hyperparameters, shared scalars)."""
+    name = fn if isinstance(fn, str) else None
+    fn = landscapes.as_fn(fn)
+    hyper = optim.resolve(optimizer, hyper)
+    x0 = _check_starts(x0)
+    n, d = x0.shape
+    if name is not None and landscapes.get(name).bounds.shape[0] != d:
+        dim = landscapes.get(name).bounds.shape[0]
+        raise ValueError(
+            f"`x0` must have shape [N, {dim}] for the {dim}-D landscape {name!r}, got {x0.shape}"
+        )
+    _check_fn(fn, d, x0.dtype)
+    checks.integer("steps", steps, minimum=1, maximum=checks.INT32_MAX)
+    checks.integer("record_every", record_every, minimum=0)
+    if record_every > steps:
+        raise ValueError(f"`record_every` must be at most `steps` ({steps}), got {record_every}")
+    checks.integer("check_every", check_every, minimum=1)
+    checks.positive("bound", bound)
+    if tol is not None:
+        checks.positive("tol", tol)
+    per_run, shared = {}, {}
+    for k, v in hyper.items():
+        a = _check_hyper(k, v, n, x0.dtype)
+        (shared if a.ndim == 0 else per_run)[k] = a
+    # A bound beyond the largest float of the runs' dtype means "only non-finite diverges".
+    scalars = {"bound": np.asarray(min(float(bound), float(np.finfo(x0.dtype).max)), x0.dtype)}
+    if tol is not None:
+        scalars["tol"] = np.asarray(tol, x0.dtype)
+    return fn, x0, per_run, shared, scalars
+
+
 def _redo(
     out: dict, start: int, items: dict, shared: dict, static: tuple, steps: int, chunk: int
 ) -> dict:
@@ -204,6 +216,7 @@ def _redo(
             chunk=fit,
             lane=LANE_BLOCK,
             batch=_inner_batch(jax.local_devices()),
+            store=False,  # part of the chunk being finished, which is stored as a whole
             progress=False,
         )
         done = sub["diverged"] | (horizon == steps)
