@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sandbox import checks
 from sandbox.types import Array, Key
 
 NAMES = ("digits", "cifar10", "synthetic")
@@ -213,8 +214,7 @@ def synthetic(
 ) -> Dataset:
     """Standard-normal images of `shape` (H, W, C), labelled by a random linear teacher."""
     for name, v in (("n_train", n_train), ("n_test", n_test), ("num_classes", num_classes)):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-            raise ValueError(f"`{name}` must be a positive integer, got {v!r}")
+        checks.integer(name, v, minimum=1)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"`shape` must be (H, W, C) of positive sizes, got {shape}")
     rng = np.random.default_rng(seed)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sandbox import engine
+from sandbox import checks, engine
 from sandbox.models import mlp
 from sandbox.types import Array, Key
 
@@ -49,8 +49,7 @@ def problem(key: Key, width: int, *, dtype=None) -> tuple[mlp.Params, Data]:
     Returns:
       (params, data): the initial (W1 [width, width], W2 [width, 1]) and `Data`.
     """
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ValueError(f"`width` must be a positive integer, got {width!r}")
+    checks.integer("width", width, minimum=1)
     init_key, x_key, y_key = jax.random.split(key, 3)
     params = mlp.init(init_key, (width, width, 1), dtype=dtype)
     num = mlp.num_params(params)
@@ -188,8 +187,7 @@ def train(
     """
     params = _check_params(params)
     _check_score_args(steps, window)
-    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-        raise ValueError(f"`block` must be a positive integer, got {block!r}")
+    checks.integer("block", block, minimum=1)
     loss0 = loss_and_grad(params, data)[0]  # = loss_T[0], as `score` normalizes
     zero = jnp.zeros((), loss0.dtype)
     never = jnp.array(steps + 1, jnp.int32)

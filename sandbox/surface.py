@@ -310,38 +310,11 @@ def evaluate(
     if not isinstance(variables, dict) or "params" not in variables:
         raise ValueError("`variables` must be a dict with 'params' (and 'batch_stats')")
     dirs = _as_variables(directions, variables)
-    k = len(dirs)
-    coords = np.asarray(coords)
-    if coords.ndim == 1 and k == 1:
-        coords = coords[:, None]
-    if coords.ndim != 2 or coords.shape[1] != k or coords.shape[0] == 0:
-        raise ValueError(f"`coords` must have shape [P, {k}] with P >= 1, got {coords.shape}")
-    _check_memory(len(coords), k)  # before any copy of the coordinates
-    coords = coords.astype(np.float64, copy=False)
-    if not np.all(np.isfinite(coords)):
-        raise ValueError("`coords` must be finite")
-    # Arrays already on the devices stay there (no copy through the host per call).
-    x = x if isinstance(x, jax.Array) else np.asarray(x)
-    y = y if isinstance(y, jax.Array) else np.asarray(y)
-    if x.ndim < 2 or len(x) == 0:
-        raise ValueError(f"`x` must have shape [N, ...] with N >= 1 images, got {x.shape}")
-    if y.shape != (len(x),):
-        raise ValueError(f"`y` must have shape [{len(x)}] like `x`, got {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"`y` must hold integer labels, got {y.dtype}")
-    tree, leaves = engine.shape_key(variables)
-    image = jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)
-    classes = _num_classes(model, tuple(sorted(apply_kwargs.items())), tree, tuple(leaves), image)
-    lo, hi = int(y.min()), int(y.max())
-    if lo < 0 or hi >= classes:
-        raise ValueError(
-            f"`y` must hold labels in [0, {classes}) (the model's classes), "
-            f"got labels from {lo} to {hi}"
-        )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
-    if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
-        raise ValueError(f"`unroll` must be a positive integer, got {unroll!r}")
+    coords = _check_coords(coords, len(dirs))
+    x, y = _check_data(x, y)
+    _check_labels(model, variables, apply_kwargs, x, y)
+    checks.integer("batch_size", batch_size, minimum=1)
+    checks.integer("unroll", unroll, minimum=1)
     n_points = len(coords)
 
     nd = len(jax.local_devices())
@@ -366,6 +339,47 @@ def evaluate(
         unit="point",
     )
     return Metrics(loss_sum.astype(np.float64) / len(x), correct / len(x))
+
+
+def _check_coords(coords, k: int) -> np.ndarray:
+    """`coords` as [P, k] float64, finite (checked for memory before any copy)."""
+    coords = np.asarray(coords)
+    if coords.ndim == 1 and k == 1:
+        coords = coords[:, None]
+    if coords.ndim != 2 or coords.shape[1] != k or coords.shape[0] == 0:
+        raise ValueError(f"`coords` must have shape [P, {k}] with P >= 1, got {coords.shape}")
+    _check_memory(len(coords), k)  # before any copy of the coordinates
+    coords = coords.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(coords)):
+        raise ValueError("`coords` must be finite")
+    return coords
+
+
+def _check_data(x, y) -> tuple:
+    """(x [N, ...], y [N] integer labels), N >= 1."""
+    # Arrays already on the devices stay there (no copy through the host per call).
+    x = x if isinstance(x, jax.Array) else np.asarray(x)
+    y = y if isinstance(y, jax.Array) else np.asarray(y)
+    if x.ndim < 2 or len(x) == 0:
+        raise ValueError(f"`x` must have shape [N, ...] with N >= 1 images, got {x.shape}")
+    if y.shape != (len(x),):
+        raise ValueError(f"`y` must have shape [{len(x)}] like `x`, got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"`y` must hold integer labels, got {y.dtype}")
+    return x, y
+
+
+def _check_labels(model, variables, apply_kwargs, x, y) -> None:
+    """Labels within the model's classes (read off its output shape, traced once)."""
+    tree, leaves = engine.shape_key(variables)
+    image = jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)
+    classes = _num_classes(model, tuple(sorted(apply_kwargs.items())), tree, tuple(leaves), image)
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= classes:
+        raise ValueError(
+            f"`y` must hold labels in [0, {classes}) (the model's classes), "
+            f"got labels from {lo} to {hi}"
+        )
 
 
 def _batches(x, y, nb: int, b: int):

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sandbox import optim, results
+from sandbox import checks, optim, results
 from sandbox.data import Dataset, augment
 
 SCHEDULES = ("cosine", "step", "constant")
@@ -74,9 +74,7 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "eval_batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {v!r}")
+            checks.integer(name, getattr(self, name), minimum=1)
         if (
             isinstance(self.warmup_epochs, bool)
             or not isinstance(self.warmup_epochs, int)

@@ -172,7 +172,7 @@ def test_synthetic_shapes_and_labels():
     np.testing.assert_array_equal(
         d.x_train, data.synthetic(50, 10, shape=(9, 7, 2), seed=1).x_train
     )
-    with pytest.raises(ValueError, match="`n_train` must be a positive integer"):
+    with pytest.raises(ValueError, match="`n_train` must be an integer >= 1"):
         data.synthetic(0)
     with pytest.raises(ValueError, match="`shape`"):
         data.synthetic(4, shape=(8, 8))

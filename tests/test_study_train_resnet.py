@@ -69,7 +69,7 @@ def test_plot_only_redraws(quick_run):
         (["--data", "mnist"], "`data` must be one of digits, cifar10, synthetic"),
         (["--batch-size", "5000"], "`batch_size` 5000 is larger than the training set"),
         (["--optimizer", "sgdd"], "unknown optimizer 'sgdd'"),
-        (["--epochs", "0"], "`epochs` must be a positive integer"),
+        (["--epochs", "0"], "`epochs` must be an integer >= 1"),
         (["--data", "cifar10", "--data-dir", "/no/such/folder"], "CIFAR-10 not found"),
     ],
 )

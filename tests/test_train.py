@@ -88,7 +88,7 @@ def test_schedules():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"epochs": 0}, "`epochs` must be a positive integer, got 0"),
+        ({"epochs": 0}, "`epochs` must be an integer >= 1, got 0"),
         ({"batch_size": 1.5}, "`batch_size`"),
         ({"optimizer": "sgdd"}, "unknown optimizer 'sgdd'; known: adagrad"),
         ({"schedule": "linear"}, "`schedule` must be one of cosine, step, constant"),
