@@ -191,6 +191,49 @@ def _trained(
     return state, hist, workdir
 
 
+def _interpolation(model, trained, init, cfg: Config, x, y, kw) -> tuple[dict, dict]:
+    """The loss along (1 - alpha) init + alpha trained, parameters and statistics alike."""
+    alphas = surface.axis(*cfg.interp_range, cfg.interp_points, "interp_range")
+    interp = surface.interpolate(model, init, trained, alphas, x, y, **kw)
+    inside = interp.loss[(alphas >= 0) & (alphas <= 1)]
+    arrays = {"alphas_A": alphas, "interp_loss_A": interp.loss, "interp_acc_A": interp.accuracy}
+    summary = {
+        "loss_at_0": float(interp.loss[np.argmin(np.abs(alphas))]),
+        "loss_at_1": float(interp.loss[np.argmin(np.abs(alphas - 1))]),
+        "max_between": float(np.max(inside)),
+        "monotone_decrease": bool(np.all(np.diff(inside) <= 0)),
+    }
+    return arrays, summary
+
+
+def _pca_plane(model, trained, ckpt_dir, keep, cfg: Config, x, y, kw) -> tuple[dict, dict]:
+    """The training path projected on its top two principal directions, and the loss over
+    the plane they span around the trained weights."""
+    _, path = surface.checkpoint_path(ckpt_dir, keep)
+    pca = surface.pca_directions(path, final=trained["params"])
+    # Each axis covers the path; the second at least a tenth of the first, so a path that is
+    # nearly a straight line still shows the valley around it.
+    c1, c2 = np.max(np.abs(pca.coords), axis=0)
+    reach_x = cfg.pca_margin * float(c1)
+    reach_y = cfg.pca_margin * float(max(c2, 0.1 * c1))
+    pxs = surface.axis(-reach_x, reach_x, cfg.pca_grid, "pca range")
+    pys = surface.axis(-reach_y, reach_y, cfg.pca_grid, "pca range")
+    plane = surface.plane(model, trained, *pca.directions, pxs, pys, x, y, **kw)
+    arrays = {
+        "pca_xs_X": pxs,
+        "pca_ys_Y": pys,
+        "pca_loss_YxX": plane.loss,
+        "pca_path_Tx2": pca.coords,
+        "pca_epochs_T": np.asarray(keep),
+    }
+    summary = {
+        "explained": [float(e) for e in pca.explained],
+        "checkpoints": len(keep),
+        "range": [reach_x, reach_y],
+    }
+    return arrays, summary
+
+
 def compute_one(
     cfg: Config,
     ds: data.Dataset,
@@ -201,7 +244,6 @@ def compute_one(
 ) -> tuple[dict, dict]:
     """Trains one network (or reloads it) and measures its landscape."""
     model = resnet.ResNet(depth=cfg.depth, shortcut=shortcut, num_classes=ds.num_classes)
-    keep = cfg.checkpoint_epochs()
     start = time.perf_counter()
     state, hist, workdir = _trained(cfg, ds, model, shortcut, out, networks, progress)
     train_s = time.perf_counter() - start
@@ -223,53 +265,17 @@ def compute_one(
     xs = ys = surface.axis(-cfg.extent, cfg.extent, cfg.grid, "extent")
     main = surface.plane(model, trained, d1, d2, xs, ys, x, y, **kw)
     plane_s = time.perf_counter() - t0
-
-    alphas = surface.axis(*cfg.interp_range, cfg.interp_points, "interp_range")
-    ckpt_dir = workdir / "checkpoints"
-    init_state, _ = train.load_checkpoint(ckpt_dir, 0)
-    interp = surface.interpolate(
-        model,
-        train.variables(init_state),
-        trained,
-        alphas,
-        x,
-        y,
-        **kw,
-    )
-
-    _, path = surface.checkpoint_path(ckpt_dir, keep)
-    pca = surface.pca_directions(path, final=trained["params"])
-    # Each axis covers the path; the second at least a tenth of the first, so a path that is
-    # nearly a straight line still shows the valley around it.
-    c1, c2 = np.max(np.abs(pca.coords), axis=0)
-    reach_x = cfg.pca_margin * float(c1)
-    reach_y = cfg.pca_margin * float(max(c2, 0.1 * c1))
-    pxs = surface.axis(-reach_x, reach_x, cfg.pca_grid, "pca range")
-    pys = surface.axis(-reach_y, reach_y, cfg.pca_grid, "pca range")
-    pca_plane = surface.plane(
-        model,
-        trained,
-        *pca.directions,
-        pxs,
-        pys,
-        x,
-        y,
-        **kw,
-    )
+    init = train.variables(train.load_checkpoint(workdir / "checkpoints", 0)[0])
+    interp_arrays, interp = _interpolation(model, trained, init, cfg, x, y, kw)
+    keep = cfg.checkpoint_epochs()
+    pca_arrays, pca = _pca_plane(model, trained, workdir / "checkpoints", keep, cfg, x, y, kw)
 
     t0 = time.perf_counter()
     nh = min(cfg.hessian_images, len(ds.x_train))
-    edges = _hessian_edges(
-        model,
-        trained,
-        jnp.asarray(ds.x_train[:nh]),
-        jnp.asarray(ds.y_train[:nh]),
-        kh,
-        cfg.lanczos_iters,
-    )
+    xh, yh = jnp.asarray(ds.x_train[:nh]), jnp.asarray(ds.y_train[:nh])
+    edges = _hessian_edges(model, trained, xh, yh, kh, cfg.lanczos_iters)
     hessian_s = time.perf_counter() - t0
 
-    level = math.log(ds.num_classes)
     c = cfg.grid // 2
     arrays = {
         "xs_X": xs,
@@ -277,18 +283,11 @@ def compute_one(
         "acc_YxX": main.accuracy,
         "slice_d1_X": main.loss[c, :],
         "slice_d2_Y": main.loss[:, c],
-        "alphas_A": alphas,
-        "interp_loss_A": interp.loss,
-        "interp_acc_A": interp.accuracy,
-        "pca_xs_X": pxs,
-        "pca_ys_Y": pys,
-        "pca_loss_YxX": pca_plane.loss,
-        "pca_path_Tx2": pca.coords,
-        "pca_epochs_T": np.asarray(keep),
+        **interp_arrays,
+        **pca_arrays,
         "test_acc_E": hist.test_acc_E,
         "train_loss_E": hist.train_loss_E,
     }
-    stats = surface.surface_stats(main.loss, xs, ys, level=level)
     summary = {
         "network": f"ResNet-{cfg.depth}, shortcut {shortcut}",
         "params": resnet.num_params(trained["params"]),
@@ -299,21 +298,10 @@ def compute_one(
             "reference": float(ref_loss),
             "note": "surface centre vs sandbox.train's evaluation of the trained model",
         },
-        "surface": stats,
+        "surface": surface.surface_stats(main.loss, xs, ys, level=math.log(ds.num_classes)),
         "directions_cosine": cos12,
-        "interpolation": {
-            "loss_at_0": float(interp.loss[np.argmin(np.abs(alphas))]),
-            "loss_at_1": float(interp.loss[np.argmin(np.abs(alphas - 1))]),
-            "max_between": float(np.max(interp.loss[(alphas >= 0) & (alphas <= 1)])),
-            "monotone_decrease": bool(
-                np.all(np.diff(interp.loss[(alphas >= 0) & (alphas <= 1)]) <= 0)
-            ),
-        },
-        "pca": {
-            "explained": [float(e) for e in pca.explained],
-            "checkpoints": len(keep),
-            "range": [reach_x, reach_y],
-        },
+        "interpolation": interp,
+        "pca": pca,
         "hessian": {**edges, "images": nh},
         "trained_in": str(workdir),
         "wall_s": {
@@ -442,106 +430,127 @@ def _colorbar(fig, cs, axes, levels, label):
     cbar.minorticks_off()
 
 
+def _contours_figure(arrays, cfg, summary, titles, levels, capped):
+    """Both planes as filled contours on one log colour scale."""
+    fig, axes = plt.subplots(1, 2, figsize=(plotting.FULL, 3.2), layout="constrained")
+    for ax, s in zip(axes, SHORTCUTS, strict=True):
+        xs = arrays[f"{s}/xs_X"]
+        cs = _contours(fig, ax, xs, xs, arrays[f"{s}/loss_YxX"], levels)
+        ax.plot(0, 0, "w*", ms=8, mec="k")
+        h = summary[s]["hessian"]
+        ax.set(
+            xlabel="δ (filter-normalized)",
+            ylabel="η (filter-normalized)",
+            title=f"ResNet-{cfg.depth}, {titles[s]}\nλmax {h['lambda_max']:.3g}, "
+            f"|λmin/λmax| {_fmt(h['abs_min_over_max'])}",
+            aspect="equal",
+        )
+    _colorbar(fig, cs, axes, levels, f"training loss, log scale{capped}")
+    return fig
+
+
+def _surface3d_figure(arrays, cfg, summary, titles, levels, capped):
+    """Both planes in 3-D, log10 loss on one scale."""
+    fig = plt.figure(figsize=(plotting.FULL, 3.2), layout="constrained")
+    zlo, zhi = np.log10(levels[0]), np.log10(levels[-1])
+    for i, s in enumerate(SHORTCUTS):
+        ax = fig.add_subplot(1, 2, i + 1, projection="3d")
+        xs = arrays[f"{s}/xs_X"]
+        X, Y = np.meshgrid(xs, xs)
+        Z = np.log10(_shown(arrays[f"{s}/loss_YxX"], levels).filled(np.nan))
+        ax.plot_surface(
+            X,
+            Y,
+            Z,
+            cmap="viridis",
+            norm=colors.Normalize(zlo, zhi),
+            rstride=1,
+            cstride=1,
+            linewidth=0,
+            antialiased=False,
+        )
+        ax.set(
+            xlabel="δ",
+            ylabel="η",
+            zlabel="log10 loss",
+            title=titles[s] + capped,
+            zlim=(zlo, zhi),
+            xticks=[-cfg.extent, 0, cfg.extent],
+            yticks=[-cfg.extent, 0, cfg.extent],
+        )
+    return fig
+
+
+def _slices_figure(arrays, cfg, summary, titles, levels, capped):
+    """The centre row and column of each plane, and the interpolation from init to trained."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(plotting.FULL, 2.6), layout="constrained")
+    for i, s in enumerate(SHORTCUTS):
+        xs = arrays[f"{s}/xs_X"]
+        c = dict(color=f"C{i}")
+        ax1.semilogy(xs, _finite(arrays[f"{s}/slice_d1_X"]), "-", label=f"{titles[s]}, δ", **c)
+        ax1.semilogy(xs, _finite(arrays[f"{s}/slice_d2_Y"]), "--", label=f"{titles[s]}, η", **c)
+        a = arrays[f"{s}/alphas_A"]
+        ax2.semilogy(a, _finite(arrays[f"{s}/interp_loss_A"]), "o-", ms=3, label=titles[s], **c)
+    ax1.set(xlabel="step along the direction", ylabel="training loss", title="1-D slices")
+    ax1.set_xticks(np.linspace(-cfg.extent, cfg.extent, 5))
+    ax1.legend(fontsize=7)
+    ax2.axvline(0, color="k", lw=0.6, ls=":")
+    ax2.axvline(1, color="k", lw=0.6, ls=":")
+    ax2.set(
+        xlabel="α: (1 − α) initial + α trained",
+        ylabel="training loss",
+        title="interpolation from initial to trained",
+    )
+    ax2.legend(fontsize=7)
+    return fig
+
+
+def _pca_path_figure(arrays, cfg, summary, titles, levels, capped):
+    """The training path over the loss on its PCA plane, per network."""
+    fig, axes = plt.subplots(1, 2, figsize=(plotting.FULL, 3.4), layout="constrained")
+    for ax, s in zip(axes, SHORTCUTS, strict=True):
+        xs, ys = arrays[f"{s}/pca_xs_X"], arrays[f"{s}/pca_ys_Y"]
+        z = arrays[f"{s}/pca_loss_YxX"]
+        zl = _levels([z], 20)
+        cs = _contours(fig, ax, xs, ys, z, zl)
+        p = arrays[f"{s}/pca_path_Tx2"]
+        ax.plot(p[:, 0], p[:, 1], "o-", color="C3", ms=3, lw=1.2)
+        ax.plot(p[0, 0], p[0, 1], "o", color="w", mec="C3", ms=6)
+        ax.plot(0, 0, "w*", ms=9, mec="k")
+        ex = summary[s]["pca"]["explained"]
+        blank = int(np.sum(~np.isfinite(z)))
+        if blank:
+            ax.text(
+                0.02,
+                0.02,
+                f"blank: loss overflows ({blank} points)",
+                fontsize=7,
+                transform=ax.transAxes,
+            )
+        ax.set(
+            xlabel=f"PC 1 ({100 * ex[0]:.1f}% of the path's variance)",
+            ylabel=f"PC 2 ({100 * ex[1]:.1f}%)",
+            title=f"training path, {titles[s]}",
+        )
+        _colorbar(fig, cs, ax, zl, "training loss" if s == "none" else None)
+    return fig
+
+
 def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
-    figs = {}
     titles = {s: f"shortcut {s}" if s != "none" else "no shortcuts" for s in SHORTCUTS}
     levels = _levels([arrays[f"{s}/loss_YxX"] for s in SHORTCUTS])
     capped = f" (clipped at {PLOT_CAP:g})" if levels[-1] == PLOT_CAP else ""
+    figures = {
+        "contours": _contours_figure,
+        "surface3d": _surface3d_figure,
+        "slices": _slices_figure,
+        "pca_path": _pca_path_figure,
+    }
     with plt.style.context(plotting.STYLE):
-        fig, axes = plt.subplots(1, 2, figsize=(plotting.FULL, 3.2), layout="constrained")
-        for ax, s in zip(axes, SHORTCUTS, strict=True):
-            xs = arrays[f"{s}/xs_X"]
-            cs = _contours(fig, ax, xs, xs, arrays[f"{s}/loss_YxX"], levels)
-            ax.plot(0, 0, "w*", ms=8, mec="k")
-            h = summary[s]["hessian"]
-            ax.set(
-                xlabel="δ (filter-normalized)",
-                ylabel="η (filter-normalized)",
-                title=f"ResNet-{cfg.depth}, {titles[s]}\nλmax {h['lambda_max']:.3g}, "
-                f"|λmin/λmax| {_fmt(h['abs_min_over_max'])}",
-                aspect="equal",
-            )
-        _colorbar(fig, cs, axes, levels, f"training loss, log scale{capped}")
-        figs["contours"] = fig
-
-        fig = plt.figure(figsize=(plotting.FULL, 3.2), layout="constrained")
-        zlo, zhi = np.log10(levels[0]), np.log10(levels[-1])
-        for i, s in enumerate(SHORTCUTS):
-            ax = fig.add_subplot(1, 2, i + 1, projection="3d")
-            xs = arrays[f"{s}/xs_X"]
-            X, Y = np.meshgrid(xs, xs)
-            Z = np.log10(_shown(arrays[f"{s}/loss_YxX"], levels).filled(np.nan))
-            ax.plot_surface(
-                X,
-                Y,
-                Z,
-                cmap="viridis",
-                norm=colors.Normalize(zlo, zhi),
-                rstride=1,
-                cstride=1,
-                linewidth=0,
-                antialiased=False,
-            )
-            ax.set(
-                xlabel="δ",
-                ylabel="η",
-                zlabel="log10 loss",
-                title=titles[s] + capped,
-                zlim=(zlo, zhi),
-                xticks=[-cfg.extent, 0, cfg.extent],
-                yticks=[-cfg.extent, 0, cfg.extent],
-            )
-        figs["surface3d"] = fig
-
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(plotting.FULL, 2.6), layout="constrained")
-        for i, s in enumerate(SHORTCUTS):
-            xs = arrays[f"{s}/xs_X"]
-            c = dict(color=f"C{i}")
-            ax1.semilogy(xs, _finite(arrays[f"{s}/slice_d1_X"]), "-", label=f"{titles[s]}, δ", **c)
-            ax1.semilogy(xs, _finite(arrays[f"{s}/slice_d2_Y"]), "--", label=f"{titles[s]}, η", **c)
-            a = arrays[f"{s}/alphas_A"]
-            ax2.semilogy(a, _finite(arrays[f"{s}/interp_loss_A"]), "o-", ms=3, label=titles[s], **c)
-        ax1.set(xlabel="step along the direction", ylabel="training loss", title="1-D slices")
-        ax1.set_xticks(np.linspace(-cfg.extent, cfg.extent, 5))
-        ax1.legend(fontsize=7)
-        ax2.axvline(0, color="k", lw=0.6, ls=":")
-        ax2.axvline(1, color="k", lw=0.6, ls=":")
-        ax2.set(
-            xlabel="α: (1 − α) initial + α trained",
-            ylabel="training loss",
-            title="interpolation from initial to trained",
-        )
-        ax2.legend(fontsize=7)
-        figs["slices"] = fig
-
-        fig, axes = plt.subplots(1, 2, figsize=(plotting.FULL, 3.4), layout="constrained")
-        for ax, s in zip(axes, SHORTCUTS, strict=True):
-            xs, ys = arrays[f"{s}/pca_xs_X"], arrays[f"{s}/pca_ys_Y"]
-            z = arrays[f"{s}/pca_loss_YxX"]
-            zl = _levels([z], 20)
-            cs = _contours(fig, ax, xs, ys, z, zl)
-            p = arrays[f"{s}/pca_path_Tx2"]
-            ax.plot(p[:, 0], p[:, 1], "o-", color="C3", ms=3, lw=1.2)
-            ax.plot(p[0, 0], p[0, 1], "o", color="w", mec="C3", ms=6)
-            ax.plot(0, 0, "w*", ms=9, mec="k")
-            ex = summary[s]["pca"]["explained"]
-            blank = int(np.sum(~np.isfinite(z)))
-            if blank:
-                ax.text(
-                    0.02,
-                    0.02,
-                    f"blank: loss overflows ({blank} points)",
-                    fontsize=7,
-                    transform=ax.transAxes,
-                )
-            ax.set(
-                xlabel=f"PC 1 ({100 * ex[0]:.1f}% of the path's variance)",
-                ylabel=f"PC 2 ({100 * ex[1]:.1f}%)",
-                title=f"training path, {titles[s]}",
-            )
-            _colorbar(fig, cs, ax, zl, "training loss" if s == "none" else None)
-        figs["pca_path"] = fig
-    return figs
+        return {
+            name: draw(arrays, cfg, summary, titles, levels, capped)
+            for name, draw in figures.items()
+        }
 
 
 def _fmt(v) -> str:
