@@ -18,13 +18,12 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from sandbox import checks, types
+from sandbox.basins import DIVERGED
 
 ONE_COL = 3.25  # inches: one column of a two-column page
 FULL = 6.75  # inches: full page width
 STYLE = pathlib.Path(__file__).with_name("sandbox.mplstyle")
 
-NOT_CONVERGED = -1  # basin label of a run that neither converged nor diverged
-DIVERGED = -2  # basin label of a diverged run
 NOT_CONVERGED_COLOR = (0.85, 0.85, 0.85, 1.0)  # light gray
 DIVERGED_COLOR = (0.0, 0.0, 0.0, 1.0)  # black
 
@@ -465,14 +464,7 @@ def basin_image(
         The AxesImage; `image.get_array()` holds the labels and
         `image.to_rgba(image.get_array())` the colours.
     """
-    labels = np.asarray(labels_HxW)
-    if labels.ndim != 2 or 0 in labels.shape:
-        raise ValueError(f"`labels_HxW` must have shape [H, W], got {labels.shape}")
-    if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
-        raise ValueError("`labels_HxW` must hold integers")
-    labels = labels.astype(int)
-    if labels.min() < DIVERGED:
-        raise ValueError(f"`labels_HxW` must be >= {DIVERGED}, got {labels.min()}")
+    labels = _check_labels(labels_HxW)
     b = _bounds_2d(bounds)
     pts = _check_points(points if points is not None else [], "points")
     sad = _check_points(saddles if saddles is not None else [], "saddles")
@@ -510,36 +502,55 @@ def basin_image(
     ax.set_xlim(*b[0])
     ax.set_ylim(*b[1])
     if legend:
-        # counts[0] diverged, counts[1] not converged, counts[i + 2] basin i.
-        counts = np.bincount(labels.ravel() - DIVERGED, minlength=k + 2)
-
-        def patch(color, text, count):
-            share = f": {100 * count / labels.size:.1f}%" if fractions else ""
-            return Patch(facecolor=color, edgecolor="black", label=text + share)
-
-        handles = []
-        for i in range(k):
-            if names is not None:
-                text = f"{i} {names[i]}"
-            elif i < len(pts):
-                text = f"{i} ({pts[i, 0]:.2f}, {pts[i, 1]:.2f})"
-            else:
-                text = f"basin {i}"
-            handles.append(patch(palette[i], text, counts[i + 2]))
-        if counts[1]:
-            handles.append(patch(NOT_CONVERGED_COLOR, "not converged", counts[1]))
-        if counts[0]:
-            handles.append(patch(DIVERGED_COLOR, "diverged", counts[0]))
-        if len(sad):
-            handles.append(Line2D([], [], ls="", marker="D", mfc="white", mec="k", label="saddle"))
-        ax.legend(
-            handles=handles,
-            loc="upper left",
-            bbox_to_anchor=(1.02, 1.0),
-            borderaxespad=0.0,
-            handlelength=1.2,
-        )
+        _basin_legend(ax, labels, palette, pts, sad, names, fractions)
     return image
+
+
+def _check_labels(labels_HxW) -> np.ndarray:
+    """Basin labels [H, W] as ints >= DIVERGED."""
+    labels = np.asarray(labels_HxW)
+    if labels.ndim != 2 or 0 in labels.shape:
+        raise ValueError(f"`labels_HxW` must have shape [H, W], got {labels.shape}")
+    if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
+        raise ValueError("`labels_HxW` must hold integers")
+    labels = labels.astype(int)
+    if labels.min() < DIVERGED:
+        raise ValueError(f"`labels_HxW` must be >= {DIVERGED}, got {labels.min()}")
+    return labels
+
+
+def _basin_legend(ax, labels, palette, pts, sad, names, fractions) -> None:
+    """A legend outside the Axes: every basin, and the special classes that occur."""
+    k = len(palette)
+    # counts[0] diverged, counts[1] not converged, counts[i + 2] basin i.
+    counts = np.bincount(labels.ravel() - DIVERGED, minlength=k + 2)
+
+    def patch(color, text, count):
+        share = f": {100 * count / labels.size:.1f}%" if fractions else ""
+        return Patch(facecolor=color, edgecolor="black", label=text + share)
+
+    handles = []
+    for i in range(k):
+        if names is not None:
+            text = f"{i} {names[i]}"
+        elif i < len(pts):
+            text = f"{i} ({pts[i, 0]:.2f}, {pts[i, 1]:.2f})"
+        else:
+            text = f"basin {i}"
+        handles.append(patch(palette[i], text, counts[i + 2]))
+    if counts[1]:
+        handles.append(patch(NOT_CONVERGED_COLOR, "not converged", counts[1]))
+    if counts[0]:
+        handles.append(patch(DIVERGED_COLOR, "diverged", counts[0]))
+    if len(sad):
+        handles.append(Line2D([], [], ls="", marker="D", mfc="white", mec="k", label="saddle"))
+    ax.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+        handlelength=1.2,
+    )
 
 
 def loss_curves(ax: Axes, steps_T, losses_NxT, *, labels: Sequence[str] | None = None, log=True):
@@ -721,6 +732,60 @@ def frame_indices(num_steps: int, max_frames: int) -> np.ndarray:
     return np.round(np.linspace(0, t - 1, m)).astype(int)
 
 
+def _overlay(fig: Figure, ax: Axes) -> Axes:
+    """Renders the figure once into a picture behind a bare Axes at `ax`'s place: each frame
+    then draws only what moves. Ticks cost more to draw per frame than the balls."""
+    fig.canvas.draw()
+    background = np.asarray(fig.canvas.buffer_rgba()).copy()
+    position, xlim, ylim = ax.get_position(), ax.get_xlim(), ax.get_ylim()
+    fig.set_layout_engine("none")
+    fig.clear()
+    fig.figimage(background, origin="upper", zorder=0)
+    ov = fig.add_axes(position, zorder=1)  # above the picture
+    ov.set_axis_off()
+    ov.set_xlim(xlim)
+    ov.set_ylim(ylim)
+    return ov
+
+
+def _ball_artists(ov: Axes, paths, colors_N, tail, tail_paths) -> tuple:
+    """(the scatter of all balls, [(path index, its tail's LineCollection)], the counter)."""
+    num = len(paths)
+    size = 30.0 if num <= 20 else max(2.0, 30.0 * (20 / num) ** 0.5)
+    balls = ov.scatter(
+        paths[:, 0, 0],
+        paths[:, 0, 1],
+        s=size,
+        c="C3" if colors_N is None else colors_N,
+        edgecolors="white" if num <= 50 else "none",
+        linewidths=0.6,
+        zorder=6,
+    )
+    tails = []
+    if tail is not None:
+        chosen = np.linspace(0, num - 1, min(num, tail_paths)).astype(int)
+        for i in np.unique(chosen):
+            lc = LineCollection([], colors="white", linewidths=1.2, zorder=5)
+            tails.append((i, ov.add_collection(lc, autolim=False)))
+    counter = ov.text(
+        0.02,
+        0.98,
+        "",
+        transform=ov.transAxes,
+        ha="left",
+        va="top",
+        fontsize=7,
+        bbox={
+            "boxstyle": "round,pad=0.2",
+            "fc": "white",
+            "ec": "none",
+            "alpha": 0.8,
+        },
+        zorder=7,
+    )
+    return balls, tails, counter
+
+
 def animate_paths(
     fn: types.ScalarFn,
     bounds,
@@ -790,52 +855,8 @@ def animate_paths(
             contour_paths(ax, fn, bounds, points=points, levels=levels, log_levels=log_levels, n=n)
             if title:
                 ax.set_title(title)
-            # The static part (contours, ticks, labels) is rendered once and shown as
-            # a picture; each frame then draws only the balls, tails and counter on
-            # a bare overlay Axes. Ticks cost more to draw per frame than the balls.
-            fig.canvas.draw()
-            background = np.asarray(fig.canvas.buffer_rgba()).copy()
-            position, xlim, ylim = ax.get_position(), ax.get_xlim(), ax.get_ylim()
-            fig.set_layout_engine("none")
-            fig.clear()
-            fig.figimage(background, origin="upper", zorder=0)
-            ov = fig.add_axes(position, zorder=1)  # above the picture
-            ov.set_axis_off()
-            ov.set_xlim(xlim)
-            ov.set_ylim(ylim)
-
-            size = 30.0 if num <= 20 else max(2.0, 30.0 * (20 / num) ** 0.5)
-            balls = ov.scatter(
-                paths[:, 0, 0],
-                paths[:, 0, 1],
-                s=size,
-                c="C3" if colors_N is None else colors_N,
-                edgecolors="white" if num <= 50 else "none",
-                linewidths=0.6,
-                zorder=6,
-            )
-            tails = []
-            if tail is not None:
-                chosen = np.linspace(0, num - 1, min(num, tail_paths)).astype(int)
-                for i in np.unique(chosen):
-                    lc = LineCollection([], colors="white", linewidths=1.2, zorder=5)
-                    tails.append((i, ov.add_collection(lc, autolim=False)))
-            counter = ov.text(
-                0.02,
-                0.98,
-                "",
-                transform=ov.transAxes,
-                ha="left",
-                va="top",
-                fontsize=7,
-                bbox={
-                    "boxstyle": "round,pad=0.2",
-                    "fc": "white",
-                    "ec": "none",
-                    "alpha": 0.8,
-                },
-                zorder=7,
-            )
+            ov = _overlay(fig, ax)
+            balls, tails, counter = _ball_artists(ov, paths, colors_N, tail, tail_paths)
 
             def update(f):
                 s = idx[f]

@@ -88,8 +88,8 @@ class Config:
     surface_images: int = 0  # training images the surfaces average over; 0: all
     eval_batch: int = 256
     # Hessian.
-    hessian_images: int = 512
-    lanczos_iters: int = 20  # the run takes twice as many: the second half checks convergence
+    hessian_images: int = 256
+    lanczos_iters: int = 16  # the run takes twice as many: the second half checks convergence
 
     def __post_init__(self):
         if self.data not in data.NAMES:
