@@ -265,6 +265,7 @@ class RunFolder:
     def __init__(self, out: Path | str):
         self.out = check_writable(out)
         self._lock = None
+        self._watcher = None
         self.stage: Path | None = None
 
     def __enter__(self) -> Path:
@@ -282,15 +283,26 @@ class RunFolder:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock = fd
         self._clean()
-        self.stage = Path(tempfile.mkdtemp(dir=self.out, prefix=".staging-"))
+        # The watcher starts first, so that no moment leaves a stage without one.
+        self.stage = self.out / f".staging-{os.getpid()}-{os.urandom(4).hex()}"
+        self._watcher = _start_watcher(self.out, self.stage)
+        self.stage.mkdir(mode=0o700)
         return self.stage
 
     def __exit__(self, *exc) -> None:
         if self.stage is not None and self.stage.exists():
             shutil.rmtree(self.stage, ignore_errors=True)
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:  # wakes up, waits for the lock, finds nothing left, exits
+            watcher.stdin.close()
         if self._lock is not None:
             os.close(self._lock)  # releases the lock
             self._lock = None
+        if watcher is not None:
+            try:
+                watcher.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass  # a new run took the folder first; the watcher exits after it
 
     def _clean(self) -> None:
         """Removes what a killed run left (we hold the lock, so its owner is gone)."""
@@ -324,6 +336,44 @@ class RunFolder:
             _exchange(new, self.out)
         finally:
             shutil.rmtree(new, ignore_errors=True)  # after the exchange: the old folder
+
+
+# A process that outlives a killed run: it waits for its run's end (the pipe from the run
+# closes, also when the run is SIGKILLed), then, holding the folder's lock, removes what the
+# run left: its staging folder, half-written files and a half-built next folder.
+_WATCHER = """
+import fcntl, os, shutil, signal, sys
+from pathlib import Path
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+out, stage = Path(sys.argv[1]), Path(sys.argv[2])
+sys.stdin.buffer.read()
+try:
+    fd = os.open(out / ".lock", os.O_RDWR)
+    # Blocks while the dying run still holds it, or while a new run does (which removes
+    # this stage itself); then nothing else can touch the folder.
+    fcntl.flock(fd, fcntl.LOCK_EX)
+except OSError:
+    sys.exit(0)  # the folder is gone
+shutil.rmtree(stage, ignore_errors=True)
+for p in out.glob(".*.tmp"):
+    p.unlink(missing_ok=True)
+for p in out.parent.glob("." + out.name + ".next-*"):
+    shutil.rmtree(p, ignore_errors=True)
+"""
+
+
+def _start_watcher(out: Path, stage: Path) -> subprocess.Popen | None:
+    """Starts the process that cleans up after this run if it is killed (`_WATCHER`)."""
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-S", "-c", _WATCHER, str(out), str(stage)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C or kill of the run's process group spares it
+        )
+    except OSError:
+        return None  # the next run into the folder cleans up instead
 
 
 def _exchange(a: Path, b: Path) -> None:

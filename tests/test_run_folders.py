@@ -92,6 +92,15 @@ def _leftovers(out: Path) -> list[str]:
     return here + beside
 
 
+def _cleaned(out: Path, within_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while out.exists() and _leftovers(out):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 @pytest.mark.parametrize("first", [True, False])
 def test_a_run_killed_at_any_moment_leaves_one_whole_run(tmp_path, first):
     out = tmp_path / "run"
@@ -110,6 +119,8 @@ def test_a_run_killed_at_any_moment_leaves_one_whole_run(tmp_path, first):
         p.wait()
         seen.add(_one_run(out))
         assert seen <= ({None, 2} if first else {1, 2})
+        # The killed run's watcher removes its staging folder and half-written files.
+        assert _cleaned(out), _leftovers(out)
     # The next run removes what the killed ones left, and lands whole.
     assert _tiny(out, "--seed", 3).wait() == 0
     assert _one_run(out) == 3 and _leftovers(out) == []
