@@ -249,92 +249,175 @@ def psd_fraction_theory(name: str, bounds: np.ndarray, cfg: Config) -> tuple[flo
 # ----------------------------------------------------------------------------- compute
 
 
+def _psd_part(name: str, lscape, cfg: Config, key: jax.Array) -> tuple[dict, dict, float]:
+    """Where the Hessian is PSD, sampled and exact: (arrays, summary entries, lambda_max)."""
+    b = np.asarray(lscape.bounds)
+    lam_min_HxW, lam_max_HxW = _hessian_eigenvalues(lscape.fn, b, cfg.grid_n, key)
+    scale = max(np.max(np.abs(lam_min_HxW)), np.max(np.abs(lam_max_HxW)), 1.0)
+    psd_HxW = lam_min_HxW >= -PSD_RTOL * scale
+    theory, note = psd_fraction_theory(name, b, cfg)
+    lam_top = float(np.max(lam_max_HxW))
+    summary = {
+        "psd_fraction": {
+            "measured": float(np.mean(psd_HxW)),
+            "theory": theory,
+            "note": f"one random point in each of {cfg.grid_n}^2 cells of the bounds, "
+            "Hessian in float64; "
+            "theory: " + note,
+        },
+        "convex_on_grid": bool(np.all(psd_HxW)),
+        "lambda_min_on_grid": float(lam_min_HxW.min()),
+        "lambda_max_on_grid": lam_top,
+    }
+    return {f"{name}/psd_HxW": psd_HxW}, summary, lam_top
+
+
+def _endpoints_part(
+    name: str, lscape, cfg: Config, steps: int, lr: float, key: jax.Array
+) -> tuple[dict, dict]:
+    """GD from random starts: its distinct endpoints against the local minima; (arrays, summary)."""
+    b = np.asarray(lscape.bounds)
+    x0_Nx2 = np.asarray(
+        jax.random.uniform(key, (cfg.num_starts, 2), minval=b[:, 0], maxval=b[:, 1]),
+        np.float32,
+    )
+    run = sweep.descend(lscape.fn, x0_Nx2, steps=steps, lr=lr)
+    converged_N = ~run.diverged & (run.grad_norm <= cfg.grad_tol)
+    centres_Cx2, counts_C, spread = basins.cluster(run.x[converged_N], cfg.cluster_tol)
+    minima_Kx2 = landscapes.local_minima(lscape)
+    dist_CxK = np.linalg.norm(centres_Cx2[:, None] - minima_Kx2[None], axis=-1)
+    at_minimum_C = (
+        np.min(dist_CxK, axis=1) <= cfg.cluster_tol if len(minima_Kx2) else np.zeros(0, bool)
+    )
+    arrays = {
+        f"{name}/x0_Nx2": x0_Nx2,
+        f"{name}/x_Nx2": run.x,
+        f"{name}/converged_N": converged_N,
+        f"{name}/diverged_N": run.diverged,
+        f"{name}/endpoints_Cx2": centres_Cx2,
+        f"{name}/endpoint_counts_C": counts_C,
+        f"{name}/minima_Kx2": minima_Kx2,
+    }
+    summary = {
+        "distinct_endpoints": {
+            "measured": len(centres_Cx2),
+            "theory": len(minima_Kx2),
+            "note": "theory: local minima inside the bounds (the stored ones; for "
+            "rastrigin, Newton's method from every integer point)",
+        },
+        "endpoints_at_a_local_minimum": {
+            "measured": int(np.sum(at_minimum_C)),
+            "theory": len(centres_Cx2),
+        },
+        "endpoint_spread": {
+            "measured": spread,
+            "theory": 0.0,
+            "note": "largest distance of a converged endpoint from its cluster's mean "
+            "(float32 GD stalls where lr * |grad| is below the rounding of x)",
+        },
+        "gd": {"lr": lr, "steps": steps, "starts": cfg.num_starts},
+        "converged": int(converged_N.sum()),
+        "not_converged": int(np.sum(~converged_N & ~run.diverged)),
+        "diverged": int(run.diverged.sum()),
+        "endpoints": [
+            {"x": c.tolist(), "runs": int(n)}
+            for c, n in sorted(zip(centres_Cx2, counts_C, strict=True), key=lambda t: -t[1])
+        ][:12],
+    }
+    return arrays, summary
+
+
 def compute(cfg: Config) -> tuple[dict, dict]:
+    """Per landscape: the PSD share of its bounds, then GD's endpoints; (arrays, summary)."""
     key = jax.random.key(cfg.seed)
     cells_key, starts_key = jax.random.split(key)  # fold_in(., i) for the i-th function
     del key
     arrays, summary = {}, {}
     for i, (name, steps) in enumerate(zip(cfg.functions, cfg.steps, strict=True)):
         lscape = _landscape(name, cfg)
-        b = np.asarray(lscape.bounds)
-
-        lam_min_HxW, lam_max_HxW = _hessian_eigenvalues(
-            lscape.fn, b, cfg.grid_n, jax.random.fold_in(cells_key, i)
+        psd_arrays, psd_summary, lam_top = _psd_part(
+            name, lscape, cfg, jax.random.fold_in(cells_key, i)
         )
-        scale = max(np.max(np.abs(lam_min_HxW)), np.max(np.abs(lam_max_HxW)), 1.0)
-        psd_HxW = lam_min_HxW >= -PSD_RTOL * scale
-        theory, note = psd_fraction_theory(name, b, cfg)
-
         # GD from random starts, lr from the largest curvature on the grid.
-        lam_top = float(np.max(lam_max_HxW))
-        lr = cfg.lr_scale / lam_top
-        x0_Nx2 = np.asarray(
-            jax.random.uniform(
-                jax.random.fold_in(starts_key, i),
-                (cfg.num_starts, 2),
-                minval=b[:, 0],
-                maxval=b[:, 1],
-            ),
-            np.float32,
+        end_arrays, end_summary = _endpoints_part(
+            name, lscape, cfg, steps, cfg.lr_scale / lam_top, jax.random.fold_in(starts_key, i)
         )
-        run = sweep.descend(lscape.fn, x0_Nx2, steps=steps, lr=lr)
-        converged_N = ~run.diverged & (run.grad_norm <= cfg.grad_tol)
-        centres_Cx2, counts_C, spread = basins.cluster(run.x[converged_N], cfg.cluster_tol)
-        minima_Kx2 = landscapes.local_minima(lscape)
-        dist_CxK = np.linalg.norm(centres_Cx2[:, None] - minima_Kx2[None], axis=-1)
-        at_minimum_C = (
-            np.min(dist_CxK, axis=1) <= cfg.cluster_tol if len(minima_Kx2) else np.zeros(0, bool)
-        )
-
-        arrays[f"{name}/psd_HxW"] = psd_HxW
-        arrays[f"{name}/x0_Nx2"] = x0_Nx2
-        arrays[f"{name}/x_Nx2"] = run.x
-        arrays[f"{name}/converged_N"] = converged_N
-        arrays[f"{name}/diverged_N"] = run.diverged
-        arrays[f"{name}/endpoints_Cx2"] = centres_Cx2
-        arrays[f"{name}/endpoint_counts_C"] = counts_C
-        arrays[f"{name}/minima_Kx2"] = minima_Kx2
-        summary[name] = {
-            "formula": lscape.formula,
-            "psd_fraction": {
-                "measured": float(np.mean(psd_HxW)),
-                "theory": theory,
-                "note": f"one random point in each of {cfg.grid_n}^2 cells of the bounds, "
-                "Hessian in float64; "
-                "theory: " + note,
-            },
-            "convex_on_grid": bool(np.all(psd_HxW)),
-            "lambda_min_on_grid": float(lam_min_HxW.min()),
-            "lambda_max_on_grid": lam_top,
-            "distinct_endpoints": {
-                "measured": len(centres_Cx2),
-                "theory": len(minima_Kx2),
-                "note": "theory: local minima inside the bounds (the stored ones; for "
-                "rastrigin, Newton's method from every integer point)",
-            },
-            "endpoints_at_a_local_minimum": {
-                "measured": int(np.sum(at_minimum_C)),
-                "theory": len(centres_Cx2),
-            },
-            "endpoint_spread": {
-                "measured": spread,
-                "theory": 0.0,
-                "note": "largest distance of a converged endpoint from its cluster's mean "
-                "(float32 GD stalls where lr * |grad| is below the rounding of x)",
-            },
-            "gd": {"lr": lr, "steps": steps, "starts": cfg.num_starts},
-            "converged": int(converged_N.sum()),
-            "not_converged": int(np.sum(~converged_N & ~run.diverged)),
-            "diverged": int(run.diverged.sum()),
-            "endpoints": [
-                {"x": c.tolist(), "runs": int(n)}
-                for c, n in sorted(zip(centres_Cx2, counts_C, strict=True), key=lambda t: -t[1])
-            ][:12],
-        }
+        arrays.update(psd_arrays)
+        arrays.update(end_arrays)
+        summary[name] = {"formula": lscape.formula, **psd_summary, **end_summary}
     return arrays, summary
 
 
 # ----------------------------------------------------------------------------- plot
+
+
+def _panel(ax, name: str, arrays: dict, cfg: Config, summary: dict) -> None:
+    """One landscape: contours, the non-PSD region shaded, GD's endpoints, the numbers."""
+    overlay = colors.ListedColormap([NON_CONVEX_RGBA, (1, 1, 1, 0)])
+    lscape = _landscape(name, cfg)
+    b = np.asarray(lscape.bounds)
+    plotting.contour_paths(
+        ax,
+        lscape.fn,
+        b,
+        levels=CONTOUR_LEVELS.get(name, 14),
+        log_levels=name in LOG_LEVELS,
+        filled=False,
+        legend=False,
+    )
+    psd = arrays[f"{name}/psd_HxW"]
+    ax.imshow(
+        psd.astype(np.int8),
+        cmap=overlay,
+        vmin=0,
+        vmax=1,
+        origin="lower",
+        extent=(b[0, 0], b[0, 1], b[1, 0], b[1, 1]),
+        interpolation="nearest",
+        aspect="auto",
+        zorder=2,
+    )
+    ends = arrays[f"{name}/endpoints_Cx2"]
+    ax.scatter(
+        *ends.T,
+        s=28 if len(ends) < 20 else 10,
+        marker="o",
+        facecolor="C3",
+        edgecolor="white",
+        linewidth=0.6,
+        zorder=5,
+    )
+    s = summary[name]
+    psd_s, end_s = s["psd_fraction"], s["distinct_endpoints"]
+    exact = "" if psd_s["theory"] is None else f" (exact {100 * psd_s['theory']:.1f}%)"
+    ends_txt = f"{end_s['measured']} endpoint{'s' * (end_s['measured'] != 1)}"
+    minima_txt = f"{end_s['theory']} minim{'a' if end_s['theory'] != 1 else 'um'}"
+    ax.set_title(
+        f"{name}{f', κ = {cfg.kappa:g}' if name == 'quadratic' else ''}\n"
+        f"PSD {100 * psd_s['measured']:.1f}%{exact}\n"
+        f"GD: {ends_txt}, {minima_txt}",
+        fontsize=8,
+    )
+    ax.set_aspect("equal")
+    ax.set_xlabel("x", labelpad=1)
+    ax.set_ylabel("y", labelpad=1)
+
+
+def _legend_handles(cfg: Config) -> list:
+    """The figure legend: the shaded non-PSD region and the endpoint marker."""
+    return [
+        Patch(facecolor=NON_CONVEX_RGBA, edgecolor="0.4", label="Hessian not PSD (non-convex)"),
+        Line2D(
+            [],
+            [],
+            ls="",
+            marker="o",
+            mfc="C3",
+            mec="white",
+            ms=6,
+            label=f"distinct GD endpoints ({cfg.num_starts} random starts)",
+        ),
+    ]
 
 
 def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
@@ -342,7 +425,6 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
     n = len(cfg.functions)
     cols = min(3, n)
     rows = -(-n // cols)
-    overlay = colors.ListedColormap([NON_CONVEX_RGBA, (1, 1, 1, 0)])
     with plt.style.context(plotting.STYLE):
         fig, axes = plt.subplots(
             rows,
@@ -352,69 +434,10 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
             squeeze=False,
         )
         for ax, name in zip(axes.ravel(), cfg.functions, strict=False):
-            lscape = _landscape(name, cfg)
-            b = np.asarray(lscape.bounds)
-            plotting.contour_paths(
-                ax,
-                lscape.fn,
-                b,
-                levels=CONTOUR_LEVELS.get(name, 14),
-                log_levels=name in LOG_LEVELS,
-                filled=False,
-                legend=False,
-            )
-            psd = arrays[f"{name}/psd_HxW"]
-            ax.imshow(
-                psd.astype(np.int8),
-                cmap=overlay,
-                vmin=0,
-                vmax=1,
-                origin="lower",
-                extent=(b[0, 0], b[0, 1], b[1, 0], b[1, 1]),
-                interpolation="nearest",
-                aspect="auto",
-                zorder=2,
-            )
-            ends = arrays[f"{name}/endpoints_Cx2"]
-            ax.scatter(
-                *ends.T,
-                s=28 if len(ends) < 20 else 10,
-                marker="o",
-                facecolor="C3",
-                edgecolor="white",
-                linewidth=0.6,
-                zorder=5,
-            )
-            s = summary[name]
-            psd_s, end_s = s["psd_fraction"], s["distinct_endpoints"]
-            exact = "" if psd_s["theory"] is None else f" (exact {100 * psd_s['theory']:.1f}%)"
-            ends_txt = f"{end_s['measured']} endpoint{'s' * (end_s['measured'] != 1)}"
-            minima_txt = f"{end_s['theory']} minim{'a' if end_s['theory'] != 1 else 'um'}"
-            ax.set_title(
-                f"{name}{f', κ = {cfg.kappa:g}' if name == 'quadratic' else ''}\n"
-                f"PSD {100 * psd_s['measured']:.1f}%{exact}\n"
-                f"GD: {ends_txt}, {minima_txt}",
-                fontsize=8,
-            )
-            ax.set_aspect("equal")
-            ax.set_xlabel("x", labelpad=1)
-            ax.set_ylabel("y", labelpad=1)
+            _panel(ax, name, arrays, cfg, summary)
         for ax in axes.ravel()[n:]:
             ax.set_visible(False)
-        handles = [
-            Patch(facecolor=NON_CONVEX_RGBA, edgecolor="0.4", label="Hessian not PSD (non-convex)"),
-            Line2D(
-                [],
-                [],
-                ls="",
-                marker="o",
-                mfc="C3",
-                mec="white",
-                ms=6,
-                label=f"distinct GD endpoints ({cfg.num_starts} random starts)",
-            ),
-        ]
-        fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
+        fig.legend(handles=_legend_handles(cfg), loc="outside lower center", ncols=2, frameon=False)
     return {"nonconvex_regions": fig}
 
 

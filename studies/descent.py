@@ -81,21 +81,21 @@ class Config:
 QUICK = Config(num_lrs=256, starts_per_lr=2, sweep_steps=200, gif_balls=16)
 
 
-def compute(cfg: Config) -> tuple[dict, dict]:
-    key = jax.random.key(cfg.seed)
-    sweep_key, gif_key = jax.random.split(key)
-    del key
-    bowl = landscapes.get("bowl")
-    box = bowl.bounds
+def _rate(norm_T: np.ndarray) -> float:
+    """Geometric-mean ratio of consecutive norms while they are representable."""
+    ok = (norm_T > 1e-30) & np.isfinite(norm_T)
+    n = int(np.argmin(ok)) if not ok.all() else len(norm_T)
+    if n < 2:  # reached 0 in one step (alpha = 0.5 exactly)
+        return 0.0
+    return float((norm_T[n - 1] / norm_T[0]) ** (1.0 / (n - 1)))
 
-    # The learning process from several starts.
-    starts_Sx2 = np.asarray(cfg.starts, np.float32)
-    proc = sweep.descend(bowl.fn, starts_Sx2, steps=cfg.steps, lr=cfg.lr, record_every=1)
 
-    # Per-step contraction: the geometric mean of |theta_t+1| / |theta_t| along a path.
+def _contraction(cfg: Config, fn) -> tuple[dict, dict]:
+    """Per-step contraction against |1 - 2 alpha|: (arrays, summary entries)."""
+    # The geometric mean of |theta_t+1| / |theta_t| along a path.
     lrs_C = np.asarray(cfg.contraction_lrs, np.float32)
     con = sweep.descend(
-        bowl.fn,
+        fn,
         np.tile(np.float32([[1.0, 0.5]]), (len(lrs_C), 1)),
         steps=cfg.contraction_steps,
         lr=lrs_C,
@@ -105,31 +105,54 @@ def compute(cfg: Config) -> tuple[dict, dict]:
     norm_CxT = np.linalg.norm(con.path.astype(np.float64), axis=-1)
     measured_C = np.array([_rate(row) for row in norm_CxT])
     theory_C = np.abs(1 - 2 * lrs_C.astype(np.float64))
+    arrays = {
+        "contraction_lr_C": lrs_C,
+        "contraction_measured_C": measured_C,
+        "contraction_theory_C": theory_C,
+    }
+    summary = {
+        "contraction_max_abs_error": {
+            "measured": float(np.max(np.abs(measured_C - theory_C))),
+            "theory": 0.0,
+            "note": "geometric-mean |theta_t+1|/|theta_t| vs |1 - 2 alpha| per alpha",
+        },
+        "contraction": {
+            f"{a:g}": {"measured": float(m), "theory": float(t)}
+            for a, m, t in zip(lrs_C, measured_C, theory_C, strict=True)
+        },
+    }
+    return arrays, summary
 
-    # Divergence threshold: alpha grid x random starts; a run converges when it ends
-    # closer to the minimum than it started.
+
+def _divergence_threshold(cfg: Config, fn, box: np.ndarray, key: jax.Array) -> tuple[dict, dict]:
+    """The alpha where GD stops converging, from an alpha sweep: (arrays, summary entry)."""
+    # Alpha grid x random starts; a run converges when it ends closer to the minimum than
+    # it started.
     lr_L = np.linspace(cfg.lr_min, cfg.lr_max, cfg.num_lrs, dtype=np.float32)
     s = cfg.starts_per_lr
     x0_Nx2 = np.asarray(
-        jax.random.uniform(sweep_key, (len(lr_L) * s, 2), minval=box[:, 0], maxval=box[:, 1]),
+        jax.random.uniform(key, (len(lr_L) * s, 2), minval=box[:, 0], maxval=box[:, 1]),
         np.float32,
     )
-    run = sweep.descend(bowl.fn, x0_Nx2, steps=cfg.sweep_steps, lr=np.repeat(lr_L, s))
+    run = sweep.descend(fn, x0_Nx2, steps=cfg.sweep_steps, lr=np.repeat(lr_L, s))
     ratio_LxS = (np.linalg.norm(run.x, axis=1) / np.linalg.norm(x0_Nx2, axis=1)).reshape(-1, s)
     ratio_LxS = np.where(run.diverged.reshape(-1, s), np.inf, ratio_LxS)
     converged_L = np.all(ratio_LxS < 1, axis=1)
     last_ok = float(lr_L[converged_L].max()) if converged_L.any() else float("nan")
     above = lr_L[~converged_L & (lr_L > last_ok)]
     first_bad = float(above.min()) if above.size else float("nan")
+    arrays = {"lr_L": lr_L, "ratio_LxS": ratio_LxS, "converged_L": converged_L}
+    summary = {
+        "measured": 0.5 * (last_ok + first_bad),
+        "bracket": [last_ok, first_bad],
+        "theory": 1.0,
+        "note": f"{cfg.num_lrs} alphas x {s} starts, {cfg.sweep_steps} steps",
+    }
+    return arrays, summary
 
-    # Many balls at once, for the GIF.
-    balls_Bx2 = np.asarray(
-        jax.random.uniform(gif_key, (cfg.gif_balls, 2), minval=box[:, 0], maxval=box[:, 1]),
-        np.float32,
-    )
-    gif = sweep.descend(bowl.fn, balls_Bx2, steps=cfg.steps, lr=cfg.lr, record_every=1)
 
-    # The lecture's 1-D examples.
+def _one_d(cfg: Config) -> tuple[dict, dict]:
+    """The lecture's 1-D examples, x^2 sin x and the oscillating parabola: (arrays, summary)."""
     x2 = landscapes.get("x2sinx")
     one_d = sweep.descend(
         x2.fn,
@@ -149,36 +172,8 @@ def compute(cfg: Config) -> tuple[dict, dict]:
     )
     par_path_T = par.path[0, :, 0].astype(np.float64)
     par_ratio = float(np.median(par_path_T[1:] / par_path_T[:-1]))
-
-    arrays = {
-        "path_SxTx2": proc.path,
-        "loss_SxT": proc.losses,
-        "contraction_lr_C": lrs_C,
-        "contraction_measured_C": measured_C,
-        "contraction_theory_C": theory_C,
-        "lr_L": lr_L,
-        "ratio_LxS": ratio_LxS,
-        "converged_L": converged_L,
-        "gif_path_BxTx2": gif.path,
-        "x2sinx_path_T": x2_path_T,
-        "parabola_path_T": par.path[0, :, 0],
-    }
+    arrays = {"x2sinx_path_T": x2_path_T, "parabola_path_T": par.path[0, :, 0]}
     summary = {
-        "contraction_max_abs_error": {
-            "measured": float(np.max(np.abs(measured_C - theory_C))),
-            "theory": 0.0,
-            "note": "geometric-mean |theta_t+1|/|theta_t| vs |1 - 2 alpha| per alpha",
-        },
-        "contraction": {
-            f"{a:g}": {"measured": float(m), "theory": float(t)}
-            for a, m, t in zip(lrs_C, measured_C, theory_C, strict=True)
-        },
-        "divergence_threshold": {
-            "measured": 0.5 * (last_ok + first_bad),
-            "bracket": [last_ok, first_bad],
-            "theory": 1.0,
-            "note": f"{cfg.num_lrs} alphas x {s} starts, {cfg.sweep_steps} steps",
-        },
         "x2sinx": {
             "start": cfg.x2sinx_start,
             "lr": cfg.x2sinx_lr,
@@ -196,13 +191,37 @@ def compute(cfg: Config) -> tuple[dict, dict]:
     return arrays, summary
 
 
-def _rate(norm_T: np.ndarray) -> float:
-    """Geometric-mean ratio of consecutive norms while they are representable."""
-    ok = (norm_T > 1e-30) & np.isfinite(norm_T)
-    n = int(np.argmin(ok)) if not ok.all() else len(norm_T)
-    if n < 2:  # reached 0 in one step (alpha = 0.5 exactly)
-        return 0.0
-    return float((norm_T[n - 1] / norm_T[0]) ** (1.0 / (n - 1)))
+def compute(cfg: Config) -> tuple[dict, dict]:
+    """The learning process, the contraction, the threshold, the GIF, the 1-D examples."""
+    key = jax.random.key(cfg.seed)
+    sweep_key, gif_key = jax.random.split(key)
+    del key
+    bowl = landscapes.get("bowl")
+    box = bowl.bounds
+
+    # The learning process from several starts.
+    starts_Sx2 = np.asarray(cfg.starts, np.float32)
+    proc = sweep.descend(bowl.fn, starts_Sx2, steps=cfg.steps, lr=cfg.lr, record_every=1)
+    con_arrays, con_summary = _contraction(cfg, bowl.fn)
+    thr_arrays, thr_summary = _divergence_threshold(cfg, bowl.fn, box, sweep_key)
+    # Many balls at once, for the GIF.
+    balls_Bx2 = np.asarray(
+        jax.random.uniform(gif_key, (cfg.gif_balls, 2), minval=box[:, 0], maxval=box[:, 1]),
+        np.float32,
+    )
+    gif = sweep.descend(bowl.fn, balls_Bx2, steps=cfg.steps, lr=cfg.lr, record_every=1)
+    one_d_arrays, one_d_summary = _one_d(cfg)
+
+    arrays = {
+        "path_SxTx2": proc.path,
+        "loss_SxT": proc.losses,
+        **con_arrays,
+        **thr_arrays,
+        "gif_path_BxTx2": gif.path,
+        **one_d_arrays,
+    }
+    summary = {**con_summary, "divergence_threshold": thr_summary, **one_d_summary}
+    return arrays, summary
 
 
 def plot(arrays: dict, cfg: Config, summary: dict) -> dict:

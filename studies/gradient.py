@@ -61,8 +61,8 @@ def _grid(n: int, h: float) -> np.ndarray:
     return np.stack([xx.ravel(), yy.ravel()], axis=1)
 
 
-def compute(cfg: Config) -> tuple[dict, dict]:
-    fn = landscapes.get(cfg.landscape).fn
+def _grid_check(fn, cfg: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """jax.grad on the grid: (err_N against the analytic gradient, |grad|_N, rise_N uphill)."""
     x_Nx2 = jnp.asarray(_grid(cfg.grid_n, cfg.half_width))
 
     @jax.jit
@@ -74,13 +74,13 @@ def compute(cfg: Config) -> tuple[dict, dict]:
         rise_N = jax.vmap(fn)(x_Nx2 + cfg.step * unit_Nx2) - jax.vmap(fn)(x_Nx2)
         return err_N, gnorm_N, rise_N
 
-    err_N, gnorm_N, rise_N = jax.device_get(check(x_Nx2))
-    # The origin is the critical point: no direction there, so it is left out.
-    moving = gnorm_N > 1e-3
-    uphill = float(np.mean(rise_N[moving] > 0))
+    return jax.device_get(check(x_Nx2))
 
-    # Perpendicularity: contour segments from marching squares (contourpy, independent of
-    # JAX) against jax.grad at each segment's midpoint.
+
+def _contour_cosines(fn, cfg: Config) -> np.ndarray:
+    """|cos| [M] of the angle between jax.grad and each contour segment (0: perpendicular)."""
+    # Contour segments from marching squares (contourpy, independent of JAX) against
+    # jax.grad at each segment's midpoint.
     t = np.linspace(-cfg.half_width, cfg.half_width, cfg.contour_n)
     xx, yy = np.meshgrid(t, t)
     zz = np.asarray(jax.vmap(fn)(jnp.asarray(np.stack([xx.ravel(), yy.ravel()], 1))))
@@ -94,9 +94,19 @@ def compute(cfg: Config) -> tuple[dict, dict]:
             dirs.append(np.diff(line, axis=0))
     mid_Mx2, dir_Mx2 = np.concatenate(mids), np.concatenate(dirs)
     g_Mx2 = np.asarray(jax.vmap(jax.grad(fn))(jnp.asarray(mid_Mx2, jnp.float32)))
-    cos_M = np.abs(np.sum(g_Mx2 * dir_Mx2, axis=1)) / (
+    return np.abs(np.sum(g_Mx2 * dir_Mx2, axis=1)) / (
         np.linalg.norm(g_Mx2, axis=1) * np.linalg.norm(dir_Mx2, axis=1) + 1e-30
     )
+
+
+def compute(cfg: Config) -> tuple[dict, dict]:
+    """The grid check, the contour angles and the quiver field: (arrays, summary)."""
+    fn = landscapes.get(cfg.landscape).fn
+    err_N, gnorm_N, rise_N = _grid_check(fn, cfg)
+    # The origin is the critical point: no direction there, so it is left out.
+    moving = gnorm_N > 1e-3
+    uphill = float(np.mean(rise_N[moving] > 0))
+    cos_M = _contour_cosines(fn, cfg)
 
     qt = np.linspace(-cfg.half_width, cfg.half_width, cfg.quiver_n, dtype=np.float32)
     qx, qy = np.meshgrid(qt, qt)

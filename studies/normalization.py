@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -306,14 +307,28 @@ def _entry(measured, theory, grid_theory=None) -> dict:
     return out
 
 
-def compute(cfg: Config) -> tuple[dict, dict]:
-    key = jax.random.key(cfg.seed)
-    (data_key,) = jax.random.split(key, 1)
-    del key
-    arrays = {}
+class _Quadratics(NamedTuple):
+    """The quadratic problems, one row per kappa: raw (L = kappa, mu = 1) and rescaled (L = mu = 1).
 
-    # 1. Quadratics. Starts (cos t, sin t / kappa) have unit gradients (cos t, sin t), so
-    # the tolerance is relative; t spreads over (0, pi/2).
+    The lr rows end with the formula lr (2 / (L + mu)) after the sweep's U lrs: V = U + 1.
+    """
+
+    kappa_K: np.ndarray
+    u_U: np.ndarray
+    lr_KxU: np.ndarray
+    lr_formula_K: np.ndarray
+    x0_KxSx4: np.ndarray
+    grad0_KxSx2: np.ndarray
+    lr_KxV: np.ndarray
+    res_x0_KxSx4: np.ndarray
+    res_grad0_KxSx2: np.ndarray
+    res_lr_KxV: np.ndarray
+
+
+def _quadratic_problems(cfg: Config) -> _Quadratics:
+    """Starts, their gradients and the lrs of the raw and rescaled quadratics."""
+    # Starts (cos t, sin t / kappa) have unit gradients (cos t, sin t), so the tolerance is
+    # relative; t spreads over (0, pi/2).
     kappa_K = kappas(cfg)
     ones_K = np.ones_like(kappa_K)
     theta_S = 0.5 * np.pi * (np.arange(cfg.num_starts) + 0.5) / cfg.num_starts
@@ -333,121 +348,167 @@ def compute(cfg: Config) -> tuple[dict, dict]:
     grad0_res = np.stack([cos_S + 0 * kap_KxS, sin_S / np.sqrt(kap_KxS)], -1)
     _, lr_res_KxU = _lr_grid(cfg, ones_K)
     lr_res_KxV = np.concatenate([lr_res_KxU, ones_K[:, None]], axis=1)
-    theory_K = steps_theory(kappa_K, cfg.tol)
-    budget = int(math.ceil(cfg.step_budget * theory_K.max())) + 16
-    both_KxV = _quadratic_steps(
-        cfg,
-        np.concatenate([x0_KxSx4, x0_res]),
-        np.concatenate([lr_KxV, lr_res_KxV]),
-        budget,
-    )
-    steps_KxV, res_KxV = both_KxV[: len(kappa_K)], both_KxV[len(kappa_K) :]
-    exact_KxV = _quadratic_theory(
-        grad0_KxSx2, np.stack([ones_K, kappa_K], 1), lr_KxV, cfg.tol, budget
-    )
-    res_exact_KxV = _quadratic_theory(
-        grad0_res, np.stack([ones_K, ones_K], 1), lr_res_KxV, cfg.tol, budget
+    return _Quadratics(
+        kappa_K=kappa_K,
+        u_U=u_U,
+        lr_KxU=lr_KxU,
+        lr_formula_K=lr_formula_K,
+        x0_KxSx4=x0_KxSx4,
+        grad0_KxSx2=grad0_KxSx2,
+        lr_KxV=lr_KxV,
+        res_x0_KxSx4=x0_res,
+        res_grad0_KxSx2=grad0_res,
+        res_lr_KxV=lr_res_KxV,
     )
 
+
+def _quadratic_counts(cfg: Config, q: _Quadratics, budget: int) -> dict[str, np.ndarray]:
+    """Measured and exact worst-case steps, [K, V] each, raw and rescaled, in one sweep."""
+    both_KxV = _quadratic_steps(
+        cfg,
+        np.concatenate([q.x0_KxSx4, q.res_x0_KxSx4]),
+        np.concatenate([q.lr_KxV, q.res_lr_KxV]),
+        budget,
+    )
+    ones_K = np.ones_like(q.kappa_K)
+    return {
+        "steps": both_KxV[: len(q.kappa_K)],
+        "rescaled": both_KxV[len(q.kappa_K) :],
+        "exact": _quadratic_theory(
+            q.grad0_KxSx2, np.stack([ones_K, q.kappa_K], 1), q.lr_KxV, cfg.tol, budget
+        ),
+        "rescaled_exact": _quadratic_theory(
+            q.res_grad0_KxSx2, np.stack([ones_K, ones_K], 1), q.res_lr_KxV, cfg.tol, budget
+        ),
+    }
+
+
+def _per_kappa(q: _Quadratics, theory_K: np.ndarray, counts: dict) -> dict:
+    """Summary entries of each kappa: steps at the best and formula lrs, raw and rescaled."""
+    steps_KxV, res_KxV = counts["steps"], counts["rescaled"]
+    exact_KxV, res_exact_KxV = counts["exact"], counts["rescaled_exact"]
     best_K, best_i = steps_KxV[:, :-1].min(axis=1), np.argmin(steps_KxV[:, :-1], axis=1)
     res_best_K = res_KxV[:, :-1].min(axis=1)
-    arrays.update(
-        kappa_K=kappa_K,
-        edge_gap_U=u_U,
-        steps_KxU=steps_KxV[:, :-1],
-        steps_formula_K=steps_KxV[:, -1],
-        steps_theory_K=theory_K,
-        rescaled_steps_KxU=res_KxV[:, :-1],
-        rescaled_steps_formula_K=res_KxV[:, -1],
-    )
     per_kappa = {}
-    for i, kap in enumerate(kappa_K):
+    for i, kap in enumerate(q.kappa_K):
         per_kappa[f"{kap:.4g}"] = {
             "steps_best_lr": _entry(best_K[i], theory_K[i], exact_KxV[i, :-1].min()),
             "steps_formula_lr": _entry(steps_KxV[i, -1], theory_K[i], exact_KxV[i, -1]),
-            "best_lr": _entry(lr_KxU[i, best_i[i]], lr_formula_K[i]),
-            "best_edge_gap": _entry(u_U[best_i[i]], 1 / (1 + kap)),
+            "best_lr": _entry(q.lr_KxU[i, best_i[i]], q.lr_formula_K[i]),
+            "best_edge_gap": _entry(q.u_U[best_i[i]], 1 / (1 + kap)),
             "rescaled_steps_best_lr": _entry(res_best_K[i], 1, res_exact_KxV[i, :-1].min()),
             "rescaled_steps_lr_1": _entry(res_KxV[i, -1], 1, res_exact_KxV[i, -1]),
         }
+    return per_kappa
+
+
+def _quadratics(cfg: Config) -> tuple[dict, dict]:
+    """Part 1, the quadratics: steps against kappa, raw and rescaled; (arrays, summary)."""
+    q = _quadratic_problems(cfg)
+    kappa_K = q.kappa_K
+    theory_K = steps_theory(kappa_K, cfg.tol)
+    budget = int(math.ceil(cfg.step_budget * theory_K.max())) + 16
+    counts = _quadratic_counts(cfg, q, budget)
+    steps_KxV, res_KxV = counts["steps"], counts["rescaled"]
+    best_K = steps_KxV[:, :-1].min(axis=1)
+    res_best_K = res_KxV[:, :-1].min(axis=1)
+    arrays = {
+        "kappa_K": kappa_K,
+        "edge_gap_U": q.u_U,
+        "steps_KxU": steps_KxV[:, :-1],
+        "steps_formula_K": steps_KxV[:, -1],
+        "steps_theory_K": theory_K,
+        "rescaled_steps_KxU": res_KxV[:, :-1],
+        "rescaled_steps_formula_K": res_KxV[:, -1],
+    }
     fit = kappa_K >= cfg.slope_kappa_min
     summary = {
-        "quadratic": {
-            "criterion": "|grad f(x_T)| <= tol with |grad f(x_0)| = 1; worst of "
-            f"{cfg.num_starts} starts; best of {cfg.num_lrs} lrs (2/L)(1 - u) and the "
-            "formula lr 2/(L + mu); theory_same_lr_grid: the exact count for the same lrs",
-            "tol": cfg.tol,
-            "steps_budget": budget,
-            "slope_loglog": {
-                "measured": loglog_slope(kappa_K[fit], best_K[fit]),
-                "theory": 1.0,
-                "theory_exact_formula": loglog_slope(kappa_K[fit], theory_K[fit]),
-                "kappa_range": [float(kappa_K[fit].min()), float(kappa_K[fit].max())],
-            },
-            "slope_loglog_formula_lr": _entry(loglog_slope(kappa_K[fit], steps_KxV[fit, -1]), 1.0),
-            "steps_over_kappa_at_kappa_max": {
-                "measured": float(best_K[-1] / kappa_K[-1]),
-                "theory": 0.5 * math.log(1 / cfg.tol),
-                "note": "theory: (1/2) ln(1/tol), the large-kappa limit",
-            },
-            "agreement_with_exact": _agreement(steps_KxV, exact_KxV),
-            "rescaled_slope_loglog": _entry(loglog_slope(kappa_K[fit], res_best_K[fit]), 0),
-            "rescaled_steps_lr_1_max": _entry(res_KxV[:, -1].max(), 1),
-            "rescaled_agreement_with_exact": _agreement(res_KxV, res_exact_KxV),
-            "per_kappa": per_kappa,
-        }
+        "criterion": "|grad f(x_T)| <= tol with |grad f(x_0)| = 1; worst of "
+        f"{cfg.num_starts} starts; best of {cfg.num_lrs} lrs (2/L)(1 - u) and the "
+        "formula lr 2/(L + mu); theory_same_lr_grid: the exact count for the same lrs",
+        "tol": cfg.tol,
+        "steps_budget": budget,
+        "slope_loglog": {
+            "measured": loglog_slope(kappa_K[fit], best_K[fit]),
+            "theory": 1.0,
+            "theory_exact_formula": loglog_slope(kappa_K[fit], theory_K[fit]),
+            "kappa_range": [float(kappa_K[fit].min()), float(kappa_K[fit].max())],
+        },
+        "slope_loglog_formula_lr": _entry(loglog_slope(kappa_K[fit], steps_KxV[fit, -1]), 1.0),
+        "steps_over_kappa_at_kappa_max": {
+            "measured": float(best_K[-1] / kappa_K[-1]),
+            "theory": 0.5 * math.log(1 / cfg.tol),
+            "note": "theory: (1/2) ln(1/tol), the large-kappa limit",
+        },
+        "agreement_with_exact": _agreement(steps_KxV, counts["exact"]),
+        "rescaled_slope_loglog": _entry(loglog_slope(kappa_K[fit], res_best_K[fit]), 0),
+        "rescaled_steps_lr_1_max": _entry(res_KxV[:, -1].max(), 1),
+        "rescaled_agreement_with_exact": _agreement(res_KxV, counts["rescaled_exact"]),
+        "per_kappa": _per_kappa(q, theory_K, counts),
     }
+    return arrays, summary
 
-    # 2. Least squares, raw against standardized, from w = 0. sweep.descend records paths
-    # one run at a time on CPU (its recording path maps runs with batch_size 1), too slow
-    # for millions of steps, and in float32 only (see `_record_float64`).
-    data = make_data(data_key, cfg)
-    reg = {}
-    for name, (X, y) in data.items():
-        H = X.T @ X / len(y)
-        lam, Q = np.linalg.eigh(H)
-        mu, L = lam
-        kap = L / mu
-        theory = float(steps_theory(kap, cfg.regression_tol, power=2))
-        budget = int(math.ceil(cfg.step_budget * theory)) + 16
-        record_every = max(1, -(-budget // cfg.max_records))
-        _, lr_U = _lr_grid(cfg, np.array([L]))
-        lr_V = np.concatenate([lr_U[0], [2 / (L + mu)]])
-        run = _record_float64(X, y, np.zeros((len(lr_V), 2)), lr_V, budget, record_every)
-        gap_VxP = loss_gap(np.asarray(run.path), X, y)
-        reached = gap_VxP <= cfg.regression_tol
-        steps_V = np.where(reached.any(1), reached.argmax(1) * record_every, np.inf)
-        # Exact: the gap's eigen-components shrink by (1 - lr lambda_i)^2 per step.
-        w_star = np.linalg.lstsq(X, y, rcond=None)[0]
-        share = lam * (Q.T @ w_star) ** 2
-        a0 = np.sqrt(share / share.sum())
-        exact_V = steps_exact(
-            np.broadcast_to(a0, (len(lr_V), 2)),
-            1 - lr_V[:, None] * lam[None, :],
-            math.sqrt(cfg.regression_tol),
-            budget,
-        )
-        best = int(np.argmin(steps_V[:-1]))
-        arrays[f"{name}_X"] = X
-        arrays[f"{name}_y"] = y
-        arrays[f"{name}_lr_U"] = lr_V[:-1]
-        arrays[f"{name}_steps_U"] = steps_V[:-1]
-        arrays[f"{name}_best_path_Px2"] = np.asarray(run.path[best])
-        arrays[f"{name}_best_gap_P"] = gap_VxP[best]
-        arrays[f"{name}_formula_gap_P"] = gap_VxP[-1]
-        arrays[f"{name}_step_P"] = np.arange(gap_VxP.shape[1]) * record_every
-        reg[name] = {
-            "kappa": float(kap),
-            "hessian_eigenvalues": [float(mu), float(L)],
-            "w_star": w_star.tolist(),
-            "steps_best_lr": _entry(steps_V[best], theory, exact_V[:-1].min()),
-            "steps_formula_lr": _entry(steps_V[-1], theory, exact_V[-1]),
-            "best_lr": _entry(lr_V[best], 2 / (L + mu)),
-            "steps_resolution": record_every,
-            "steps_budget": budget,
-        }
+
+def _regression_problem(cfg: Config, name: str, X: np.ndarray, y: np.ndarray) -> tuple[dict, dict]:
+    """One least-squares problem (raw or standardized) from w = 0: (arrays, summary entry)."""
+    H = X.T @ X / len(y)
+    lam, Q = np.linalg.eigh(H)
+    mu, L = lam
+    kap = L / mu
+    theory = float(steps_theory(kap, cfg.regression_tol, power=2))
+    budget = int(math.ceil(cfg.step_budget * theory)) + 16
+    record_every = max(1, -(-budget // cfg.max_records))
+    _, lr_U = _lr_grid(cfg, np.array([L]))
+    lr_V = np.concatenate([lr_U[0], [2 / (L + mu)]])
+    run = _record_float64(X, y, np.zeros((len(lr_V), 2)), lr_V, budget, record_every)
+    gap_VxP = loss_gap(np.asarray(run.path), X, y)
+    reached = gap_VxP <= cfg.regression_tol
+    steps_V = np.where(reached.any(1), reached.argmax(1) * record_every, np.inf)
+    # Exact: the gap's eigen-components shrink by (1 - lr lambda_i)^2 per step.
+    w_star = np.linalg.lstsq(X, y, rcond=None)[0]
+    share = lam * (Q.T @ w_star) ** 2
+    a0 = np.sqrt(share / share.sum())
+    exact_V = steps_exact(
+        np.broadcast_to(a0, (len(lr_V), 2)),
+        1 - lr_V[:, None] * lam[None, :],
+        math.sqrt(cfg.regression_tol),
+        budget,
+    )
+    best = int(np.argmin(steps_V[:-1]))
+    arrays = {
+        f"{name}_X": X,
+        f"{name}_y": y,
+        f"{name}_lr_U": lr_V[:-1],
+        f"{name}_steps_U": steps_V[:-1],
+        f"{name}_best_path_Px2": np.asarray(run.path[best]),
+        f"{name}_best_gap_P": gap_VxP[best],
+        f"{name}_formula_gap_P": gap_VxP[-1],
+        f"{name}_step_P": np.arange(gap_VxP.shape[1]) * record_every,
+    }
+    entry = {
+        "kappa": float(kap),
+        "hessian_eigenvalues": [float(mu), float(L)],
+        "w_star": w_star.tolist(),
+        "steps_best_lr": _entry(steps_V[best], theory, exact_V[:-1].min()),
+        "steps_formula_lr": _entry(steps_V[-1], theory, exact_V[-1]),
+        "best_lr": _entry(lr_V[best], 2 / (L + mu)),
+        "steps_resolution": record_every,
+        "steps_budget": budget,
+    }
+    return arrays, entry
+
+
+def _regression(cfg: Config, data_key: jax.Array) -> tuple[dict, dict]:
+    """Part 2, least squares raw against standardized: (arrays, summary)."""
+    # sweep.descend records paths one run at a time on CPU (its recording path maps runs
+    # with batch_size 1), too slow for millions of steps, and in float32 only (see
+    # `_record_float64`).
+    arrays, reg = {}, {}
+    for name, (X, y) in make_data(data_key, cfg).items():
+        run_arrays, reg[name] = _regression_problem(cfg, name, X, y)
+        arrays.update(run_arrays)
     raw, std = reg["raw"], reg["standardized"]
-    summary["regression"] = {
+    summary = {
         "criterion": "L(w_T) - L* <= tol (L(0) - L*); theory at lr 2/(L + mu): "
         "ceil(ln(1/tol) / (2 ln(1/rho))); measured steps are multiples of steps_resolution",
         "tol": cfg.regression_tol,
@@ -462,6 +523,16 @@ def compute(cfg: Config) -> tuple[dict, dict]:
         },
     }
     return arrays, summary
+
+
+def compute(cfg: Config) -> tuple[dict, dict]:
+    """The quadratics, then least squares raw against standardized: (arrays, summary)."""
+    key = jax.random.key(cfg.seed)
+    (data_key,) = jax.random.split(key, 1)
+    del key
+    quad_arrays, quad_summary = _quadratics(cfg)
+    reg_arrays, reg_summary = _regression(cfg, data_key)
+    return {**quad_arrays, **reg_arrays}, {"quadratic": quad_summary, "regression": reg_summary}
 
 
 # ----------------------------------------------------------------------------- plot

@@ -151,8 +151,8 @@ def _tune(fn, lscape, starts_Sx2, cfg: Config, optimizer: str) -> dict:
     }
 
 
-def compute(cfg: Config) -> tuple[dict, dict]:
-    key = jax.random.key(cfg.seed)
+def _table(cfg: Config, key: jax.Array) -> tuple[dict, dict]:
+    """Every (function, optimizer) cell tuned over its grid: (arrays, summary["table"])."""
     arrays, table = {}, {}
     cells = [(fi, fname, o) for fi, fname in enumerate(cfg.functions) for o in cfg.optimizers]
     starts = {}
@@ -180,35 +180,46 @@ def compute(cfg: Config) -> tuple[dict, dict]:
         arrays[f"{fname}/{oname}/lr_G"] = t["lr_G"]
         if t["beta_G"] is not None:
             arrays[f"{fname}/{oname}/beta_G"] = t["beta_G"]
+    return arrays, table
 
-    # The picture: each optimizer from one start, at the grid setting with the lowest mean
-    # log-loss along a path that stays inside the box (fast and steady beats a lucky chaotic
-    # endpoint); one recorded sweep over the grid per optimizer.
+
+def _picture_path(cfg: Config, oname: str) -> tuple[np.ndarray, dict]:
+    """One optimizer's path [T, 2] in the picture, and the setting chosen for it."""
+    # The grid setting with the lowest mean log-loss along a path that stays inside the box
+    # (fast and steady beats a lucky chaotic endpoint); one recorded sweep over the grid.
     pl = landscapes.get(cfg.picture_function)
     start_1x2 = np.float32([cfg.picture_start])
+    lr_G, beta_G = _grid(cfg, oname)
+    hyper = {"lr": lr_G.astype(np.float32)}
+    if beta_G is not None:
+        hyper[BETA[oname]] = beta_G.astype(np.float32)
+    r = sweep.descend(
+        pl.fn,
+        np.repeat(start_1x2, len(lr_G), 0),
+        optimizer=oname,
+        steps=cfg.picture_steps,
+        record_every=1,
+        **hyper,
+    )
+    gap_GxT = np.maximum(r.losses.astype(np.float64) - pl.f_min, 1e-12)
+    # Paths that leave the picture's box are not candidates.
+    inside_G = np.all((r.path >= pl.bounds[:, 0]) & (r.path <= pl.bounds[:, 1]), axis=(1, 2))
+    score_G = np.where(r.diverged | ~inside_G, np.inf, np.mean(np.log10(gap_GxT), axis=1))
+    i = int(np.argmin(score_G))
+    chosen = {"lr": float(lr_G[i]), "final_loss": float(r.loss[i])}
+    if beta_G is not None:
+        chosen[BETA[oname]] = float(beta_G[i])
+    return r.path[i], chosen
+
+
+def compute(cfg: Config) -> tuple[dict, dict]:
+    """The tuned table, then the picture of every optimizer from one start."""
+    key = jax.random.key(cfg.seed)
+    arrays, table = _table(cfg, key)
     paths, chosen = [], {}
     for oname in cfg.optimizers:
-        lr_G, beta_G = _grid(cfg, oname)
-        hyper = {"lr": lr_G.astype(np.float32)}
-        if beta_G is not None:
-            hyper[BETA[oname]] = beta_G.astype(np.float32)
-        r = sweep.descend(
-            pl.fn,
-            np.repeat(start_1x2, len(lr_G), 0),
-            optimizer=oname,
-            steps=cfg.picture_steps,
-            record_every=1,
-            **hyper,
-        )
-        gap_GxT = np.maximum(r.losses.astype(np.float64) - pl.f_min, 1e-12)
-        # Paths that leave the picture's box are not candidates.
-        inside_G = np.all((r.path >= pl.bounds[:, 0]) & (r.path <= pl.bounds[:, 1]), axis=(1, 2))
-        score_G = np.where(r.diverged | ~inside_G, np.inf, np.mean(np.log10(gap_GxT), axis=1))
-        i = int(np.argmin(score_G))
-        chosen[oname] = {"lr": float(lr_G[i]), "final_loss": float(r.loss[i])}
-        if beta_G is not None:
-            chosen[oname][BETA[oname]] = float(beta_G[i])
-        paths.append(r.path[i])
+        path_Tx2, chosen[oname] = _picture_path(cfg, oname)
+        paths.append(path_Tx2)
     arrays["picture_path_OxTx2"] = np.stack(paths)
     summary = {
         "table": table,

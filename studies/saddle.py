@@ -258,26 +258,15 @@ def _hessian_report(name: str, x: np.ndarray, grad_norm: float) -> dict:
     }
 
 
-def compute(cfg: Config) -> tuple[dict, dict]:
-    key = jax.random.key(cfg.seed)
-    offset_key, seed_key = jax.random.split(key)
-    del key
-    a, beta, r = cfg.lr, cfg.momentum, cfg.radius
-    curv = {name: negative_curvature(name) for name in LANDSCAPES}
-    arrays = {}
-    summary = {
-        "lr": a,
-        "radius": r,
-        "double_well_radius": cfg.double_well_radius,
-        "negative_curvature": curv,
-    }
-
-    # 1. Paths: the ridge start and the offset starts, recorded every step; the box of the
-    # plots is the bound, so a path that leaves it stops at its edge.
-    # The ridge start goes last, so its path is drawn on top of the offset ones.
+def _ridge(cfg: Config) -> tuple[dict, dict]:
+    """Part 1, the paths: GD from the ridge stops at the saddle; (arrays, summary["ridge"])."""
+    # The ridge start and the offset starts, recorded every step; the box of the plots is
+    # the bound, so a path that leaves it stops at its edge. The ridge start goes last, so
+    # its path is drawn on top of the offset ones.
+    a = cfg.lr
     offsets = np.asarray((*cfg.path_offsets, 0.0), np.float64)
     starts_Px2 = np.stack([offsets, np.full(len(offsets), cfg.path_y0)], 1).astype(np.float32)
-    summary["ridge"] = {}
+    arrays, summary = {}, {}
     for name in LANDSCAPES:
         run = sweep.descend(name, starts_Px2, steps=cfg.path_steps, lr=a, record_every=1, bound=2.0)
         arrays[f"{name}_path_PxTx2"] = run.path
@@ -285,10 +274,17 @@ def compute(cfg: Config) -> tuple[dict, dict]:
         # On the ridge x stays 0 and y shrinks by (1 - 2 alpha) per step: |grad| = 2|y|.
         ridge["grad_norm"]["theory_exact"] = 2 * cfg.path_y0 * (1 - 2 * a) ** cfg.path_steps
         ridge.update(start=[0.0, cfg.path_y0], steps=cfg.path_steps)
-        summary["ridge"][name] = ridge
+        summary[name] = ridge
+    return arrays, summary
 
-    # 2. Escape against the offset eps, from (eps, R / 2). On z: every alpha of
-    # `escape_lrs`, GD from the ridge, and GD from random offsets, in one call.
+
+def _gd_escapes(cfg: Config, offset_key: jax.Array) -> tuple[dict, np.ndarray]:
+    """GD escape steps, on z and the double well; (arrays, [N] steps from the ridge).
+
+    On z every alpha of `escape_lrs` against eps, and GD from random offsets and from the
+    ridge, in one call; on the double well against eps.
+    """
+    a, r = cfg.lr, cfg.radius
     eps_E = np.logspace(np.log10(cfg.eps_min), np.log10(cfg.eps_max), cfg.num_eps)
     lrs_L = np.asarray(cfg.escape_lrs, np.float64)
     n, e = cfg.num_runs, cfg.num_eps
@@ -298,19 +294,27 @@ def compute(cfg: Config) -> tuple[dict, dict]:
     steps_all = _escape_steps(
         "saddle", np.stack([x_all, np.full(len(x_all), r / 2)], 1), cfg, bound=r, lr=lr_all
     )
-    arrays["eps_E"] = eps_E
-    arrays["escape_lrs_L"] = lrs_L
-    arrays["saddle_steps_LxE"] = steps_all[: len(lrs_L) * e].reshape(len(lrs_L), e)
-    arrays["offset_x0_N"] = x0_N
-    arrays["gd_offsets_steps_N"] = steps_all[len(lrs_L) * e : len(lrs_L) * e + n]
+    arrays = {
+        "eps_E": eps_E,
+        "escape_lrs_L": lrs_L,
+        "saddle_steps_LxE": steps_all[: len(lrs_L) * e].reshape(len(lrs_L), e),
+        "offset_x0_N": x0_N,
+        "gd_offsets_steps_N": steps_all[len(lrs_L) * e : len(lrs_L) * e + n],
+    }
     gd_ridge_steps = steps_all[len(lrs_L) * e + n :]
-
     dw_r = cfg.double_well_radius
     arrays["double_well_steps_E"] = _escape_steps(
         "double_well", np.stack([eps_E, np.full(e, dw_r / 2)], 1), cfg, bound=dw_r, lr=a
     )
+    return arrays, gd_ridge_steps
 
-    # Momentum: eps sweep, random offsets (the same as GD's), and the ridge.
+
+def _momentum_escapes(cfg: Config, eps_E, x0_N) -> tuple[dict, np.ndarray]:
+    """Momentum escape steps on z, from (eps, R / 2); (arrays, [N] steps from the ridge).
+
+    Against eps, from GD's random offsets, and from the ridge, in one call.
+    """
+    n, e, r = cfg.num_runs, cfg.num_eps, cfg.radius
     x_mom = np.concatenate([eps_E, x0_N, np.zeros(n)])
     mom_steps = _escape_steps(
         "saddle",
@@ -318,18 +322,26 @@ def compute(cfg: Config) -> tuple[dict, dict]:
         cfg,
         bound=r,
         optimizer="momentum",
-        lr=a,
-        momentum=beta,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
     )
-    arrays["momentum_steps_E"] = mom_steps[:e]
-    arrays["momentum_offsets_steps_N"] = mom_steps[e : e + n]
-    mom_ridge_steps = mom_steps[e + n :]
+    arrays = {
+        "momentum_steps_E": mom_steps[:e],
+        "momentum_offsets_steps_N": mom_steps[e : e + n],
+    }
+    return arrays, mom_steps[e + n :]
 
-    # Perturbed GD from the ridge: every eta of `noise_etas`, then `num_runs` at
-    # `noise_eta`; each run its own seed.
+
+def _noisy_escapes(cfg: Config, seed_key: jax.Array) -> dict:
+    """Perturbed GD escape steps from the ridge: arrays of every eta and of `noise_eta`.
+
+    `runs_per_eta` runs at every eta of `noise_etas`, then `num_runs` at `noise_eta`; each
+    run its own seed.
+    """
+    r = cfg.radius
     etas_M = np.asarray(cfg.noise_etas, np.float64)
     m = cfg.runs_per_eta
-    eta_all = np.concatenate([np.repeat(etas_M, m), np.full(n, cfg.noise_eta)])
+    eta_all = np.concatenate([np.repeat(etas_M, m), np.full(cfg.num_runs, cfg.noise_eta)])
     seeds = np.asarray(
         jax.random.randint(seed_key, (len(eta_all),), 0, np.iinfo(np.int32).max), np.int32
     )
@@ -339,59 +351,71 @@ def compute(cfg: Config) -> tuple[dict, dict]:
         cfg,
         bound=r,
         optimizer="noisy_sgd",
-        lr=a,
+        lr=cfg.lr,
         eta=eta_all,
         gamma=0.0,
         seed=seeds,
     )
-    arrays["noise_etas_M"] = etas_M
-    arrays["noise_steps_MxN"] = noisy_steps[: len(etas_M) * m].reshape(len(etas_M), m)
-    arrays["noise_ridge_steps_N"] = noisy_steps[len(etas_M) * m :]
+    return {
+        "noise_etas_M": etas_M,
+        "noise_steps_MxN": noisy_steps[: len(etas_M) * m].reshape(len(etas_M), m),
+        "noise_ridge_steps_N": noisy_steps[len(etas_M) * m :],
+    }
 
-    # Summary: steps per decade of eps against theory, and the exact step counts.
+
+def _slope_entry(eps_E, measured_E, theory_E, steps_per_decade: float, **note) -> dict:
+    """Steps per decade of eps and the largest step error, measured against theory."""
+    return {
+        "steps_per_decade": {
+            "measured": fit_steps_per_decade(eps_E, measured_E),
+            "theory": steps_per_decade,
+        },
+        "max_abs_step_error": {
+            "measured": float(np.max(np.abs(measured_E - theory_E))),
+            "theory": 0.0,
+            **note,
+        },
+    }
+
+
+def _escape_vs_offset(cfg: Config, arrays: dict, curv: dict) -> dict:
+    """summary["escape_vs_offset"]: steps per decade of eps and the exact step counts."""
+    a, beta, r = cfg.lr, cfg.momentum, cfg.radius
+    eps_E = arrays["eps_E"]
     esc = {}
-    for i, lr in enumerate(lrs_L):
+    for i, lr in enumerate(arrays["escape_lrs_L"]):
         measured = arrays["saddle_steps_LxE"][i]
         theory = escape_steps_gd(eps_E, lr, curv["saddle"], r)
         esc[f"saddle_gd_lr_{lr:g}"] = {
-            "steps_per_decade": {
-                "measured": fit_steps_per_decade(eps_E, measured),
-                "theory": math.log(10) / math.log(1 + lr * curv["saddle"]),
-            },
-            "max_abs_step_error": {
-                "measured": float(np.max(np.abs(measured - theory))),
-                "theory": 0.0,
-            },
+            **_slope_entry(
+                eps_E, measured, theory, math.log(10) / math.log(1 + lr * curv["saddle"])
+            ),
             "escaped_fraction": float(np.mean(np.isfinite(measured))),
         }
-    dw_theory = escape_steps_gd(eps_E, a, curv["double_well"], dw_r)
+    dw_E = arrays["double_well_steps_E"]
     esc[f"double_well_gd_lr_{a:g}"] = {
-        "steps_per_decade": {
-            "measured": fit_steps_per_decade(eps_E, arrays["double_well_steps_E"]),
-            "theory": math.log(10) / math.log(1 + a * curv["double_well"]),
-        },
-        "max_abs_step_error": {
-            "measured": float(np.max(np.abs(arrays["double_well_steps_E"] - dw_theory))),
-            "theory": 0.0,
-            "note": "the linear theory ignores the quartic term, which slows the last steps",
-        },
-        "escaped_fraction": float(np.mean(np.isfinite(arrays["double_well_steps_E"]))),
+        **_slope_entry(
+            eps_E,
+            dw_E,
+            escape_steps_gd(eps_E, a, curv["double_well"], cfg.double_well_radius),
+            math.log(10) / math.log(1 + a * curv["double_well"]),
+            note="the linear theory ignores the quartic term, which slows the last steps",
+        ),
+        "escaped_fraction": float(np.mean(np.isfinite(dw_E))),
     }
     r1, _, _ = momentum_growth(a, beta, curv["saddle"])
-    mom_theory = escape_steps_momentum(eps_E, a, beta, curv["saddle"], r)
+    mom_E = arrays["momentum_steps_E"]
     esc[f"saddle_momentum_lr_{a:g}_beta_{beta:g}"] = {
-        "steps_per_decade": {
-            "measured": fit_steps_per_decade(eps_E, arrays["momentum_steps_E"]),
-            "theory": math.log(10) / math.log(r1),
-        },
-        "max_abs_step_error": {
-            "measured": float(np.max(np.abs(arrays["momentum_steps_E"] - mom_theory))),
-            "theory": 0.0,
-        },
+        **_slope_entry(
+            eps_E,
+            mom_E,
+            escape_steps_momentum(eps_E, a, beta, curv["saddle"], r),
+            math.log(10) / math.log(r1),
+        ),
         "growth_per_step": {"theory": r1, "gd_theory": 1 + a * curv["saddle"]},
-        "escaped_fraction": float(np.mean(np.isfinite(arrays["momentum_steps_E"]))),
+        "escaped_fraction": float(np.mean(np.isfinite(mom_E))),
     }
-    summary["escape_vs_offset"] = {
+    return {
         "eps_range": [cfg.eps_min, cfg.eps_max],
         "decades": math.log10(cfg.eps_max / cfg.eps_min),
         "start_y": "R / 2",
@@ -399,21 +423,26 @@ def compute(cfg: Config) -> tuple[dict, dict]:
         **esc,
     }
 
+
+def _escape_distributions(
+    cfg: Config, arrays: dict, curv: dict, ridge_steps: dict
+) -> tuple[dict, dict]:
+    """Escape-time distributions against their laws: (cdf_*_T arrays, summary entry).
+
+    `ridge_steps` holds the [N] steps of GD and momentum from the ridge (none escape).
+    """
+    a, r = cfg.lr, cfg.radius
     t_T = np.arange(cfg.escape_steps + 1)
     cdfs = {
         "gd_offsets": cdf_gd_offsets(t_T, a, curv["saddle"], r, cfg.offset_scale),
-        "momentum_offsets": cdf_momentum_offsets(t_T, a, beta, curv["saddle"], r, cfg.offset_scale),
+        "momentum_offsets": cdf_momentum_offsets(
+            t_T, a, cfg.momentum, curv["saddle"], r, cfg.offset_scale
+        ),
         "noise_ridge": cdf_noise(t_T, a, cfg.noise_eta, curv["saddle"], r),
-    }
-    measured = {
-        "gd_offsets": arrays["gd_offsets_steps_N"],
-        "momentum_offsets": arrays["momentum_offsets_steps_N"],
-        "noise_ridge": arrays["noise_ridge_steps_N"],
     }
     dist = {}
     for k, cdf_T in cdfs.items():
-        arrays[f"cdf_{k}_T"] = cdf_T
-        steps_N = measured[k]
+        steps_N = arrays[f"{k}_steps_N"]
         dist[k] = {
             "runs": int(len(steps_N)),
             "median_steps": {
@@ -427,21 +456,27 @@ def compute(cfg: Config) -> tuple[dict, dict]:
             },
             "escaped_fraction": {"measured": float(np.mean(np.isfinite(steps_N))), "theory": 1.0},
         }
-    dist["gd_ridge"] = {
-        "escaped_fraction": {"measured": float(np.mean(np.isfinite(gd_ridge_steps))), "theory": 0.0}
-    }
-    dist["momentum_ridge"] = {
-        "escaped_fraction": {
-            "measured": float(np.mean(np.isfinite(mom_ridge_steps))),
-            "theory": 0.0,
+    for k in ("gd_ridge", "momentum_ridge"):
+        dist[k] = {
+            "escaped_fraction": {
+                "measured": float(np.mean(np.isfinite(ridge_steps[k]))),
+                "theory": 0.0,
+            }
         }
-    }
-    summary["escape_distributions"] = {
+    summary = {
         "offset_scale": cfg.offset_scale,
-        "momentum": beta,
+        "momentum": cfg.momentum,
         "noise_eta": cfg.noise_eta,
         **dist,
     }
+    return {f"cdf_{k}_T": cdf_T for k, cdf_T in cdfs.items()}, summary
+
+
+def _escape_vs_noise(cfg: Config, arrays: dict, curv: dict) -> dict:
+    """summary["escape_vs_noise"]: median escape time of perturbed GD against eta."""
+    a, r = cfg.lr, cfg.radius
+    t_T = np.arange(cfg.escape_steps + 1)
+    etas_M = arrays["noise_etas_M"]
     noise = {}
     for j, eta in enumerate(etas_M):
         cdf_T = cdf_noise(t_T, a, eta, curv["saddle"], r)
@@ -452,8 +487,8 @@ def compute(cfg: Config) -> tuple[dict, dict]:
         }
     q = 1 + a * curv["saddle"]
     med_M = np.array([v["median_steps"]["measured"] for v in noise.values()])
-    summary["escape_vs_noise"] = {
-        "runs_per_eta": m,
+    return {
+        "runs_per_eta": cfg.runs_per_eta,
         # Median T ~ log(R / (0.674 sigma)) / log q with sigma ~ sqrt(eta): -1 / (2 log10 q)
         # steps per decade of eta.
         "steps_per_decade_of_eta": {
@@ -462,6 +497,35 @@ def compute(cfg: Config) -> tuple[dict, dict]:
         },
         **noise,
     }
+
+
+def compute(cfg: Config) -> tuple[dict, dict]:
+    """The paths, then the escape runs, then their summaries: (arrays, summary)."""
+    key = jax.random.key(cfg.seed)
+    offset_key, seed_key = jax.random.split(key)
+    del key
+    curv = {name: negative_curvature(name) for name in LANDSCAPES}
+    arrays, ridge = _ridge(cfg)
+    summary = {
+        "lr": cfg.lr,
+        "radius": cfg.radius,
+        "double_well_radius": cfg.double_well_radius,
+        "negative_curvature": curv,
+        "ridge": ridge,
+    }
+    # Escape from (eps, R / 2) and from the ridge (0, R / 2).
+    gd_arrays, gd_ridge_steps = _gd_escapes(cfg, offset_key)
+    arrays.update(gd_arrays)
+    mom_arrays, mom_ridge_steps = _momentum_escapes(cfg, arrays["eps_E"], arrays["offset_x0_N"])
+    arrays.update(mom_arrays)
+    arrays.update(_noisy_escapes(cfg, seed_key))
+    ridge_steps = {"gd_ridge": gd_ridge_steps, "momentum_ridge": mom_ridge_steps}
+    summary["escape_vs_offset"] = _escape_vs_offset(cfg, arrays, curv)
+    cdf_arrays, summary["escape_distributions"] = _escape_distributions(
+        cfg, arrays, curv, ridge_steps
+    )
+    arrays.update(cdf_arrays)
+    summary["escape_vs_noise"] = _escape_vs_noise(cfg, arrays, curv)
     return arrays, summary
 
 
