@@ -186,7 +186,98 @@ def steps_to_converge(path_NxTx2, targets_kx2, tol: float, record_every: int) ->
     return np.where(inside_NxT[:, -1], (last_out_N + 1) * record_every, -1).astype(np.int32)
 
 
+def _sweep_lrs(land, x0_Nx2: np.ndarray, opt: str, lr_L, seeds_LN, cfg: Config):
+    """Every lr at once, unrecorded: labels [L, N] (`basins.classify`) and diverged [L, N]."""
+    nl, n = len(lr_L), len(x0_Nx2)
+    run = sweep.descend(
+        land.fn,
+        np.tile(x0_Nx2, (nl, 1)),
+        optimizer=opt,
+        steps=cfg.steps,
+        **_hyper(opt, np.repeat(lr_L, n), seeds_LN),
+    )
+    # Labels against every stored minimum (global ones first): which minimum a start
+    # reaches; success = a global one.
+    label_LxN = basins.classify(run.x, land.minima, cfg.tol, run.diverged).reshape(nl, n)
+    return label_LxN, run.diverged.reshape(nl, n)
+
+
+def _recorded_steps(land, x0_Px2: np.ndarray, opt: str, lr, seeds_P, cfg: Config):
+    """Steps to converge [P] of the successful runs at one lr, rerun recorded; and mismatches.
+
+    The same updates (and noise seeds) as the unrecorded pass, for the step from which each
+    run stays at its global minimum.
+    """
+    rec = sweep.descend(
+        land.fn,
+        x0_Px2,
+        optimizer=opt,
+        steps=cfg.steps,
+        record_every=cfg.record_every,
+        **_hyper(opt, lr, seeds_P),
+    )
+    steps_P = steps_to_converge(rec.path, land.global_minima, cfg.tol, cfg.record_every)
+    steps_P[rec.diverged] = -1
+    # The recorded rerun takes the same updates, fused differently, so it rounds
+    # differently. A run still creeping towards its minimum at the last step (an
+    # Adam run along Rosenbrock's valley) can then end just outside `tol` while
+    # the first pass ended just inside: it entered at about the last step.
+    mismatches = int(np.sum(steps_P < 0))
+    steps_P[steps_P < 0] = cfg.steps
+    return steps_P, mismatches
+
+
+def _one_cell(land, x0_Nx2: np.ndarray, opt: str, lr_L: np.ndarray, cfg: Config) -> dict:
+    """One function x optimizer: success and divergence per lr, the best lr, labels and steps."""
+    nl, n = len(lr_L), len(x0_Nx2)
+    seeds_LN = np.arange(nl * n)  # noisy_sgd: run (lr l, start i) has seed l n + i
+    label_LxN, diverged_LxN = _sweep_lrs(land, x0_Nx2, opt, lr_L, seeds_LN, cfg)
+    ok_LxN = (label_LxN >= 0) & (label_LxN < len(land.global_minima))
+    success_L = ok_LxN.mean(axis=1)
+    # Highest success; among equals the larger lr (the faster one, as a rule).
+    best = nl - 1 - int(np.argmax(success_L[::-1]))
+    steps_N = np.full(n, -1, np.int32)
+    idx = np.flatnonzero(ok_LxN[best])
+    mismatches = 0
+    if idx.size:
+        steps_N[idx], mismatches = _recorded_steps(
+            land, x0_Nx2[idx], opt, lr_L[best], seeds_LN[best * n + idx], cfg
+        )
+    return {
+        "success_L": success_L,
+        "diverged_L": diverged_LxN.mean(axis=1),
+        "best": best,
+        "label_N": label_LxN[best],
+        "steps_N": steps_N,
+        "mismatches": mismatches,
+    }
+
+
+def _cell_summary(lr_L: np.ndarray, cell: dict) -> dict:
+    """summary.json entry of one function x optimizer from `_one_cell`'s result."""
+    best, steps_N = cell["best"], cell["steps_N"]
+    conv = steps_N[steps_N >= 0]
+    q = np.percentile(conv, [10, 25, 50, 75, 90]) if conv.size else [np.nan] * 5
+    return {
+        "lr": float(lr_L[best]),
+        "success_rate": float(cell["success_L"][best]),
+        "success_rate_by_lr": {
+            f"{a:g}": float(r) for a, r in zip(lr_L, cell["success_L"], strict=True)
+        },
+        "diverged_rate": float(cell["diverged_L"][best]),
+        "steps_to_converge": dict(
+            zip(("p10", "p25", "median", "p75", "p90"), map(float, q), strict=True)
+        ),
+        "recorded_rerun_mismatches": {
+            "count": cell["mismatches"],
+            "note": "successes whose recorded rerun ended just outside tol (rounding); "
+            "their step count is the last step",
+        },
+    }
+
+
 def _many_starts(cfg: Config, key: jax.Array) -> tuple[dict, dict]:
+    """Part 1: every optimizer from the same `num_starts` starts on each function."""
     lr_L = np.asarray(cfg.lrs, np.float64)
     n, nl = cfg.num_starts, len(lr_L)
     shape = (len(cfg.functions), len(cfg.optimizers))
@@ -204,69 +295,16 @@ def _many_starts(cfg: Config, key: jax.Array) -> tuple[dict, dict]:
             jax.random.fold_in(key, f), (n, 2), minval=b[:, 0], maxval=b[:, 1]
         )
         starts_FxNx2[f] = np.asarray(starts, np.float32)
-        x0_Nx2 = starts_FxNx2[f]
-        n_global = len(land.global_minima)
         per_fn = {}
         cells = list(enumerate(cfg.optimizers))
         for o, opt in engine.bar(cells, desc=f"{NAME}: {fname} ({f + 1}/{len(cfg.functions)})"):
-            # Every lr at once, without recording. Labels against every stored minimum
-            # (global ones first): which minimum a start reaches, success = a global one.
-            seeds_LN = np.arange(nl * n)  # noisy_sgd: run (lr l, start i) has seed l n + i
-            run = sweep.descend(
-                land.fn,
-                np.tile(x0_Nx2, (nl, 1)),
-                optimizer=opt,
-                steps=cfg.steps,
-                **_hyper(opt, np.repeat(lr_L, n), seeds_LN),
-            )
-            label_LxN = basins.classify(run.x, land.minima, cfg.tol, run.diverged).reshape(nl, n)
-            ok_LxN = (label_LxN >= 0) & (label_LxN < n_global)
-            success_rate_FxOxL[f, o] = ok_LxN.mean(axis=1)
-            diverged_rate_FxOxL[f, o] = run.diverged.reshape(nl, n).mean(axis=1)
-            # Highest success; among equals the larger lr (the faster one, as a rule).
-            best = nl - 1 - int(np.argmax(success_rate_FxOxL[f, o][::-1]))
-            best_lr_FxO[f, o] = lr_L[best]
-            label_FxOxN[f, o] = label_LxN[best]
-            # The successful runs at the best lr again, recorded: the same updates (and
-            # noise seeds), for the step from which each stays at its global minimum.
-            idx = np.flatnonzero(ok_LxN[best])
-            mismatches = 0
-            if idx.size:
-                rec = sweep.descend(
-                    land.fn,
-                    x0_Nx2[idx],
-                    optimizer=opt,
-                    steps=cfg.steps,
-                    record_every=cfg.record_every,
-                    **_hyper(opt, lr_L[best], seeds_LN[best * n + idx]),
-                )
-                steps_P = steps_to_converge(rec.path, land.global_minima, cfg.tol, cfg.record_every)
-                steps_P[rec.diverged] = -1
-                # The recorded rerun takes the same updates, fused differently, so it rounds
-                # differently. A run still creeping towards its minimum at the last step (an
-                # Adam run along Rosenbrock's valley) can then end just outside `tol` while
-                # the first pass ended just inside: it entered at about the last step.
-                mismatches = int(np.sum(steps_P < 0))
-                steps_P[steps_P < 0] = cfg.steps
-                steps_FxOxN[f, o, idx] = steps_P
-            conv = steps_FxOxN[f, o][steps_FxOxN[f, o] >= 0]
-            q = np.percentile(conv, [10, 25, 50, 75, 90]) if conv.size else [np.nan] * 5
-            per_fn[opt] = {
-                "lr": float(lr_L[best]),
-                "success_rate": float(success_rate_FxOxL[f, o, best]),
-                "success_rate_by_lr": {
-                    f"{a:g}": float(r) for a, r in zip(lr_L, success_rate_FxOxL[f, o], strict=True)
-                },
-                "diverged_rate": float(diverged_rate_FxOxL[f, o, best]),
-                "steps_to_converge": dict(
-                    zip(("p10", "p25", "median", "p75", "p90"), map(float, q), strict=True)
-                ),
-                "recorded_rerun_mismatches": {
-                    "count": mismatches,
-                    "note": "successes whose recorded rerun ended just outside tol (rounding); "
-                    "their step count is the last step",
-                },
-            }
+            cell = _one_cell(land, starts_FxNx2[f], opt, lr_L, cfg)
+            success_rate_FxOxL[f, o] = cell["success_L"]
+            diverged_rate_FxOxL[f, o] = cell["diverged_L"]
+            best_lr_FxO[f, o] = lr_L[cell["best"]]
+            label_FxOxN[f, o] = cell["label_N"]
+            steps_FxOxN[f, o] = cell["steps_N"]
+            per_fn[opt] = _cell_summary(lr_L, cell)
         ranked = sorted(
             cfg.optimizers,
             key=lambda o: (-per_fn[o]["success_rate"], per_fn[o]["steps_to_converge"]["median"]),
@@ -316,6 +354,7 @@ def mlp_apply(params: list, x):
 
 
 def mlp_loss(params: list, x, y):
+    """Mean softmax cross-entropy of the logits of x [B, 64] against labels y [B]."""
     return optax.softmax_cross_entropy_with_integer_labels(mlp_apply(params, x), y).mean()
 
 
@@ -341,22 +380,28 @@ def _mlp_run(normals, scale, *, cfg: Config, train, test):
     return loss0, final, acc, gnorm_D, loss_T
 
 
-def _mlp(cfg: Config, key: jax.Array) -> tuple[dict, dict]:
+def _digits(cfg: Config) -> tuple[tuple, tuple]:
+    """(train, test), each (x [B, 64], y [B]), standardized by the training set's pixels."""
     x, y = data.digits()
     xtr, ytr, xte, yte = x[: cfg.mlp_train], y[: cfg.mlp_train], x[TEST_FROM:], y[TEST_FROM:]
     mean, std = xtr.mean(axis=0), xtr.std(axis=0)
     std = np.where(std > 0, std, 1.0)  # border pixels are constant: leave them at 0
     train = (jnp.asarray((xtr - mean) / std), jnp.asarray(ytr))
     test = (jnp.asarray((xte - mean) / std), jnp.asarray(yte))
-    scale_M = np.logspace(*cfg.mlp_log10_scale, cfg.mlp_num_scales).astype(np.float32)
-    normals_S = mlp_normals(key, cfg.mlp_widths, cfg.mlp_seeds)
-    run = functools.partial(_mlp_run, cfg=cfg, train=train, test=test)
-    grid = jax.vmap(jax.vmap(run, in_axes=(None, 0)), in_axes=(0, None))  # -> [S, M]
-    loss0_SxM, final_SxM, acc_SxM, gnorm_SxMxD, loss_SxMxT = jax.device_get(
-        jax.jit(grid)(normals_S, jnp.asarray(scale_M))
-    )
+    return train, test
+
+
+def _by_scale(scale_M: np.ndarray, v_M: np.ndarray) -> dict:
+    """{scale: value} for summary.json, scales to 3 significant digits."""
+    return {f"{s:.3g}": float(v) for s, v in zip(scale_M, v_M, strict=True)}
+
+
+def _mlp_summary(arrays: dict, cfg: Config) -> dict:
+    """summary.json of part 2: medians by scale, the vanishing and exploding ranges, slope."""
+    scale_M = arrays["mlp_scale_M"]
+    gnorm_SxMxD = arrays["mlp_grad_norm_SxMxD"]
     chance = math.log(10)
-    med_M = np.median(final_SxM, axis=0)
+    med_M = np.median(arrays["mlp_final_loss_SxM"], axis=0)
     best = int(np.argmin(med_M))
     no_learning_M = med_M >= 0.9 * chance
     below = np.flatnonzero(no_learning_M[:best])
@@ -371,23 +416,11 @@ def _mlp(cfg: Config, key: jax.Array) -> tuple[dict, dict]:
         if small.sum() >= 2
         else float("nan")
     )
-    arrays = {
-        "mlp_scale_M": scale_M,
-        "mlp_init_loss_SxM": loss0_SxM,
-        "mlp_final_loss_SxM": final_SxM,
-        "mlp_test_acc_SxM": acc_SxM,
-        "mlp_grad_norm_SxMxD": gnorm_SxMxD,
-        "mlp_loss_SxMxT": loss_SxMxT,
-    }
-    summary = {
+    return {
         "chance_loss": chance,
-        "final_loss_by_scale": {f"{s:.3g}": float(v) for s, v in zip(scale_M, med_M, strict=True)},
-        "test_accuracy_by_scale": {
-            f"{s:.3g}": float(v) for s, v in zip(scale_M, np.median(acc_SxM, axis=0), strict=True)
-        },
-        "init_loss_by_scale": {
-            f"{s:.3g}": float(v) for s, v in zip(scale_M, np.median(loss0_SxM, axis=0), strict=True)
-        },
+        "final_loss_by_scale": _by_scale(scale_M, med_M),
+        "test_accuracy_by_scale": _by_scale(scale_M, np.median(arrays["mlp_test_acc_SxM"], axis=0)),
+        "init_loss_by_scale": _by_scale(scale_M, np.median(arrays["mlp_init_loss_SxM"], axis=0)),
         "best_scale": {"scale": float(scale_M[best]), "final_loss": float(med_M[best])},
         "vanishing": {
             "up_to_scale": float(scale_M[below.max()]) if below.size else None,
@@ -403,10 +436,31 @@ def _mlp(cfg: Config, key: jax.Array) -> tuple[dict, dict]:
             "note": "log-log slope of |dL/dW1| at init against scale, scales <= 0.1",
         },
     }
-    return arrays, summary
+
+
+def _mlp(cfg: Config, key: jax.Array) -> tuple[dict, dict]:
+    """Part 2: S seeds x M init scales of the tanh MLP on digits, trained by full-batch GD."""
+    train, test = _digits(cfg)
+    scale_M = np.logspace(*cfg.mlp_log10_scale, cfg.mlp_num_scales).astype(np.float32)
+    normals_S = mlp_normals(key, cfg.mlp_widths, cfg.mlp_seeds)
+    run = functools.partial(_mlp_run, cfg=cfg, train=train, test=test)
+    grid = jax.vmap(jax.vmap(run, in_axes=(None, 0)), in_axes=(0, None))  # -> [S, M]
+    loss0_SxM, final_SxM, acc_SxM, gnorm_SxMxD, loss_SxMxT = jax.device_get(
+        jax.jit(grid)(normals_S, jnp.asarray(scale_M))
+    )
+    arrays = {
+        "mlp_scale_M": scale_M,
+        "mlp_init_loss_SxM": loss0_SxM,
+        "mlp_final_loss_SxM": final_SxM,
+        "mlp_test_acc_SxM": acc_SxM,
+        "mlp_grad_norm_SxMxD": gnorm_SxMxD,
+        "mlp_loss_SxMxT": loss_SxMxT,
+    }
+    return arrays, _mlp_summary(arrays, cfg)
 
 
 def compute(cfg: Config) -> tuple[dict, dict]:
+    """Part 1 (many starts) and part 2 (the MLP), from independent keys."""
     key = jax.random.key(cfg.seed)
     starts_key, mlp_key = jax.random.split(key)
     del key
@@ -421,6 +475,7 @@ FIG_ROW = 1.45  # inches per row of start maps
 
 
 def _annotated_heatmap(ax, values_FxO, text_FxO, cfg: Config, cbar_label: str, **kw):
+    """Heatmap function x optimizer with a colour bar, each cell labelled in a legible colour."""
     mesh = ax.imshow(values_FxO, aspect="auto", **kw)
     ax.figure.colorbar(mesh, ax=ax, label=cbar_label, pad=0.01)
     for (i, j), text in np.ndenumerate(text_FxO):
@@ -433,10 +488,8 @@ def _annotated_heatmap(ax, values_FxO, text_FxO, cfg: Config, cbar_label: str, *
     ax.grid(False)
 
 
-def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
-    figs = {}
-    per = summary["functions"]
-    steps, labels = arrays["steps_FxOxN"], arrays["label_FxOxN"]
+def _plot_success(arrays: dict, cfg: Config, per: dict):
+    """Success rate (with the chosen lr) and median steps to converge, function x optimizer."""
     success_FxO = np.array(
         [[per[f][o]["success_rate"] for o in cfg.optimizers] for f in cfg.functions]
     )
@@ -444,122 +497,139 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
         [[per[f][o]["steps_to_converge"]["median"] for o in cfg.optimizers] for f in cfg.functions]
     )
     lr_FxO = arrays["best_lr_FxO"]
-    nf, no = success_FxO.shape
-    with plt.style.context(plotting.STYLE):
-        fig, (ax1, ax2) = plt.subplots(
-            2, 1, figsize=(plotting.FULL, 1.2 + 0.85 * nf), layout="constrained"
-        )
-        text = np.array(
-            [
-                [f"{100 * s:.0f}%\nlr {a:g}" for s, a in zip(rs, ra, strict=True)]
-                for rs, ra in zip(success_FxO, lr_FxO, strict=True)
-            ]
-        )
-        _annotated_heatmap(
-            ax1, success_FxO, text, cfg, "success rate", vmin=0, vmax=1, cmap="viridis"
-        )
-        ax1.set_title(
-            f"reaching a global minimum (within {cfg.tol:g}) from {cfg.num_starts} starts in "
-            f"{cfg.steps} steps, best lr of {', '.join(f'{a:g}' for a in cfg.lrs)}"
-        )
-        ax1.title.set_fontsize(8)
-        text = np.array(
-            [["–" if not np.isfinite(m) else f"{m:.0f}" for m in row] for row in median_FxO]
-        )
-        finite = median_FxO[np.isfinite(median_FxO)]
-        lo = max(cfg.record_every, finite.min()) if finite.size else 1
-        hi = max(lo * 10, finite.max()) if finite.size else 10
-        _annotated_heatmap(
-            ax2,
-            np.where(np.isfinite(median_FxO), np.maximum(median_FxO, lo), np.nan),
-            text,
-            cfg,
-            "median steps (log scale)",
-            norm=colors.LogNorm(lo, hi),
-            cmap="magma_r",
-        )
-        ax2.set_title("median steps to converge, over the successful starts")
-        ax2.title.set_fontsize(8)
-        figs["success"] = fig
-
-        ncol = min(3, nf + 1)
-        nrow = -(-(nf + 1) // ncol)
-        fig, axes = plt.subplots(
-            nrow, ncol, figsize=(plotting.FULL, 2.0 * nrow), layout="constrained", squeeze=False
-        )
-        t_T = np.arange(cfg.record_every, cfg.steps + 1, cfg.record_every)
-        for f, fname in enumerate(cfg.functions):
-            ax = axes.flat[f]
-            for o, opt in enumerate(cfg.optimizers):
-                s_K = np.sort(steps[f, o][steps[f, o] >= 0])
-                if s_K.size:
-                    frac_T = np.searchsorted(s_K, t_T, side="right") / s_K.size
-                    ax.step(t_T, frac_T, where="post", color=f"C{o % 10}", label=opt)
-            ax.set(
-                xscale="log",
-                xlabel="step t (log scale)",
-                ylabel="share converged by t",
-                ylim=(-0.02, 1.02),
-                xlim=(cfg.record_every, cfg.steps),
-                title=fname,
-            )
-        legend_ax = axes.flat[nf]
-        legend_ax.set_axis_off()
-        handles = [
-            Line2D([], [], color=f"C{o % 10}", label=opt) for o, opt in enumerate(cfg.optimizers)
+    nf = len(success_FxO)
+    fig, (ax1, ax2) = plt.subplots(
+        2, 1, figsize=(plotting.FULL, 1.2 + 0.85 * nf), layout="constrained"
+    )
+    text = np.array(
+        [
+            [f"{100 * s:.0f}%\nlr {a:g}" for s, a in zip(rs, ra, strict=True)]
+            for rs, ra in zip(success_FxO, lr_FxO, strict=True)
         ]
-        legend_ax.legend(handles=handles, loc="center", title="optimizer (its best lr)")
-        for ax in axes.flat[nf + 1 :]:
-            ax.set_axis_off()
+    )
+    _annotated_heatmap(ax1, success_FxO, text, cfg, "success rate", vmin=0, vmax=1, cmap="viridis")
+    ax1.set_title(
+        f"reaching a global minimum (within {cfg.tol:g}) from {cfg.num_starts} starts in "
+        f"{cfg.steps} steps, best lr of {', '.join(f'{a:g}' for a in cfg.lrs)}"
+    )
+    ax1.title.set_fontsize(8)
+    text = np.array(
+        [["–" if not np.isfinite(m) else f"{m:.0f}" for m in row] for row in median_FxO]
+    )
+    finite = median_FxO[np.isfinite(median_FxO)]
+    lo = max(cfg.record_every, finite.min()) if finite.size else 1
+    hi = max(lo * 10, finite.max()) if finite.size else 10
+    _annotated_heatmap(
+        ax2,
+        np.where(np.isfinite(median_FxO), np.maximum(median_FxO, lo), np.nan),
+        text,
+        cfg,
+        "median steps (log scale)",
+        norm=colors.LogNorm(lo, hi),
+        cmap="magma_r",
+    )
+    ax2.set_title("median steps to converge, over the successful starts")
+    ax2.title.set_fontsize(8)
+    return fig
+
+
+def _plot_steps(arrays: dict, cfg: Config):
+    """Per function: the share of the successful starts converged by step t, per optimizer."""
+    steps = arrays["steps_FxOxN"]
+    nf = len(cfg.functions)
+    ncol = min(3, nf + 1)
+    nrow = -(-(nf + 1) // ncol)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(plotting.FULL, 2.0 * nrow), layout="constrained", squeeze=False
+    )
+    t_T = np.arange(cfg.record_every, cfg.steps + 1, cfg.record_every)
+    for f, fname in enumerate(cfg.functions):
+        ax = axes.flat[f]
+        for o, opt in enumerate(cfg.optimizers):
+            s_K = np.sort(steps[f, o][steps[f, o] >= 0])
+            if s_K.size:
+                frac_T = np.searchsorted(s_K, t_T, side="right") / s_K.size
+                ax.step(t_T, frac_T, where="post", color=f"C{o % 10}", label=opt)
+        ax.set(
+            xscale="log",
+            xlabel="step t (log scale)",
+            ylabel="share converged by t",
+            ylim=(-0.02, 1.02),
+            xlim=(cfg.record_every, cfg.steps),
+            title=fname,
+        )
+    legend_ax = axes.flat[nf]
+    legend_ax.set_axis_off()
+    handles = [
+        Line2D([], [], color=f"C{o % 10}", label=opt) for o, opt in enumerate(cfg.optimizers)
+    ]
+    legend_ax.legend(handles=handles, loc="center", title="optimizer (its best lr)")
+    for ax in axes.flat[nf + 1 :]:
+        ax.set_axis_off()
+    fig.suptitle(
+        "steps to converge: share of the successful starts within tol of their global "
+        "minimum from step t on (success rates: success.png)",
+        fontsize=8,
+    )
+    return fig
+
+
+def _plot_start_map(arrays: dict, cfg: Config, name: str):
+    """Map of the starts, map_optimizers x functions: `name` "which_minimum" or "how_fast"."""
+    steps, labels = arrays["steps_FxOxN"], arrays["label_FxOxN"]
+    lr_FxO = arrays["best_lr_FxO"]
+    rows = [cfg.optimizers.index(o) for o in cfg.map_optimizers]
+    fig, axes = plt.subplots(
+        len(rows),
+        len(cfg.functions),
+        figsize=(plotting.FULL, 0.6 + FIG_ROW * len(rows)),
+        layout="constrained",
+        squeeze=False,
+    )
+    for f, fname in enumerate(cfg.functions):
+        land = landscapes.get(fname)
+        x_Nx2 = arrays["starts_FxNx2"][f]
+        for r, o in enumerate(rows):
+            ax = axes[r, f]
+            if name == "which_minimum":
+                art = _draw_labels(ax, x_Nx2, labels[f, o], land)
+            else:
+                art = _draw_steps(ax, x_Nx2, steps[f, o], cfg)
+            ax.set(xlim=land.bounds[0], ylim=land.bounds[1], xticks=[], yticks=[])
+            ax.grid(False)
+            if r == 0:
+                ax.set_title(fname, fontsize=7)
+            if f == 0:
+                ax.set_ylabel(f"{cfg.optimizers[o]}\nlr {lr_FxO[f, o]:g}", fontsize=7)
+            else:
+                ax.set_ylabel(f"lr {lr_FxO[f, o]:g}", fontsize=6)
+    if name == "which_minimum":
         fig.suptitle(
-            "steps to converge: share of the successful starts within tol of their global "
-            "minimum from step t on (success rates: success.png)",
+            "which minimum each start reaches (colour: stored minimum, global ones "
+            "starred; gray: none within tol; black: diverged)",
             fontsize=8,
         )
-        figs["steps"] = fig
+    else:
+        fig.colorbar(art, ax=axes, label="steps to converge (log scale)", shrink=0.8)
+        fig.suptitle("how fast each start converges (gray: never)", fontsize=8)
+    return fig
 
-        rows = [cfg.optimizers.index(o) for o in cfg.map_optimizers]
+
+def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
+    """Figures: success, steps, which_minimum and how_fast (part 1); mlp (part 2)."""
+    with plt.style.context(plotting.STYLE):
+        figs = {
+            "success": _plot_success(arrays, cfg, summary["functions"]),
+            "steps": _plot_steps(arrays, cfg),
+        }
         for name in ("which_minimum", "how_fast"):
-            fig, axes = plt.subplots(
-                len(rows),
-                nf,
-                figsize=(plotting.FULL, 0.6 + FIG_ROW * len(rows)),
-                layout="constrained",
-                squeeze=False,
-            )
-            for f, fname in enumerate(cfg.functions):
-                land = landscapes.get(fname)
-                x_Nx2 = arrays["starts_FxNx2"][f]
-                for r, o in enumerate(rows):
-                    ax = axes[r, f]
-                    if name == "which_minimum":
-                        art = _draw_labels(ax, x_Nx2, labels[f, o], land)
-                    else:
-                        art = _draw_steps(ax, x_Nx2, steps[f, o], cfg)
-                    ax.set(xlim=land.bounds[0], ylim=land.bounds[1], xticks=[], yticks=[])
-                    ax.grid(False)
-                    if r == 0:
-                        ax.set_title(fname, fontsize=7)
-                    if f == 0:
-                        ax.set_ylabel(f"{cfg.optimizers[o]}\nlr {lr_FxO[f, o]:g}", fontsize=7)
-                    else:
-                        ax.set_ylabel(f"lr {lr_FxO[f, o]:g}", fontsize=6)
-            if name == "which_minimum":
-                fig.suptitle(
-                    "which minimum each start reaches (colour: stored minimum, global ones "
-                    "starred; gray: none within tol; black: diverged)",
-                    fontsize=8,
-                )
-            else:
-                fig.colorbar(art, ax=axes, label="steps to converge (log scale)", shrink=0.8)
-                fig.suptitle("how fast each start converges (gray: never)", fontsize=8)
-            figs[name] = fig
-
+            figs[name] = _plot_start_map(arrays, cfg, name)
         figs["mlp"] = _plot_mlp(arrays, cfg, summary["mlp"])
     return figs
 
 
 def _draw_labels(ax, x_Nx2, labels_N, land):
+    """Starts coloured by the minimum they reach, and the minima (global ones starred)."""
     k = len(land.minima)
     table = np.concatenate(
         [[plotting.DIVERGED_COLOR, plotting.NOT_CONVERGED_COLOR], plotting.basin_palette(k)]
@@ -589,6 +659,7 @@ def _draw_labels(ax, x_Nx2, labels_N, land):
 
 
 def _draw_steps(ax, x_Nx2, steps_N, cfg: Config):
+    """Starts coloured by their steps to converge (log scale); gray where never."""
     ok = steps_N >= 0
     ax.scatter(*x_Nx2[~ok].T, c=[plotting.NOT_CONVERGED_COLOR], s=0.6, lw=0, rasterized=True)
     return ax.scatter(
@@ -602,25 +673,16 @@ def _draw_steps(ax, x_Nx2, steps_N, cfg: Config):
     )
 
 
-def _plot_mlp(arrays: dict, cfg: Config, summary: dict):
+def _mlp_loss_panel(ax, arrays: dict, cfg: Config, chance: float) -> None:
+    """Final loss (median, range over seeds) and loss at init against the init scale."""
     scale_M = arrays["mlp_scale_M"]
     final_SxM = arrays["mlp_final_loss_SxM"]
-    gnorm_SxMxD = arrays["mlp_grad_norm_SxMxD"]
-    chance = summary["chance_loss"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(plotting.FULL, 2.8), layout="constrained")
-    van, exp_ = summary["vanishing"]["up_to_scale"], summary["exploding"]["from_scale"]
-    for ax in (ax1, ax2):
-        if van is not None:
-            ax.axvspan(scale_M[0] / 1.5, van * 1.2, color="C0", alpha=0.12, lw=0)
-        if exp_ is not None:
-            ax.axvspan(exp_ / 1.2, scale_M[-1] * 1.5, color="C3", alpha=0.12, lw=0)
-        ax.axvline(1, color="k", lw=0.6, ls=":")
     med = np.median(final_SxM, axis=0)
-    ax1.fill_between(
+    ax.fill_between(
         scale_M, final_SxM.min(axis=0), final_SxM.max(axis=0), color="C0", alpha=0.3, lw=0
     )
-    ax1.plot(scale_M, med, "o-", color="C0", ms=3, label="final (median, range over seeds)")
-    ax1.plot(
+    ax.plot(scale_M, med, "o-", color="C0", ms=3, label="final (median, range over seeds)")
+    ax.plot(
         scale_M,
         np.median(arrays["mlp_init_loss_SxM"], axis=0),
         "s--",
@@ -629,8 +691,8 @@ def _plot_mlp(arrays: dict, cfg: Config, summary: dict):
         lw=0.8,
         label="at initialization",
     )
-    ax1.axhline(chance, color="k", lw=0.8, ls="--", label="chance, ln 10")
-    ax1.set(
+    ax.axhline(chance, color="k", lw=0.8, ls="--", label="chance, ln 10")
+    ax.set(
         xscale="log",
         yscale="log",
         xlabel="init scale × 1/√fan_in (log scale)",
@@ -638,13 +700,19 @@ def _plot_mlp(arrays: dict, cfg: Config, summary: dict):
         title=f"tanh MLP {'-'.join(map(str, cfg.mlp_widths))}, {cfg.mlp_steps} GD steps, "
         f"lr {cfg.mlp_lr:g}",
     )
-    ax1.title.set_fontsize(8)
-    ax1.legend(loc="upper center", fontsize=6)
-    ax1.text(0.02, 0.03, "vanishing", transform=ax1.transAxes, color="C0", fontsize=7)
-    ax1.text(0.98, 0.03, "exploding", transform=ax1.transAxes, color="C3", fontsize=7, ha="right")
+    ax.title.set_fontsize(8)
+    ax.legend(loc="upper center", fontsize=6)
+    ax.text(0.02, 0.03, "vanishing", transform=ax.transAxes, color="C0", fontsize=7)
+    ax.text(0.98, 0.03, "exploding", transform=ax.transAxes, color="C3", fontsize=7, ha="right")
+
+
+def _mlp_grad_panel(ax, arrays: dict, slope: float) -> None:
+    """Gradient norm of every weight matrix at init against the scale, and the theory slope."""
+    scale_M = arrays["mlp_scale_M"]
+    gnorm_SxMxD = arrays["mlp_grad_norm_SxMxD"]
     depth = gnorm_SxMxD.shape[-1]
     for d in range(depth):
-        ax2.plot(
+        ax.plot(
             scale_M,
             np.median(gnorm_SxMxD[:, :, d], axis=0),
             "o-",
@@ -655,17 +723,31 @@ def _plot_mlp(arrays: dict, cfg: Config, summary: dict):
     g1 = np.median(gnorm_SxMxD[:, :, 0], axis=0)
     ref = g1[0] * (scale_M / scale_M[0]) ** (depth - 1)
     keep = scale_M <= 1
-    ax2.plot(scale_M[keep], ref[keep], "k:", lw=1, label=f"∝ scale^{depth - 1}")
-    slope = summary["first_layer_grad_slope_small_scale"]["measured"]
-    ax2.set(
+    ax.plot(scale_M[keep], ref[keep], "k:", lw=1, label=f"∝ scale^{depth - 1}")
+    ax.set(
         xscale="log",
         yscale="log",
         xlabel="init scale × 1/√fan_in (log scale)",
         ylabel="|∂L/∂W| at init (log scale)",
         title=f"gradients at init; small-scale slope of W1 {slope:.2f} (theory {depth - 1})",
     )
-    ax2.title.set_fontsize(8)
-    ax2.legend(loc="lower right", fontsize=6)
+    ax.title.set_fontsize(8)
+    ax.legend(loc="lower right", fontsize=6)
+
+
+def _plot_mlp(arrays: dict, cfg: Config, summary: dict):
+    """Part 2: training loss and gradients at init against the init scale, regimes shaded."""
+    scale_M = arrays["mlp_scale_M"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(plotting.FULL, 2.8), layout="constrained")
+    van, exp_ = summary["vanishing"]["up_to_scale"], summary["exploding"]["from_scale"]
+    for ax in (ax1, ax2):
+        if van is not None:
+            ax.axvspan(scale_M[0] / 1.5, van * 1.2, color="C0", alpha=0.12, lw=0)
+        if exp_ is not None:
+            ax.axvspan(exp_ / 1.2, scale_M[-1] * 1.5, color="C3", alpha=0.12, lw=0)
+        ax.axvline(1, color="k", lw=0.6, ls=":")
+    _mlp_loss_panel(ax1, arrays, cfg, summary["chance_loss"])
+    _mlp_grad_panel(ax2, arrays, summary["first_layer_grad_slope_small_scale"]["measured"])
     return fig
 
 

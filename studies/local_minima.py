@@ -165,10 +165,12 @@ QUICK = Config(
 
 
 def _key(point) -> str:
+    """Name of a minimum in summary.json: its coordinates to 3 decimals."""
     return f"({point[0]:.3f}, {point[1]:.3f})"
 
 
 def _map_key(name: str, optimizer: str, lr: float) -> str:
+    """Name of a basin map in arrays.npz and summary.json."""
     return f"{name}/{optimizer}/lr={lr:g}"
 
 
@@ -237,6 +239,7 @@ def _kicked_gd_labels(fn, minima_Kx2, v_Kx2, starts_Nx2, lr: float, cfg: Config)
 
 
 def _fractions_dict(frac: np.ndarray, minima_Kx2: np.ndarray) -> dict:
+    """Basin fractions [K + 2] by minimum name, then not_converged and diverged."""
     out = {_key(m): float(f) for m, f in zip(minima_Kx2, frac, strict=False)}
     out["not_converged"] = float(frac[-2])
     out["diverged"] = float(frac[-1])
@@ -246,10 +249,9 @@ def _fractions_dict(frac: np.ndarray, minima_Kx2: np.ndarray) -> dict:
 # ----------------------------------------------------------------------------- compute
 
 
-def compute(cfg: Config) -> tuple[dict, dict]:
-    arrays, summary = {}, {"maps": {}}
-
-    # Basin maps.
+def _basin_maps(cfg: Config) -> tuple[dict, dict]:
+    """Basin maps: labels of a map_n x map_n grid of starts per entry of `maps`."""
+    arrays, summary = {}, {}
     for name, optimizer, lr, steps in cfg.maps:
         lscape = landscapes.get(name)
         minima = landscapes.local_minima(lscape)
@@ -259,7 +261,7 @@ def compute(cfg: Config) -> tuple[dict, dict]:
         key = _map_key(name, optimizer, lr)
         arrays[f"map/{key}/labels_HxW"] = labels.reshape(cfg.map_n, cfg.map_n)
         arrays[f"map/{key}/minima_Kx2"] = minima
-        summary["maps"][key] = {
+        summary[key] = {
             "optimizer": optimizer,
             "lr": lr,
             "steps": steps,
@@ -271,82 +273,84 @@ def compute(cfg: Config) -> tuple[dict, dict]:
         }
         if name == "rastrigin":
             at_origin = int(np.argmin(np.linalg.norm(minima, axis=1)))
-            summary["maps"][key]["global_minimum_fraction"] = float(frac[at_origin])
+            summary[key]["global_minimum_fraction"] = float(frac[at_origin])
+    return arrays, summary
 
-    # Himmelblau: basin fractions against the learning rate (one GD sweep per lr).
-    h = landscapes.get(HIMMELBLAU)
-    minima = np.asarray(h.minima, np.float64)
-    k = len(minima)
-    lam_K, v_Kx2 = calculus.top_curvature(h.fn, minima)
-    theory_K = 2.0 / lam_K
+
+def _lr_sweep(fn, bounds, minima_Kx2, v_Kx2, cfg: Config):
+    """Himmelblau's basin fractions against the lr (one kicked GD sweep per lr).
+
+    Returns:
+      (lr_L [L], fractions [L, K + 2], indices of the snapshot lrs, their label maps [S, H, W]).
+    """
+    k = len(minima_Kx2)
     lr_L = np.linspace(cfg.lr_min, cfg.lr_max, cfg.num_lrs)
-    starts = sweep.grid(h.bounds, cfg.sweep_n)
+    starts = sweep.grid(bounds, cfg.sweep_n)
     snap_idx = sorted({int(np.argmin(np.abs(lr_L - s))) for s in cfg.snapshot_lrs})
     frac_LxK2 = np.zeros((len(lr_L), k + 2))
     snapshots = []
     for i, lr in enumerate(lr_L):
-        labels = _kicked_gd_labels(h.fn, minima, v_Kx2, starts, float(lr), cfg)
+        labels = _kicked_gd_labels(fn, minima_Kx2, v_Kx2, starts, float(lr), cfg)
         frac_LxK2[i] = basins.fractions(labels, k)
         if i in snap_idx:
             snapshots.append(labels.reshape(cfg.sweep_n, cfg.sweep_n).astype(np.int8))
+    return lr_L, frac_LxK2, snap_idx, np.stack(snapshots)
+
+
+def _vanishing_entry(j: int, lr_L, frac_LxK2, bracket_Kx2, lam_K, minima_Kx2, cfg: Config):
+    """summary.json entry of minimum j: its vanishing lr from the sweep and from offsets."""
+    m = minima_Kx2[j]
+    theory = float(2.0 / lam_K[j])
     spacing = float(lr_L[1] - lr_L[0])
+    runs_L = np.round(frac_LxK2[:, j] * cfg.sweep_n**2).astype(int)
+    zeros = np.flatnonzero(runs_L == 0)
+    first = int(zeros[0]) if zeros.size else None
+    stray = [] if first is None else np.flatnonzero(runs_L[first:])
+    sharp = bracket_Kx2[j]
+    return {
+        "minimum": m.tolist(),
+        "lambda_max": float(lam_K[j]),
+        "theory_2_over_lambda_max": theory,
+        "from_basin_fraction": {
+            "measured": None if first is None else float(lr_L[first]),
+            "theory": theory,
+            "last_lr_with_basin": float(lr_L[first - 1]) if first else None,
+            "resolution": spacing,
+            "note": f"first lr of {cfg.num_lrs} (spacing {spacing:.3g}) at which the "
+            f"basin fraction of {cfg.sweep_n}^2 starts drops to 0; float32 GD, "
+            f"{cfg.sweep_steps} steps, a kick of {cfg.kick:g} along the top eigenvector "
+            f"of the nearest minimum, {cfg.kick_steps} steps; reached = within "
+            f"{cfg.reach_tol} and |grad| <= {cfg.grad_tol}. Just below 2/lambda_max the "
+            "region a minimum still pulls back shrinks below the kick, so a basin can "
+            "read 0 up to one spacing early",
+            "stray_runs_after": [
+                {"lr": float(lr_L[first + i]), "runs": int(runs_L[first + i])} for i in stray
+            ],
+            "stray_note": "runs found at the minimum at the last step at an lr where it is "
+            "unstable: chaotic GD passing within reach at that step, not a basin",
+        },
+        "from_offset_start": {
+            "measured": None if np.isnan(sharp[0]) else float(sharp.mean()),
+            "theory": theory,
+            "bracket": None if np.isnan(sharp[0]) else sharp.tolist(),
+            "note": f"float64 GD from the minimum + {cfg.offset:g} x top eigenvector, "
+            f"{cfg.threshold_steps} steps: returns below the lr, moves away above",
+        },
+    }
 
-    # The sharp thresholds, and a dense scan around each for the figure.
-    bracket_Kx2 = sharp_thresholds(h.fn, minima, v_Kx2, cfg)
-    scan_lr_KxM = theory_K[:, None] * (1 + SCAN_REL[None, :])
-    scan_ratio_KxM = _offset_ratio(h.fn, minima, v_Kx2, scan_lr_KxM, cfg)
 
-    vanishing = {}
-    for j, m in enumerate(minima):
-        runs_L = np.round(frac_LxK2[:, j] * cfg.sweep_n**2).astype(int)
-        zeros = np.flatnonzero(runs_L == 0)
-        first = int(zeros[0]) if zeros.size else None
-        stray = [] if first is None else np.flatnonzero(runs_L[first:])
-        sharp = bracket_Kx2[j]
-        vanishing[_key(m)] = {
-            "minimum": m.tolist(),
-            "lambda_max": float(lam_K[j]),
-            "theory_2_over_lambda_max": float(theory_K[j]),
-            "from_basin_fraction": {
-                "measured": None if first is None else float(lr_L[first]),
-                "theory": float(theory_K[j]),
-                "last_lr_with_basin": float(lr_L[first - 1]) if first else None,
-                "resolution": spacing,
-                "note": f"first lr of {cfg.num_lrs} (spacing {spacing:.3g}) at which the "
-                f"basin fraction of {cfg.sweep_n}^2 starts drops to 0; float32 GD, "
-                f"{cfg.sweep_steps} steps, a kick of {cfg.kick:g} along the top eigenvector "
-                f"of the nearest minimum, {cfg.kick_steps} steps; reached = within "
-                f"{cfg.reach_tol} and |grad| <= {cfg.grad_tol}. Just below 2/lambda_max the "
-                "region a minimum still pulls back shrinks below the kick, so a basin can "
-                "read 0 up to one spacing early",
-                "stray_runs_after": [
-                    {"lr": float(lr_L[first + i]), "runs": int(runs_L[first + i])} for i in stray
-                ],
-                "stray_note": "runs found at the minimum at the last step at an lr where it is "
-                "unstable: chaotic GD passing within reach at that step, not a basin",
-            },
-            "from_offset_start": {
-                "measured": None if np.isnan(sharp[0]) else float(sharp.mean()),
-                "theory": float(theory_K[j]),
-                "bracket": None if np.isnan(sharp[0]) else sharp.tolist(),
-                "note": f"float64 GD from the minimum + {cfg.offset:g} x top eigenvector, "
-                f"{cfg.threshold_steps} steps: returns below the lr, moves away above",
-            },
-        }
-    summary["vanishing_lr"] = vanishing
-
-    # The course's exercise.
-    ex_starts = np.asarray(cfg.exercise_starts, np.float32)
+def _exercise(fn, minima_Kx2, cfg: Config) -> tuple[dict, dict]:
+    """The course's exercise: recorded paths, labels and the summary of each start."""
     ex = sweep.descend(
-        h.fn,
-        ex_starts,
+        fn,
+        np.asarray(cfg.exercise_starts, np.float32),
         optimizer=cfg.exercise_optimizer,
         steps=cfg.exercise_steps,
         record_every=cfg.exercise_record_every,
         lr=cfg.exercise_lr,
     )
-    ex_labels = basins.classify(ex.x, minima, cfg.reach_tol, ex.diverged)
-    summary["exercise"] = {
+    ex_labels = basins.classify(ex.x, minima_Kx2, cfg.reach_tol, ex.diverged)
+    summary = {
         "optimizer": cfg.exercise_optimizer,
         "lr": cfg.exercise_lr,
         "steps": cfg.exercise_steps,
@@ -355,13 +359,33 @@ def compute(cfg: Config) -> tuple[dict, dict]:
                 "start": list(s),
                 "final_x": x.tolist(),
                 "final_loss": float(f),
-                "reached": _key(minima[lab]) if lab >= 0 else ("diverged" if lab == -2 else None),
-                "distance_to_it": float(np.linalg.norm(x - minima[lab])) if lab >= 0 else None,
+                "reached": _key(minima_Kx2[lab])
+                if lab >= 0
+                else ("diverged" if lab == -2 else None),
+                "distance_to_it": float(np.linalg.norm(x - minima_Kx2[lab])) if lab >= 0 else None,
             }
             for s, x, f, lab in zip(cfg.exercise_starts, ex.x, ex.loss, ex_labels, strict=True)
         ],
     }
+    return {"exercise/path_NxTx2": ex.path, "exercise/labels_N": ex_labels}, summary
 
+
+def compute(cfg: Config) -> tuple[dict, dict]:
+    """Basin maps, Himmelblau's basins against the lr, sharp thresholds and the exercise."""
+    arrays, maps = _basin_maps(cfg)
+    h = landscapes.get(HIMMELBLAU)
+    minima = np.asarray(h.minima, np.float64)
+    lam_K, v_Kx2 = calculus.top_curvature(h.fn, minima)
+    lr_L, frac_LxK2, snap_idx, snapshots = _lr_sweep(h.fn, h.bounds, minima, v_Kx2, cfg)
+    # The sharp thresholds, and a dense scan around each for the figure.
+    bracket_Kx2 = sharp_thresholds(h.fn, minima, v_Kx2, cfg)
+    scan_lr_KxM = (2.0 / lam_K)[:, None] * (1 + SCAN_REL[None, :])
+    scan_ratio_KxM = _offset_ratio(h.fn, minima, v_Kx2, scan_lr_KxM, cfg)
+    vanishing = {
+        _key(m): _vanishing_entry(j, lr_L, frac_LxK2, bracket_Kx2, lam_K, minima, cfg)
+        for j, m in enumerate(minima)
+    }
+    ex_arrays, ex_summary = _exercise(h.fn, minima, cfg)
     arrays.update(
         {
             "himmelblau/minima_Kx2": minima,
@@ -369,194 +393,207 @@ def compute(cfg: Config) -> tuple[dict, dict]:
             "sweep/lr_L": lr_L,
             "sweep/fractions_LxK2": frac_LxK2,
             "sweep/snapshot_lr_S": lr_L[snap_idx],
-            "sweep/snapshot_labels_SxHxW": np.stack(snapshots),
+            "sweep/snapshot_labels_SxHxW": snapshots,
             "threshold/bracket_Kx2": bracket_Kx2,
             "threshold/scan_lr_KxM": scan_lr_KxM,
             "threshold/scan_ratio_KxM": scan_ratio_KxM,
-            "exercise/path_NxTx2": ex.path,
-            "exercise/labels_N": ex_labels,
         }
+        | ex_arrays
     )
-    return arrays, summary
+    return arrays, {"maps": maps, "vanishing_lr": vanishing, "exercise": ex_summary}
 
 
 # ----------------------------------------------------------------------------- plot
 
 
 def _title(name: str, optimizer: str, lr: float, steps: int) -> str:
+    """Title of a basin map: the landscape, then optimizer, lr and steps."""
     opt = {"sgd": "GD"}.get(optimizer, optimizer.capitalize())
     return f"{name}\n{opt}, lr {lr:g}, {steps} steps"
 
 
-def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
-    figs = {}
-    h = landscapes.get(HIMMELBLAU)
-    minima = arrays["himmelblau/minima_Kx2"]
-    k = len(minima)
-    palette = plotting.basin_palette(k)
+def _many_minima_legend(ax, pts, lscape, entry: dict) -> None:
+    """Dots for the minima, a star for the global one and the shares, right of the map."""
+    ax.scatter(*pts.T, s=3, c="black", lw=0, zorder=3)
+    g = lscape.global_minima
+    ax.scatter(*g.T, s=110, marker="*", c="white", edgecolors="black", zorder=4)
+    share = entry.get("global_minimum_fraction")
+    s = entry["fractions"]
+    ax.text(
+        1.03,
+        1.0,
+        f"{len(pts)} local minima\n(dots; colours repeat)\n"
+        + (f"★ global minimum:\n   {100 * share:.1f}% of starts\n" if share else "")
+        + f"not converged: {100 * s['not_converged']:.1f}%\n"
+        f"diverged: {100 * s['diverged']:.1f}%",
+        transform=ax.transAxes,
+        va="top",
+        fontsize=7,
+    )
 
-    # Basin maps, two per row, each with its legend on the right.
+
+def _plot_basin_maps(arrays: dict, cfg: Config, summary: dict):
+    """Basin maps, two per row, each with its legend on the right."""
     n = len(cfg.maps)
     rows = -(-n // 2)
-    with plt.style.context(plotting.STYLE):
-        fig, axes = plt.subplots(
-            rows, 2, figsize=(plotting.FULL, 2.3 * rows), layout="constrained", squeeze=False
+    fig, axes = plt.subplots(
+        rows, 2, figsize=(plotting.FULL, 2.3 * rows), layout="constrained", squeeze=False
+    )
+    for ax, (name, optimizer, lr, steps) in zip(axes.ravel(), cfg.maps, strict=False):
+        lscape = landscapes.get(name)
+        key = _map_key(name, optimizer, lr)
+        labels = arrays[f"map/{key}/labels_HxW"]
+        pts = arrays[f"map/{key}/minima_Kx2"]
+        many = len(pts) > 9
+        plotting.basin_image(
+            ax,
+            labels,
+            lscape.bounds,
+            points=None if many else pts,
+            saddles=lscape.saddles,
+            legend=not many,
         )
-        for ax, (name, optimizer, lr, steps) in zip(axes.ravel(), cfg.maps, strict=False):
-            lscape = landscapes.get(name)
-            key = _map_key(name, optimizer, lr)
-            labels = arrays[f"map/{key}/labels_HxW"]
-            pts = arrays[f"map/{key}/minima_Kx2"]
-            many = len(pts) > 9
-            plotting.basin_image(
-                ax,
-                labels,
-                lscape.bounds,
-                points=None if many else pts,
-                saddles=lscape.saddles,
-                legend=not many,
-            )
-            if many:  # e.g. Rastrigin: a legend of 121 basins says nothing
-                ax.scatter(*pts.T, s=3, c="black", lw=0, zorder=3)
-                g = lscape.global_minima
-                ax.scatter(*g.T, s=110, marker="*", c="white", edgecolors="black", zorder=4)
-                share = summary["maps"][key].get("global_minimum_fraction")
-                s = summary["maps"][key]["fractions"]
-                ax.text(
-                    1.03,
-                    1.0,
-                    f"{len(pts)} local minima\n(dots; colours repeat)\n"
-                    + (f"★ global minimum:\n   {100 * share:.1f}% of starts\n" if share else "")
-                    + f"not converged: {100 * s['not_converged']:.1f}%\n"
-                    f"diverged: {100 * s['diverged']:.1f}%",
-                    transform=ax.transAxes,
-                    va="top",
-                    fontsize=7,
-                )
-            ax.set_title(_title(name, optimizer, lr, steps), fontsize=8)
-            ax.set(xlabel="x₀", ylabel="y₀")
-            ax.set_aspect("equal")
-        for ax in axes.ravel()[n:]:
-            ax.set_visible(False)
-        fig.suptitle(
-            f"Basins of attraction: each of {cfg.map_n}×{cfg.map_n} starts coloured by the "
-            "minimum it reaches"
-        )
-        figs["basin_maps"] = fig
+        if many:  # e.g. Rastrigin: a legend of 121 basins says nothing
+            _many_minima_legend(ax, pts, lscape, summary["maps"][key])
+        ax.set_title(_title(name, optimizer, lr, steps), fontsize=8)
+        ax.set(xlabel="x₀", ylabel="y₀")
+        ax.set_aspect("equal")
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    fig.suptitle(
+        f"Basins of attraction: each of {cfg.map_n}×{cfg.map_n} starts coloured by the "
+        "minimum it reaches"
+    )
+    return fig
 
-    # Basin fraction against lr, and the sharp threshold.
+
+def _fraction_panel(ax, arrays: dict, cfg: Config, summary: dict, palette) -> None:
+    """Himmelblau's basin fractions against lr, 2/lambda_max and the measured vanishing lr."""
     lr_L = arrays["sweep/lr_L"]
     frac = arrays["sweep/fractions_LxK2"]
-    with plt.style.context(plotting.STYLE):
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(plotting.FULL, 2.9), layout="constrained")
-        for j, m in enumerate(minima):
-            v = summary["vanishing_lr"][_key(m)]
-            ax1.plot(lr_L, frac[:, j], "-o", ms=2, color=palette[j], label=f"{_key(m)}")
-            ax1.axvline(v["theory_2_over_lambda_max"], color=palette[j], ls="--", lw=0.9)
-            meas = v["from_basin_fraction"]["measured"]
-            if meas is not None:
-                ax1.plot(meas, 0, "v", color=palette[j], mec="black", mew=0.5, ms=6, zorder=5)
-        ax1.plot(lr_L, frac[:, -2], "-", color="0.6", label="not converged")
-        ax1.plot(lr_L, frac[:, -1], "-", color="black", label="diverged")
-        ax1.set(
-            xlabel="learning rate (GD)",
-            ylabel="share of starts",
-            title=f"Himmelblau: basin of each minimum vs lr\n"
-            f"dashed: 2/λmax; ▼: measured vanishing lr ({cfg.sweep_n}² starts per lr)",
-        )
-        ax1.title.set_fontsize(8)
-        ax1.set_ylim(-0.03, 1.0)
-        ax1.legend(loc="upper left", fontsize=6)
+    for j, m in enumerate(arrays["himmelblau/minima_Kx2"]):
+        v = summary["vanishing_lr"][_key(m)]
+        ax.plot(lr_L, frac[:, j], "-o", ms=2, color=palette[j], label=f"{_key(m)}")
+        ax.axvline(v["theory_2_over_lambda_max"], color=palette[j], ls="--", lw=0.9)
+        meas = v["from_basin_fraction"]["measured"]
+        if meas is not None:
+            ax.plot(meas, 0, "v", color=palette[j], mec="black", mew=0.5, ms=6, zorder=5)
+    ax.plot(lr_L, frac[:, -2], "-", color="0.6", label="not converged")
+    ax.plot(lr_L, frac[:, -1], "-", color="black", label="diverged")
+    ax.set(
+        xlabel="learning rate (GD)",
+        ylabel="share of starts",
+        title=f"Himmelblau: basin of each minimum vs lr\n"
+        f"dashed: 2/λmax; ▼: measured vanishing lr ({cfg.sweep_n}² starts per lr)",
+    )
+    ax.title.set_fontsize(8)
+    ax.set_ylim(-0.03, 1.0)
+    ax.legend(loc="upper left", fontsize=6)
 
-        rel = arrays["threshold/scan_lr_KxM"] / (2.0 / arrays["himmelblau/lambda_max_K"])[:, None]
-        ratio = arrays["threshold/scan_ratio_KxM"]
-        for j, m in enumerate(minima):
-            r = np.where(np.isfinite(ratio[j]), ratio[j], np.nan)
-            ax2.semilogy(100 * (rel[j] - 1), r, color=palette[j], lw=1.2, label=_key(m))
-        eps = np.linspace(SCAN_REL[0], SCAN_REL[-1], 400)
-        theory = (
-            np.abs(1 + 2 * eps) ** cfg.threshold_steps
-        )  # |1 - lr lambda|^T, lr = 2(1+eps)/lambda
-        ax2.semilogy(
-            100 * eps, theory, color="black", ls="--", lw=0.8, label="theory |1 − lr·λmax|^T"
-        )
-        ax2.axvline(0, color="black", ls=":", lw=0.8)
-        ax2.axhline(1, color="0.5", ls=":", lw=0.8)
-        ax2.set(
-            xlabel="lr / (2/λmax) − 1 (%)",
-            ylabel="|x_T − x*| / offset (log)",
-            title=f"start x* + {cfg.offset:g}·(top eigenvector), {cfg.threshold_steps} steps "
-            "(float64)\nreturns below 2/λmax, leaves above",
-        )
-        ax2.title.set_fontsize(8)
-        ax2.legend(loc="upper left", fontsize=6)
-        figs["basin_fraction_vs_lr"] = fig
 
-    # Snapshots of Himmelblau's basins at a few lrs.
+def _threshold_panel(ax, arrays: dict, cfg: Config, palette) -> None:
+    """Distance after threshold_steps from minimum + offset, around 2/lambda_max, and theory."""
+    rel = arrays["threshold/scan_lr_KxM"] / (2.0 / arrays["himmelblau/lambda_max_K"])[:, None]
+    ratio = arrays["threshold/scan_ratio_KxM"]
+    for j, m in enumerate(arrays["himmelblau/minima_Kx2"]):
+        r = np.where(np.isfinite(ratio[j]), ratio[j], np.nan)
+        ax.semilogy(100 * (rel[j] - 1), r, color=palette[j], lw=1.2, label=_key(m))
+    eps = np.linspace(SCAN_REL[0], SCAN_REL[-1], 400)
+    theory = np.abs(1 + 2 * eps) ** cfg.threshold_steps  # |1 - lr lambda|^T, lr = 2(1+eps)/lambda
+    ax.semilogy(100 * eps, theory, color="black", ls="--", lw=0.8, label="theory |1 − lr·λmax|^T")
+    ax.axvline(0, color="black", ls=":", lw=0.8)
+    ax.axhline(1, color="0.5", ls=":", lw=0.8)
+    ax.set(
+        xlabel="lr / (2/λmax) − 1 (%)",
+        ylabel="|x_T − x*| / offset (log)",
+        title=f"start x* + {cfg.offset:g}·(top eigenvector), {cfg.threshold_steps} steps "
+        "(float64)\nreturns below 2/λmax, leaves above",
+    )
+    ax.title.set_fontsize(8)
+    ax.legend(loc="upper left", fontsize=6)
+
+
+def _plot_snapshots(arrays: dict, h, palette):
+    """Himmelblau's basins at the snapshot lrs: a basin vanishes once lr > 2/lambda_max."""
+    minima = arrays["himmelblau/minima_Kx2"]
     snaps = arrays["sweep/snapshot_labels_SxHxW"]
     s_lr = arrays["sweep/snapshot_lr_S"]
-    with plt.style.context(plotting.STYLE):
-        fig, axes = plt.subplots(
-            1, len(snaps), figsize=(plotting.FULL, 2.3), layout="constrained", squeeze=False
-        )
-        for ax, lab, lr in zip(axes[0], snaps, s_lr, strict=True):
-            plotting.basin_image(ax, lab, h.bounds, points=minima, legend=False)
-            ax.set_title(f"lr {lr:.4g}", fontsize=8)
-            ax.set_aspect("equal")
-            ax.set_xticks([-5, 0, 5])
-            ax.set_yticks([-5, 0, 5])
-        handles = [
-            Patch(facecolor=palette[j], edgecolor="black", label=f"{_key(m)}: 2/λ {2 / lam:.4f}")
-            for j, (m, lam) in enumerate(
-                zip(minima, arrays["himmelblau/lambda_max_K"], strict=True)
-            )
-        ]
-        handles += [
-            Patch(facecolor=plotting.NOT_CONVERGED_COLOR, edgecolor="black", label="not converged"),
-            Patch(facecolor=plotting.DIVERGED_COLOR, edgecolor="black", label="diverged"),
-        ]
-        fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
-        fig.suptitle("Himmelblau, GD: a basin vanishes once lr > 2/λmax of its minimum")
-        figs["basins_vs_lr"] = fig
+    fig, axes = plt.subplots(
+        1, len(snaps), figsize=(plotting.FULL, 2.3), layout="constrained", squeeze=False
+    )
+    for ax, lab, lr in zip(axes[0], snaps, s_lr, strict=True):
+        plotting.basin_image(ax, lab, h.bounds, points=minima, legend=False)
+        ax.set_title(f"lr {lr:.4g}", fontsize=8)
+        ax.set_aspect("equal")
+        ax.set_xticks([-5, 0, 5])
+        ax.set_yticks([-5, 0, 5])
+    handles = [
+        Patch(facecolor=palette[j], edgecolor="black", label=f"{_key(m)}: 2/λ {2 / lam:.4f}")
+        for j, (m, lam) in enumerate(zip(minima, arrays["himmelblau/lambda_max_K"], strict=True))
+    ]
+    handles += [
+        Patch(facecolor=plotting.NOT_CONVERGED_COLOR, edgecolor="black", label="not converged"),
+        Patch(facecolor=plotting.DIVERGED_COLOR, edgecolor="black", label="diverged"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
+    fig.suptitle("Himmelblau, GD: a basin vanishes once lr > 2/λmax of its minimum")
+    return fig
 
-    # The course's exercise.
+
+def _plot_exercise(arrays: dict, cfg: Config, h):
+    """The course's exercise: each start's path on Himmelblau's contours, and where it ends."""
+    minima = arrays["himmelblau/minima_Kx2"]
     path = arrays["exercise/path_NxTx2"]
     labels = arrays["exercise/labels_N"]
+    fig, ax = plt.subplots(figsize=(plotting.ONE_COL + 1.4, 3.2), layout="constrained")
+    plotting.contour_paths(
+        ax,
+        h.fn,
+        h.bounds,
+        points={"minimum": minima, "saddle": h.saddles},
+        log_levels=True,
+        legend=False,
+    )
+    handles = []
+    for i, (s, lab) in enumerate(zip(cfg.exercise_starts, labels, strict=True)):
+        end = _key(minima[lab]) if lab >= 0 else "none"
+        color = EXERCISE_COLORS[i % len(EXERCISE_COLORS)]
+        p = path[i]
+        ax.plot(*p.T, color=color, lw=1.4, zorder=3)
+        ax.plot(*p[0], "o", color=color, mec="white", mew=0.8, ms=6, zorder=4)
+        ax.plot(*p[-1], "X", color=color, mec="white", mew=0.6, ms=7, zorder=4)
+        label = f"({s[0]:g}, {s[1]:g}) → {end}"
+        handles.append(Line2D([], [], color=color, marker="o", ms=4, label=label))
+    handles += [
+        Line2D([], [], ls="", marker="*", ms=9, mfc="white", mec="black", label="minimum"),
+        Line2D([], [], ls="", marker="D", ms=4, mfc="white", mec="black", label="saddle"),
+    ]
+    ax.legend(
+        handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="start → minimum"
+    )
+    ax.set(
+        xlabel="x",
+        ylabel="y",
+        title=f"Himmelblau: {cfg.exercise_optimizer.capitalize()}, lr {cfg.exercise_lr:g}, "
+        f"{cfg.exercise_steps} steps",
+    )
+    ax.set_aspect("equal")
+    return fig
+
+
+def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
+    """Figures: basin maps, basin fraction vs lr, basins vs lr, and the course's exercise."""
+    h = landscapes.get(HIMMELBLAU)
+    palette = plotting.basin_palette(len(arrays["himmelblau/minima_Kx2"]))
+    figs = {}
     with plt.style.context(plotting.STYLE):
-        fig, ax = plt.subplots(figsize=(plotting.ONE_COL + 1.4, 3.2), layout="constrained")
-        plotting.contour_paths(
-            ax,
-            h.fn,
-            h.bounds,
-            points={"minimum": minima, "saddle": h.saddles},
-            log_levels=True,
-            legend=False,
-        )
-        handles = []
-        for i, (s, lab) in enumerate(zip(cfg.exercise_starts, labels, strict=True)):
-            end = _key(minima[lab]) if lab >= 0 else "none"
-            color = EXERCISE_COLORS[i % len(EXERCISE_COLORS)]
-            p = path[i]
-            ax.plot(*p.T, color=color, lw=1.4, zorder=3)
-            ax.plot(*p[0], "o", color=color, mec="white", mew=0.8, ms=6, zorder=4)
-            ax.plot(*p[-1], "X", color=color, mec="white", mew=0.6, ms=7, zorder=4)
-            label = f"({s[0]:g}, {s[1]:g}) → {end}"
-            handles.append(Line2D([], [], color=color, marker="o", ms=4, label=label))
-        handles += [
-            Line2D([], [], ls="", marker="*", ms=9, mfc="white", mec="black", label="minimum"),
-            Line2D([], [], ls="", marker="D", ms=4, mfc="white", mec="black", label="saddle"),
-        ]
-        ax.legend(
-            handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="start → minimum"
-        )
-        ax.set(
-            xlabel="x",
-            ylabel="y",
-            title=f"Himmelblau: {cfg.exercise_optimizer.capitalize()}, lr {cfg.exercise_lr:g}, "
-            f"{cfg.exercise_steps} steps",
-        )
-        ax.set_aspect("equal")
-        figs["himmelblau_exercise"] = fig
+        figs["basin_maps"] = _plot_basin_maps(arrays, cfg, summary)
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(plotting.FULL, 2.9), layout="constrained")
+        _fraction_panel(ax1, arrays, cfg, summary, palette)
+        _threshold_panel(ax2, arrays, cfg, palette)
+        figs["basin_fraction_vs_lr"] = fig
+        figs["basins_vs_lr"] = _plot_snapshots(arrays, h, palette)
+        figs["himmelblau_exercise"] = _plot_exercise(arrays, cfg, h)
     return figs
 
 

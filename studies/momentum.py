@@ -204,33 +204,32 @@ def _basin_share(prob: dict) -> float:
     return ((prob["barrier"] - lo) if left else (hi - prob["barrier"])) / (hi - lo)
 
 
-def _rates(cfg: Config, key: jax.Array) -> tuple[dict, dict]:
-    """Part 1: the (lr, beta) grid on the kappa quadratic, in float64."""
+def _rate_runs(cfg: Config, key: jax.Array, lr_N: np.ndarray, beta_N: np.ndarray):
+    """Heavy ball on the kappa quadratic in float64, one random unit start per run, recorded."""
     quad = landscapes.get("quadratic", kappa=cfg.kappa)
-    beta_B = np.linspace(0.0, cfg.rate_beta_max, cfg.rate_num_betas)
-    # Cell centres: with the default grid no lr falls exactly on a threshold (2 + 2 beta) /
-    # kappa, where the rate is exactly 1 and "converges" is decided by rounding.
-    lr_L = (np.arange(cfg.rate_num_lrs) + 0.5) * cfg.rate_lr_max / cfg.rate_num_lrs
-    lr_BxL, beta_BxL = np.meshgrid(lr_L, beta_B)
     # Random directions at least pi/8 away from both axes, so both eigenvalues show.
     angle_N = np.asarray(
-        jax.random.uniform(key, (lr_BxL.size,), minval=np.pi / 8, maxval=3 * np.pi / 8),
+        jax.random.uniform(key, (lr_N.size,), minval=np.pi / 8, maxval=3 * np.pi / 8),
         np.float64,
     )
     with jax.enable_x64(True):
         x0_Nx2 = np.stack([np.cos(angle_N), np.sin(angle_N)], axis=1)
-        run = sweep.descend(
+        return sweep.descend(
             quad.fn,
             x0_Nx2,
             optimizer="momentum",
             steps=cfg.rate_steps,
             record_every=1,
             bound=NORM_CEIL,
-            lr=lr_BxL.ravel(),
-            momentum=beta_BxL.ravel(),
+            lr=lr_N,
+            momentum=beta_N,
         )
+
+
+def _state_norms(run, rate_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """|(x_t, x_{t-1})| [N, T] for t >= 1, and where it is fit for the rate [N, T]."""
     path_NxTx2 = run.path.astype(np.float64)
-    # |(x_t, x_{t-1})| for t >= 1; optax starts with v = 0, i.e. x_{-1} = x_0.
+    # optax starts with v = 0, i.e. x_{-1} = x_0.
     z_NxTx4 = np.concatenate([path_NxTx2[:, 1:], path_NxTx2[:, :-1]], axis=-1)
     big_NxT = np.max(np.abs(z_NxTx4), axis=-1)  # scaled: squares of 1e-280 underflow
     safe_NxT = np.where(big_NxT > 0, big_NxT, 1.0)
@@ -238,32 +237,63 @@ def _rates(cfg: Config, key: jax.Array) -> tuple[dict, dict]:
     valid_NxT = (norm_NxT > NORM_FLOOR * norm_NxT[:, :1]) & (norm_NxT < NORM_CEIL)
     step_T = np.arange(1, norm_NxT.shape[1] + 1)
     # A diverged run is frozen at its last good point: the steps after it are not data.
-    last_N = np.where(run.diverged, run.diverged_step, cfg.rate_steps + 1)
+    last_N = np.where(run.diverged, run.diverged_step, rate_steps + 1)
     valid_NxT &= step_T[None, :] <= last_N[:, None]
-    measured_BxL = fitted_rate(norm_NxT, valid_NxT).reshape(beta_BxL.shape)
+    return norm_NxT, valid_NxT
+
+
+def _thresholds(lr_L, beta_B, converges_BxL, kappa: float) -> dict:
+    """Per beta: the bracket of grid lrs around the measured divergence threshold, and theory."""
+    thresholds = {}
+    for b, beta in enumerate(beta_B):
+        ok = converges_BxL[b]
+        last_ok = float(lr_L[ok].max()) if ok.any() else float("nan")
+        above = lr_L[~ok & (lr_L > last_ok)] if ok.any() else lr_L[~ok]
+        bracket = [last_ok, float(above.min()) if above.size else float("nan")]
+        theory = (2 + 2 * beta) / kappa
+        thresholds[f"{beta:.4g}"] = {
+            "bracket": bracket,
+            "theory": theory,
+            "contains_theory": bool(bracket[0] < theory <= bracket[1]),
+        }
+    return thresholds
+
+
+def _optimum(lr_L, beta_B, measured_BxL, kappa: float) -> dict:
+    """The classical optimum for eigenvalues in [1, kappa] beside the best grid point."""
+    # alpha = 4 / (1 + sqrt kappa)^2, beta = ((sqrt kappa - 1) / (sqrt kappa + 1))^2,
+    # rate sqrt(beta).
+    sk = np.sqrt(kappa)
+    best = np.unravel_index(np.nanargmin(measured_BxL), measured_BxL.shape)
+    return {
+        "theory": {
+            "lr": 4 / (1 + sk) ** 2,
+            "beta": ((sk - 1) / (sk + 1)) ** 2,
+            "rate": (sk - 1) / (sk + 1),
+        },
+        "best_on_grid": {
+            "lr": float(lr_L[best[1]]),
+            "beta": float(beta_B[best[0]]),
+            "rate": float(measured_BxL[best]),
+        },
+    }
+
+
+def _rates(cfg: Config, key: jax.Array) -> tuple[dict, dict]:
+    """Part 1: the (lr, beta) grid on the kappa quadratic, in float64."""
+    beta_B = np.linspace(0.0, cfg.rate_beta_max, cfg.rate_num_betas)
+    # Cell centres: with the default grid no lr falls exactly on a threshold (2 + 2 beta) /
+    # kappa, where the rate is exactly 1 and "converges" is decided by rounding.
+    lr_L = (np.arange(cfg.rate_num_lrs) + 0.5) * cfg.rate_lr_max / cfg.rate_num_lrs
+    lr_BxL, beta_BxL = np.meshgrid(lr_L, beta_B)
+    run = _rate_runs(cfg, key, lr_BxL.ravel(), beta_BxL.ravel())
+    measured_BxL = fitted_rate(*_state_norms(run, cfg.rate_steps)).reshape(beta_BxL.shape)
     theory_BxL = np.maximum(
         heavy_ball_rate(lr_BxL, beta_BxL, 1.0), heavy_ball_rate(lr_BxL, beta_BxL, cfg.kappa)
     )
     err_BxL = np.abs(measured_BxL - theory_BxL)
     converges_theory_BxL = lr_BxL * cfg.kappa < 2 + 2 * beta_BxL
     converges_measured_BxL = measured_BxL < 1
-
-    thresholds = {}
-    for b, beta in enumerate(beta_B):
-        ok = converges_measured_BxL[b]
-        last_ok = float(lr_L[ok].max()) if ok.any() else float("nan")
-        above = lr_L[~ok & (lr_L > last_ok)] if ok.any() else lr_L[~ok]
-        bracket = [last_ok, float(above.min()) if above.size else float("nan")]
-        theory = (2 + 2 * beta) / cfg.kappa
-        thresholds[f"{beta:.4g}"] = {
-            "bracket": bracket,
-            "theory": theory,
-            "contains_theory": bool(bracket[0] < theory <= bracket[1]),
-        }
-    # Classical optimum for eigenvalues in [1, kappa]: alpha = 4 / (1 + sqrt kappa)^2,
-    # beta = ((sqrt kappa - 1) / (sqrt kappa + 1))^2, rate sqrt(beta).
-    sk = np.sqrt(cfg.kappa)
-    best = np.unravel_index(np.nanargmin(measured_BxL), measured_BxL.shape)
     arrays = {
         "rate_lr_L": lr_L,
         "rate_beta_B": beta_B,
@@ -285,19 +315,10 @@ def _rates(cfg: Config, key: jax.Array) -> tuple[dict, dict]:
             "theory": 0,
             "note": "grid points where (measured rate < 1) != (lr kappa < 2 + 2 beta)",
         },
-        "divergence_threshold_by_beta": thresholds,
-        "optimum": {
-            "theory": {
-                "lr": 4 / (1 + sk) ** 2,
-                "beta": ((sk - 1) / (sk + 1)) ** 2,
-                "rate": (sk - 1) / (sk + 1),
-            },
-            "best_on_grid": {
-                "lr": float(lr_L[best[1]]),
-                "beta": float(beta_B[best[0]]),
-                "rate": float(measured_BxL[best]),
-            },
-        },
+        "divergence_threshold_by_beta": _thresholds(
+            lr_L, beta_B, converges_measured_BxL, cfg.kappa
+        ),
+        "optimum": _optimum(lr_L, beta_B, measured_BxL, cfg.kappa),
     }
     return arrays, summary
 
@@ -376,6 +397,7 @@ def _gif_runs(cfg: Config) -> dict:
 
 
 def compute(cfg: Config) -> tuple[dict, dict]:
+    """Part 1 (rates), part 2 (escaping minima) and the GIF's runs."""
     key = jax.random.key(cfg.seed)
     (rate_key,) = jax.random.split(key, 1)
     del key
@@ -411,136 +433,168 @@ def _beta_axis(ax, beta_max: float) -> None:
 
 
 def _u_of_beta(b):
+    """u = -log10(1 - beta), beta clipped below 1."""
     return -np.log10(1 - np.clip(b, None, 1 - 1e-12))
 
 
 def _beta_of_u(u):
+    """beta = 1 - 10^-u, the inverse of `_u_of_beta`."""
     return 1 - 10.0 ** (-np.asarray(u, dtype=float))
 
 
-def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
-    figs = {}
+def _theory_rate(lr, beta, kappa: float):
+    """Theory rate on the kappa quadratic: the slower of its eigenvalues 1 and kappa."""
+    return np.maximum(heavy_ball_rate(lr, beta, 1.0), heavy_ball_rate(lr, beta, kappa))
+
+
+def _rate_map_panel(ax, arrays: dict, cfg: Config, summary: dict) -> None:
+    """Measured rate over the (lr, beta) grid, theory contours, threshold and optimum."""
+    lr_L, beta_B = arrays["rate_lr_L"], arrays["rate_beta_B"]
+    norm = colors.TwoSlopeNorm(vmin=0.5, vcenter=1.0, vmax=1.5)
+    mesh = ax.pcolormesh(
+        *np.meshgrid(_centres_to_edges(lr_L), _centres_to_edges(beta_B)),
+        np.clip(arrays["rate_measured_BxL"], 0.5, 1.5),
+        cmap="RdBu_r",
+        norm=norm,
+    )
+    ax.figure.colorbar(mesh, ax=ax, label="measured rate per step (clipped to [0.5, 1.5])")
+    lr_fine = np.linspace(lr_L[0], lr_L[-1], 300)
+    beta_fine = np.linspace(beta_B[0], beta_B[-1], 200)
+    lf, bf = np.meshgrid(lr_fine, beta_fine)
+    th_fine = _theory_rate(lf, bf, cfg.kappa)
+    cs = ax.contour(lf, bf, th_fine, levels=[0.6, 0.8, 0.9], colors="k", linewidths=0.6)
+    ax.clabel(cs, fontsize=6, fmt="%g")
+    ax.plot((2 + 2 * beta_fine) / cfg.kappa, beta_fine, "k-", lw=1.6, label="α κ = 2 + 2β")
+    opt = summary["optimum"]["theory"]
+    ax.plot(opt["lr"], opt["beta"], "*", ms=10, mfc="gold", mec="k", label="optimum")
+    ax.set(
+        xlabel="learning rate α",
+        ylabel="momentum β",
+        title=f"0.5 (x² + {cfg.kappa:g} y²): rate, theory contours",
+        xlim=(0, lr_L[-1]),
+    )
+    ax.grid(False)
+    ax.legend(loc="lower right")
+
+
+def _rate_lines_panel(ax, arrays: dict, cfg: Config, summary: dict) -> None:
+    """Rate against lr for four betas: theory lines, measured dots."""
     lr_L, beta_B = arrays["rate_lr_L"], arrays["rate_beta_B"]
     meas = arrays["rate_measured_BxL"]
+    lr_fine = np.linspace(lr_L[0], lr_L[-1], 300)
+    picks = np.unique(np.round(np.linspace(0, len(beta_B) - 1, 4)).astype(int))
+    for c, b in enumerate(picks):
+        th_line = _theory_rate(lr_fine, beta_B[b], cfg.kappa)
+        ax.plot(lr_fine, th_line, "-", color=f"C{c}", lw=1, label=f"β = {beta_B[b]:.2f}")
+        ax.plot(lr_L, meas[b], "o", color=f"C{c}", ms=2.5)
+    ax.axhline(1, color="k", lw=0.6, ls=":")
+    err = summary["rate_max_abs_error"]["measured"]
+    ax.set(
+        xlabel="learning rate α",
+        ylabel="rate per step (log scale)",
+        yscale="log",
+        title=f"theory max|σ| (lines), measured (dots);\nlargest error {err:.1e}",
+    )
+    ticks = [0.5, 0.7, 1, 1.5, 2, 3]
+    ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.title.set_fontsize(8)
+    ax.legend(loc="upper left")
+
+
+def _plot_rate(arrays: dict, cfg: Config, summary: dict):
+    """Part 1: measured heavy-ball rates against theory."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(plotting.FULL, 2.9), layout="constrained")
+    _rate_map_panel(ax1, arrays, cfg, summary)
+    _rate_lines_panel(ax2, arrays, cfg, summary)
+    return fig
+
+
+def _escape_fraction_panel(ax, arrays: dict, cfg: Config, fname: str, esc: dict) -> None:
+    """Share of the starts that end at the global minimum against beta, per optimizer."""
+    betas = arrays["escape_beta_B"]
+    gd = esc[fname]["sgd"]["global_fraction"]["measured"]
+    ax.axhline(gd, color="k", ls="--", lw=1, zorder=3, label=f"plain GD, lr {cfg.lr:g}")
+    for opt, (label, color) in OPT_STYLE.items():
+        frac_B = (arrays[f"{fname}/{opt}/labels_BxN"] == 0).mean(axis=1)
+        lr = esc[fname][opt]["lr"]
+        ax.plot(betas, frac_B, "-", color=color, marker=".", label=f"{label}, lr {lr:g}")
+    theory = esc[fname]["sgd"]["global_fraction"]["theory"]
+    ax.axhline(theory, color="0.5", lw=0.8, ls=":", label="gradient-flow basin")
+    _beta_axis(ax, betas[-1])
+    ax.set(
+        xlabel="β (momentum, or Adam's b1)",
+        ylabel="fraction at global minimum",
+        title=f"{cfg.escape_starts} starts, {cfg.escape_steps} steps",
+    )
+    lo, hi = min(ax.get_ylim()[0], gd), max(ax.get_ylim()[1], gd)
+    ax.set_ylim(max(0.0, lo - 0.1), min(1.0, hi + 0.1))
+
+
+def _plot_escape(arrays: dict, cfg: Config, esc: dict):
+    """Part 2: each function with its minima, over the share reaching the global one."""
+    fig, axes = plt.subplots(
+        2, 2, figsize=(plotting.FULL, 4.6), layout="constrained", height_ratios=(1, 1.3)
+    )
+    for col, fname in enumerate(ESCAPE_FUNCTIONS):
+        prob = escape_problem(fname, cfg)
+        ax = axes[0, col]
+        plotting.curve_1d(ax, prob["fn"], prob["domain"])
+        fmin = np.asarray(jax.vmap(prob["fn"])(prob["minima"][:, None].astype(np.float32)))
+        ax.plot(prob["minima"][0], fmin[0], "*", ms=11, mfc="C2", mec="k", label="global")
+        ax.plot(prob["minima"][1], fmin[1], "o", ms=6, mfc="C1", mec="k", label="local")
+        ax.set(xlabel="x", ylabel="f(x)", title=prob["title"])
+        ax.legend(loc="upper center")
+        _escape_fraction_panel(axes[1, col], arrays, cfg, fname, esc)
+        if col == 0:
+            axes[1, col].legend(loc="upper left", fontsize=6)
+    return fig
+
+
+def _plot_escape_map(arrays: dict, cfg: Config):
+    """Part 2: the outcome of heavy ball from every (start, beta), per function."""
+    betas = arrays["escape_beta_B"]
+    fig, axes = plt.subplots(1, 2, figsize=(plotting.FULL, 2.8), layout="constrained")
+    cmap = colors.ListedColormap([c for _, _, c in sorted(OUTCOMES)])
+    bounds = np.array(sorted(lab for lab, _, _ in OUTCOMES) + [PLATEAU + 1]) - 0.5
+    cnorm = colors.BoundaryNorm(bounds, cmap.N)
+    u_B = _u_of_beta(betas)
+    for ax, fname in zip(axes, ESCAPE_FUNCTIONS, strict=True):
+        x0_N = arrays[f"{fname}/x0_N"]
+        labels = arrays[f"{fname}/momentum/labels_BxN"]
+        ax.pcolormesh(
+            _centres_to_edges(x0_N), _centres_to_edges(u_B), labels, cmap=cmap, norm=cnorm
+        )
+        prob = escape_problem(fname, cfg)
+        for m, c in zip(prob["minima"], ("C2", "C1"), strict=True):
+            ax.axvline(m, color=c, lw=0.8, ls="--")
+        ax.axvline(prob["barrier"], color="k", lw=0.6, ls=":")
+        ticks = [b for b in (0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99) if b <= betas[-1]]
+        ax.set_yticks(_u_of_beta(np.array(ticks)), [f"{b:g}" for b in ticks])
+        ax.set(xlabel="start x₀", ylabel="momentum β", title=f"heavy ball on {prob['title']}")
+        ax.grid(False)
+    present = {
+        int(v) for k, v in arrays.items() if k.endswith("momentum/labels_BxN") for v in np.unique(v)
+    }
+    handles = [
+        Patch(facecolor=c, edgecolor="k", label=n) for lab, n, c in OUTCOMES if lab in present
+    ]
+    axes[1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return fig
+
+
+def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
+    """Figures: rate (part 1), escape and escape_map (part 2)."""
     with plt.style.context(plotting.STYLE):
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(plotting.FULL, 2.9), layout="constrained")
-        norm = colors.TwoSlopeNorm(vmin=0.5, vcenter=1.0, vmax=1.5)
-        mesh = ax1.pcolormesh(
-            *np.meshgrid(_centres_to_edges(lr_L), _centres_to_edges(beta_B)),
-            np.clip(meas, 0.5, 1.5),
-            cmap="RdBu_r",
-            norm=norm,
-        )
-        fig.colorbar(mesh, ax=ax1, label="measured rate per step (clipped to [0.5, 1.5])")
-        lr_fine = np.linspace(lr_L[0], lr_L[-1], 300)
-        beta_fine = np.linspace(beta_B[0], beta_B[-1], 200)
-        lf, bf = np.meshgrid(lr_fine, beta_fine)
-        th_fine = np.maximum(heavy_ball_rate(lf, bf, 1.0), heavy_ball_rate(lf, bf, cfg.kappa))
-        cs = ax1.contour(lf, bf, th_fine, levels=[0.6, 0.8, 0.9], colors="k", linewidths=0.6)
-        ax1.clabel(cs, fontsize=6, fmt="%g")
-        ax1.plot((2 + 2 * beta_fine) / cfg.kappa, beta_fine, "k-", lw=1.6, label="α κ = 2 + 2β")
-        opt = summary["optimum"]["theory"]
-        ax1.plot(opt["lr"], opt["beta"], "*", ms=10, mfc="gold", mec="k", label="optimum")
-        ax1.set(
-            xlabel="learning rate α",
-            ylabel="momentum β",
-            title=f"0.5 (x² + {cfg.kappa:g} y²): rate, theory contours",
-            xlim=(0, lr_L[-1]),
-        )
-        ax1.grid(False)
-        ax1.legend(loc="lower right")
-        picks = np.unique(np.round(np.linspace(0, len(beta_B) - 1, 4)).astype(int))
-        for c, b in enumerate(picks):
-            th_line = np.maximum(
-                heavy_ball_rate(lr_fine, beta_B[b], 1.0),
-                heavy_ball_rate(lr_fine, beta_B[b], cfg.kappa),
-            )
-            ax2.plot(lr_fine, th_line, "-", color=f"C{c}", lw=1, label=f"β = {beta_B[b]:.2f}")
-            ax2.plot(lr_L, meas[b], "o", color=f"C{c}", ms=2.5)
-        ax2.axhline(1, color="k", lw=0.6, ls=":")
-        err = summary["rate_max_abs_error"]["measured"]
-        ax2.set(
-            xlabel="learning rate α",
-            ylabel="rate per step (log scale)",
-            yscale="log",
-            title=f"theory max|σ| (lines), measured (dots);\nlargest error {err:.1e}",
-        )
-        ticks = [0.5, 0.7, 1, 1.5, 2, 3]
-        ax2.set_yticks(ticks, [f"{t:g}" for t in ticks])
-        ax2.yaxis.set_minor_formatter(ticker.NullFormatter())
-        ax2.title.set_fontsize(8)
-        ax2.legend(loc="upper left")
-        figs["rate"] = fig
-
-        betas = arrays["escape_beta_B"]
-        esc = summary["escape"]
-        fig, axes = plt.subplots(
-            2, 2, figsize=(plotting.FULL, 4.6), layout="constrained", height_ratios=(1, 1.3)
-        )
-        for col, fname in enumerate(ESCAPE_FUNCTIONS):
-            prob = escape_problem(fname, cfg)
-            ax = axes[0, col]
-            plotting.curve_1d(ax, prob["fn"], prob["domain"])
-            fmin = np.asarray(jax.vmap(prob["fn"])(prob["minima"][:, None].astype(np.float32)))
-            ax.plot(prob["minima"][0], fmin[0], "*", ms=11, mfc="C2", mec="k", label="global")
-            ax.plot(prob["minima"][1], fmin[1], "o", ms=6, mfc="C1", mec="k", label="local")
-            ax.set(xlabel="x", ylabel="f(x)", title=prob["title"])
-            ax.legend(loc="upper center")
-            ax = axes[1, col]
-            gd = esc[fname]["sgd"]["global_fraction"]["measured"]
-            ax.axhline(gd, color="k", ls="--", lw=1, zorder=3, label=f"plain GD, lr {cfg.lr:g}")
-            for opt, (label, color) in OPT_STYLE.items():
-                frac_B = (arrays[f"{fname}/{opt}/labels_BxN"] == 0).mean(axis=1)
-                lr = esc[fname][opt]["lr"]
-                ax.plot(betas, frac_B, "-", color=color, marker=".", label=f"{label}, lr {lr:g}")
-            theory = esc[fname]["sgd"]["global_fraction"]["theory"]
-            ax.axhline(theory, color="0.5", lw=0.8, ls=":", label="gradient-flow basin")
-            _beta_axis(ax, betas[-1])
-            ax.set(
-                xlabel="β (momentum, or Adam's b1)",
-                ylabel="fraction at global minimum",
-                title=f"{cfg.escape_starts} starts, {cfg.escape_steps} steps",
-            )
-            lo, hi = min(ax.get_ylim()[0], gd), max(ax.get_ylim()[1], gd)
-            ax.set_ylim(max(0.0, lo - 0.1), min(1.0, hi + 0.1))
-            if col == 0:
-                ax.legend(loc="upper left", fontsize=6)
-        figs["escape"] = fig
-
-        fig, axes = plt.subplots(1, 2, figsize=(plotting.FULL, 2.8), layout="constrained")
-        cmap = colors.ListedColormap([c for _, _, c in sorted(OUTCOMES)])
-        bounds = np.array(sorted(lab for lab, _, _ in OUTCOMES) + [PLATEAU + 1]) - 0.5
-        cnorm = colors.BoundaryNorm(bounds, cmap.N)
-        u_B = _u_of_beta(betas)
-        for ax, fname in zip(axes, ESCAPE_FUNCTIONS, strict=True):
-            x0_N = arrays[f"{fname}/x0_N"]
-            labels = arrays[f"{fname}/momentum/labels_BxN"]
-            ax.pcolormesh(
-                _centres_to_edges(x0_N), _centres_to_edges(u_B), labels, cmap=cmap, norm=cnorm
-            )
-            prob = escape_problem(fname, cfg)
-            for m, c in zip(prob["minima"], ("C2", "C1"), strict=True):
-                ax.axvline(m, color=c, lw=0.8, ls="--")
-            ax.axvline(prob["barrier"], color="k", lw=0.6, ls=":")
-            ticks = [b for b in (0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99) if b <= betas[-1]]
-            ax.set_yticks(_u_of_beta(np.array(ticks)), [f"{b:g}" for b in ticks])
-            ax.set(xlabel="start x₀", ylabel="momentum β", title=f"heavy ball on {prob['title']}")
-            ax.grid(False)
-        present = {
-            int(v)
-            for k, v in arrays.items()
-            if k.endswith("momentum/labels_BxN")
-            for v in np.unique(v)
+        return {
+            "rate": _plot_rate(arrays, cfg, summary),
+            "escape": _plot_escape(arrays, cfg, summary["escape"]),
+            "escape_map": _plot_escape_map(arrays, cfg),
         }
-        handles = [
-            Patch(facecolor=c, edgecolor="k", label=n) for lab, n, c in OUTCOMES if lab in present
-        ]
-        axes[1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-        figs["escape_map"] = fig
-    return figs
 
 
 def _centres_to_edges(v: np.ndarray) -> np.ndarray:
+    """Cell edges [n + 1] around n cell centres (for pcolormesh)."""
     v = np.asarray(v, dtype=np.float64)
     mid = (v[1:] + v[:-1]) / 2
     return np.concatenate([[2 * v[0] - mid[0]], mid, [2 * v[-1] - mid[-1]]])

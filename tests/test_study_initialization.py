@@ -1,7 +1,6 @@
 """studies.initialization in --quick mode: success rates and steps checked against direct runs."""
 
 import importlib
-import json
 import math
 
 import jax
@@ -38,29 +37,23 @@ def test_quick_run_writes_the_run_folder(quick):
         assert (out / name).is_file(), name
     for name in ("success", "steps", "which_minimum", "how_fast", "mlp"):
         assert (out / f"{name}.png").is_file(), name
-    assert json.loads((out / "summary.json").read_text()) == summary
+    assert set(summary) == {"functions", "mlp"}
 
 
-def test_success_rates_are_rates_and_agree_with_the_saved_runs(quick):
+def test_chosen_lr_and_step_counts_follow_the_rules(quick):
     _, cfg, arrays, summary = quick
     rates = arrays["success_rate_FxOxL"]
     assert rates.shape == (len(cfg.functions), len(cfg.optimizers), len(cfg.lrs))
-    assert np.all((rates >= 0) & (rates <= 1))
-    assert np.all((arrays["diverged_rate_FxOxL"] >= 0) & (arrays["diverged_rate_FxOxL"] <= 1))
-    n = cfg.num_starts
     for f, fname in enumerate(cfg.functions):
         n_global = len(landscapes.get(fname).global_minima)
         for o, opt in enumerate(cfg.optimizers):
             entry = summary["functions"][fname][opt]
             steps_N, label_N = arrays["steps_FxOxN"][f, o], arrays["label_FxOxN"][f, o]
             success_N = (label_N >= 0) & (label_N < n_global)
-            assert 0 <= entry["success_rate"] <= 1
-            assert entry["success_rate"] == pytest.approx(success_N.mean(), abs=1e-12)
             # The chosen lr has the best rate of the grid (ties: the larger lr).
             best = int(np.flatnonzero(np.isclose(cfg.lrs, entry["lr"]))[0])
             assert rates[f, o, best] == rates[f, o].max()
             assert np.all(rates[f, o, best + 1 :] < rates[f, o, best])
-            assert entry["success_rate"] == pytest.approx(rates[f, o, best], abs=1e-12)
             # Exactly the successful starts have a step count.
             np.testing.assert_array_equal(steps_N >= 0, success_N)
             # The recorded rerun of the successes (the same updates, fused differently)
@@ -68,7 +61,51 @@ def test_success_rates_are_rates_and_agree_with_the_saved_runs(quick):
             assert entry["recorded_rerun_mismatches"]["count"] <= 0.02 * success_N.sum() + 2
             assert np.all(steps_N[steps_N >= 0] % cfg.record_every == 0)
             assert np.all(steps_N <= cfg.steps)
-            assert n == len(steps_N)
+
+
+def test_success_rates_match_a_direct_optax_loop_over_every_start(quick):
+    _, cfg, arrays, summary = quick
+    n = cfg.num_starts
+    checked = 0
+    for f, fname in enumerate(cfg.functions):
+        land = landscapes.get(fname)
+        for o, opt in enumerate(cfg.optimizers):
+            if opt not in DIRECT:
+                continue
+            x_LxNx2 = _direct_endpoints(land.fn, arrays["starts_FxNx2"][f], opt, cfg)
+            dist_LxN = np.min(
+                np.linalg.norm(x_LxNx2[:, :, None, :] - land.global_minima, axis=-1), axis=-1
+            )
+            finite_LxN = np.all(np.isfinite(x_LxNx2) & (np.abs(x_LxNx2) <= 1e6), axis=-1)
+            direct_L = ((dist_LxN <= cfg.tol) & finite_LxN).mean(axis=1)
+            entry = summary["functions"][fname][opt]
+            by_lr = np.array([entry["success_rate_by_lr"][f"{a:g}"] for a in cfg.lrs])
+            # The engine's forward-mode gradient and this reverse-mode one round differently:
+            # a start within float32 rounding of a basin edge may land elsewhere (at most one
+            # of the 512 per rate in the quick run); allow 3.
+            np.testing.assert_allclose(by_lr, direct_L, rtol=0, atol=3 / n)
+            np.testing.assert_allclose(arrays["success_rate_FxOxL"][f, o], direct_L, atol=3 / n)
+            checked += 1
+    assert checked >= 2 * len(cfg.functions)
+
+
+def _direct_endpoints(fn, x0_Nx2, opt, cfg):
+    """Endpoints [L, N, 2] after cfg.steps of a plain Optax loop, every lr of cfg.lrs."""
+
+    def one(x0, lr):
+        tx = DIRECT[opt](lr)
+
+        def step(carry, _):
+            x, state = carry
+            updates, state = tx.update(jax.grad(fn)(x), state, x)
+            return (optax.apply_updates(x, updates), state), None
+
+        (x, _), _ = jax.lax.scan(step, (x0, tx.init(x0)), None, length=cfg.steps)
+        return x
+
+    grid = jax.vmap(jax.vmap(one, in_axes=(0, None)), in_axes=(None, 0))  # -> [L, N]
+    x0 = jnp.asarray(x0_Nx2, jnp.float32)
+    return np.asarray(jax.jit(grid)(x0, jnp.asarray(cfg.lrs, jnp.float32)), np.float64)
 
 
 def _direct(fn, x0_Px2, opt, lr, steps, record_every):
@@ -161,7 +198,8 @@ def test_mlp_vanishes_at_small_scales_and_explodes_at_large_ones(quick):
     assert mlp["exploding"]["from_scale"] is not None
     # Theory: at small scales |dL/dW1| ~ scale^(depth - 1).
     slope = mlp["first_layer_grad_slope_small_scale"]
-    assert slope["theory"] == len(cfg.mlp_widths) - 2
+    assert cfg.mlp_widths == (64, 32, 32, 32, 10)  # four weight matrices: scale^3
+    assert slope["theory"] == 3
     assert slope["measured"] == pytest.approx(slope["theory"], abs=0.05)
 
 

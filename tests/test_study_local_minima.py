@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from sandbox import landscapes
+from sandbox import landscapes, results, sweep
 from studies import local_minima
 
 CFG = local_minima.QUICK
@@ -53,13 +53,41 @@ def test_writes_the_run_folder_and_figures(run):
         assert (folder / f).is_file(), f
 
 
-def test_basin_fractions_sum_to_one(run):
-    maps = run[1]["maps"]
-    assert len(maps) == len(CFG.maps)
-    for m in maps.values():
-        assert m["fractions_sum"]["theory"] == 1.0
-        np.testing.assert_allclose(sum(m["fractions"].values()), 1.0, atol=1e-12)
-        np.testing.assert_allclose(m["fractions_sum"]["measured"], 1.0, atol=1e-12)
+def _hand_grad(p):
+    """Himmelblau's gradient [N, 2] at p [N, 2], derived by hand."""
+    x, y = p[:, 0], p[:, 1]
+    a, b = x**2 + y - 11, x + y**2 - 7
+    return np.stack([4 * x * a + 2 * b, 2 * a + 4 * y * b], axis=1)
+
+
+@pytest.mark.parametrize("lr", [0.01, 0.02])
+def test_himmelblau_gd_map_matches_a_float64_numpy_loop(run, lr):
+    arrays = results.load(run[0])[1]
+    key = local_minima._map_key("himmelblau", "sgd", lr)
+    labels_HxW, minima = arrays[f"map/{key}/labels_HxW"], arrays[f"map/{key}/minima_Kx2"]
+    steps = {tuple(m[:3]): m[3] for m in CFG.maps}[("himmelblau", "sgd", lr)]
+    starts = np.asarray(sweep.grid(landscapes.get("himmelblau").bounds, CFG.map_n), np.float64)
+    # 400 starts whose four grid neighbours share their label: float64 against float32 may
+    # move a start that sits on the edge between two outcomes.
+    c = labels_HxW[1:-1, 1:-1]
+    inner = np.zeros(labels_HxW.shape, bool)
+    inner[1:-1, 1:-1] = (
+        (c == labels_HxW[:-2, 1:-1])
+        & (c == labels_HxW[2:, 1:-1])
+        & (c == labels_HxW[1:-1, :-2])
+        & (c == labels_HxW[1:-1, 2:])
+    )
+    pick = np.random.default_rng(0).choice(np.flatnonzero(inner), 400, replace=False)
+    x = starts[pick]
+    with np.errstate(all="ignore"):  # lr 0.02: some runs overflow, and count as diverged
+        for _ in range(steps):
+            x = x - lr * _hand_grad(x)
+    dist = np.linalg.norm(x[:, None] - minima[None], axis=-1)
+    finite = np.all(np.isfinite(x) & (np.abs(x) <= 1e6), axis=1)
+    reached = np.where(dist.min(axis=1) <= CFG.reach_tol, dist.argmin(axis=1), -1)
+    expected = np.where(finite, reached, -2)
+    # Identical in the quick run; allow 2 of 400 for rounding on a chaotic path.
+    assert np.sum(expected != labels_HxW.ravel()[pick]) <= 2
 
 
 def test_himmelblau_gd_basins_match_the_reference(run):
@@ -109,12 +137,10 @@ def test_theory_threshold_is_two_over_lambda_max(run, point, issue):
 def test_basin_vanishes_at_the_first_lr_past_its_threshold(run, point):
     v = _entry(run[1]["vanishing_lr"], point)["from_basin_fraction"]
     spacing = (CFG.lr_max - CFG.lr_min) / (CFG.num_lrs - 1)
-    np.testing.assert_allclose(v["resolution"], spacing, rtol=1e-12)
     # Resolution one lr spacing (5e-4 here). No basin survives past 2/lambda_max; just below
     # it the basin shrinks to a sliver that may not hold a kicked run, so the measured lr
     # (where the fraction first drops to 0) is within one spacing of the threshold.
     assert v["last_lr_with_basin"] < v["theory"]
-    np.testing.assert_allclose(v["measured"] - v["last_lr_with_basin"], spacing, rtol=1e-9)
     assert abs(v["measured"] - v["theory"]) <= spacing
 
 

@@ -1,7 +1,6 @@
 """studies.momentum in --quick mode: heavy-ball rates against theory, escaping a shallow minimum."""
 
 import importlib
-import json
 
 import numpy as np
 import pytest
@@ -27,7 +26,7 @@ def test_quick_run_writes_the_run_folder(quick):
     for name in ("rate", "escape", "escape_map"):
         assert (out / f"{name}.png").is_file(), name
     assert (out / "balls.gif").read_bytes()[:6] == b"GIF89a"
-    assert json.loads((out / "summary.json").read_text()) == summary
+    assert set(summary) >= {"rate_max_abs_error", "divergence_threshold_by_beta", "escape"}
 
 
 @pytest.mark.parametrize(
@@ -58,8 +57,7 @@ def test_measured_rate_matches_heavy_ball_theory(quick):
     # transient: t * rho^t at a double eigenvalue, the beat of two complex pairs of the
     # same modulus (2e-4 at worst on this grid, 4e-4 on the default one).
     np.testing.assert_allclose(meas, theory, rtol=0, atol=1e-3)
-    err = np.max(np.abs(meas - theory))
-    np.testing.assert_allclose(summary["rate_max_abs_error"]["measured"], err, rtol=1e-12)
+    assert summary["rate_max_abs_error"]["measured"] < 1e-3
     # Away from the double eigenvalues the fit is exact to rounding.
     assert summary["rate_median_abs_error"] < 1e-6
 
@@ -71,10 +69,10 @@ def test_converges_iff_lr_lambda_below_2_plus_2_beta(quick):
     np.testing.assert_array_equal(arrays["rate_measured_BxL"] < 1, theory)
     assert summary["convergence_disagreements"]["measured"] == 0
     spacing = cfg.rate_lr_max / cfg.rate_num_lrs
-    for beta, entry in summary["divergence_threshold_by_beta"].items():
+    for beta in arrays["rate_beta_B"]:
+        entry = summary["divergence_threshold_by_beta"][f"{beta:.4g}"]
         lo, hi = entry["bracket"]
-        np.testing.assert_allclose(entry["theory"], (2 + 2 * float(beta)) / cfg.kappa, rtol=1e-3)
-        assert lo < entry["theory"] <= hi and entry["contains_theory"], beta
+        assert lo < (2 + 2 * beta) / cfg.kappa <= hi and entry["contains_theory"], beta
         np.testing.assert_allclose(hi - lo, spacing, rtol=1e-9)
 
 
@@ -94,10 +92,17 @@ def test_momentum_reaches_the_global_minimum_of_x2sinx_more_often_than_gd(quick)
     # At least 8 more of the 256 starts (3 percentage points) at the best beta.
     assert by_beta.max() >= gd + 8 / cfg.escape_starts
     assert esc["momentum"]["best"]["beta"] > 0.9
-    assert esc["momentum_gain_over_gd"] == pytest.approx(by_beta.max() - gd, abs=1e-12)
-    # The fraction comes from the saved outcomes.
-    labels = arrays["x2sinx/momentum/labels_BxN"]
-    np.testing.assert_allclose((labels == 0).mean(axis=1), by_beta, rtol=0, atol=1e-12)
+    # Against a float64 NumPy heavy-ball loop from every start: a start on the edge between
+    # two outcomes may move (none does in the quick run); allow 2 per beta.
+    betas, x0_N = arrays["escape_beta_B"], arrays["x2sinx/x0_N"]
+    n = len(x0_N)
+    x = _heavy_ball_x2sinx(np.tile(x0_N, len(betas)), np.repeat(betas, n), cfg)
+    prob = momentum.escape_problem("x2sinx", cfg)
+    labels_BxN = momentum._outcomes(x, np.zeros(len(x), bool), prob, cfg.tol).reshape(-1, n)
+    direct_B = (labels_BxN == 0).mean(axis=1)
+    np.testing.assert_allclose(by_beta, direct_B, rtol=0, atol=2 / n)
+    gain = direct_B.max() - direct_B[0]  # beta = 0 is plain GD
+    assert esc["momentum_gain_over_gd"] == pytest.approx(gain, abs=4 / n)
 
 
 def test_beta_zero_is_plain_gd(quick):
@@ -109,6 +114,19 @@ def test_beta_zero_is_plain_gd(quick):
         gd.x[:, 0], gd.diverged, momentum.escape_problem("x2sinx", cfg), cfg.tol
     )
     np.testing.assert_array_equal(labels, arrays["x2sinx/momentum/labels_BxN"][0])
+
+
+def _heavy_ball_x2sinx(x0_N, beta_N, cfg):
+    """x [N] after escape_steps of heavy ball on x^2 sin x from x0_N, in float64 NumPy."""
+
+    def grad(x):  # d/dx x^2 sin x
+        return 2 * x * np.sin(x) + x**2 * np.cos(x)
+
+    # x_{t+1} = x_t - lr grad(x_t) + beta (x_t - x_{t-1}), x_{-1} = x_0.
+    x_prev = x = np.asarray(x0_N, np.float64)
+    for _ in range(cfg.escape_steps):
+        x, x_prev = x - cfg.lr * grad(x) + beta_N * (x - x_prev), x
+    return x
 
 
 def test_saved_outcomes_match_a_direct_heavy_ball_recurrence(quick):
@@ -125,14 +143,7 @@ def test_saved_outcomes_match_a_direct_heavy_ball_recurrence(quick):
     b_P, i_P = np.array(picks).T
     assert len(b_P) >= 2 * len(betas)
 
-    def grad(x):  # d/dx x^2 sin x
-        return 2 * x * np.sin(x) + x**2 * np.cos(x)
-
-    # x_{t+1} = x_t - lr grad(x_t) + beta (x_t - x_{t-1}), x_{-1} = x_0, in float64 NumPy.
-    beta_P = betas[b_P]
-    x_prev = x = x0_N[i_P].astype(np.float64)
-    for _ in range(cfg.escape_steps):
-        x, x_prev = x - cfg.lr * grad(x) + beta_P * (x - x_prev), x
+    x = _heavy_ball_x2sinx(x0_N[i_P], betas[b_P], cfg)
     prob = momentum.escape_problem("x2sinx", cfg)
     labels_P = momentum._outcomes(x, np.zeros(len(x), bool), prob, cfg.tol)
     np.testing.assert_array_equal(labels_P, labels_BxN[b_P, i_P])
