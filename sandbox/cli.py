@@ -136,3 +136,26 @@ def command(main: Callable[[Sequence[str] | None], Any]) -> Callable:
     wrapped.__doc__ = main.__doc__
     wrapped.__wrapped__ = main
     return wrapped
+
+
+def study_main(
+    name: str,
+    doc: str | None,
+    config: Any,
+    quick: Any,
+    compute: Callable[[Any], tuple[dict, dict]],
+    plot: Callable[[dict, Any, dict], dict],
+    *,
+    artifacts: Callable[[dict, Any, dict, Path], None] | None = None,
+) -> Callable:
+    """The `main(argv=None)` of a study with only the common options: `quick` under
+    --quick, else `config`, through `run_study`; wrapped by `command`."""
+
+    def main(argv: Sequence[str] | None = None) -> None:
+        args = parse_study_args(name, argv, doc)
+        cfg = quick if args.quick else config
+        out, *_ = run_study(name, args, cfg, compute, plot, artifacts=artifacts)
+        print(f"{name}: results in {out}")
+
+    main.__doc__ = f"Runs the {name} study (`python -m studies.{name} --help`)."
+    return command(main)

@@ -19,7 +19,6 @@ mostly compilation)
 
 import dataclasses
 import math
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -441,12 +440,7 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
     return {"nonconvex_regions": fig}
 
 
-@cli.command
-def main(argv: Sequence[str] | None = None) -> None:
-    args = cli.parse_study_args(NAME, argv, __doc__)
-    cfg = QUICK if args.quick else Config()
-    out, cfg, arrays, summary = cli.run_study(NAME, args, cfg, compute, plot)
-    print(f"{NAME}: results in {out}")
+main = cli.study_main(NAME, __doc__, Config(), QUICK, compute, plot)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ Run: make descent   (smoke: python -m studies.descent --quick; about ten seconds
 """
 
 import dataclasses
-from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -297,12 +296,7 @@ def animate(arrays: dict, cfg: Config, summary: dict, folder: Path) -> None:
     )
 
 
-@cli.command
-def main(argv: Sequence[str] | None = None) -> None:
-    args = cli.parse_study_args(NAME, argv, __doc__)
-    cfg = QUICK if args.quick else Config()
-    out, *_ = cli.run_study(NAME, args, cfg, compute, plot, artifacts=animate)
-    print(f"{NAME}: results in {out}")
+main = cli.study_main(NAME, __doc__, Config(), QUICK, compute, plot, artifacts=animate)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Run: make gradient   (smoke: python -m studies.gradient --quick; a few seconds e
 """
 
 import dataclasses
-from collections.abc import Sequence
 
 import contourpy
 import jax
@@ -169,12 +168,7 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
     return figures
 
 
-@cli.command
-def main(argv: Sequence[str] | None = None) -> None:
-    args = cli.parse_study_args(NAME, argv, __doc__)
-    cfg = QUICK if args.quick else Config()
-    out, cfg, arrays, summary = cli.run_study(NAME, args, cfg, compute, plot)
-    print(f"{NAME}: results in {out}")
+main = cli.study_main(NAME, __doc__, Config(), QUICK, compute, plot)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ on 2 CPU cores, quick about 20 s)
 import dataclasses
 import functools
 import math
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -751,12 +750,7 @@ def _plot_mlp(arrays: dict, cfg: Config, summary: dict):
     return fig
 
 
-@cli.command
-def main(argv: Sequence[str] | None = None) -> None:
-    args = cli.parse_study_args(NAME, argv, __doc__)
-    cfg = QUICK if args.quick else Config()
-    out, cfg, arrays, summary = cli.run_study(NAME, args, cfg, compute, plot)
-    print(f"{NAME}: results in {out}")
+main = cli.study_main(NAME, __doc__, Config(), QUICK, compute, plot)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ basin sweep of 2.6 million more runs (gone: `studies.local_minima` measures it).
 
 import dataclasses
 import math
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -458,12 +457,7 @@ def _edges(v: np.ndarray, log: bool = False) -> np.ndarray:
 # ----------------------------------------------------------------------------- main
 
 
-@cli.command
-def main(argv: Sequence[str] | None = None) -> None:
-    args = cli.parse_study_args(NAME, argv, __doc__)
-    cfg = QUICK if args.quick else Config()
-    out, cfg, arrays, summary = cli.run_study(NAME, args, cfg, compute, plot)
-    print(f"{NAME}: results in {out}")
+main = cli.study_main(NAME, __doc__, Config(), QUICK, compute, plot)
 
 
 if __name__ == "__main__":

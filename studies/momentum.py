@@ -30,7 +30,6 @@ import dataclasses
 import functools
 import os
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -662,19 +661,15 @@ def animate_balls(arrays: dict, cfg: Config, path: Path, max_frames: int = 120) 
     return path
 
 
-@cli.command
-def main(argv: Sequence[str] | None = None) -> None:
-    args = cli.parse_study_args(NAME, argv, __doc__)
-    cfg = QUICK if args.quick else Config()
-    out, *_ = cli.run_study(
-        NAME,
-        args,
-        cfg,
-        compute,
-        plot,
-        artifacts=lambda a, c, s, f: animate_balls(a, c, f / "balls.gif"),
-    )
-    print(f"{NAME}: results in {out}")
+main = cli.study_main(
+    NAME,
+    __doc__,
+    Config(),
+    QUICK,
+    compute,
+    plot,
+    artifacts=lambda a, c, s, f: animate_balls(a, c, f / "balls.gif"),
+)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ takes well under a minute on 2 cores, most of it the raw regression's 2.6 millio
 import dataclasses
 import functools
 import math
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -678,12 +677,7 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
     return figs
 
 
-@cli.command
-def main(argv: Sequence[str] | None = None) -> None:
-    args = cli.parse_study_args(NAME, argv, __doc__)
-    cfg = QUICK if args.quick else Config()
-    out, cfg, arrays, summary = cli.run_study(NAME, args, cfg, compute, plot)
-    print(f"{NAME}: results in {out}")
+main = cli.study_main(NAME, __doc__, Config(), QUICK, compute, plot)
 
 
 if __name__ == "__main__":

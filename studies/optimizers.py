@@ -14,7 +14,6 @@ Run: make optimizers   (about two minutes on 2 CPU cores; smoke: --quick, second
 """
 
 import dataclasses
-from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -329,12 +328,7 @@ def artifacts(arrays: dict, cfg: Config, summary: dict, folder: Path) -> None:
     )
 
 
-@cli.command
-def main(argv: Sequence[str] | None = None) -> None:
-    args = cli.parse_study_args(NAME, argv, __doc__)
-    cfg = QUICK if args.quick else Config()
-    out, *_ = cli.run_study(NAME, args, cfg, compute, plot, artifacts=artifacts)
-    print(f"{NAME}: results in {out}")
+main = cli.study_main(NAME, __doc__, Config(), QUICK, compute, plot, artifacts=artifacts)
 
 
 if __name__ == "__main__":

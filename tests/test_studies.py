@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sandbox import results
+from sandbox import cli, results
 
 ROOT = Path(__file__).parents[1]
 STUDIES = ["gradient", "descent", "optimizers"]
@@ -119,7 +119,7 @@ def test_plot_only_without_results_is_a_clean_error(tmp_path):
     assert "Traceback" not in r.stderr
 
 
-def test_failed_run_keeps_earlier_results(tmp_path, monkeypatch):
+def test_failed_run_keeps_earlier_results(tmp_path):
     study = importlib.import_module("studies.gradient")
     study.main(["--quick", "--out", str(tmp_path)])
     before = (tmp_path / "arrays.npz").read_bytes()
@@ -127,9 +127,9 @@ def test_failed_run_keeps_earlier_results(tmp_path, monkeypatch):
     def boom(cfg):
         raise ValueError("`grid_n` broke")
 
-    monkeypatch.setattr(study, "compute", boom)
+    failing = cli.study_main(study.NAME, None, study.Config(), study.QUICK, boom, study.plot)
     with pytest.raises(SystemExit) as e:
-        study.main(["--quick", "--out", str(tmp_path)])
+        failing(["--quick", "--out", str(tmp_path)])
     assert e.value.code == 2
     assert (tmp_path / "arrays.npz").read_bytes() == before
     cfg, arrays, _ = results.load(tmp_path, study.Config)
