@@ -60,6 +60,18 @@ def _seed(text: str) -> int:
     return value
 
 
+def add_scale(p: argparse.ArgumentParser, paper_help: str) -> None:
+    """`--scale default|paper`, for studies whose paper-sized run is one flag away."""
+    p.add_argument("--scale", choices=("default", "paper"), default="default", help=paper_help)
+
+
+def chosen_config(args: argparse.Namespace, config: Any, quick: Any, paper: Any) -> Any:
+    """The config of --quick, of --scale paper, or the default; both flags: ValueError."""
+    if args.scale == "paper" and args.quick:
+        raise ValueError("give `--quick` or `--scale paper`, not both")
+    return quick if args.quick else paper if args.scale == "paper" else config
+
+
 def parse_study_args(
     name: str, argv: Sequence[str] | None, doc: str | None = None
 ) -> argparse.Namespace:

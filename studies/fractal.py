@@ -396,21 +396,14 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
 
 def _parse(argv: Sequence[str] | None):
     p = cli.study_parser(NAME, __doc__, quick_help="40 x 40 grids of 150 steps (seconds)")
-    p.add_argument(
-        "--scale",
-        choices=("default", "paper"),
-        default="default",
-        help="paper: width 16, four 1024 x 1024 grids of 1000 steps (an accelerator job)",
-    )
+    cli.add_scale(p, "paper: width 16, four 1024 x 1024 grids of 1000 steps (an accelerator job)")
     return p.parse_args(argv)
 
 
 @cli.command
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(argv)
-    if args.scale == "paper" and args.quick:
-        raise ValueError("give `--quick` or `--scale paper`, not both")
-    cfg = QUICK if args.quick else PAPER if args.scale == "paper" else Config()
+    cfg = cli.chosen_config(args, Config(), QUICK, PAPER)
     out = None
     if args.scale == "paper" and args.out is None:
         out = results.check_writable(results.RESULTS_ROOT / f"{NAME}-paper")

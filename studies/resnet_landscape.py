@@ -565,12 +565,7 @@ def _finite(v: np.ndarray) -> np.ndarray:
 def _parse(argv):
     p = cli.study_parser(NAME, __doc__, quick_help="ResNet-8, 5 x 5 grid (under a minute)")
     p.add_argument("--depth", type=int, default=None, help="6n + 2: 20, 32, 44, 56, 110")
-    p.add_argument(
-        "--scale",
-        choices=("default", "paper"),
-        default="default",
-        help="paper: Li et al.'s 51 x 51 plane (and 21 x 21 PCA plane, 41 interpolation points)",
-    )
+    cli.add_scale(p, "paper: Li et al.'s 51 x 51 plane (21 x 21 PCA plane, 41 points on the line)")
     p.add_argument("--grid", type=int, default=None, help="points per side of the plane (odd)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--data", default=None, help=f"one of {', '.join(data.NAMES)}")
@@ -588,9 +583,7 @@ def _parse(argv):
 @cli.command
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(argv)
-    if args.scale == "paper" and args.quick:
-        raise ValueError("give `--quick` or `--scale paper`, not both")
-    cfg = QUICK if args.quick else PAPER if args.scale == "paper" else Config()
+    cfg = cli.chosen_config(args, Config(), QUICK, PAPER)
     overrides = {
         "seed": args.seed,
         "depth": args.depth,
