@@ -23,26 +23,27 @@ trained alike (sandbox.train: SGD with Nesterov momentum, cosine schedule) on th
 summary.json compares the two networks on each of these and says, claim by claim, whether
 the shortcuts made the landscape smoother here.
 
-Measured on the digits (seed 0, 30 epochs, 21 x 21 plane):
-  ResNet-56  shortcut A: test 97.8%, lambda_max 1.21, 24% of the plane below ln 10,
-             non-convex share 6%;  no shortcuts: 65.2%, lambda_max 2130, 0.2%, 16%.
-  ResNet-20  shortcut A: test 97.5%, lambda_max 1.26, 35%, 2%;  no shortcuts: 97.8%,
-             lambda_max 0.22, 28%, 8%.
-  ResNet-110 (--grid 11) shortcut A: test 97.2%, lambda_max 0.71, 22%, 9%;  no shortcuts:
-             10.0% (does not train), lambda_max 28.6, 3%, 93%.
+Measured on the digits (seed 0, 30 epochs, the networks train_resnet trained, 11 x 11
+plane, Hessian over 256 images):
+  ResNet-56  shortcut A: test 97.5%, lambda_max 1.21, 21% of the plane below ln 10,
+             non-convex share 6%;  no shortcuts: 58.5%, lambda_max 1833, 0.8%, 54%.
+  Earlier runs on a 21 x 21 plane: ResNet-20 shortcut A 97.5%, lambda_max 1.26; no
+  shortcuts 97.8%, lambda_max 0.22. ResNet-110 (--grid 11) shortcut A 97.2%, lambda_max
+  0.71; no shortcuts 10.0% (does not train), lambda_max 28.6, non-convex share 93%.
   At 20 layers the plain network trains and is not sharper; at 56 and 110 it is, and its
   surface turns non-convex almost everywhere: the trend with depth that Li et al. report.
 
-Grid sizes: the CPU default is 21 x 21 on the main plane (step 0.1) and 11 x 11 on the PCA
-plane: ResNet-56 over the 1,438 training digits took 0.75 s per point on two cores shared
-with other jobs, so the paper's 51 x 51 (`--grid 51`) is an accelerator job. A run that is
-stopped continues where it stopped: training from its checkpoints, each surface from its
-engine store in cells/ (one per computation, named by its digest; `--store DIR` elsewhere).
+Grid sizes: the CPU default is 11 x 11 on the main plane (step 0.2), 7 x 7 on the PCA
+plane and 11 points on the interpolation line: ResNet-56 over the 1,438 training digits
+takes about 0.9 s per point on two cores, so the paper's 51 x 51 (`--scale paper`) is an
+accelerator job. A run that is stopped continues where it stopped: training from its
+checkpoints, each surface from its engine store in cells/ (one per computation, named by
+its digest; `--store DIR` elsewhere).
 
-Run: make resnet_landscape (ResNet-56 pair on the digits; 35 minutes measured on 2 cores
-                            shared with other jobs)
+Run: make resnet_landscape (ResNet-56 pair on the digits, after make train_resnet: 617 s
+                            measured on 2 AVX-512 cores shared with other jobs)
      python -m studies.resnet_landscape --depth 20   (or 110: the other pairs)
-     python -m studies.resnet_landscape --data cifar10 --data-dir DIR --grid 51
+     python -m studies.resnet_landscape --data cifar10 --data-dir DIR --scale paper
      smoke: python -m studies.resnet_landscape --quick (ResNet-8, 5 x 5; under a minute)
 """
 
