@@ -130,6 +130,10 @@ class Surface:
             "saddles": self.saddles.tolist(),
             "maxima": self.maxima.tolist(),
             "f_min": self.f_min if math.isfinite(self.f_min) else None,
+            # "#rrggbb" of diverged, not converged, then basin 0, 1, ... (plotting's colours)
+            "colours": ["#" + bytes(c).hex() for c in basin_table(len(self.minima))],
+            "max_zoom": max_zoom(self.bounds),
+            "float32_zoom": max_zoom(self.bounds, np.float32),
         }
 
 
@@ -218,8 +222,9 @@ def parse_descent(q: dict, surfaces: dict[str, Surface], extra: set[str]) -> Des
     defaults = optim.hyperparameters(opt)
     unknown = sorted(set(q) - _COMMON - extra - set(defaults) - {"learning_rate"})
     if unknown:
+        names = ", ".join(f"`{k}`" for k in unknown)
         raise BadRequest(
-            f"unknown parameter(s) {unknown}; optimizer {opt!r} takes {sorted(defaults)}"
+            f"unknown parameter(s) {names}; optimizer {opt!r} takes {sorted(defaults)}"
         )
     hyper = {}
     for k, default in defaults.items():
@@ -270,6 +275,18 @@ def precision(box: np.ndarray, nx: int, ny: int, what: str) -> bool:
         f"`{what}` is beyond what float64 resolves: a pixel spacing of {spacing:.3g} at "
         f"coordinates up to {scale:.3g} (at least {RESOLVE_ULPS} ulps are needed)"
     )
+
+
+def max_zoom(bounds: np.ndarray, dtype=np.float64) -> int:
+    """The deepest tile zoom over `bounds` that `dtype` resolves (`precision`)."""
+    z = 0
+    while z < 60:
+        b = tile_box(bounds, z + 1, 0, 0)
+        spacing = min(b[0, 1] - b[0, 0], b[1, 1] - b[1, 0]) / TILE
+        if spacing < RESOLVE_ULPS * np.finfo(dtype).eps * float(np.max(np.abs(bounds))):
+            break
+        z += 1
+    return z
 
 
 def tile_box(bounds: np.ndarray, z: int, x: int, y: int) -> np.ndarray:
@@ -661,10 +678,9 @@ class Explorer:
                     progress=False,
                     **hyper,
                 )
-                loss0 = float(s.fn(x0[0]))
             label = int(basins.classify(r.x, s.minima, REACH_TOL, r.diverged)[0])
-            path = np.concatenate([x0.astype(np.float64), r.path[0]])
-            losses = np.concatenate([[loss0], r.losses[0].astype(np.float64)])
+            path = r.path[0].astype(np.float64)  # the start, then every `every` updates
+            losses = r.losses[0].astype(np.float64)
             steps_rec = np.arange(len(path)) * every
             finite = np.all(np.isfinite(path), axis=1) & np.isfinite(losses)
             body = {
@@ -798,6 +814,7 @@ def app(explorer: Explorer):
                     "width": TRAIN_WIDTH,
                     "seed": TRAIN_SEED,
                     "px": list(TRAIN_PX),
+                    "max_zoom": max_zoom(TRAIN_BOUNDS),
                 },
             }
         )
@@ -848,7 +865,8 @@ def app(explorer: Explorer):
     def train_params(q: dict, extra: set[str]) -> tuple[int, int, int]:
         unknown = sorted(set(q) - {"steps", "width", "seed"} - extra)
         if unknown:
-            raise BadRequest(f"unknown parameter(s) {unknown}; takes steps, width, seed")
+            names = ", ".join(f"`{k}`" for k in unknown)
+            raise BadRequest(f"unknown parameter(s) {names}; takes steps, width, seed")
         steps = _int(q, "steps", TRAIN_STEPS, fractal.WINDOW, TRAIN_STEPS_MAX)
         return steps, _int(q, "width", TRAIN_WIDTH, 1, 64), _int(q, "seed", TRAIN_SEED, 0, 2**31)
 

@@ -1,0 +1,329 @@
+"""The explorer's server: its numbers against the library called directly on the same starts.
+
+One server per module (uvicorn in a thread on a free 127.0.0.1 port); the reference starts
+are built here from the documented pixel-centre formula, not by the server's code.
+"""
+
+import concurrent.futures
+import io
+import json
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from sandbox import basins, explore, fractal, landscapes, plotting, sweep
+
+H = landscapes.get("himmelblau")
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    ex = explore.Explorer(cache_dir=tmp_path_factory.mktemp("tiles"))
+    srv = explore.Server(ex)
+    url = srv.start()
+    yield url, ex
+    srv.stop()
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=120) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def starts(x0, x1, y0, y1, n, dtype=np.float32) -> np.ndarray:
+    """Pixel centres as the README defines them: row i at y0 + (i + 0.5)(y1 - y0)/n."""
+    xs = [x0 + (j + 0.5) * (x1 - x0) / n for j in range(n)]
+    ys = [y0 + (i + 0.5) * (y1 - y0) / n for i in range(n)]
+    return np.array([[x, y] for y in ys for x in xs], dtype)
+
+
+def reference(x0_Nx2, n, **kw) -> np.ndarray:
+    run = sweep.descend("himmelblau", x0_Nx2, **kw)
+    return basins.classify(run.x, H.minima, 1e-2, run.diverged).reshape(n, n)
+
+
+def decode(png: bytes, k: int) -> np.ndarray:
+    """A basin tile back to labels (row 0 at the bottom), through plotting's colours."""
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    table = [plotting.DIVERGED_COLOR, plotting.NOT_CONVERGED_COLOR, *plotting.basin_palette(k)]
+    table = np.round(np.array(table)[:, :3] * 255).astype(int)
+    dist = np.abs(rgb[:, :, None, :] - table[None, None]).sum(-1)  # [H, W, k + 2]
+    assert np.all(dist.min(-1) == 0), "a pixel has a colour outside the basin palette"
+    return (np.argmin(dist, -1) - 2)[::-1]
+
+
+def test_landscapes_lists_every_2d_landscape_with_its_minima(server):
+    url, _ = server
+    status, body = get(url + "/api/landscapes")
+    assert status == 200
+    got = {item["name"]: item for item in json.loads(body)}
+    assert set(got) == {n for n in landscapes.names() if landscapes.get(n).dim == 2}
+    h = got["himmelblau"]
+    np.testing.assert_allclose(h["bounds"], H.bounds, rtol=0, atol=0)
+    np.testing.assert_allclose(h["minima"], H.minima, rtol=0, atol=0)
+    assert h["formula"] == H.formula and len(h["saddles"]) == len(H.saddles)
+    assert len(got["rastrigin"]["minima"]) == len(
+        landscapes.local_minima(landscapes.get("rastrigin"))
+    )
+
+
+def test_basins_equal_classify_of_descend_on_the_same_starts(server):
+    url, _ = server
+    q = "landscape=himmelblau&optimizer=momentum&lr=0.004&momentum=0.5&steps=30"
+    box = (-5.0, 4.5, -4.0, 5.5)
+    n = 24
+    status, body = get(
+        f"{url}/api/basins?{q}&x0={box[0]}&x1={box[1]}&y0={box[2]}&y1={box[3]}&n={n}"
+    )
+    assert status == 200
+    r = json.loads(body)
+    ref = reference(starts(*box, n), n, optimizer="momentum", steps=30, lr=0.004, momentum=0.5)
+    np.testing.assert_array_equal(np.array(r["labels"]), ref)
+    np.testing.assert_allclose(r["minima"], H.minima, rtol=0, atol=0)
+    for i in range(len(H.minima)):
+        assert r["fractions"][str(i)] == pytest.approx(np.mean(ref == i), abs=1e-12)
+    assert r["fractions"]["diverged"] == pytest.approx(np.mean(ref == -2), abs=1e-12)
+    # 30 steps at lr 0.004 leave some starts short of a minimum: all classes are checked.
+    assert 0 < np.mean(ref == -1) < 1
+
+
+def test_tile_pixels_decode_to_the_labels_of_its_pixel_centres(server):
+    url, _ = server
+    status, png = get(f"{url}/tile/1/1/0.png?landscape=himmelblau&lr=0.01&steps=60")
+    assert status == 200
+    assert Image.open(io.BytesIO(png)).size == (256, 256)
+    # Zoom 1, tile (1, 0): the right half in x, the top half in y of Himmelblau's bounds.
+    (xl, xh), (yl, yh) = H.bounds
+    box = ((xl + xh) / 2, xh, (yl + yh) / 2, yh)
+    ref = reference(starts(*box, 256), 256, steps=60, lr=0.01)
+    np.testing.assert_array_equal(decode(png, len(H.minima)), ref)
+    assert len(np.unique(ref)) >= 2  # the tile crosses basins
+
+
+def test_identical_concurrent_requests_are_computed_once_then_cached(server):
+    url, ex = server
+    tile = f"{url}/tile/2/1/2.png?landscape=himmelblau&lr=0.01&steps=61"
+    before = ex.worker.computed
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(get, [tile] * 8))
+    assert all(s == 200 for s, _ in answers) and len({b for _, b in answers}) == 1
+    assert ex.worker.computed - before == 1
+    assert get(tile) == answers[0] and ex.worker.computed - before == 1  # from the cache
+
+
+def test_fifty_concurrent_tile_requests_all_answer(server):
+    url, _ = server
+    tiles = [
+        f"{url}/tile/3/{i % 8}/{i // 8}.png?landscape=booth&lr=0.02&steps=20" for i in range(50)
+    ]
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(get, tiles))
+    assert [s for s, _ in answers] == [200] * 50
+    assert all(Image.open(io.BytesIO(b)).size == (256, 256) for _, b in answers)
+
+
+BAD = [
+    ("/api/basins?landscape=nope&lr=0.01&x0=0&x1=1&y0=0&y1=1", "landscape"),
+    ("/api/basins?optimizer=nope&lr=0.01&x0=0&x1=1&y0=0&y1=1", "optimizer"),
+    ("/api/basins?lr=0&x0=0&x1=1&y0=0&y1=1", "lr"),
+    ("/api/basins?lr=-0.5&x0=0&x1=1&y0=0&y1=1", "lr"),
+    ("/api/basins?lr=nan&x0=0&x1=1&y0=0&y1=1", "lr"),
+    ("/api/basins?lr=inf&x0=0&x1=1&y0=0&y1=1", "lr"),
+    ("/api/basins?lr=0.01&x0=1&x1=0&y0=0&y1=1", "x0"),
+    ("/api/basins?lr=0.01&x0=0&x1=1&y0=2&y1=1", "y0"),
+    ("/api/basins?lr=0.01&x0=0&x1=1&y0=0&y1=1&n=1025", "n"),
+    ("/api/basins?lr=0.01&x0=zero&x1=1&y0=0&y1=1", "x0"),
+    ("/api/basins?lr=0.01&x0=0&x1=1&y0=0&y1=1&steps=1.5", "steps"),
+    ("/api/basins?lr=0.01&x0=3&x1=3.0000000000001&y0=2&y1=2.0000000000001&n=8", "x0"),
+    ("/api/basins?optimizer=momentum&lr=0.01&momentum=1.5&x0=0&x1=1&y0=0&y1=1", "momentum"),
+    ("/api/basins?lr=0.01&b1=0.9&x0=0&x1=1&y0=0&y1=1", "b1"),
+    ("/tile/45/0/0.png?lr=0.01", "z"),
+    ("/tile/2/4/0.png?lr=0.01", "x"),
+    ("/tile/2/0/x.png?lr=0.01", "y"),
+    ("/tile/1/0/0.png?lr=0.01&colour=pink", "colour"),
+    ("/api/path?lr=0.01&x=1", "y"),
+    ("/api/trainability?x0=0&x1=1&y0=0&y1=1&steps=5", "steps"),
+    ("/tile/trainability/0/0/0.png?px=17", "px"),
+]
+
+
+@pytest.mark.parametrize("path,param", BAD, ids=[p for p, _ in BAD])
+def test_each_bad_request_is_a_400_naming_it_and_the_next_good_one_works(server, path, param):
+    url, _ = server
+    status, body = get(url + path)
+    assert status == 400
+    assert f"`{param}`" in json.loads(body)["error"]
+    status, body = get(f"{url}/api/basins?lr=0.01&steps=60&x0=0&x1=1&y0=0&y1=1&n=4")
+    assert status == 200 and len(json.loads(body)["labels"]) == 4
+
+
+def test_deep_views_switch_to_float64(server):
+    url, _ = server
+    # 8 pixels over 1e-6 near (3, 2): 1.25e-7 apart, half a float32 ulp of 3 (2.4e-7).
+    box = (2.99, 2.990001, 1.99, 1.990001)
+    assert np.unique(starts(*box, 8).astype(np.float32), axis=0).shape[0] < 64
+    status, body = get(
+        f"{url}/api/basins?lr=0.01&steps=60&x0={box[0]}&x1={box[1]}&y0={box[2]}&y1={box[3]}&n=8"
+    )
+    assert status == 200
+    with jax.enable_x64(True):
+        ref = reference(starts(*box, 8, np.float64), 8, steps=60, lr=0.01)
+    np.testing.assert_array_equal(np.array(json.loads(body)["labels"]), ref)
+    assert explore.precision(np.array([box[:2], box[2:]]), 8, 8, "x0") is True
+    assert explore.precision(np.array([[-6, 6], [-6, 6]]), 256, 256, "z") is False
+
+
+def test_path_is_the_recorded_run_from_that_start(server):
+    url, _ = server
+    status, body = get(f"{url}/api/path?landscape=himmelblau&lr=0.01&steps=200&x=0.5&y=-0.5")
+    assert status == 200
+    r = json.loads(body)
+    ref = sweep.descend("himmelblau", np.array([[0.5, -0.5]], np.float32), steps=200, lr=0.01)
+    np.testing.assert_allclose(r["final"], ref.x[0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(r["path"][0], [0.5, -0.5], rtol=0, atol=0)
+    np.testing.assert_allclose(r["path"][-1], ref.x[0], rtol=0, atol=1e-6)
+    assert r["steps"][-1] == 200 and len(r["path"]) == len(r["losses"]) == 201
+    assert r["label"] == int(basins.classify(ref.x, H.minima, 1e-2)[0]) >= 0
+    assert r["losses"][-1] < 1e-6 < r["losses"][0]  # from f(0.5, -0.5) ~ 180 to a minimum
+
+
+def test_trainability_equals_score_grid_and_its_tile_shows_the_sign(server):
+    url, _ = server
+    status, body = get(f"{url}/api/trainability?x0=-1&x1=7&y0=0&y1=3&n=6&steps=40")
+    assert status == 200
+    lr1 = 10.0 ** (-1 + (np.arange(6) + 0.5) * 8 / 6)
+    lr2 = 10.0 ** (0 + (np.arange(6) + 0.5) * 3 / 6)
+    with jax.enable_x64(True):
+        params, data = fractal.problem(jax.random.key(0), 8)
+        ref = fractal.score_grid(params, data, lr1, lr2, steps=40, batch_size=36)
+    np.testing.assert_allclose(json.loads(body)["score"], ref, rtol=1e-12, atol=1e-12)
+    assert (ref > 0).any() and (ref < 0).any()
+    # A 16 x 16 tile over the whole window: blue where it trains, red where it diverges.
+    status, png = get(f"{url}/tile/trainability/0/0/0.png?steps=40&px=16")
+    assert status == 200
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)[::16, ::16][::-1]
+    lr1 = 10.0 ** (-1 + (np.arange(16) + 0.5) * 8 / 16)
+    lr2 = 10.0 ** (0 + (np.arange(16) + 0.5) * 3 / 16)
+    with jax.enable_x64(True):
+        ref = fractal.score_grid(params, data, lr1, lr2, steps=40, batch_size=64)
+    blue = rgb[..., 2] > rgb[..., 0]
+    np.testing.assert_array_equal(blue, ref > 0)
+
+
+def test_caches_stay_within_their_bounds(tmp_path):
+    mem = explore.MemoryCache(1000)
+    for i in range(20):
+        mem.put(str(i), bytes(300))
+    assert mem.size <= 1000 and mem.get("19") is not None and mem.get("0") is None
+    disk = explore.DiskCache(tmp_path, 1000)
+    for i in range(20):
+        disk.put(str(i), bytes(300))
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.bin")) <= 1000
+    assert disk.get("19") == bytes(300) and disk.get("0") is None
+
+
+def test_a_full_queue_answers_busy():
+    w = explore.Worker(max_jobs=1)
+    import threading
+
+    gate = threading.Event()
+    w.submit(explore.Job("a", 0, None, lambda jobs: gate.wait(10) and None, None))
+    with pytest.raises(explore.Busy):
+        w.submit(explore.Job("b", 0, None, lambda jobs: None, None))
+    gate.set()
+    w.stop()
+
+
+def fn_two_wells(x):
+    return (x[0] ** 2 - 1) ** 2 + 2 * x[1] ** 2
+
+
+def test_fn_finds_the_minima_of_a_user_function():
+    s = explore.load_fn("tests.test_explore:fn_two_wells", (-2, 2, -2, 2))
+    np.testing.assert_allclose(s.minima[np.argsort(s.minima[:, 0])], [[-1, 0], [1, 0]], atol=1e-9)
+    assert s.f_min == pytest.approx(0, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "argv,word",
+    [(["--port", "http"], "--port"), (["--port", "70000"], "--port"), (["--fn", "nope"], "--fn")],
+)
+def test_bad_command_line_is_one_line_and_status_2(argv, word):
+    r = subprocess.run(
+        [sys.executable, "-m", "sandbox.explore", "--cache", "none", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[1],
+    )
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and word in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# ----------------------------------------------------------------------------- browser
+
+
+@pytest.mark.skipif(
+    shutil.which(CHROMIUM) is None, reason="Debian's /usr/bin/chromium is not installed"
+)
+def test_page_zooms_moves_the_lr_and_draws_a_path_in_headless_chromium(server, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    url, _ = server
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ]
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 700})
+            page.goto(f"{url}/?landscape=himmelblau&lr=0.01&steps=40")
+            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+            loaded = lambda: page.evaluate("window.explorer.tilesLoaded")  # noqa: E731
+            page.wait_for_function("window.explorer.tilesLoaded >= 4", timeout=60_000)
+            page.screenshot(path=tmp_path / "0-start.png")
+            zoom = page.evaluate("window.explorer.state.map.getZoom()")
+            for i in range(2):  # zoom twice: tiles of the next zoom level load
+                before = loaded()
+                page.evaluate("window.explorer.state.map.zoomIn()")
+                page.wait_for_function(
+                    f"window.explorer.tilesLoaded >= {before + 4}", timeout=60_000
+                )
+                page.screenshot(path=tmp_path / f"{i + 1}-zoom.png")
+            assert page.evaluate("window.explorer.state.map.getZoom()") == zoom + 2
+            before = loaded()
+            page.fill("#lr", "-1.7")  # a range input: fill sets it and fires input + change
+            page.dispatch_event("#lr", "change")
+            page.wait_for_function(f"window.explorer.tilesLoaded >= {before + 4}", timeout=60_000)
+            srcs = page.eval_on_selector_all(".leaflet-tile", "els => els.map(e => e.src)")
+            assert any("lr=0.0199526" in s for s in srcs), srcs[:3]
+            page.screenshot(path=tmp_path / "3-lr.png")
+            page.mouse.click(500, 350)  # a start in the middle of the map
+            page.wait_for_function("window.explorer.pathsShown >= 1", timeout=60_000)
+            assert page.locator("path.leaflet-interactive").count() >= 2  # the path's lines
+            assert (
+                "lr=0.0199" in page.url and f"z={zoom + 2}" in page.url
+            )  # the link holds the view
+            assert page.evaluate("window.explorer.errors") == []
+            page.screenshot(path=tmp_path / "4-path.png")
+        finally:
+            browser.close()
+    assert len(list(tmp_path.glob("*.png"))) == 5
