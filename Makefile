@@ -11,7 +11,7 @@ export PYTHONPATH := $(CURDIR)
 
 STUDIES := gradient descent convex local_minima saddle normalization initialization learning_rate fractal momentum optimizers train_resnet resnet_landscape
 
-.PHONY: fractal-paper resnet56 setup test test-all test-x64 lint format studies quick figures report bench clean $(STUDIES)
+.PHONY: explore fractal-paper resnet56 setup test test-all test-x64 lint format studies quick figures report bench clean $(STUDIES)
 
 setup: $(STAMP)
 
@@ -64,10 +64,15 @@ report: $(STAMP)
 resnet56: $(STAMP)
 	$(PY) -m studies.train_resnet --pair
 
+# The explorer: a live basin and trainability map in the browser (prints its URL).
+explore: $(STAMP)
+	$(PY) -m sandbox.explore
+
 bench: $(STAMP)
 	$(PY) -m benchmarks.sweep
 	$(PY) -m benchmarks.resnet
 	$(PY) -m benchmarks.surface
+	$(PY) -m benchmarks.explore
 
 clean:
 	rm -rf results .pytest_cache .ruff_cache

@@ -828,7 +828,8 @@ def app(explorer: Explorer):
         box = parse_box(q)
         n = _int(q, "n", 64, 1, N_MAX)
         key = f"basins|{ex.version}|{d.key()}|{box.tolist()!r}|{n}"
-        job = ex.basin_job(d, box, n, n, "json", key, float(n * n))
+        # After the tiles in the queue: the map comes first, the numbers of the view next.
+        job = ex.basin_job(d, box, n, n, "json", key, float(TILE * TILE + n * n))
         return await answer(job, "application/json", False)
 
     async def tile(request):

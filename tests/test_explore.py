@@ -327,3 +327,19 @@ def test_page_zooms_moves_the_lr_and_draws_a_path_in_headless_chromium(server, t
         finally:
             browser.close()
     assert len(list(tmp_path.glob("*.png"))) == 5
+
+
+def test_classify_in_2d_equals_the_norm_over_all_minima():
+    # basins.classify's 2-D path (one minimum at a time, for the explorer's speed) against
+    # argmin of np.linalg.norm over [N, k, 2], on endpoints near minima, ties, NaN and inf.
+    rng = np.random.default_rng(0)
+    m = landscapes.local_minima(landscapes.get("rastrigin"))
+    x = rng.uniform(-5, 5, (20_000, 2))
+    x[::3] = m[rng.integers(0, len(m), len(x[::3]))] + rng.normal(0, 3e-3, (len(x[::3]), 2))
+    x[::7] = (m[0] + m[1]) / 2  # equidistant from two minima: the first wins
+    x[5], x[6] = np.nan, np.inf
+    for tol in (1e-2, 0.6):
+        dist = np.linalg.norm(x[:, None, :] - m[None], axis=-1)
+        ref = np.where(dist.min(1) <= tol, np.argmin(dist, 1), -1)
+        ref[5:7] = -2
+        np.testing.assert_array_equal(basins.classify(x, m, tol), ref)

@@ -1,0 +1,164 @@
+"""Throughput of the explorer's server (HTTP included) against sweep.descend, in this process.
+
+Workload: Himmelblau, plain GD, lr around 0.01, 1000 steps (the page's defaults), float32.
+1. Time to the first full screen: the tiles a 1280 x 800 window shows when the page opens
+   (zoom 1: 4 tiles, 262,144 starts), requested at once, first with a cold compile (the
+   first computation of this process), then warm (a new lr: same shapes, no cache hit). With
+   /usr/bin/chromium and Playwright installed, also in the browser, page load included.
+2. Throughput: a 4 x 4 screen of zoom-2 tiles (1,048,576 starts) requested at once, R rounds
+   with new lrs (so no cache serves them), against one sweep.descend call on the same starts
+   and lrs. Prints tiles/s, pair-steps/s and the ratio (the issue asks for at least 0.8).
+3. Trainability: a coarse (32 x 32) and a finer (64 x 64) tile of the fractal network, warm,
+   against fractal.score_grid on the same learning rates.
+
+Run: make bench   (python -m benchmarks.explore [--steps T] [--rounds R])
+"""
+
+import argparse
+import concurrent.futures
+import shutil
+import time
+import urllib.request
+
+import numpy as np
+
+from sandbox import devices
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=600) as r:
+        return r.read()
+
+
+def _fetch_all(urls: list[str]) -> float:
+    t = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(len(urls)) as pool:
+        list(pool.map(_get, urls))
+    return time.perf_counter() - t
+
+
+def _tiles(url: str, z: int, query: str) -> list[str]:
+    n = 2**z
+    return [f"{url}/tile/{z}/{x}/{y}.png?{query}" for y in range(n) for x in range(n)]
+
+
+def _browser_first_screen(url: str, query: str) -> float | None:
+    """Seconds from opening the page to its first screen of tiles, in headless Chromium."""
+    if shutil.which(CHROMIUM) is None:
+        return None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    flags += ["--disable-component-update", "--disable-sync", "--no-first-run"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            t = time.perf_counter()
+            page.goto(f"{url}/?{query}")
+            page.wait_for_function(
+                "window.explorer && window.explorer.tilesLoaded >= 4", timeout=600_000
+            )
+            return time.perf_counter() - t
+        finally:
+            browser.close()
+
+
+def main(argv=None) -> None:
+    devices.use_all_cores()  # before the first computation starts JAX
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--train-steps", type=int, default=500)
+    args = p.parse_args(argv)
+
+    import jax
+
+    from sandbox import basins, explore, fractal, landscapes, sweep
+
+    # No cache: every request is computed (identical requests in flight still share one job).
+    ex = explore.Explorer(cache_dir=None, memory_bytes=0)
+    server = explore.Server(ex)
+    url = server.start()
+    h = landscapes.get("himmelblau")
+    print(
+        f"explorer benchmark: {jax.device_count()} x {jax.devices()[0].device_kind}, "
+        f"Himmelblau GD float32, {args.steps} steps, tiles of 256 x 256 starts"
+    )
+    q = f"landscape=himmelblau&optimizer=sgd&steps={args.steps}"
+    cold = _fetch_all(_tiles(url, 1, f"{q}&lr=0.01"))
+    warm = _fetch_all(_tiles(url, 1, f"{q}&lr=0.0099"))
+    print(f"  first screen over HTTP (4 tiles): cold compile {cold:.2f} s, warm {warm:.2f} s")
+    first = _browser_first_screen(url, f"{q}&lr=0.0098")
+    if first is not None:
+        page = _browser_first_screen(url, f"{q}&lr=0.0097")
+        print(
+            f"  first screen in headless Chromium, page load included: {first:.2f} s (the "
+            f"view's basin fractions compiled too), warm {page:.2f} s"
+        )
+
+    # Throughput: a 4 x 4 screen of zoom-2 tiles per round, new lr each round.
+    lrs = [0.0096 - 1e-4 * r for r in range(args.rounds)]
+    boxes = [explore.tile_box(h.bounds, 2, x, y) for y in range(4) for x in range(4)]
+    x0 = np.concatenate([explore.centres(b, 256, 256, False) for b in boxes])
+    _fetch_all(_tiles(url, 2, f"{q}&lr=0.0101"))  # compile the batch shapes
+    t_http = sum(_fetch_all(_tiles(url, 2, f"{q}&lr={lr}")) for lr in lrs)
+
+    def direct(lr):
+        run = sweep.descend(h.fn, x0, steps=args.steps, lr=lr, progress=False)
+        return basins.classify(run.x, h.minima, explore.REACH_TOL, run.diverged)
+
+    direct(0.0101)
+    t = time.perf_counter()
+    for lr in lrs:
+        sweep.descend(h.fn, x0, steps=args.steps, lr=lr, progress=False)
+    t_sweep = time.perf_counter() - t
+    t = time.perf_counter()
+    for lr in lrs:
+        direct(lr)
+    t_classified = time.perf_counter() - t
+    n_tiles, pairs = 16 * args.rounds, len(x0) * args.rounds
+    rate_http, rate_sweep = pairs * args.steps / t_http, pairs * args.steps / t_sweep
+    print(
+        f"  server   {n_tiles / t_http:6.1f} tiles/s  {rate_http:.2e} pair-steps/s  "
+        f"({n_tiles} tiles in {t_http:.2f} s, HTTP, labels and PNGs included)"
+    )
+    print(
+        f"  sweep.descend on the same starts {rate_sweep:.2e} pair-steps/s ({t_sweep:.2f} s); "
+        f"+ basins.classify {pairs * args.steps / t_classified:.2e} ({t_classified:.2f} s)"
+    )
+    print(
+        f"  ratio server / sweep.descend {rate_http / rate_sweep:.2f}x; "
+        f"server / (sweep.descend + classify) {t_classified / t_http:.2f}x"
+    )
+
+    # Trainability: coarse and finer tiles against fractal.score_grid on the same lrs.
+    tq = f"steps={args.train_steps}"
+    with jax.enable_x64(True):
+        params, data = fractal.problem(jax.random.key(explore.TRAIN_SEED), explore.TRAIN_WIDTH)
+    for px in (32, 64):
+        _get(f"{url}/tile/trainability/1/0/1.png?{tq}&px={px}")  # compile this shape
+        t = time.perf_counter()
+        _get(f"{url}/tile/trainability/1/1/0.png?{tq}&px={px}")
+        t_tile = time.perf_counter() - t
+        b = explore.tile_box(explore.TRAIN_BOUNDS, 1, 1, 0)
+        lr1 = 10.0 ** (b[0, 0] + (np.arange(px) + 0.5) * (b[0, 1] - b[0, 0]) / px)
+        lr2 = 10.0 ** (b[1, 0] + (np.arange(px) + 0.5) * (b[1, 1] - b[1, 0]) / px)
+        t = time.perf_counter()
+        with jax.enable_x64(True):
+            fractal.score_grid(params, data, lr1, lr2, steps=args.train_steps, batch_size=64)
+        t_grid = time.perf_counter() - t
+        print(
+            f"  trainability tile {px} x {px} px ({args.train_steps} steps, float64): server "
+            f"{t_tile:.2f} s, fractal.score_grid on the same lrs {t_grid:.2f} s, ratio "
+            f"{t_grid / t_tile:.2f}x ({px * px / t_tile:.0f} runs/s through the server)"
+        )
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()
