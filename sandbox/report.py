@@ -35,6 +35,9 @@ STUDIES = (
     ("resnet_landscape", "The ResNet-56 loss landscape"),
 )
 
+# The explorer's default address (`make explore`): the gallery links to it.
+EXPLORER = "http://127.0.0.1:8765/"
+
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; }
@@ -89,6 +92,8 @@ def _section(results_dir: Path, name: str, title: str, out_dir: Path) -> str:
         f"{html.escape(str((meta.get('devices') or ['?'])[0]))}; commit "
         f"{html.escape(str(meta.get('git_commit') or '?')[:10])}</p>"
     )
+    if name == "local_minima" and (folder / "config.json").exists():
+        parts.append(_explorer_links(json.loads((folder / "config.json").read_text())))
     summary = json.loads((folder / "summary.json").read_text())
     rows = summary_rows(summary)
     if rows:
@@ -109,6 +114,16 @@ def _section(results_dir: Path, name: str, title: str, out_dir: Path) -> str:
     return "\n".join(parts)
 
 
+def _explorer_links(config: dict) -> str:
+    """Links that open each basin map of the local_minima study in the explorer."""
+    links = []
+    for name, optimizer, lr, steps in config.get("maps", []):
+        q = f"?landscape={name}&optimizer={optimizer}&lr={lr}&steps={steps}"
+        text = html.escape(f"{name}, {optimizer}, lr {lr}")
+        links.append(f'<a href="{html.escape(EXPLORER + q)}">{text}</a>')
+    return "<p>Zoom into these maps live (<code>make explore</code>): " + ", ".join(links) + "</p>"
+
+
 def build(results_dir: Path | str = results.RESULTS_ROOT, out: Path | str | None = None) -> Path:
     """Writes the gallery (default results/index.html) atomically; returns its path."""
     results_dir = Path(results_dir)
@@ -120,7 +135,9 @@ def build(results_dir: Path | str = results.RESULTS_ROOT, out: Path | str | None
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>gradient-sandbox results"
         f"</title><style>{_CSS}</style></head><body><h1>gradient-sandbox results</h1>"
-        f"<p>{toc}</p>" + "\n".join(body) + "</body></html>\n"
+        f"<p>{toc}</p><p>Zoom into basin maps and the trainability boundary, computed live: run "
+        f'<code>make explore</code> and open <a id="explorer" href="{EXPLORER}">the explorer</a>.'
+        "</p>" + "\n".join(body) + "</body></html>\n"
     )
     return results.atomic_write_bytes(out, page.encode())
 

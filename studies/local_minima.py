@@ -18,6 +18,10 @@ eigenvector moves back below the threshold and away above it (bracketed to ~1e-1
 the course's Himmelblau exercise: Adam, lr 1e-3, 20000 steps from (0, 0), (1, 0), (-4, 0)
 and (4, 0), with the minimum each reaches.
 
+Each basin map is also written at full resolution, one pixel per start
+(basin_map-<landscape>-<optimizer>-lr<lr>.png, 1024 x 1024), beside the overview figure;
+`make explore` zooms into them live.
+
 Run: make local_minima   (smoke: python -m studies.local_minima --quick, about 10 s; the
 default run takes 1 to 3 minutes on 2 CPU cores)
 """
@@ -596,7 +600,26 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
     return figs
 
 
-main = cli.study_main(NAME, __doc__, Config(), QUICK, compute, plot)
+def map_file(name: str, optimizer: str, lr: float) -> str:
+    """File name of a basin map at full resolution (one pixel per start)."""
+    return f"basin_map-{name}-{optimizer}-lr{lr:g}.png"
+
+
+def full_resolution_maps(arrays: dict, cfg: Config, summary: dict, folder) -> None:
+    """Each basin map as its own PNG, map_n x map_n pixels, one per start, in the colours
+    of the overview figure (and of the explorer's tiles), y up."""
+    from sandbox import explore, results
+
+    del summary
+    for name, optimizer, lr, _ in cfg.maps:
+        key = _map_key(name, optimizer, lr)
+        png = explore.render_basins(
+            arrays[f"map/{key}/labels_HxW"], len(arrays[f"map/{key}/minima_Kx2"])
+        )
+        results.atomic_write_bytes(folder / map_file(name, optimizer, lr), png)
+
+
+main = cli.study_main(NAME, __doc__, Config(), QUICK, compute, plot, artifacts=full_resolution_maps)
 
 
 if __name__ == "__main__":

@@ -343,3 +343,16 @@ def test_classify_in_2d_equals_the_norm_over_all_minima():
         ref = np.where(dist.min(1) <= tol, np.argmin(dist, 1), -1)
         ref[5:7] = -2
         np.testing.assert_array_equal(basins.classify(x, m, tol), ref)
+
+
+def test_gallery_links_to_the_explorer_and_each_basin_map(tmp_path):
+    from sandbox import report
+
+    folder = tmp_path / "local_minima"
+    folder.mkdir()
+    (folder / "summary.json").write_text("{}")
+    (folder / "config.json").write_text(json.dumps({"maps": [["himmelblau", "adam", 0.02, 2000]]}))
+    text = report.build(tmp_path).read_text()
+    assert f'<a id="explorer" href="{report.EXPLORER}">' in text
+    link = "?landscape=himmelblau&amp;optimizer=adam&amp;lr=0.02&amp;steps=2000"
+    assert f'href="{report.EXPLORER}{link}"' in text

@@ -53,6 +53,25 @@ def test_writes_the_run_folder_and_figures(run):
         assert (folder / f).is_file(), f
 
 
+def test_each_basin_map_is_also_a_full_resolution_png_of_its_labels(run):
+    from PIL import Image
+
+    from sandbox import plotting
+
+    folder, _ = run
+    arrays = dict(np.load(folder / "arrays.npz"))
+    for name, optimizer, lr, _ in local_minima.QUICK.maps:
+        key = f"{name}/{optimizer}/lr={lr:g}"
+        labels = arrays[f"map/{key}/labels_HxW"]
+        k = len(arrays[f"map/{key}/minima_Kx2"])
+        img = Image.open(folder / local_minima.map_file(name, optimizer, lr))
+        assert img.size == (local_minima.QUICK.map_n, local_minima.QUICK.map_n)
+        rgb = np.asarray(img.convert("RGB")).astype(int)[::-1]  # row 0 of the labels: bottom
+        table = [plotting.DIVERGED_COLOR, plotting.NOT_CONVERGED_COLOR, *plotting.basin_palette(k)]
+        table = np.round(np.array(table)[:, :3] * 255).astype(int)
+        np.testing.assert_array_equal(rgb, table[labels + 2])
+
+
 def _hand_grad(p):
     """Himmelblau's gradient [N, 2] at p [N, 2], derived by hand."""
     x, y = p[:, 0], p[:, 1]
