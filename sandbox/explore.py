@@ -63,6 +63,7 @@ TRAIN_PX = (16, 32, 64, 128, 256)  # computed pixels per trainability tile side
 TRAIN_GAP = 0.12  # the study's colour gap between the two classes (studies/fractal.py)
 LOSS_DECADES = (-8.0, 4.0)  # colour=loss: log10(loss - f_min) from blue to yellow
 COLOURS = ("basin", "steps", "loss")
+DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
 
 
 class BadRequest(ValueError):
@@ -481,6 +482,7 @@ class Job:
     size: int = 1
     future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
     seq: int = 0
+    waiters: int = 0  # requests waiting for it; a queued job nobody waits for is dropped
 
 
 class Worker:
@@ -493,23 +495,38 @@ class Worker:
         self.cond = threading.Condition()
         self.seq = 0
         self.computed = 0  # jobs computed (not shared, not cached): tests count them
+        self.dropped = 0  # queued jobs dropped because every request for them went away
         self.stopped = False
         self.thread = threading.Thread(target=self._loop, name="explore-worker", daemon=True)
         self.thread.start()
 
-    def submit(self, job: Job) -> concurrent.futures.Future:
+    def submit(self, job: Job) -> Job:
+        """Queues `job`, or returns the identical job already in flight; either way one
+        more request waits for the returned job (`release` when it stops waiting)."""
         with self.cond:
             same = self.inflight.get(job.key)
             if same is not None:
-                return same.future
+                same.waiters += 1
+                return same
             if len(self.inflight) >= self.max_jobs:
                 raise Busy(f"{len(self.inflight)} computations queued; retry shortly")
             self.seq += 1
-            job.seq = self.seq
+            job.seq, job.waiters = self.seq, 1
             self.inflight[job.key] = job
             self.pending.append(job)
             self.cond.notify()
-            return job.future
+            return job
+
+    def release(self, job: Job) -> None:
+        """One request stopped waiting (its client went away, e.g. a tile scrolled out of
+        view): a job still queued that nobody waits for is dropped."""
+        with self.cond:
+            job.waiters -= 1
+            if job.waiters <= 0 and job in self.pending:
+                self.pending.remove(job)
+                self.inflight.pop(job.key, None)
+                self.dropped += 1
+                job.future.cancel()
 
     def stop(self) -> None:
         with self.cond:
@@ -771,13 +788,23 @@ def app(explorer: Explorer):
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=no_store)
 
-    async def answer(job_or_key, media: str, keep: bool) -> Response:
-        """Waits for a job (shared with identical requests) off the event loop."""
-        if isinstance(job_or_key, Job):
-            fut = ex.worker.submit(job_or_key)
-        else:
-            fut = job_or_key
-        body = await asyncio.wrap_future(fut)
+    async def answer(request, job: Job, media: str, keep: bool) -> Response:
+        """Waits for a job (shared with identical requests) off the event loop; a client
+        that goes away stops waiting, so a job nobody wants any more is not computed."""
+        job = ex.worker.submit(job)
+        fut = asyncio.wrap_future(job.future)
+        try:
+            while True:
+                done, _ = await asyncio.wait({fut}, timeout=DISCONNECT_POLL_S)
+                if done:
+                    break
+                if await request.is_disconnected():
+                    ex.worker.release(job)
+                    return Response(status_code=499)
+        except asyncio.CancelledError:
+            ex.worker.release(job)
+            raise
+        body = fut.result()
         headers = {"Cache-Control": "public, max-age=86400"} if keep else no_store
         return Response(body, media_type=media, headers=headers)
 
@@ -830,7 +857,7 @@ def app(explorer: Explorer):
         key = f"basins|{ex.version}|{d.key()}|{box.tolist()!r}|{n}"
         # After the tiles in the queue: the map comes first, the numbers of the view next.
         job = ex.basin_job(d, box, n, n, "json", key, float(TILE * TILE + n * n))
-        return await answer(job, "application/json", False)
+        return await answer(request, job, "application/json", False)
 
     async def tile(request):
         p = request.path_params
@@ -844,7 +871,7 @@ def app(explorer: Explorer):
             return Response(hit, media_type="image/png")
         box = tile_box(s.bounds, z, x, y)
         job = ex.basin_job(d, box, TILE, TILE, "png", key, float(TILE * TILE))
-        return await answer(job, "image/png", True)
+        return await answer(request, job, "image/png", True)
 
     async def view(request):
         q = query(request)
@@ -853,7 +880,7 @@ def app(explorer: Explorer):
         w, h = _int(q, "w", 512, 1, VIEW_MAX), _int(q, "h", 512, 1, VIEW_MAX)
         key = f"view|{ex.version}|{d.key()}|{box.tolist()!r}|{w}x{h}"
         job = ex.basin_job(d, box, w, h, "png", key, float(w * h))
-        return await answer(job, "image/png", False)
+        return await answer(request, job, "image/png", False)
 
     async def path(request):
         q = query(request)
@@ -861,7 +888,7 @@ def app(explorer: Explorer):
         x, y = _number(q, "x"), _number(q, "y")
         z = _int(q, "z", 0, 0, 60)
         key = f"path|{ex.version}|{d.key()}|{x!r},{y!r},{z}"
-        return await answer(ex.path_job(d, x, y, z, key), "application/json", False)
+        return await answer(request, ex.path_job(d, x, y, z, key), "application/json", False)
 
     def train_params(q: dict, extra: set[str]) -> tuple[int, int, int]:
         unknown = sorted(set(q) - {"steps", "width", "seed"} - extra)
@@ -878,7 +905,7 @@ def app(explorer: Explorer):
         n = _int(q, "n", 32, 1, N_MAX)
         key = f"train|{ex.version}|{steps},{width},{seed}|{box.tolist()!r}|{n}"
         job = ex.train_job(box, n, n, steps, width, seed, "json", key, float(n * n), "x0")
-        return await answer(job, "application/json", False)
+        return await answer(request, job, "application/json", False)
 
     async def train_tile(request):
         p = request.path_params
@@ -894,7 +921,7 @@ def app(explorer: Explorer):
             return Response(hit, media_type="image/png")
         box = tile_box(TRAIN_BOUNDS, z, x, y)
         job = ex.train_job(box, px, px, steps, width, seed, "png", key, float(px * px), "z")
-        return await answer(job, "image/png", True)
+        return await answer(request, job, "image/png", True)
 
     async def index(request):
         return FileResponse(STATIC / "index.html", headers=no_store)
@@ -984,6 +1011,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             cache.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ValueError(f"`--cache` folder {str(cache)!r} cannot be made ({e})") from None
+    os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars per tile on the console
     ex = Explorer(args.fn, bounds=args.bounds, cache_dir=cache, disk_bytes=args.cache_mb << 20)
     server = Server(ex, args.host, args.port)
     try:

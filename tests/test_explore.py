@@ -8,8 +8,11 @@ import concurrent.futures
 import io
 import json
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -236,14 +239,59 @@ def test_caches_stay_within_their_bounds(tmp_path):
 
 def test_a_full_queue_answers_busy():
     w = explore.Worker(max_jobs=1)
-    import threading
-
     gate = threading.Event()
     w.submit(explore.Job("a", 0, None, lambda jobs: gate.wait(10) and None, None))
     with pytest.raises(explore.Busy):
         w.submit(explore.Job("b", 0, None, lambda jobs: None, None))
     gate.set()
     w.stop()
+
+
+def test_a_queued_tile_whose_client_went_away_is_not_computed(server):
+    url, ex = server
+    gate = threading.Event()
+    ex.worker.submit(explore.Job("hold", -1, None, lambda jobs: gate.wait(30) and None, None))
+    host, port = url.removeprefix("http://").split(":")
+    try:
+        dropped = ex.worker.dropped
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"GET /tile/3/5/5.png?lr=0.01&steps=77 HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.5)  # queued behind the held job; then the client goes away
+        deadline = time.monotonic() + 10
+        while ex.worker.dropped == dropped and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ex.worker.dropped == dropped + 1
+    finally:
+        gate.set()
+    status, _ = get(f"{url}/tile/3/5/5.png?lr=0.01&steps=77")  # asked again: computed
+    assert status == 200
+
+
+def test_command_line_serves_on_127_0_0_1_and_prints_its_url():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sandbox.explore", "--port", "0", "--cache", "none"]
+        + ["--fn", "tests.test_explore:fn_two_wells", "--bounds", "-2", "2", "-2", "2"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("explorer: http://127.0.0.1:"), line
+        base = line.split()[1].rstrip("/")
+        status, body = get(base + "/api/landscapes")
+        assert status == 200
+        mine = [s for s in json.loads(body) if s["name"] == "tests.test_explore:fn_two_wells"]
+        assert len(mine) == 1 and sorted(m[0] for m in mine[0]["minima"]) == pytest.approx(
+            [-1, 1], abs=1e-9
+        )
+        status, page = get(base + "/")
+        assert status == 200 and b"leaflet.js" in page
+        assert get(base + "/static/leaflet/LICENSE")[0] == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stdout.close()
 
 
 def fn_two_wells(x):

@@ -120,10 +120,12 @@ function refresh() {
     fractions();
   } else {
     const px = state.config.trainability.px;
-    const coarse = px[1], fine = px[px.length - 1];
+    // Coarse tiles first (the server computes smaller tiles first), each finer layer on top.
+    const levels = [px[1], px[2], px[px.length - 1]];
     const q = trainParams();
-    state.layers.push(tileLayer(`/tile/trainability/{z}/{x}/{y}.png?${q}&px=${coarse}`, {}).addTo(state.map));
-    state.layers.push(tileLayer(`/tile/trainability/{z}/{x}/{y}.png?${q}&px=${fine}`, {}).addTo(state.map));
+    for (const n of levels) {
+      state.layers.push(tileLayer(`/tile/trainability/{z}/{x}/{y}.png?${q}&px=${n}`, {}).addTo(state.map));
+    }
   }
   updateLink();
 }
