@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export MPLBACKEND := agg
 export PYTHONPATH := $(CURDIR)
 
-STUDIES := gradient descent convex local_minima saddle normalization initialization learning_rate fractal momentum optimizers train_resnet resnet_landscape
+STUDIES := gradient descent convex local_minima saddle normalization initialization learning_rate fractal edge_of_stability momentum optimizers train_resnet resnet_landscape
 
 .PHONY: explore fractal-paper resnet56 setup test test-all test-x64 lint format studies quick figures report bench clean $(STUDIES)
 
@@ -72,6 +72,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.sweep
 	$(PY) -m benchmarks.resnet
 	$(PY) -m benchmarks.surface
+	$(PY) -m benchmarks.sharpness
 	$(PY) -m benchmarks.explore
 
 clean:

@@ -29,6 +29,7 @@ STUDIES = (
     ("initialization", "Optimizer performance versus initialization"),
     ("learning_rate", "Learning rate: too small, right, too large"),
     ("fractal", "The fractal boundary of trainability (Sohl-Dickstein 2024)"),
+    ("edge_of_stability", "Edge of stability: sharpness against 2/η (Cohen et al. 2021, 2022)"),
     ("momentum", "Momentum and escaping minima"),
     ("optimizers", "Optimizers compared, each tuned fairly"),
     ("train_resnet", "Training ResNet-56 with and without skip connections"),

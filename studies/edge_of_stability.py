@@ -25,7 +25,8 @@ of training (`sharpness_plateau`) and its ratio to the threshold (theory: at or 
 which the loss rose, and the final loss and accuracy; `claims` checks each against theory.
 
 Run: make edge_of_stability   (smoke: python -m studies.edge_of_stability --quick). The
-default took 4.9 minutes on a 2-core CPU (AVX-512, other jobs running); --quick seconds.
+default took 10.2 minutes of wall time on a 2-core CPU (AVX-512) while other jobs kept both
+cores busy (5.9 minutes of CPU time); --quick about 35 s.
 """
 
 import dataclasses
@@ -252,7 +253,7 @@ def _colours(n: int):
 
 
 def _plot_gd(arrays: dict, cfg: Config):
-    fig, (ax_l, ax_s) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_l, ax_s) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     lrs = arrays["gd_lrs"]
     for lr, c, loss_T, sharp_K in zip(
         lrs, _colours(len(lrs)), arrays["gd_losses"], arrays["gd_sharpness"], strict=True
@@ -280,7 +281,7 @@ def _plot_flow(arrays: dict, cfg: Config):
         label=f"gradient flow (GD η = {flow_lr:g})",
     )  # fmt: skip
     ax.set(xlabel="time (step × η)", ylabel="sharpness λmax", title="Sharpness: GD against flow")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="lower right")
     return fig
 
 
