@@ -46,13 +46,16 @@ OPTIMIZERS = ("gd", "momentum", "adam")  # gd brings the flow reference with it
 # Theory: the plateau sits at or just above the threshold. Cohen et al. report it within a
 # few percent; the band below is what counts as "at the edge" here.
 PLATEAU_BAND = (0.9, 1.15)
+CIFAR_SUBSET = 5000
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     seed: int = 0
     data: str = "digits"
-    train_size: int | None = None  # the first N training images; None: all of them
+    # The first N training images; None: all of the digits, or CIFAR-10's first 5000 (the
+    # subset of Cohen et al.).
+    train_size: int | None = None
     hidden: tuple[int, ...] = (200, 200)
     gd_lrs: tuple[float, ...] = (0.05, 0.065, 0.08)  # 2 / lr = 40, 30.8, 25
     steps: int = 2000
@@ -111,7 +114,8 @@ QUICK = Config(
 def problem(cfg: Config, data_dir: str | None = None):
     """(loss, accuracy-carrying loss, initial params, number of training images)."""
     ds = data.load(cfg.data, data_dir=data_dir, seed=cfg.seed)
-    n = len(ds.y_train) if cfg.train_size is None else min(cfg.train_size, len(ds.y_train))
+    size = CIFAR_SUBSET if cfg.train_size is None and cfg.data == "cifar10" else cfg.train_size
+    n = len(ds.y_train) if size is None else min(size, len(ds.y_train))
     x = jnp.asarray(ds.x_train[:n].reshape(n, -1))
     labels = jnp.asarray(ds.y_train[:n])
     y = jax.nn.one_hot(labels, ds.num_classes, dtype=x.dtype)
@@ -319,7 +323,7 @@ def _floats(text: str) -> tuple[float, ...]:
 def parse_args(argv: Sequence[str] | None):
     p = cli.study_parser(NAME, __doc__)
     p.add_argument("--data", default=None, help=f"one of {', '.join(data.NAMES)}")
-    p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (else $CIFAR10_DIR)")
+    p.add_argument("--data-dir", default=None, help="a CIFAR-10 folder: train on CIFAR-10")
     p.add_argument("--train-size", type=int, default=None, help="the first N training images")
     p.add_argument("--lrs", default=None, help="GD learning rates, comma-separated")
     p.add_argument("--steps", type=int, default=None, help="updates per run")
@@ -332,7 +336,7 @@ def parse_args(argv: Sequence[str] | None):
 
 def config_of(args) -> Config:
     cfg = QUICK if args.quick else Config()
-    changes = {}
+    changes = {"data": "cifar10"} if args.data_dir is not None else {}
     for name in ("data", "train_size", "steps", "every"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)

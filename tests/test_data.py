@@ -53,38 +53,6 @@ def test_load_by_name_and_unknown_names():
 # ----------------------------------------------------------------------------- CIFAR-10
 
 
-def _write_batch(path, images_Nx32x32x3, labels, *, protocol=2):
-    """A batch file in the format of cifar-10-python.tar.gz: a pickled dict with uint8
-    rows of 3072 bytes (the red plane, then green, then blue) and a list of labels."""
-    rows = images_Nx32x32x3.transpose(0, 3, 1, 2).reshape(len(labels), 3072)
-    batch = {
-        b"batch_label": b"testing batch",
-        b"labels": [int(v) for v in labels],
-        b"data": rows,
-        b"filenames": [b"img_%d.png" % i for i in range(len(labels))],
-    }
-    with open(path, "wb") as f:
-        pickle.dump(batch, f, protocol=protocol)
-
-
-@pytest.fixture
-def tiny_cifar(tmp_path):
-    """A cifar-10-batches-py folder with 5 x 4 training and 3 test images."""
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    images = {}
-    for i, name in enumerate((*data.CIFAR10_TRAIN, data.CIFAR10_TEST)):
-        n = 3 if name == data.CIFAR10_TEST else 4
-        x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-        y = (np.arange(n) + i) % 10
-        _write_batch(folder / name, x, y)
-        images[name] = (x, y)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [c.encode() for c in data.CIFAR10_CLASSES]}, f, protocol=2)
-    return folder, images
-
-
 def test_cifar10_reads_the_real_format_back(tiny_cifar):
     folder, images = tiny_cifar
     x, y = data._read_cifar_batch(folder / "data_batch_2")

@@ -130,3 +130,13 @@ def test_config_refuses_bad_values():
         eos.Config(steps=10, every=11)
     with pytest.raises(ValueError, match="`momentum_lr`"):
         eos.Config(momentum_lr=-1.0)
+
+
+def test_a_cifar10_folder_switches_the_data_to_its_first_images(tiny_cifar):
+    folder, _ = tiny_cifar
+    cfg = eos.config_of(eos.parse_args(["--quick", "--data-dir", str(folder)]))
+    assert cfg.data == "cifar10"
+    _, params, n = eos.problem(cfg, str(folder))
+    # The quick run's 512 images are more than the folder's 20: all of them, flattened to
+    # 3072 inputs.
+    assert n == 20 and params[0][0].shape == (3072, 64)
