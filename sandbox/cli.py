@@ -65,6 +65,19 @@ def add_scale(p: argparse.ArgumentParser, paper_help: str) -> None:
     p.add_argument("--scale", choices=("default", "paper"), default="default", help=paper_help)
 
 
+def add_precision(p: argparse.ArgumentParser, what: str) -> None:
+    """`--precision float32|bfloat16` (sandbox.precision) for studies that evaluate or train
+    networks; another value is a one-line error naming the option (exit status 2)."""
+    from sandbox import precision
+
+    p.add_argument(
+        "--precision",
+        choices=precision.NAMES,
+        default=None,
+        help=f"{what} in float32 (default) or bfloat16 mixed precision",
+    )
+
+
 def chosen_config(args: argparse.Namespace, config: Any, quick: Any, paper: Any) -> Any:
     """The config of --quick, of --scale paper, or the default; both flags: ValueError."""
     if args.scale == "paper" and args.quick:

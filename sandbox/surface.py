@@ -55,6 +55,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from sandbox import checks, engine
+from sandbox import precision as precisions
 from sandbox.types import Key
 
 PyTree = Any
@@ -283,6 +284,7 @@ def evaluate(
     progress: bool | None = None,
     apply_kwargs: dict | None = None,
     unroll: int = 1,
+    precision: str = "float32",
 ) -> Metrics:
     """Loss and accuracy at `variables + coords[p] @ directions` for every point p.
 
@@ -302,6 +304,9 @@ def evaluate(
       apply_kwargs: keyword arguments of `model.apply` (default {"train": False}).
       unroll: batches per iteration of the loop over the data (`lax.scan`'s unroll). On an
         H200, 10 instead of 1 changed nothing measurable (docs/performance.md).
+      precision: "float32" or "bfloat16" (`sandbox.precision`: the forward passes in
+        bfloat16, the point's parameters and the sums of losses in float32). Part of what
+        a store records: a store of the other precision is refused.
 
     Returns:
       Metrics with [P] arrays.
@@ -315,6 +320,7 @@ def evaluate(
     _check_labels(model, variables, apply_kwargs, x, y)
     checks.integer("batch_size", batch_size, minimum=1)
     checks.integer("unroll", unroll, minimum=1)
+    precisions.check(precision)
     n_points = len(coords)
 
     nd = len(jax.local_devices())
@@ -326,7 +332,7 @@ def evaluate(
     chunk = min(chunk_size, -(-n_points // nd) * nd)
     dtype = jnp.result_type(*jax.tree.leaves(variables["params"]))
     shared = {"parameters": variables, "directions": _stack(dirs), "data": _batches(x, y, nb, b)}
-    one = _point_fn(model, tuple(sorted(apply_kwargs.items())), min(unroll, nb))
+    one = _point_fn(model, tuple(sorted(apply_kwargs.items())), min(unroll, nb), precision)
     loss_sum, correct = engine.map_chunks(
         one,
         {"coords": np.asarray(coords, dtype)},
@@ -459,9 +465,10 @@ def _num_classes(model: Any, apply_items: tuple, tree, leaves: tuple, image) -> 
 
 
 @functools.lru_cache(maxsize=16)
-def _point_fn(model: Any, apply_items: tuple, unroll: int) -> Callable:
+def _point_fn(model: Any, apply_items: tuple, unroll: int, precision: str) -> Callable:
     """One grid point: ({"coords": [K]}, {"parameters", "directions" [K, ...], "data": (x, y,
-    mask)}) -> the summed loss and the count of correct predictions over the data set."""
+    mask)}) -> the summed loss and the count of correct predictions over the data set, the
+    forward passes in `precision`."""
     kwargs = dict(apply_items)
 
     def point(item, shared):
@@ -474,9 +481,12 @@ def _point_fn(model: Any, apply_items: tuple, unroll: int) -> Callable:
             dirs,
         )
 
+        v_c = precisions.variables(v, precision)  # cast once per point, not per batch
+
         def batch(carry, xym):
             xb, yb, mb = xym
-            logits = model.apply(v, xb, **kwargs)
+            out = model.apply(v_c, precisions.cast(xb, precision), **kwargs)
+            logits = precisions.logits(out, precision)
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
             correct = (jnp.argmax(logits, -1) == yb) & mb
             s, n = carry

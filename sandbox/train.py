@@ -48,6 +48,7 @@ import numpy as np
 import optax
 
 from sandbox import checks, optim, results
+from sandbox import precision as precisions
 from sandbox.data import Dataset, augment
 
 SCHEDULES = ("cosine", "step", "constant")
@@ -71,6 +72,9 @@ class TrainConfig:
     augment: bool = False  # random crop (4-pixel padding) and horizontal flip
     seed: int = 0
     eval_batch_size: int = 500
+    # "float32", or "bfloat16": forward and backward passes in bfloat16, parameters, loss,
+    # gradients and optimizer state in float32 (sandbox.precision).
+    precision: str = "float32"
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -100,6 +104,7 @@ class TrainConfig:
             )
         if not 0 < self.step_factor <= 1:
             raise ValueError(f"`step_factor` must be in (0, 1], got {self.step_factor}")
+        precisions.check(self.precision)
 
 
 class History(NamedTuple):
@@ -184,23 +189,33 @@ def compiled_step(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int) -> C
     """`make_train_step` for a config, cached: runs of the same network and config in one
     process (a resumed run, tests) share one compilation."""
     tx = make_optimizer(cfg, steps_per_epoch)
-    return make_train_step(model, tx, batch_size=cfg.batch_size, do_augment=cfg.augment)
+    return make_train_step(
+        model, tx, batch_size=cfg.batch_size, do_augment=cfg.augment, precision=cfg.precision
+    )
 
 
 @functools.lru_cache(maxsize=8)
-def compiled_evaluate(model: nn.Module, batch_size: int) -> Callable:
+def compiled_evaluate(model: nn.Module, batch_size: int, precision: str = "float32") -> Callable:
     """`make_evaluate`, cached like `compiled_step`."""
-    return make_evaluate(model, batch_size)
+    return make_evaluate(model, batch_size, precision)
 
 
 def make_train_step(
-    model: nn.Module, tx: optax.GradientTransformation, *, batch_size: int, do_augment: bool
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    *,
+    batch_size: int,
+    do_augment: bool,
+    precision: str = "float32",
 ) -> Callable:
     """A jitted step(state, x_all, y_all, perm, i, key) -> (state, (loss, correct)).
 
     The batch is x_all[perm[i * B:(i + 1) * B]], gathered on the device; `key` is the
-    run's augmentation key, folded with the step count.
+    run's augmentation key, folded with the step count. `precision` (sandbox.precision):
+    the passes through the network in bfloat16 or float32; the loss, the gradients and
+    the update are float32 either way.
     """
+    precisions.check(precision)
 
     def step(state, x_all, y_all, perm, i, key):
         idx = jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
@@ -209,12 +224,14 @@ def make_train_step(
             x = augment(jax.random.fold_in(key, state["step"]), x)
 
         def loss_fn(params):
-            v = variables({**state, "params": params})
+            v = precisions.variables(variables({**state, "params": params}), precision)
+            xc = precisions.cast(x, precision)
             if state["batch_stats"]:
-                logits, upd = model.apply(v, x, train=True, mutable=["batch_stats"])
+                out, upd = model.apply(v, xc, train=True, mutable=["batch_stats"])
                 stats = upd["batch_stats"]
             else:
-                logits, stats = model.apply(v, x, train=True), {}
+                out, stats = model.apply(v, xc, train=True), {}
+            logits = precisions.logits(out, precision)
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
             return loss, (logits, stats)
 
@@ -232,12 +249,16 @@ def make_train_step(
     return jax.jit(step, donate_argnums=0)
 
 
-def make_evaluate(model: nn.Module, batch_size: int) -> Callable:
-    """evaluate(state, x, y) -> (mean loss, accuracy), in eval mode, in fixed-size batches."""
+def make_evaluate(model: nn.Module, batch_size: int, precision: str = "float32") -> Callable:
+    """evaluate(state, x, y) -> (mean loss, accuracy), in eval mode, in fixed-size batches,
+    the forward passes in `precision` (sandbox.precision)."""
+    precisions.check(precision)
 
     @jax.jit
     def batch_sums(variables, x, y, mask):
-        logits = model.apply(variables, x, train=False)
+        v = precisions.variables(variables, precision)
+        out = model.apply(v, precisions.cast(x, precision), train=False)
+        logits = precisions.logits(out, precision)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         correct = jnp.argmax(logits, -1) == y
         return jnp.sum(jnp.where(mask, loss, 0.0)), jnp.sum(correct & mask)
@@ -271,9 +292,14 @@ def run_identity(model: nn.Module, cfg: TrainConfig, dataset: Dataset) -> dict:
         for f in dataclasses.fields(model)
         if f.name not in ("parent", "name")
     }
+    train_fields = dataclasses.asdict(cfg)
+    if train_fields["precision"] == "float32":
+        # Runs from before the precision option are float32 runs: their checkpoints still
+        # belong to the same run. Any other precision is part of the identity.
+        del train_fields["precision"]
     identity = {
         "model": {"class": type(model).__name__, **fields},
-        "train": dataclasses.asdict(cfg),
+        "train": train_fields,
         "data": {
             "name": dataset.name,
             "n_train": len(dataset.x_train),
@@ -619,7 +645,7 @@ def _train(
     spe = steps_per_epoch(len(dataset.x_train), cfg.batch_size)
     schedule = make_schedule(cfg, spe)
     step_fn = compiled_step(model, cfg, spe)
-    evaluate = compiled_evaluate(model, cfg.eval_batch_size)
+    evaluate = compiled_evaluate(model, cfg.eval_batch_size, cfg.precision)
     x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
     x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
     perm_key, aug_key = keys

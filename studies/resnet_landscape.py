@@ -44,6 +44,8 @@ Run: make resnet_landscape (ResNet-56 pair on the digits, after make train_resne
                             measured on 2 AVX-512 cores shared with other jobs)
      python -m studies.resnet_landscape --depth 20   (or 110: the other pairs)
      python -m studies.resnet_landscape --data cifar10 --data-dir DIR --scale paper
+     --precision bfloat16: the surfaces in bfloat16 mixed precision (timed on GPUs by
+                           benchmarks/device.sh)
      smoke: python -m studies.resnet_landscape --quick (ResNet-8, 5 x 5; under a minute)
 """
 
@@ -60,7 +62,7 @@ import numpy as np
 import optax
 from matplotlib import colors
 
-from sandbox import cli, data, hessian, plotting, results, surface, train
+from sandbox import cli, data, hessian, plotting, precision, results, surface, train
 from sandbox.models import resnet
 
 NAME = "resnet_landscape"
@@ -88,6 +90,9 @@ class Config:
     interp_range: tuple[float, float] = (-0.5, 1.5)
     surface_images: int = 0  # training images the surfaces average over; 0: all
     eval_batch: int = 256
+    # The surfaces' forward passes: "float32" or "bfloat16" (sandbox.precision). Training
+    # and the Hessian stay float32, so the networks train_resnet trained are reused.
+    precision: str = "float32"
     # Hessian.
     hessian_images: int = 256
     lanczos_iters: int = 16  # the run takes twice as many: the second half checks convergence
@@ -113,6 +118,7 @@ class Config:
         surface.axis(*self.interp_range, self.interp_points, "interp_range")
         if not self.pca_margin >= 1:
             raise ValueError(f"`pca_margin` must be >= 1, got {self.pca_margin}")
+        precision.check(self.precision)
         self.train_config()
 
     def checkpoint_epochs(self) -> list[int]:
@@ -251,7 +257,7 @@ def compute_one(
     trained = train.variables(state)
     n = cfg.surface_images or len(ds.x_train)
     x, y = ds.x_train[:n], ds.y_train[:n]
-    kw = dict(batch_size=min(cfg.eval_batch, n), progress=progress)
+    kw = dict(batch_size=min(cfg.eval_batch, n), progress=progress, precision=cfg.precision)
     key = jax.random.key(cfg.seed)
     k1, k2, kh = jax.random.split(jax.random.fold_in(key, 1), 3)  # same draws for both nets
     d1 = surface.filter_normalized_direction(k1, trained["params"])
@@ -259,7 +265,7 @@ def compute_one(
     cos12 = float(surface.vdot(d1, d2) / (surface.norm(d1) * surface.norm(d2)))
 
     # Centre check: the trained model's loss by the training code's own evaluation.
-    evaluate = train.make_evaluate(model, cfg.eval_batch)
+    evaluate = train.make_evaluate(model, cfg.eval_batch, cfg.precision)
     ref_loss, ref_acc = evaluate(state, jnp.asarray(x), jnp.asarray(y))
 
     t0 = time.perf_counter()
@@ -577,6 +583,7 @@ def _parse(argv):
         help="a train_resnet run folder whose trained networks are reused when they are the "
         "same runs (default results/train_resnet, or -quick; 'none': train here)",
     )
+    cli.add_precision(p, "the surfaces' forward passes (training and Hessian: float32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -591,6 +598,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "grid": args.grid,
         "epochs": args.epochs,
         "data": args.data,
+        "precision": args.precision,
     }
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     name = NAME if cfg.depth == 56 or args.quick else f"{NAME}-resnet{cfg.depth}"

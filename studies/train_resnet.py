@@ -19,7 +19,8 @@ Run: make train_resnet (ResNet-56 with and without shortcuts on the digits, 30 e
                         cores shared with other jobs; `make resnet56` is the same run)
      smoke: python -m studies.train_resnet --quick (ResNet-8, 2 epochs; about 15 seconds)
 Options: --data, --data-dir, --depth, --shortcut, --epochs, --batch-size, --optimizer,
---pair/--no-pair.
+--pair/--no-pair, --precision float32|bfloat16 (bfloat16: mixed precision, sandbox.precision;
+a bfloat16 run is another run: its own checkpoints, not resumed from float32 ones).
 """
 
 import argparse
@@ -56,6 +57,7 @@ class Config:
     schedule: str = "cosine"  # cosine | step | constant
     warmup_epochs: int = 0
     augment: bool | None = None  # random crop and flip; None: on for cifar10 only
+    precision: str = "float32"  # or "bfloat16": mixed precision (sandbox.precision)
     # Checkpoints kept for good: every keep_every-th epoch and epoch 0 (0: none of them); the
     # landscape study's PCA path reads every second one.
     keep_every: int = 2
@@ -92,6 +94,7 @@ class Config:
             warmup_epochs=self.warmup_epochs,
             augment=augment,
             seed=self.seed,
+            precision=self.precision,
         )
 
     def shortcuts(self) -> tuple[str, ...]:
@@ -200,6 +203,7 @@ def _parse(argv: Sequence[str] | None):
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--optimizer", default=None, help=f"one of {', '.join(optim.names())}")
+    cli.add_precision(p, "training and evaluation")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -219,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "batch_size": args.batch_size,
             "optimizer": args.optimizer,
             "pair": args.pair,
+            "precision": args.precision,
         }.items()
         if v is not None
     }
