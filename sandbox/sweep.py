@@ -65,7 +65,7 @@ def descend(
     chunk_size: int | None = None,
     tol: float | None = None,
     bound: float = 1e6,
-    check_every: int = 4,
+    check_every: int | None = None,
     exact: bool = False,
     store: Path | str | None = None,
     lazy: bool = False,
@@ -75,7 +75,8 @@ def descend(
     """Runs N descents of `fn`, one per row of `x0`, each with its own hyperparameters.
 
     Runs without recording (and without `exact`) go through `descent.run_fast`, which checks
-    for divergence every `check_every` updates; the few runs it flags are run again through
+    for divergence every `check_every` updates (by default once, at the end: NaN and
+    overflow propagate by themselves); the few runs it flags are run again through
     `descent.run`, which checks every update and keeps the last good point (chunk by chunk,
     as each chunk comes back). Recorded runs use `descent.run`. All of it runs through
     `engine.map_chunks`.
@@ -91,7 +92,8 @@ def descend(
         memory each run needs. Results do not depend on it.
       tol: gradient-norm tolerance for `steps_to_tol` (None: not tracked, a little faster).
       bound: a coordinate beyond +-bound (or non-finite) marks a run as diverged.
-      check_every: updates between two divergence checks of the fast path (>= 1).
+      check_every: updates between two divergence checks of the fast path (>= 1; default
+        None: one check after the last update, since non-finite points stay non-finite).
       exact: send every run through `descent.run` (checks every update). The same results,
         faster when most runs are expected to diverge or leave the bound (escape-time
         studies), since the fast path would re-run those.
@@ -173,7 +175,8 @@ def _checked(fn, x0, optimizer, steps, record_every, check_every, bound, tol, hy
     checks.integer("record_every", record_every, minimum=0)
     if record_every > steps:
         raise ValueError(f"`record_every` must be at most `steps` ({steps}), got {record_every}")
-    checks.integer("check_every", check_every, minimum=1)
+    if check_every is not None:
+        checks.integer("check_every", check_every, minimum=1)
     checks.positive("bound", bound)
     if tol is not None:
         checks.positive("tol", tol)
@@ -260,7 +263,7 @@ def _one(
     shared_names: tuple[str, ...],
     track_tol: bool,
     steps: int,
-    option: int,
+    option: int | None,
 ) -> Callable:
     """One run as the engine maps it, one closure per static configuration (so the engine's
     compilation cache hits). `option` is `check_every` (fast) or `record_every` (exact).
