@@ -56,6 +56,16 @@ lambda per call compiles again. Everything is computed in the dtype of `params`.
     tr, tr_se = hessian.trace(loss, params, key=key, num_probes=100, batch=10)
     nodes_Pxm, weights_Pxm = hessian.density(loss, params, key=key)
     density_G = hessian.density_curve(nodes_Pxm, weights_Pxm, grid_G, sigma=0.01)
+
+Blocks (per-layer Hessians): every function takes `mask=`, a pytree like `params` of bools
+(`block_mask(params, select)` builds one from the leaves' paths), and then works on the
+sub-matrix H_BB of the selected parameters: its Lanczos runs start, restart and stay in the
+block's coordinates (the operator v -> M H M v, M the 0/1 diagonal), Hutchinson and SLQ
+probes are zero outside it. `blocks` gives lambda_max, lambda_min and the trace of many
+blocks at once.
+
+    stage_1 = hessian.block_mask(params, lambda path: path.startswith("stage_1/"))
+    lam_max, lam_min = hessian.extreme_eigenvalues(loss, params, key=key, mask=stage_1)
 """
 
 import functools
@@ -133,6 +143,48 @@ def _dimension(params: PyTree) -> int:
     return n
 
 
+def block_mask(params: PyTree, select: Callable[[str], bool]) -> PyTree:
+    """A block of parameters for the `mask=` of every function here: True on each leaf of
+    `params` whose path `select` accepts, False elsewhere.
+
+    Paths are the leaves' keys joined by "/", as `jax.tree_util.keystr` names them without
+    brackets and quotes: "stage_1/block_0/conv_1/kernel" for a Flax parameter dict.
+    """
+    return jax.tree_util.tree_map_with_path(lambda path, _: bool(select(_path(path))), params)
+
+
+def _path(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def _block(params: PyTree, mask: PyTree | None) -> tuple[int, Array | None]:
+    """(n, mask_n): the block's size and its 0/1 vector in `ravel_pytree` order (None and the
+    parameter count without a mask). Refuses a mask of another structure, or an empty one."""
+    n = _dimension(params)
+    if mask is None:
+        return n, None
+    p_leaves, p_tree = jax.tree.flatten(params)
+    try:
+        m_leaves = p_tree.flatten_up_to(mask)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"`mask` must have the structure of `params`: {e}") from None
+    parts = []
+    for p, m in zip(p_leaves, m_leaves, strict=True):
+        m = np.asarray(m)
+        if m.dtype != np.bool_ or (m.shape and m.shape != np.shape(p)):
+            raise ValueError(
+                f"`mask` leaves must be bools or bool arrays of their leaf's shape, got "
+                f"{m.dtype} {m.shape} for a leaf of shape {np.shape(p)}"
+            )
+        parts.append(np.broadcast_to(m, np.shape(p)).ravel())
+    mask_np = np.concatenate(parts)
+    size = int(mask_np.sum())
+    if size == 0:
+        raise ValueError("`mask` selects no parameter: the block is empty")
+    dtype = ravel_pytree(params)[0].dtype
+    return size, jnp.asarray(mask_np, dtype)
+
+
 def _orthogonalize(w_n: Array, V_mxn: Array) -> Array:
     """w minus its projection on the rows of V (orthonormal or zero), done twice."""
     for _ in range(2):  # classical Gram-Schmidt twice: orthogonal to rounding
@@ -142,7 +194,12 @@ def _orthogonalize(w_n: Array, V_mxn: Array) -> Array:
 
 
 def lanczos(
-    matvec: Matvec, v0_n: Array, num_iters: int, *, tol: float | None = None
+    matvec: Matvec,
+    v0_n: Array,
+    num_iters: int,
+    *,
+    tol: float | None = None,
+    mask_n: Array | None = None,
 ) -> Tridiagonal:
     """Lanczos with full reorthogonalization, in one `lax.fori_loop`.
 
@@ -155,6 +212,8 @@ def lanczos(
       v0_n: the start [n], any nonzero norm (it is normalized).
       num_iters: m, the number of steps and basis vectors, 1 <= m <= n.
       tol: relative breakdown threshold; default 100 eps of v0's dtype.
+      mask_n: optional 0/1 [n]: the run stays in these coordinates (v0 and matvec must
+        too), so T is the projection of H's block; then num_iters <= the block's size.
 
     Returns:
       The tridiagonal T (alpha [m], beta [m-1]) and the basis [m, n].
@@ -167,7 +226,7 @@ def lanczos(
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"`v0_n` must be floating point, got {dtype}")
     tol = 100 * float(jnp.finfo(dtype).eps) if tol is None else tol
-    body = _lanczos_body(matvec, num_iters, n, dtype, tol)
+    body = _lanczos_body(matvec, num_iters, n, dtype, tol, mask_n)
     V_mxn, alpha_m, beta_m, _ = lax.fori_loop(0, num_iters, body, _lanczos_init(v0_n, num_iters))
     return Tridiagonal(alpha_m, beta_m[: num_iters - 1], V_mxn)
 
@@ -179,8 +238,11 @@ def _lanczos_init(v0_n: Array, m: int) -> tuple:
     return V_mxn, jnp.zeros(m, dtype), jnp.zeros(m, dtype), jnp.zeros((), dtype)
 
 
-def _lanczos_body(matvec: Matvec, m: int, n: int, dtype, tol: float) -> Callable:
-    """Step i of `lanczos`: (i, state) -> state."""
+def _lanczos_body(
+    matvec: Matvec, m: int, n: int, dtype, tol: float, mask_n: Array | None = None
+) -> Callable:
+    """Step i of `lanczos`: (i, state) -> state. With `mask_n` (0/1 [n]) restarts stay in the
+    block's coordinates, as the start and every H v do."""
     # Restart directions need only be generic, not secret: a fixed key keeps `lanczos`
     # a function of its arguments.
     restart_key = jax.random.key(0)
@@ -198,6 +260,7 @@ def _lanczos_body(matvec: Matvec, m: int, n: int, dtype, tol: float) -> Callable
 
         def restart(_):
             r_n = jax.random.normal(jax.random.fold_in(restart_key, i), (n,), dtype)
+            r_n = r_n if mask_n is None else r_n * mask_n
             r_n = _orthogonalize(r_n, V_mxn)
             norm = jnp.linalg.norm(r_n)
             return r_n / jnp.where(norm > 0, norm, 1), jnp.zeros((), dtype)
@@ -218,30 +281,30 @@ def _lanczos_body(matvec: Matvec, m: int, n: int, dtype, tol: float) -> Callable
 def _host_step(loss: Loss, m: int, tol: float) -> Callable:
     """One compiled Lanczos step of the Hessian of `loss`: (params, i, state) -> state."""
 
-    def step(params, i, state):
-        flat_n, matvec = _flat_matvec(loss, params)
-        body = _lanczos_body(matvec, m, flat_n.shape[0], flat_n.dtype, tol)
+    def step(params, mask_n, i, state):
+        flat_n, matvec = _flat_matvec(loss, params, mask_n)
+        body = _lanczos_body(matvec, m, flat_n.shape[0], flat_n.dtype, tol, mask_n)
         return body(i, state)
 
-    return jax.jit(step, donate_argnums=2)
+    return jax.jit(step, donate_argnums=3)
 
 
-def _lanczos_host(loss: Loss, params: PyTree, v0_n: Array, num_iters: int):
+def _lanczos_host(loss: Loss, params: PyTree, v0_n: Array, num_iters: int, mask_n=None):
     """`lanczos` on the Hessian of `loss` with the loop over steps in Python: one compiled
     step, called num_iters times (see `default_loop`). Returns (alpha [m], beta [m-1])."""
     step = _host_step(loss, num_iters, 100 * float(jnp.finfo(v0_n.dtype).eps))
-    state = _lanczos_init(v0_n, num_iters)
+    state = _lanczos_init(_masked(v0_n, mask_n), num_iters)
     for i in range(num_iters):
-        state = step(params, jnp.int32(i), state)
+        state = step(params, mask_n, jnp.int32(i), state)
     _, alpha_m, beta_m, _ = state
     return alpha_m, beta_m[: num_iters - 1]
 
 
-def _tri_host(loss: Loss, params: PyTree, key: Key, num_iters: int) -> tuple[Array, Array]:
+def _tri_host(loss: Loss, params: PyTree, key: Key, num_iters: int, mask_n=None):
     """`_tri_jit`'s numbers, stepped from Python."""
     flat_n, _ = ravel_pytree(params)
     v0_n = jax.random.normal(key, flat_n.shape, flat_n.dtype)
-    return _lanczos_host(loss, params, v0_n, num_iters)
+    return _lanczos_host(loss, params, v0_n, num_iters, mask_n)
 
 
 def _check_loop(loop: str | None) -> str:
@@ -264,27 +327,34 @@ def default_loop() -> str:
 
 
 def _tri(
-    loss: Loss, params: PyTree, key: Key, num_iters: int, loop: str | None
+    loss: Loss, params: PyTree, key: Key, num_iters: int, loop: str | None, mask_n=None
 ) -> tuple[Array, Array]:
     if _check_loop(loop) == "lax":
-        return _tri_jit(loss, params, key, num_iters)
-    return _tri_host(loss, params, key, num_iters)
+        return _tri_jit(loss, params, key, num_iters, mask_n)
+    return _tri_host(loss, params, key, num_iters, mask_n)
 
 
-def _ritz(loss: Loss, params: PyTree, key: Key, num_iters: int, loop: str | None) -> Ritz:
-    return _ritz_of(*_tri(loss, params, key, num_iters, loop))
+def _ritz(loss, params, key, num_iters: int, loop: str | None, mask_n=None) -> Ritz:
+    return _ritz_of(*_tri(loss, params, key, num_iters, loop, mask_n))
 
 
 def tridiagonal(
-    loss: Loss, params: PyTree, *, key: Key, num_iters: int | None = None, loop: str | None = None
+    loss: Loss,
+    params: PyTree,
+    *,
+    key: Key,
+    num_iters: int | None = None,
+    loop: str | None = None,
+    mask: PyTree | None = None,
 ) -> tuple[Array, Array]:
     """(alpha [m], beta [m-1]): the Lanczos tridiagonal of one run from a Gaussian start.
 
     The Ritz values after j < m steps are the eigenvalues of its leading j x j block, so
     one run shows how the values converge (`ritz_values(alpha[:j], beta[:j - 1])`).
+    `mask` as in `ritz`.
     """
-    n = _dimension(params)
-    return _tri(loss, params, key, _default_iters(n, num_iters), loop)
+    n, mask_n = _block(params, mask)
+    return _tri(loss, params, key, _default_iters(n, num_iters), loop, mask_n)
 
 
 def ritz_values(alpha, beta) -> np.ndarray:
@@ -302,27 +372,36 @@ def _ritz_of(alpha_m: Array, beta_m1: Array) -> Ritz:
     return Ritz(theta_m[::-1], U_mxm[0, ::-1] ** 2)
 
 
-def _flat_matvec(loss: Loss, params: PyTree) -> tuple[Array, Matvec]:
-    """The flat parameters [n] and v [n] -> H v [n]."""
+def _flat_matvec(loss: Loss, params: PyTree, mask_n: Array | None = None) -> tuple[Array, Matvec]:
+    """The flat parameters [n] and v [n] -> H v [n]; with a 0/1 `mask_n`, v -> M H M v, the
+    block H_BB on the block's coordinates (0 elsewhere)."""
     flat_n, unravel = ravel_pytree(params)
 
     def matvec(v_n):
-        return ravel_pytree(hvp(loss, params, unravel(v_n)))[0]
+        Hv_n = ravel_pytree(hvp(loss, params, unravel(_masked(v_n, mask_n))))[0]
+        return _masked(Hv_n, mask_n)
 
     return flat_n, matvec
 
 
-def _probes(key: Key, num_probes: int, n: int, dtype) -> Array:
-    """The SLQ probes of `density`: Rademacher vectors scaled to unit norm, [P, n]."""
+def _masked(v_n: Array, mask_n: Array | None) -> Array:
+    return v_n if mask_n is None else v_n * mask_n
+
+
+def _probes(key: Key, num_probes: int, n: int, dtype, mask_n=None) -> Array:
+    """The SLQ probes of `density`: Rademacher vectors scaled to unit norm, [P, n] (zero
+    outside the block with `mask_n`)."""
     z_Pxn = jax.random.rademacher(key, (num_probes, n), dtype=dtype)
-    return z_Pxn / jnp.sqrt(jnp.asarray(n, dtype))
+    if mask_n is None:
+        return z_Pxn / jnp.sqrt(jnp.asarray(n, dtype))
+    return z_Pxn * mask_n[None] / jnp.sqrt(jnp.sum(mask_n))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
-def _tri_jit(loss: Loss, params: PyTree, key: Key, num_iters: int) -> tuple[Array, Array]:
-    flat_n, matvec = _flat_matvec(loss, params)
-    v0_n = jax.random.normal(key, flat_n.shape, flat_n.dtype)
-    tri = lanczos(matvec, v0_n, num_iters)
+def _tri_jit(loss: Loss, params: PyTree, key: Key, num_iters: int, mask_n=None):
+    flat_n, matvec = _flat_matvec(loss, params, mask_n)
+    v0_n = _masked(jax.random.normal(key, flat_n.shape, flat_n.dtype), mask_n)
+    tri = lanczos(matvec, v0_n, num_iters, mask_n=mask_n)
     return tri.alpha, tri.beta
 
 
@@ -333,7 +412,13 @@ def _default_iters(n: int, num_iters: int | None, lo: int = 1) -> int:
 
 
 def ritz(
-    loss: Loss, params: PyTree, *, key: Key, num_iters: int | None = None, loop: str | None = None
+    loss: Loss,
+    params: PyTree,
+    *,
+    key: Key,
+    num_iters: int | None = None,
+    loop: str | None = None,
+    mask: PyTree | None = None,
 ) -> Ritz:
     """Ritz values (descending) and weights of one Lanczos run from a Gaussian start.
 
@@ -344,12 +429,14 @@ def ritz(
       num_iters: Lanczos steps m, 1 <= m <= n; default min(64, n).
       loop: "lax" (one compiled loop), "host" (one compiled step, looped in Python) or
         None for `default_loop()`.
+      mask: optional block, a pytree like `params` of bools (a leaf or an array of the
+        leaf's shape): the spectrum of the sub-matrix H_BB of those parameters (`block_mask`).
 
     Returns:
       `Ritz(values [m], weights [m])`.
     """
-    n = _dimension(params)
-    return _ritz(loss, params, key, _default_iters(n, num_iters), loop)
+    n, mask_n = _block(params, mask)
+    return _ritz(loss, params, key, _default_iters(n, num_iters), loop, mask_n)
 
 
 def top_eigenvalues(
@@ -360,6 +447,7 @@ def top_eigenvalues(
     key: Key,
     num_iters: int | None = None,
     loop: str | None = None,
+    mask: PyTree | None = None,
 ) -> Array:
     """The k largest eigenvalues of the Hessian of `loss` at `params`, descending, [k].
 
@@ -369,34 +457,47 @@ def top_eigenvalues(
       k: how many, 1 <= k <= n.
       key: draws the Lanczos start vector.
       num_iters: Lanczos steps, k <= num_iters <= n; default max(2k + 10, 20) capped at n.
-      loop: as in `ritz`.
+      loop, mask: as in `ritz` (n is then the block's size).
     """
-    n = _dimension(params)
+    n, mask_n = _block(params, mask)
     checks.integer("k", k, minimum=1, maximum=n)
     if num_iters is None:
         num_iters = min(max(2 * k + 10, 20), n)
     checks.integer("num_iters", num_iters, minimum=k, maximum=n)
-    return _ritz(loss, params, key, num_iters, loop).values[:k]
+    return _ritz(loss, params, key, num_iters, loop, mask_n).values[:k]
 
 
 def min_eigenvalue(
-    loss: Loss, params: PyTree, *, key: Key, num_iters: int | None = None, loop: str | None = None
+    loss: Loss,
+    params: PyTree,
+    *,
+    key: Key,
+    num_iters: int | None = None,
+    loop: str | None = None,
+    mask: PyTree | None = None,
 ) -> Array:
-    """The smallest (most negative) Hessian eigenvalue, a scalar.
+    """The smallest (most negative) Hessian eigenvalue, a scalar (of the block with `mask`).
 
     Small negative eigenvalues next to a large bulk near 0 converge slowly: check that the
     value is stable in `num_iters` (default min(64, n)).
     """
-    n = _dimension(params)
-    return _ritz(loss, params, key, _default_iters(n, num_iters), loop).values[-1]
+    n, mask_n = _block(params, mask)
+    return _ritz(loss, params, key, _default_iters(n, num_iters), loop, mask_n).values[-1]
 
 
 def extreme_eigenvalues(
-    loss: Loss, params: PyTree, *, key: Key, num_iters: int | None = None, loop: str | None = None
+    loss: Loss,
+    params: PyTree,
+    *,
+    key: Key,
+    num_iters: int | None = None,
+    loop: str | None = None,
+    mask: PyTree | None = None,
 ) -> tuple[Array, Array]:
-    """(lambda_max, lambda_min) of the Hessian from one Lanczos run (default min(64, n))."""
-    n = _dimension(params)
-    values_m = _ritz(loss, params, key, _default_iters(n, num_iters), loop).values
+    """(lambda_max, lambda_min) of the Hessian (of the block with `mask`) from one Lanczos run
+    (default min(64, n))."""
+    n, mask_n = _block(params, mask)
+    values_m = _ritz(loss, params, key, _default_iters(n, num_iters), loop, mask_n).values
     return values_m[0], values_m[-1]
 
 
@@ -408,6 +509,7 @@ def converged_extremes(
     num_iters: int,
     tol: float = 0.1,
     loop: str | None = None,
+    mask: PyTree | None = None,
 ) -> dict:
     """lambda_max and lambda_min with a convergence check, from one Lanczos run.
 
@@ -422,11 +524,10 @@ def converged_extremes(
     """
     if not num_iters >= 1:
         raise ValueError(f"`num_iters` must be a positive integer, got {num_iters!r}")
-    if not 2 * num_iters <= _dimension(params):
-        raise ValueError(
-            f"`num_iters` ({num_iters}) doubled exceeds the parameter count {_dimension(params)}"
-        )
-    alpha, beta = tridiagonal(loss, params, key=key, num_iters=2 * num_iters, loop=loop)
+    n, _ = _block(params, mask)
+    if not 2 * num_iters <= n:
+        raise ValueError(f"`num_iters` ({num_iters}) doubled exceeds the parameter count {n}")
+    alpha, beta = tridiagonal(loss, params, key=key, num_iters=2 * num_iters, loop=loop, mask=mask)
     half = ritz_values(alpha[:num_iters], beta[: num_iters - 1])
     full = ritz_values(alpha, beta)
     ends = {"lambda_max": (half[0], full[0]), "lambda_min": (half[-1], full[-1])}
@@ -441,11 +542,75 @@ def converged_extremes(
     }
 
 
-def _probe_group(loss: Loss, params: PyTree, keys_b: Array) -> Array:
-    """z^T H z for the Rademacher probes z drawn from each key of `keys_b`, vmapped: [b]."""
-    flat_n, matvec = _flat_matvec(loss, params)
+def blocks(
+    loss: Loss,
+    params: PyTree,
+    masks: dict[str, PyTree],
+    *,
+    key: Key,
+    num_iters: int = 20,
+    num_probes: int = 20,
+    loop: str | None = None,
+) -> dict[str, dict]:
+    """lambda_max, lambda_min and trace of each block's sub-Hessian H_BB (a layer, a stage, all
+    batch-norm scales, ... given as `block_mask`s).
+
+    With `loop="lax"` (accelerators) every block runs at once: one Lanczos run and one
+    Hutchinson estimate vmapped over the blocks' 0/1 vectors, B bases of num_iters x n in
+    memory. On CPU (`default_loop`) the blocks run one after another through one compiled
+    step, the mask being an argument of it.
+
+    Args:
+      loss, params, key, loop: as in `ritz` (every block uses the same key).
+      masks: name -> mask pytree like `params`.
+      num_iters: Lanczos steps per block, at most the smallest block's size.
+      num_probes: Hutchinson probes per block, >= 2.
+
+    Returns:
+      name -> {"size", "lambda_max", "lambda_min", "trace", "trace_se"}.
+    """
+    if not isinstance(masks, dict) or not masks:
+        raise ValueError("`masks` must be a non-empty dict of name -> mask pytree")
+    sized = {name: _block(params, m) for name, m in masks.items()}
+    smallest = min(n for n, _ in sized.values())
+    checks.integer("num_iters", num_iters, minimum=1, maximum=smallest)
+    checks.integer("num_probes", num_probes, minimum=2)
+    batch = min(10, num_probes)
+    if _check_loop(loop) == "lax":
+        masks_Bxn = jnp.stack([m for _, m in sized.values()])
+        alpha_Bxm, beta_Bxm1 = jax.vmap(lambda m: _tri_jit(loss, params, key, num_iters, m))(
+            masks_Bxn
+        )
+        tr_B, se_B = jax.vmap(lambda m: _trace_jit(loss, params, key, num_probes, batch, m))(
+            masks_Bxn
+        )
+        per = list(zip(alpha_Bxm, beta_Bxm1, tr_B, se_B, strict=True))
+    else:
+        per = [
+            (*_tri_host(loss, params, key, num_iters, m),
+             *_trace_host(loss, params, key, num_probes, batch, m))
+            for _, m in sized.values()
+        ]  # fmt: skip
+    out = {}
+    for (name, (size, _)), (alpha, beta, tr, se) in zip(sized.items(), per, strict=True):
+        values = ritz_values(alpha, beta)
+        out[name] = {
+            "size": size,
+            "lambda_max": float(values[0]),
+            "lambda_min": float(values[-1]),
+            "trace": float(tr),
+            "trace_se": float(se),
+        }
+    return out
+
+
+def _probe_group(loss: Loss, params: PyTree, keys_b: Array, mask_n=None) -> Array:
+    """z^T H z for the Rademacher probes z drawn from each key of `keys_b`, vmapped: [b]
+    (z zero outside the block with `mask_n`: z^T H_BB z)."""
+    flat_n, matvec = _flat_matvec(loss, params, mask_n)
     n, dtype = flat_n.shape[0], flat_n.dtype
     z_bxn = jax.vmap(lambda k: jax.random.rademacher(k, (n,), dtype=dtype), in_axes=0)(keys_b)
+    z_bxn = z_bxn if mask_n is None else z_bxn * mask_n[None]
     Hz_bxn = jax.vmap(matvec, in_axes=0)(z_bxn)
     return jnp.sum(z_bxn * Hz_bxn, axis=1)
 
@@ -465,10 +630,10 @@ def _mean_and_error(samples_P: Array) -> tuple[Array, Array]:
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def _trace_jit(
-    loss: Loss, params: PyTree, key: Key, num_probes: int, batch: int
+    loss: Loss, params: PyTree, key: Key, num_probes: int, batch: int, mask_n=None
 ) -> tuple[Array, Array]:
     keys_Gxb = _probe_keys(key, num_probes, batch)
-    samples_P = lax.map(lambda k: _probe_group(loss, params, k), keys_Gxb).reshape(-1)
+    samples_P = lax.map(lambda k: _probe_group(loss, params, k, mask_n), keys_Gxb).reshape(-1)
     return _mean_and_error(samples_P[:num_probes])
 
 
@@ -477,11 +642,11 @@ def _host_group(loss: Loss) -> Callable:
     return jax.jit(functools.partial(_probe_group, loss))
 
 
-def _trace_host(loss, params, key, num_probes, batch) -> tuple[Array, Array]:
+def _trace_host(loss, params, key, num_probes, batch, mask_n=None) -> tuple[Array, Array]:
     """`_trace_jit`'s numbers with the loop over groups in Python (see `default_loop`)."""
     group = _host_group(loss)
     keys_Gxb = _probe_keys(key, num_probes, batch)
-    samples_P = jnp.concatenate([group(params, k) for k in keys_Gxb])
+    samples_P = jnp.concatenate([group(params, k, mask_n) for k in keys_Gxb])
     return _mean_and_error(samples_P[:num_probes])
 
 
@@ -493,8 +658,9 @@ def trace(
     num_probes: int = 100,
     batch: int = 10,
     loop: str | None = None,
+    mask: PyTree | None = None,
 ) -> tuple[Array, Array]:
-    """Hutchinson estimate of tr H with Rademacher probes.
+    """Hutchinson estimate of tr H (tr H_BB with `mask`) with Rademacher probes.
 
     Args:
       loss: params pytree -> scalar.
@@ -504,29 +670,29 @@ def trace(
       batch: probes per vmapped group of HVPs (memory grows with it); groups run in a
         `lax.map` (from Python on CPU, see `default_loop`). The probes, and so the
         estimate, do not depend on it.
-      loop: as in `ritz`.
+      loop, mask: as in `ritz`.
 
     Returns:
       (estimate, standard error): the mean of z^T H z and its sample std / sqrt(P).
     """
-    _dimension(params)
+    _, mask_n = _block(params, mask)
     checks.integer("num_probes", num_probes, minimum=2)
     checks.integer("batch", batch, minimum=1)
     batch = min(batch, num_probes)
     if _check_loop(loop) == "lax":
-        return _trace_jit(loss, params, key, num_probes, batch)
-    return _trace_host(loss, params, key, num_probes, batch)
+        return _trace_jit(loss, params, key, num_probes, batch, mask_n)
+    return _trace_host(loss, params, key, num_probes, batch, mask_n)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def _density_jit(
-    loss: Loss, params: PyTree, key: Key, num_probes: int, num_iters: int
+    loss: Loss, params: PyTree, key: Key, num_probes: int, num_iters: int, mask_n=None
 ) -> tuple[Array, Array]:
-    flat_n, matvec = _flat_matvec(loss, params)
-    probes_Pxn = _probes(key, num_probes, flat_n.shape[0], flat_n.dtype)
+    flat_n, matvec = _flat_matvec(loss, params, mask_n)
+    probes_Pxn = _probes(key, num_probes, flat_n.shape[0], flat_n.dtype, mask_n)
 
     def one(v_n):
-        tri = lanczos(matvec, v_n, num_iters)
+        tri = lanczos(matvec, v_n, num_iters, mask_n=mask_n)
         return _ritz_of(tri.alpha, tri.beta)
 
     # One probe at a time: the memory of one basis, m x n.
@@ -542,8 +708,9 @@ def density(
     num_probes: int = 4,
     num_iters: int | None = None,
     loop: str | None = None,
+    mask: PyTree | None = None,
 ) -> tuple[Array, Array]:
-    """Stochastic Lanczos quadrature of the Hessian's spectral density.
+    """Stochastic Lanczos quadrature of the Hessian's spectral density (of H_BB with `mask`).
 
     Args:
       loss: params pytree -> scalar.
@@ -551,21 +718,21 @@ def density(
       key: draws the probes (`_probes`: Rademacher, unit norm).
       num_probes: P >= 1 Lanczos runs.
       num_iters: steps per run m, 1 <= m <= n; default min(64, n).
-      loop: as in `ritz` (probes one after another in both).
+      loop, mask: as in `ritz` (probes one after another in both).
 
     Returns:
       (nodes [P, m], weights [P, m]): each probe's Ritz values (descending) and weights;
       each row of weights sums to 1.
     """
-    n = _dimension(params)
+    n, mask_n = _block(params, mask)
     checks.integer("num_probes", num_probes, minimum=1)
     m = _default_iters(n, num_iters)
     if _check_loop(loop) == "lax":
-        return _density_jit(loss, params, key, num_probes, m)
+        return _density_jit(loss, params, key, num_probes, m, mask_n)
     flat_n, _ = ravel_pytree(params)
     runs = [
-        _ritz_of(*_lanczos_host(loss, params, v_n, m))
-        for v_n in _probes(key, num_probes, n, flat_n.dtype)
+        _ritz_of(*_lanczos_host(loss, params, v_n, m, mask_n))
+        for v_n in _probes(key, num_probes, flat_n.shape[0], flat_n.dtype, mask_n)
     ]
     return jnp.stack([r.values for r in runs]), jnp.stack([r.weights for r in runs])
 

@@ -364,3 +364,116 @@ _P32 = {"w": np.zeros(3, np.float32)}
 def test_bad_inputs_raise_value_error_naming_the_argument(key, call, name):
     with pytest.raises(ValueError, match=name):
         call(key)
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+def _block_indices(mask) -> np.ndarray:
+    """The flat indices (ravel_pytree order) of a mask's parameters."""
+    flat, _ = ravel_pytree(jax.tree.map(lambda p, m: np.broadcast_to(m, p.shape), _PARAMS, mask))
+    return np.flatnonzero(np.asarray(flat, bool))
+
+
+_BLOCKS = {
+    "layer 1 weights": {"w1": True, "b1": False, "w2": False, "b2": False},  # 32
+    "output layer": {"w1": False, "b1": False, "w2": True, "b2": True},  # 9
+    "biases": {"w1": False, "b1": True, "w2": False, "b2": True},  # 9
+}
+
+
+@pytest.mark.parametrize(
+    "name, loop", [("layer 1 weights", "lax"), ("output layer", "host"), ("biases", "host")]
+)
+def test_block_spectrum_equals_eigh_of_the_sub_matrix(name, loop, key):
+    H_nxn, _ = _exact()
+    idx = _block_indices(_BLOCKS[name])
+    H_bb = H_nxn[np.ix_(idx, idx)]
+    eig_b = np.linalg.eigvalsh(H_bb)[::-1]
+    with jax.enable_x64(True):
+        params = _params64()
+        lam_max, lam_min = hessian.extreme_eigenvalues(
+            _mlp_loss, params, key=key, num_iters=len(idx), loop=loop, mask=_BLOCKS[name]
+        )
+        top2 = hessian.top_eigenvalues(
+            _mlp_loss, params, 2, key=key, num_iters=len(idx), loop=loop, mask=_BLOCKS[name]
+        )
+        nodes, weights = hessian.density(
+            _mlp_loss, params, key=key, num_probes=2, num_iters=len(idx), loop=loop,
+            mask=_BLOCKS[name],
+        )  # fmt: skip
+    # A Lanczos run as long as the block is a complete basis of it: the extreme Ritz values
+    # are H_BB's extreme eigenvalues to float64 rounding (1e-9 of the spectrum's scale), and
+    # no eigenvalue of the rest of H (or a spurious 0) appears.
+    scale = np.abs(eig_b).max()
+    np.testing.assert_allclose([lam_max, lam_min], [eig_b[0], eig_b[-1]], atol=1e-9 * scale)
+    np.testing.assert_allclose(top2, eig_b[:2], atol=1e-9 * scale)
+    # SLQ on the block: each probe's nodes are eigenvalues of H_BB, and its quadrature
+    # reproduces the probe's first moments exactly: sum_j w_j theta_j = tr(H_BB) / |B| in
+    # expectation; here the nodes are checked against the spectrum.
+    for nodes_m in np.asarray(nodes):
+        assert np.abs(nodes_m[:, None] - eig_b[None, :]).min(axis=1).max() < 1e-8 * scale
+    np.testing.assert_allclose(np.asarray(weights).sum(axis=1), 1.0, atol=1e-12)
+
+
+def test_block_trace_is_the_sub_matrix_trace_within_its_error(key):
+    H_nxn, _ = _exact()
+    idx = _block_indices(_BLOCKS["layer 1 weights"])
+    exact = np.trace(H_nxn[np.ix_(idx, idx)])
+    with jax.enable_x64(True):
+        est, se = hessian.trace(
+            _mlp_loss, _params64(), key=key, num_probes=400, batch=50,
+            mask=_BLOCKS["layer 1 weights"],
+        )  # fmt: skip
+    # Hutchinson is unbiased: within 4 standard errors (a 6e-5 chance of failing by bad luck
+    # for a normal mean), and the error is small next to the trace of the whole H.
+    assert abs(float(est) - exact) < 4 * float(se)
+    assert float(se) < 0.1 * abs(np.trace(H_nxn))
+
+
+@pytest.mark.parametrize("loop", ["lax", "host"])
+def test_blocks_batched_equal_one_block_at_a_time(loop, key):
+    with jax.enable_x64(True):
+        params = _params64()
+        both = hessian.blocks(_mlp_loss, params, _BLOCKS, key=key, num_iters=9, loop=loop)
+        for name, mask in _BLOCKS.items():
+            lam_max, lam_min = hessian.extreme_eigenvalues(
+                _mlp_loss, params, key=key, num_iters=9, loop=loop, mask=mask
+            )
+            tr, _ = hessian.trace(_mlp_loss, params, key=key, num_probes=20, loop=loop, mask=mask)
+            assert both[name]["size"] == len(_block_indices(mask))
+            np.testing.assert_allclose(
+                [both[name]["lambda_max"], both[name]["lambda_min"], both[name]["trace"]],
+                [lam_max, lam_min, tr],
+                rtol=1e-10,
+                atol=1e-12,  # lambda_min of the 32-weight block is 0 to rounding
+            )
+
+
+def test_block_mask_selects_by_path():
+    mask = hessian.block_mask(_PARAMS, lambda path: path.startswith("b"))
+    assert mask == {"w1": False, "b1": True, "w2": False, "b2": True}
+
+
+@pytest.mark.parametrize(
+    "mask, match",
+    [
+        ({"w1": True}, "`mask` must have the structure"),
+        ({"w1": False, "b1": False, "w2": False, "b2": False}, "`mask` selects no parameter"),
+        ({"w1": np.ones(3, bool), "b1": False, "w2": False, "b2": False}, "`mask` leaves"),
+        ({"w1": 1, "b1": False, "w2": False, "b2": False}, "`mask` leaves"),
+    ],
+)
+def test_bad_masks_are_named(mask, match, key):
+    with pytest.raises(ValueError, match=match):
+        hessian.extreme_eigenvalues(_mlp_loss, _params64(), key=key, mask=mask)
+
+
+def test_more_steps_or_eigenvalues_than_the_block_has_are_refused(key):
+    mask = _BLOCKS["biases"]  # 9 parameters
+    with pytest.raises(ValueError, match="`num_iters`"):
+        hessian.extreme_eigenvalues(_mlp_loss, _params64(), key=key, num_iters=10, mask=mask)
+    with pytest.raises(ValueError, match="`k`"):
+        hessian.top_eigenvalues(_mlp_loss, _params64(), 10, key=key, mask=mask)
+    with pytest.raises(ValueError, match="`num_iters`"):
+        hessian.blocks(_mlp_loss, _params64(), _BLOCKS, key=key, num_iters=10)
