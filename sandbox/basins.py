@@ -42,7 +42,10 @@ def classify(x: Any, points: Any, tol: float, diverged: Any | None = None) -> np
         nearest = np.argmin(dist, axis=1)
         close = dist[np.arange(len(x)), nearest] <= tol
         labels[close] = nearest[close]
-    bad = ~np.all(np.isfinite(x), axis=1)
+    if x.shape[1] == 2:  # (faster than over an [N, 2] array; the same)
+        bad = ~(np.isfinite(x[:, 0]) & np.isfinite(x[:, 1]))
+    else:
+        bad = ~np.all(np.isfinite(x), axis=1)
     if diverged is not None:
         diverged = np.asarray(diverged, dtype=bool)
         if diverged.shape != (len(x),):
@@ -56,21 +59,23 @@ def classify(x: Any, points: Any, tol: float, diverged: Any | None = None) -> np
 
 def _nearest_2d(x_Nx2: np.ndarray, points_Kx2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(index of the nearest point [N], its distance [N]) for 2-D points, one point at a time
-    over contiguous coordinate vectors: the same numbers as the norm over an [N, k, 2] array
-    (dx^2 + dy^2, then the root; ties go to the first point, as argmin), about 4x faster
-    (the explorer labels a million starts per screen)."""
+    over contiguous coordinate vectors in preallocated buffers: the same numbers as the norm
+    over an [N, k, 2] array (dx^2 + dy^2, then the root; ties go to the first point, as
+    argmin), about 5x faster (the explorer labels a million starts per screen)."""
     xs, ys = np.ascontiguousarray(x_Nx2[:, 0]), np.ascontiguousarray(x_Nx2[:, 1])
-    nearest = np.zeros(len(x_Nx2), np.intp)
-    best = None
+    dx, dy, best = np.empty_like(xs), np.empty_like(xs), np.empty_like(xs)
+    nearest = np.zeros(len(xs), np.intp)
+    closer = np.empty(len(xs), bool)
     for i, (px, py) in enumerate(points_Kx2):
-        dx, dy = xs - px, ys - py
-        s = np.add(np.multiply(dx, dx, out=dx), np.multiply(dy, dy, out=dy), out=dx)
-        if best is None:
-            best = s
-        else:
-            nearest[s < best] = i
-            np.minimum(best, s, out=best)
-    return nearest, np.sqrt(best)
+        np.multiply(np.subtract(xs, px, out=dx), dx, out=dx)
+        np.multiply(np.subtract(ys, py, out=dy), dy, out=dy)
+        if i == 0:
+            np.add(dx, dy, out=best)
+            continue
+        np.add(dx, dy, out=dx)
+        np.copyto(nearest, i, where=np.less(dx, best, out=closer))
+        np.minimum(best, dx, out=best)
+    return nearest, np.sqrt(best, out=best)
 
 
 def fractions(labels: Any, num_points: int) -> np.ndarray:

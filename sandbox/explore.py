@@ -488,8 +488,10 @@ class Job:
 class Worker:
     """One compute thread over a bounded queue; identical keys in flight share one job."""
 
-    def __init__(self, max_jobs: int = QUEUE_MAX, batch_max: int = BATCH_MAX):
-        self.max_jobs, self.batch_max = max_jobs, batch_max
+    def __init__(
+        self, max_jobs: int = QUEUE_MAX, batch_max: int = BATCH_MAX, batch_wait: float = 0.01
+    ):
+        self.max_jobs, self.batch_max, self.batch_wait = max_jobs, batch_max, batch_wait
         self.pending: list[Job] = []
         self.inflight: dict[str, Job] = {}
         self.cond = threading.Condition()
@@ -537,6 +539,12 @@ class Worker:
         with self.cond:
             while not self.pending and not self.stopped:
                 self.cond.wait()
+            if len(self.pending) == 1 and self.pending[0].group is not None:
+                # The other tiles of a screen arrive within milliseconds: wait for them,
+                # so they run as one batch.
+                deadline = time.monotonic() + self.batch_wait
+                while (left := deadline - time.monotonic()) > 0 and not self.stopped:
+                    self.cond.wait(left)
             if self.stopped:
                 return None
             first = min(self.pending, key=lambda j: (j.priority, j.seq))
@@ -592,9 +600,13 @@ class Explorer:
         if fn is not None:
             s = load_fn(fn, bounds)
             self.surfaces[s.name] = s
+        self.infos = [s.info() for s in self.surfaces.values()]  # (imports matplotlib now)
         self.memory = MemoryCache(memory_bytes)
         self.disk = DiskCache(Path(cache_dir), disk_bytes) if cache_dir else None
         self.worker = Worker(queue_max)
+        self.finishers = concurrent.futures.ThreadPoolExecutor(
+            os.cpu_count() or 1, thread_name_prefix="explore-finish"
+        )
         self._train_problem = None
         self._train_lock = threading.Lock()
 
@@ -635,35 +647,58 @@ class Explorer:
         if "seed" in hyper:
             hyper["seed"] = int(hyper["seed"])
         x0 = np.concatenate([j.payload[0] for j in jobs])
+        # Batches of tiles in chunks of a fixed shape: one compilation whatever the number
+        # of tiles, and a batch pads to a multiple of it, not to the next power of two.
+        chunk = tile_chunk() if len(x0) > TILE * TILE else None
         with jax.enable_x64(x64):
             tol = d.tol if d.colour == "steps" else None
             run = sweep.descend(
-                s.fn, x0, optimizer=d.optimizer, steps=d.steps, tol=tol, progress=False, **hyper
+                s.fn,
+                x0,
+                optimizer=d.optimizer,
+                steps=d.steps,
+                tol=tol,
+                chunk_size=chunk,
+                progress=False,
+                **hyper,
             )
-        labels = basins.classify(run.x, s.minima, REACH_TOL, run.diverged)
-        lo = 0
-        for j in jobs:
-            starts, nx, ny, out = j.payload
-            sl = slice(lo, lo + len(starts))
-            lo += len(starts)
-            lab = labels[sl].reshape(ny, nx)
-            if out == "json":
-                j.future.set_result(self._basins_json(s, lab))
-                continue
-            if d.colour == "basin":
-                png = render_basins(lab, len(s.minima))
-            elif d.colour == "steps":
-                st = run.steps_to_tol[sl].reshape(ny, nx).astype(np.float64)
-                png = render_scalar(
-                    np.log10(np.maximum(st, 1)), 0, math.log10(d.steps), st < 0, (40, 40, 40)
-                )
-            else:
-                gap = run.loss[sl].astype(np.float64) - (s.f_min if math.isfinite(s.f_min) else 0)
-                v = np.log10(np.maximum(gap, 1e-300)).reshape(ny, nx)
-                bad = (labels[sl] == basins.DIVERGED).reshape(ny, nx)
-                png = render_scalar(v, *LOSS_DECADES, bad, (0, 0, 0))
-            self.store(j.key, png)
-            j.future.set_result(png)
+        bounds = np.cumsum([0] + [len(j.payload[0]) for j in jobs])
+        # Labels and PNGs job by job on every core (NumPy and zlib release the GIL), while
+        # the devices are idle: a batch of tiles costs little more than its descent.
+        list(
+            self.finishers.map(
+                self._finish,
+                jobs,
+                bounds[:-1],
+                bounds[1:],
+                [s] * len(jobs),
+                [d] * len(jobs),
+                [run] * len(jobs),
+            )
+        )
+
+    def _finish(self, j: Job, lo: int, hi: int, s: Surface, d: Descent, run) -> None:
+        """Labels (as `basins.classify`) and renders one job's runs [lo, hi) of a batch."""
+        _, nx, ny, out = j.payload
+        sl = slice(lo, hi)
+        labels = basins.classify(run.x[sl], s.minima, REACH_TOL, run.diverged[sl])
+        lab = labels.reshape(ny, nx)
+        if out == "json":
+            j.future.set_result(self._basins_json(s, lab))
+            return
+        if d.colour == "basin":
+            png = render_basins(lab, len(s.minima))
+        elif d.colour == "steps":
+            st = run.steps_to_tol[sl].reshape(ny, nx).astype(np.float64)
+            png = render_scalar(
+                np.log10(np.maximum(st, 1)), 0, math.log10(d.steps), st < 0, (40, 40, 40)
+            )
+        else:
+            gap = run.loss[sl].astype(np.float64) - (s.f_min if math.isfinite(s.f_min) else 0)
+            v = np.log10(np.maximum(gap, 1e-300)).reshape(ny, nx)
+            png = render_scalar(v, *LOSS_DECADES, lab == basins.DIVERGED, (0, 0, 0))
+        self.store(j.key, png)
+        j.future.set_result(png)
 
     def _basins_json(self, s: Surface, lab: np.ndarray) -> bytes:
         frac = basins.fractions(lab, len(s.minima))
@@ -753,6 +788,13 @@ class Explorer:
         return Job(key, priority, None, run, None, size=nx * ny)
 
 
+def tile_chunk() -> int:
+    """Runs per compiled call for batches of basin tiles: one tile per CPU device (each
+    advances them `sweep.CPU_INNER_BATCH` at a time), four tiles on an accelerator."""
+    devices = jax.local_devices()
+    return TILE * TILE * (len(devices) if devices[0].platform == "cpu" else 4)
+
+
 def _code_version() -> str:
     """Digest of the library files a tile depends on: a disk tile of older code is not reused."""
     h = hashlib.sha256()
@@ -820,7 +862,7 @@ def app(explorer: Explorer):
         return wrapped
 
     async def landscapes_(request):
-        return JSONResponse([s.info() for s in ex.surfaces.values()])
+        return JSONResponse(ex.infos)
 
     async def config(request):
         return JSONResponse(
@@ -972,6 +1014,7 @@ class Server:
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.explorer.worker.stop()
+        self.explorer.finishers.shutdown(wait=False)
 
 
 def _default_cache() -> Path:
