@@ -517,7 +517,14 @@ class Worker:
             self.inflight[job.key] = job
             self.pending.append(job)
             self.cond.notify()
-            return job
+        job.future.add_done_callback(lambda _, job=job: self._done(job))
+        return job
+
+    def _done(self, job: Job) -> None:
+        """A job's result is set (or it failed or was dropped): no longer in flight."""
+        with self.cond:
+            if self.inflight.get(job.key) is job:
+                del self.inflight[job.key]
 
     def release(self, job: Job) -> None:
         """One request stopped waiting (its client went away, e.g. a tile scrolled out of
@@ -559,6 +566,7 @@ class Worker:
                         total += j.size
             for j in group:
                 self.pending.remove(j)
+            self.computed += len(group)
             return group
 
     def _loop(self) -> None:
@@ -569,10 +577,6 @@ class Worker:
                 for j in group:
                     if not j.future.done():
                         j.future.set_exception(e)
-            with self.cond:
-                self.computed += len(group)
-                for j in group:
-                    self.inflight.pop(j.key, None)
 
 
 # ----------------------------------------------------------------------------- the explorer
@@ -663,19 +667,17 @@ class Explorer:
                 **hyper,
             )
         bounds = np.cumsum([0] + [len(j.payload[0]) for j in jobs])
-        # Labels and PNGs job by job on every core (NumPy and zlib release the GIL), while
-        # the devices are idle: a batch of tiles costs little more than its descent.
-        list(
-            self.finishers.map(
-                self._finish,
-                jobs,
-                bounds[:-1],
-                bounds[1:],
-                [s] * len(jobs),
-                [d] * len(jobs),
-                [run] * len(jobs),
-            )
-        )
+        # Labels and PNGs job by job on every core (NumPy and zlib release the GIL).
+        # Not waited for: the worker starts the next batch meanwhile.
+        for j, lo, hi in zip(jobs, bounds[:-1], bounds[1:], strict=True):
+            self.finishers.submit(self._finish_or_fail, j, lo, hi, s, d, run)
+
+    def _finish_or_fail(self, j: Job, *args) -> None:
+        try:
+            self._finish(j, *args)
+        except Exception as e:  # the request gets a 500; the server keeps serving
+            if not j.future.done():
+                j.future.set_exception(e)
 
     def _finish(self, j: Job, lo: int, hi: int, s: Surface, d: Descent, run) -> None:
         """Labels (as `basins.classify`) and renders one job's runs [lo, hi) of a batch."""
