@@ -10,8 +10,10 @@ export MPLBACKEND := agg
 export PYTHONPATH := $(CURDIR)
 
 STUDIES := gradient descent convex local_minima saddle normalization initialization learning_rate fractal edge_of_stability momentum optimizers train_resnet resnet_landscape
+# Studies beyond the lecture, each up to about 10 minutes on 2 cores: `make research`.
+RESEARCH := mode_connectivity
 
-.PHONY: explore fractal-paper resnet56 setup test test-all test-x64 lint format studies quick figures report bench clean $(STUDIES)
+.PHONY: explore fractal-paper resnet56 setup test test-all test-x64 lint format studies research quick figures report bench clean $(STUDIES) $(RESEARCH)
 
 setup: $(STAMP)
 
@@ -41,7 +43,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-$(STUDIES): $(STAMP)
+$(STUDIES) $(RESEARCH): $(STAMP)
 	$(PY) -m studies.$@
 
 # The fractal at the paper's scale (width 16, 1024^2 runs x 1000 steps): an accelerator job.
@@ -51,8 +53,11 @@ fractal-paper: $(STAMP)
 studies: $(STUDIES)
 	$(PY) -m sandbox.report
 
+research: $(RESEARCH)
+	$(PY) -m sandbox.report
+
 quick: $(STAMP)
-	@set -e; for s in $(STUDIES); do echo "== $$s (quick)"; $(PY) -m studies.$$s --quick; done
+	@set -e; for s in $(STUDIES) $(RESEARCH); do echo "== $$s (quick)"; $(PY) -m studies.$$s --quick; done
 
 figures: $(STAMP)
 	@set -e; for s in $(STUDIES); do $(PY) -m studies.$$s --plot-only; done

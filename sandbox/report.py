@@ -34,6 +34,7 @@ STUDIES = (
     ("optimizers", "Optimizers compared, each tuned fairly"),
     ("train_resnet", "Training ResNet-56 with and without skip connections"),
     ("resnet_landscape", "The ResNet-56 loss landscape"),
+    ("mode_connectivity", "Mode connectivity: a curve between two networks (Garipov et al. 2018)"),
 )
 
 # The explorer's default address (`make explore`): the gallery links to it.

@@ -644,7 +644,9 @@ def _train(
     """Epochs start + 1 .. cfg.epochs of `fit`: log, checkpoint, report; the final state."""
     spe = steps_per_epoch(len(dataset.x_train), cfg.batch_size)
     schedule = make_schedule(cfg, spe)
-    step_fn = compiled_step(model, cfg, spe)
+    # The seed reaches the step only through its keys: runs that differ in nothing else
+    # (a pair of networks from two seeds) share one compilation.
+    step_fn = compiled_step(model, dataclasses.replace(cfg, seed=0), spe)
     evaluate = compiled_evaluate(model, cfg.eval_batch_size, cfg.precision)
     x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
     x_test, y_test = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
