@@ -115,6 +115,41 @@ def test_tile_pixels_decode_to_the_labels_of_its_pixel_centres(server):
     assert len(np.unique(ref)) >= 2  # the tile crosses basins
 
 
+def test_view_png_is_the_same_labels_over_any_box(server):
+    url, _ = server
+    box = (-1.0, 4.0, -2.0, 3.0)
+    q = f"lr=0.01&steps=60&x0={box[0]}&x1={box[1]}&y0={box[2]}&y1={box[3]}"
+    status, png = get(f"{url}/view.png?{q}&w=40&h=40")
+    assert status == 200 and Image.open(io.BytesIO(png)).size == (40, 40)
+    ref = reference(starts(*box, 40), 40, steps=60, lr=0.01)
+    np.testing.assert_array_equal(decode(png, len(H.minima)), ref)
+
+
+def test_steps_colouring_marks_the_runs_that_never_reached_tol(server):
+    url, _ = server
+    status, png = get(f"{url}/tile/0/0/0.png?lr=0.01&steps=40&colour=steps&tol=1e-3")
+    assert status == 200
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)[::-1]
+    run = sweep.descend("himmelblau", starts(*H.bounds.ravel(), 256), steps=40, lr=0.01, tol=1e-3)
+    never = (run.steps_to_tol < 0).reshape(256, 256)
+    assert 0 < never.mean() < 1
+    np.testing.assert_array_equal(np.all(rgb == (40, 40, 40), axis=-1), never)
+
+
+def test_a_new_server_on_the_same_disk_cache_computes_nothing(server, tmp_path_factory):
+    url, ex = server
+    tile = "/tile/1/0/1.png?landscape=himmelblau&lr=0.01&steps=62"
+    status, png = get(url + tile)
+    assert status == 200
+    again = explore.Server(explore.Explorer(cache_dir=ex.disk.root))
+    url2 = again.start()
+    try:
+        assert get(url2 + tile) == (200, png)
+        assert again.explorer.worker.computed == 0
+    finally:
+        again.stop()
+
+
 def test_identical_concurrent_requests_are_computed_once_then_cached(server):
     url, ex = server
     tile = f"{url}/tile/2/1/2.png?landscape=himmelblau&lr=0.01&steps=61"
@@ -372,6 +407,15 @@ def test_page_zooms_moves_the_lr_and_draws_a_path_in_headless_chromium(server, t
             )  # the link holds the view
             assert page.evaluate("window.explorer.errors") == []
             page.screenshot(path=tmp_path / "4-path.png")
+            # The link reproduces the view: the same zoom, centre and lr in a new page.
+            link, centre = page.url, page.evaluate("window.explorer.state.map.getCenter()")
+            again = browser.new_page(viewport={"width": 1000, "height": 700})
+            again.goto(link)
+            again.wait_for_selector("body[data-ready='1']", timeout=60_000)
+            assert again.evaluate("window.explorer.state.map.getZoom()") == zoom + 2
+            c2 = again.evaluate("window.explorer.state.map.getCenter()")
+            assert (c2["lat"], c2["lng"]) == pytest.approx((centre["lat"], centre["lng"]), abs=1e-9)
+            assert again.input_value("#lr") == "-1.7"
         finally:
             browser.close()
     assert len(list(tmp_path.glob("*.png"))) == 5
