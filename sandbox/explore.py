@@ -856,10 +856,12 @@ def app(explorer: Explorer):
         async def wrapped(request):
             try:
                 return await handler(request)
-            except BadRequest as e:
+            except ValueError as e:  # BadRequest, or a library check (names the argument)
                 return error(400, str(e))
             except Busy as e:
                 return error(503, str(e))
+            except Exception as e:  # a bug: the request fails, the server keeps serving
+                return error(500, f"{type(e).__name__}: {e}")
 
         return wrapped
 

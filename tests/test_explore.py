@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sandbox import basins, explore, fractal, landscapes, plotting, sweep
+from sandbox import basins, explore, fractal, landscapes, optim, plotting, sweep
 
 H = landscapes.get("himmelblau")
 CHROMIUM = "/usr/bin/chromium"
@@ -100,6 +100,21 @@ def test_basins_equal_classify_of_descend_on_the_same_starts(server):
     assert r["fractions"]["diverged"] == pytest.approx(np.mean(ref == -2), abs=1e-12)
     # 30 steps at lr 0.004 leave some starts short of a minimum: all classes are checked.
     assert 0 < np.mean(ref == -1) < 1
+
+
+@pytest.mark.parametrize("optimizer", optim.names())
+def test_every_optimizer_answers_with_the_labels_of_sweep_descend(server, optimizer):
+    url, _ = server
+    hyper = {k: v for k, v in optim.hyperparameters(optimizer).items() if k != "lr"}
+    q = "&".join(f"{k}={v}" for k, v in hyper.items())
+    box = (-4.0, 4.0, -4.0, 4.0)
+    status, body = get(
+        f"{url}/api/basins?optimizer={optimizer}&lr=0.01&steps=20&{q}"
+        f"&x0={box[0]}&x1={box[1]}&y0={box[2]}&y1={box[3]}&n=8"
+    )
+    assert status == 200, body
+    ref = reference(starts(*box, 8), 8, optimizer=optimizer, steps=20, lr=0.01, **hyper)
+    np.testing.assert_array_equal(np.array(json.loads(body)["labels"]), ref)
 
 
 def test_tile_pixels_decode_to_the_labels_of_its_pixel_centres(server):
