@@ -711,9 +711,12 @@ class Explorer:
         ).encode()
 
     def path_job(self, d: Descent, x: float, y: float, z: int, key: str) -> Job:
-        """A job that records the run from (x, y), in the dtype of the tiles at zoom z."""
+        """A job that records the run from (x, y), in the dtype of its tile at zoom z."""
         s = self.surfaces[d.surface]
-        x64 = precision(tile_box(s.bounds, z, 0, 0), TILE, TILE, "z")
+        b, n = s.bounds, 2**z
+        tx = int(np.clip((x - b[0, 0]) / (b[0, 1] - b[0, 0]) * n, 0, n - 1))
+        ty = int(np.clip((b[1, 1] - y) / (b[1, 1] - b[1, 0]) * n, 0, n - 1))
+        x64 = precision(tile_box(b, z, tx, ty), TILE, TILE, "z")
         every = max(1, d.steps // 500)
 
         def run(jobs: list[Job]) -> None:

@@ -250,6 +250,15 @@ def test_path_is_the_recorded_run_from_that_start(server):
     assert r["steps"][-1] == 200 and len(r["path"]) == len(r["losses"]) == 201
     assert r["label"] == int(basins.classify(ref.x, H.minima, 1e-2)[0]) >= 0
     assert r["losses"][-1] < 1e-6 < r["losses"][0]  # from f(0.5, -0.5) ~ 180 to a minimum
+    assert r["x64"] is False
+    # In a tile that float32 no longer resolves, the path is float64 too.
+    z = 12
+    status, body = get(f"{url}/api/path?lr=0.01&steps=20&x=5.9&y=5.9&z={z}")
+    (xl, xh), (yl, yh) = H.bounds
+    w = (xh - xl) / 2**z
+    tile = np.array([[xh - w, xh], [yh - w, yh]])
+    assert status == 200 and json.loads(body)["x64"] is explore.precision(tile, 256, 256, "z")
+    assert json.loads(body)["x64"] is True
 
 
 def test_trainability_equals_score_grid_and_its_tile_shows_the_sign(server):
