@@ -37,6 +37,10 @@ computation.
                             key=jax.random.key(0), has_aux=True)
     trace.sharpness    # [2, 101]: lambda_max at trace.steps = 0, 20, ..., 2000
     sharpness.threshold("gd", 0.01)   # 200.0
+
+`on_plane` maps the sharpness over a plane of parameter space, params + a d1 + b d2 (the
+sharpness map beside a loss surface): one Lanczos run per point, the points batched through
+`engine.map_chunks`.
 """
 
 import functools
@@ -50,7 +54,7 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from sandbox import checks, hessian
+from sandbox import checks, engine, hessian, surface
 from sandbox.types import Array, Key, PyTree
 
 OPTIMIZERS = ("gd", "momentum", "adam")
@@ -269,3 +273,61 @@ def _check_hyper(optimizer: str, **hyper: float) -> tuple:
             want = "positive and finite" if name == "eps" else "in [0, 1)"
             raise ValueError(f"`{name}` must be {want}, got {value!r}")
     return tuple((name, float(hyper[name])) for name in used)
+
+
+def on_plane(
+    loss: Callable,
+    params: PyTree,
+    d1: PyTree,
+    d2: PyTree,
+    coords: Any,
+    *,
+    key: Key,
+    num_iters: int = DEFAULT_ITERS,
+    chunk: int | None = None,
+    store=None,
+) -> np.ndarray:
+    """lambda_max of the Hessian of `loss` at every point params + a d1 + b d2 of a plane.
+
+    A sharpness map beside a loss surface (`surface.plane`): one Lanczos run of `num_iters`
+    steps per point (the same start vector at every point), the points batched through
+    `engine.map_chunks` (vmapped on each device, `chunk` points per compiled call).
+
+    Args:
+      loss: params -> scalar, closing over its data (the same object reuses the compilation).
+      params: the plane's centre.
+      d1, d2: the plane's directions (pytrees like `params`, e.g. filter-normalized).
+      coords: [G, 2] the points (a, b).
+      key: draws the Lanczos start vector.
+      num_iters: Lanczos steps per point, 1 <= num_iters <= n.
+      chunk: points per compiled call (memory: chunk Lanczos bases of num_iters x n).
+
+    Returns:
+      [G] lambda_max at each point (NumPy).
+    """
+    n = hessian._dimension(params)
+    surface.check_like(d1, params, "d1")
+    surface.check_like(d2, params, "d2")
+    num_iters = checks.integer("num_iters", num_iters, minimum=1, maximum=n)
+    flat, _ = ravel_pytree(params)
+    xy_G = np.asarray(coords, dtype=flat.dtype)
+    if xy_G.ndim != 2 or xy_G.shape[1] != 2 or len(xy_G) == 0 or not np.all(np.isfinite(xy_G)):
+        raise ValueError(f"`coords` must have shape [G, 2] of finite values, got {xy_G.shape}")
+    v0 = jax.random.normal(key, flat.shape, flat.dtype)
+    return engine.map_chunks(
+        _plane_point(loss, num_iters), xy_G, (params, d1, d2, v0), chunk=chunk, store=store,
+        desc="sharpness", unit="point",
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=8)  # each entry keeps its `loss`
+def _plane_point(loss: Callable, num_iters: int) -> Callable:
+    def one(ab, shared):
+        params, d1, d2, v0 = shared
+        p = jax.tree.map(lambda w, u, v: w + ab[0] * u + ab[1] * v, params, d1, d2)
+        _, matvec = hessian._flat_matvec(loss, p)
+        tri = hessian.lanczos(matvec, v0, num_iters)
+        T_mxm = jnp.diag(tri.alpha) + jnp.diag(tri.beta, 1) + jnp.diag(tri.beta, -1)
+        return jnp.linalg.eigvalsh(T_mxm)[-1]
+
+    return one

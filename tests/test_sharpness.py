@@ -193,3 +193,25 @@ def test_bad_arguments_are_named(kwargs, name):
     args = {"lr": 0.1, "steps": 10, "every": 5, "key": jax.random.key(0)} | kwargs
     with pytest.raises(ValueError, match=re.escape(name)):
         sharpness.track(loss, x0, **args)
+
+
+def test_sharpness_map_equals_eigh_at_every_point():
+    with jax.enable_x64(True):
+        loss, params = _tiny_problem()
+        d1 = jax.tree.map(lambda a: jnp.full_like(a, 0.1), params)
+        d2 = jax.tree.map(lambda a: jnp.linspace(-0.2, 0.2, a.size).reshape(a.shape), params)
+        coords = np.array([[0.0, 0.0], [1.0, -0.5], [-2.0, 1.5], [0.5, 2.0], [3.0, 0.0]])
+        got = sharpness.on_plane(loss, params, d1, d2, coords, key=jax.random.key(0), chunk=2)
+        hess = _hessian(loss, params)
+        want = []
+        for a, b in coords:
+            p = jax.tree.map(lambda w, u, v, a=a, b=b: w + a * u + b * v, params, d1, d2)
+            want.append(np.linalg.eigvalsh(hess(p))[-1])
+    # 20 Lanczos steps on 26 parameters at each point, chunks of 2 points: lambda_max to
+    # float64 rounding (rtol 1e-8), whatever the chunk.
+    np.testing.assert_allclose(got, want, rtol=1e-8)
+    with jax.enable_x64(True):
+        with pytest.raises(ValueError, match="`coords`"):
+            sharpness.on_plane(loss, params, d1, d2, np.zeros((3, 3)), key=jax.random.key(0))
+        with pytest.raises(ValueError, match="`d2`"):
+            sharpness.on_plane(loss, params, d1, {"x": 1}, coords, key=jax.random.key(0))
