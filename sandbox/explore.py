@@ -607,7 +607,10 @@ class Explorer:
         self.infos = [s.info() for s in self.surfaces.values()]  # (imports matplotlib now)
         self.memory = MemoryCache(memory_bytes)
         self.disk = DiskCache(Path(cache_dir), disk_bytes) if cache_dir else None
-        self.worker = Worker(queue_max)
+        self.worker = Worker(queue_max)  # basins, views, paths
+        # Trainability tiles cost up to a minute each on a CPU: a queue of their own, so
+        # that they never hold up the basin maps.
+        self.train_worker = Worker(queue_max)
         self.finishers = concurrent.futures.ThreadPoolExecutor(
             os.cpu_count() or 1, thread_name_prefix="explore-finish"
         )
@@ -775,10 +778,27 @@ class Explorer:
             lr1 = 10.0 ** (box[0, 0] + (np.arange(nx) + 0.5) * (box[0, 1] - box[0, 0]) / nx)
             lr2 = 10.0 ** (box[1, 0] + (np.arange(ny) + 0.5) * (box[1, 1] - box[1, 0]) / ny)
             batch = 64 if jax.devices()[0].platform == "cpu" else 16384
-            with jax.enable_x64(True):
-                score = fractal.score_grid(
-                    params, data, lr1, lr2, steps=steps, batch_size=min(batch, nx * ny)
-                )
+            # Rows in blocks of about fractal.GRID_CHUNK runs: a tile nobody waits for any
+            # more (scrolled away while it ran) stops at the next block.
+            rows = max(1, fractal.GRID_CHUNK // nx)
+            blocks = []
+            for r0 in range(0, ny, rows):
+                if r0 and all(j.waiters <= 0 for j in jobs):
+                    for j in jobs:
+                        j.future.cancel()
+                    return
+                with jax.enable_x64(True):
+                    blocks.append(
+                        fractal.score_grid(
+                            params,
+                            data,
+                            lr1,
+                            lr2[r0 : r0 + rows],
+                            steps=steps,
+                            batch_size=min(batch, nx * ny),
+                        )
+                    )
+            score = np.concatenate(blocks)
             for j in jobs:
                 if out == "json":
                     body = {"score": score.tolist(), "trainable": (score > 0).tolist()}
@@ -835,10 +855,11 @@ def app(explorer: Explorer):
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=no_store)
 
-    async def answer(request, job: Job, media: str, keep: bool) -> Response:
+    async def answer(request, job: Job, media: str, keep: bool, worker=None) -> Response:
         """Waits for a job (shared with identical requests) off the event loop; a client
         that goes away stops waiting, so a job nobody wants any more is not computed."""
-        job = ex.worker.submit(job)
+        worker = worker or ex.worker
+        job = worker.submit(job)
         fut = asyncio.wrap_future(job.future)
         try:
             while True:
@@ -846,10 +867,10 @@ def app(explorer: Explorer):
                 if done:
                     break
                 if await request.is_disconnected():
-                    ex.worker.release(job)
+                    worker.release(job)
                     return Response(status_code=499)
         except asyncio.CancelledError:
-            ex.worker.release(job)
+            worker.release(job)
             raise
         body = fut.result()
         headers = {"Cache-Control": "public, max-age=86400"} if keep else no_store
@@ -954,7 +975,7 @@ def app(explorer: Explorer):
         n = _int(q, "n", 32, 1, N_MAX)
         key = f"train|{ex.version}|{steps},{width},{seed}|{box.tolist()!r}|{n}"
         job = ex.train_job(box, n, n, steps, width, seed, "json", key, float(n * n), "x0")
-        return await answer(request, job, "application/json", False)
+        return await answer(request, job, "application/json", False, ex.train_worker)
 
     async def train_tile(request):
         p = request.path_params
@@ -970,7 +991,7 @@ def app(explorer: Explorer):
             return Response(hit, media_type="image/png")
         box = tile_box(TRAIN_BOUNDS, z, x, y)
         job = ex.train_job(box, px, px, steps, width, seed, "png", key, float(px * px), "z")
-        return await answer(request, job, "image/png", True)
+        return await answer(request, job, "image/png", True, ex.train_worker)
 
     async def index(request):
         return FileResponse(STATIC / "index.html", headers=no_store)
@@ -1021,6 +1042,7 @@ class Server:
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.explorer.worker.stop()
+        self.explorer.train_worker.stop()
         self.explorer.finishers.shutdown(wait=False)
 
 

@@ -42,7 +42,8 @@ def get(url: str) -> tuple[int, bytes]:
         with urllib.request.urlopen(url, timeout=120) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
-        return e.code, e.read()
+        with e:  # closed now, not by the garbage collector in some later test
+            return e.code, e.read()
 
 
 def starts(x0, x1, y0, y1, n, dtype=np.float32) -> np.ndarray:
@@ -431,6 +432,14 @@ def test_page_zooms_moves_the_lr_and_draws_a_path_in_headless_chromium(server, t
             )  # the link holds the view
             assert page.evaluate("window.explorer.errors") == []
             page.screenshot(path=tmp_path / "4-path.png")
+            # Save: the view within the bounds as one PNG at the screen's resolution.
+            with page.expect_download(timeout=60_000) as download:
+                page.click("#save")
+            saved = tmp_path / "download" / "view.png"
+            download.value.save_as(saved)
+            with Image.open(saved) as img:
+                w, h = img.size
+            assert 100 <= w <= 2048 and 100 <= h <= 2048
             # The link reproduces the view: the same zoom, centre and lr in a new page.
             link, centre = page.url, page.evaluate("window.explorer.state.map.getCenter()")
             again = browser.new_page(viewport={"width": 1000, "height": 700})

@@ -131,8 +131,11 @@ function refresh() {
 }
 
 function viewBox() {
-  const b = state.map.getBounds();
-  return { x0: b.getWest(), x1: b.getEast(), y0: b.getSouth(), y1: b.getNorth() };
+  // The part of the landscape's bounds in view (null when none is).
+  const b = state.map.getBounds(), w = world();
+  const v = { x0: Math.max(b.getWest(), w[0][0]), x1: Math.min(b.getEast(), w[0][1]),
+    y0: Math.max(b.getSouth(), w[1][0]), y1: Math.min(b.getNorth(), w[1][1]) };
+  return v.x0 < v.x1 && v.y0 < v.y1 ? v : null;
 }
 
 let fracSeq = 0;
@@ -140,6 +143,7 @@ async function fractions() {
   if ($("mode").value !== "basins" || !state.map) return;
   const seq = ++fracSeq;
   const v = viewBox();
+  if (!v) { $("fractions").innerHTML = ""; return; }
   const p = descentParams();
   p.delete("colour");
   for (const [k, val] of Object.entries(v)) p.set(k, val);
@@ -153,7 +157,7 @@ async function fractions() {
       const name = /^\d+$/.test(k) ? `(${r.minima[k].map((a) => a.toFixed(2)).join(", ")})` : k.replace("_", " ");
       return `<tr><td><span class="sw" style="background:${c}"></span></td><td>${name}</td><td>${(100 * f).toFixed(1)}%</td></tr>`;
     });
-    $("fractions").innerHTML = rows.join("") + "<tr><td></td><td><small>48×48 starts over the view</small></td></tr>";
+    $("fractions").innerHTML = rows.join("") + "<tr><td></td><td><small>48×48 starts over the view (within the bounds)</small></td></tr>";
     status("");
   } catch (e) { status(e.message, true); }
 }
@@ -212,12 +216,15 @@ function updateLink() {
 }
 
 $("save").addEventListener("click", () => {
-  // The current view at the screen's resolution, computed in one piece.
-  const size = state.map.getSize(), r = window.devicePixelRatio || 1;
+  // The view within the bounds, at the screen's resolution, computed in one piece.
+  const r = window.devicePixelRatio || 1;
   const v = viewBox();
-  const w = Math.min(Math.round(size.x * r), state.config.limits.view);
-  const h = Math.min(Math.round(size.y * r), state.config.limits.view);
   if ($("mode").value !== "basins") { status("saving is for basin maps; trainability tiles save one by one", true); return; }
+  if (!v) { status("the view shows nothing of the landscape's bounds", true); return; }
+  const px = (x, y) => state.map.latLngToContainerPoint([y, x]);
+  const a0 = px(v.x0, v.y0), a1 = px(v.x1, v.y1);
+  const w = Math.max(1, Math.min(Math.round(Math.abs(a1.x - a0.x) * r), state.config.limits.view));
+  const h = Math.max(1, Math.min(Math.round(Math.abs(a1.y - a0.y) * r), state.config.limits.view));
   const p = descentParams();
   for (const [k, val] of Object.entries(v)) p.set(k, val);
   p.set("w", w); p.set("h", h);
