@@ -173,6 +173,8 @@ def run(
 
     def advance(state: _State, t0, n: int) -> _State:
         """n updates from update t0, `FUSED_UPDATES` per loop step (as in `run_fast`)."""
+        if n == 0:
+            return state
         fuse = min(FUSED_UPDATES, n)
         blocks = n // fuse
 
