@@ -21,8 +21,9 @@ Sections, in order (`--sections` picks some), each printing the card and the JAX
    with the measured rate's estimate for the whole grid.
 3. train: one epoch of ResNet-56 training on 50,000 CIFAR-shaped images, batch 128 (390
    steps), float32 (XLA's default precision) and bfloat16 mixed precision.
-4. fractal: `python -m studies.fractal --scale paper` (width 16, 4 views of 1024 x 1024
-   runs x 1000 steps, float64): wall time, box-counting dimensions, the figures.
+4. fractal: the fractal study's PAPER config (`--scale paper`: width 16, 4 views of
+   1024 x 1024 runs x 1000 steps, float64), through its own compute and plot: wall time,
+   box-counting dimensions, two figures.
 
 Estimates on an H200 (not measured; sizes chosen so that the run fits 8 minutes): sweep
 about 40 s (compilations included: 10^8 pairs x 1000 steps is 1e11 pair-steps, 0.2 s at
@@ -35,16 +36,13 @@ after `--reserve` seconds kept for the sections after it, and a section that wou
 with less than its estimate left is skipped with a line saying so.
 
 Every figure is printed and written to <out>/device.json after each section (a run cut
-short keeps what it measured); the fractal's summary and figures are copied to <out>.
+short keeps what it measured); the fractal's summary and figures are written beside it.
 """
 
 import argparse
 import contextlib
 import json
 import platform
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -76,7 +74,7 @@ FULL = {
     "timed_points": 4,
     "grid": 51,
     "train_batch": 128,
-    "fractal_args": ["--scale", "paper"],
+    "fractal_scale": "paper",
 }
 TINY = {
     "sweep_pairs": 1 << 14,
@@ -88,7 +86,7 @@ TINY = {
     "timed_points": 2,
     "grid": 5,
     "train_batch": 32,
-    "fractal_args": ["--quick"],
+    "fractal_scale": "quick",
 }
 # Seconds a section needs on an H200 (the estimates above), to skip what cannot fit.
 ESTIMATE_S = {"sweep": 40, "surface": 100, "train": 90, "fractal": 100}
@@ -406,24 +404,32 @@ def section_train(cfg: dict, info: dict) -> dict:
 
 
 def section_fractal(cfg: dict, info: dict, out_dir: Path) -> dict:
-    run = out_dir.parent / f"{out_dir.name}-fractal"  # the whole run folder, beside <out>
-    cmd = [sys.executable, "-m", "studies.fractal", *cfg["fractal_args"], "--out", str(run)]
+    """The study's own compute and plot (not its run folder: a device machine's file system
+    may lack the atomic folder exchange that `results.RunFolder` uses)."""
+    from sandbox import plotting
+    from studies import fractal as study
+
+    scfg = study.PAPER if cfg["fractal_scale"] == "paper" else study.QUICK
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    arrays, summary = study.compute(scfg)
     secs = time.perf_counter() - t0
-    summary = json.loads((run / "summary.json").read_text())
     bd = summary["boundary_dimension"]
-    shutil.copy(run / "summary.json", out_dir / "fractal_summary.json")
-    figures = sorted(run.glob("*.png"))[:2]
-    for f in figures:
-        shutil.copy(f, out_dir / f"fractal_{f.name}")
+    (out_dir / "fractal_summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    names = []
+    for name, fig in study.plot(arrays, scfg, summary).items():
+        if len(names) < 2:  # at most 8 files come back from a device run
+            plotting.save(fig, out_dir / f"fractal_{name}.png")
+            names.append(name)
+        else:
+            plotting.plt.close(fig)
     print(
-        f"  fractal {' '.join(cfg['fractal_args'])}: {secs:.1f} s; box-counting dimensions "
+        f"  fractal ({cfg['fractal_scale']} scale: width {scfg.width}, {scfg.grid_n}^2 runs x "
+        f"{scfg.steps} steps, {scfg.zoom_levels} zooms): {secs:.1f} s; box-counting dimensions "
         f"per view {[round(d, 3) for d in bd['per_level']]}, median {bd['measured']:.3f} "
-        f"(paper: {bd['theory']}); figures {[f.name for f in figures]}",
+        f"(paper: {bd['theory']}); figures {names}",
         flush=True,
     )
-    return {"wall_s": secs, "boundary_dimension": bd, "run_folder": str(run)}
+    return {"wall_s": secs, "boundary_dimension": bd, "figures": names}
 
 
 # ----------------------------------------------------------------------------- driver

@@ -208,8 +208,10 @@ def _redo(
     `steps`: it stays frozen.
     """
     redo = np.flatnonzero(~np.all(np.isfinite(out["x"]), axis=1))
-    nd = len(jax.local_devices())
-    chunk2 = min(chunk, REDO_CHUNK_PER_DEVICE * nd)
+    devices = jax.local_devices()
+    # On accelerators a device takes all its runs at once: far larger re-run chunks.
+    per_device = REDO_CHUNK_PER_DEVICE if devices[0].platform == "cpu" else 1 << 20
+    chunk2 = min(chunk, per_device * len(devices))
     for horizon in sorted({*(min(steps, h) for h in REDO_HORIZONS), steps}):
         if not redo.size:
             break
