@@ -50,7 +50,10 @@ VIEW_MAX = 2048  # /view.png: at most this many pixels per side
 STEPS_MAX = 20_000  # descent steps per run
 TRAIN_STEPS_MAX = 5_000  # fractal-network GD steps per run
 QUEUE_MAX = 512  # jobs waiting or running; more gets HTTP 503
-BATCH_MAX = 1 << 21  # starts of queued tiles run together in one sweep.descend call
+# Tiles of queued requests run together in one sweep.descend call, at most this many: on a
+# CPU small batches, so that labelling and encoding one batch overlaps the descent of the
+# next (measured: 4 tiles 0.89x-1.04x of sweep.descend alone, 16 tiles 0.74x-0.77x).
+BATCH_TILES_CPU, BATCH_TILES = 4, 16
 # A grid resolves in a dtype when its pixel spacing spans at least this many ulps of the
 # largest coordinate: below it float32 switches to float64, below it in float64 it is refused.
 RESOLVE_ULPS = 64
@@ -489,8 +492,11 @@ class Worker:
     """One compute thread over a bounded queue; identical keys in flight share one job."""
 
     def __init__(
-        self, max_jobs: int = QUEUE_MAX, batch_max: int = BATCH_MAX, batch_wait: float = 0.01
+        self, max_jobs: int = QUEUE_MAX, batch_max: int | None = None, batch_wait: float = 0.01
     ):
+        if batch_max is None:
+            cpu = jax.local_devices()[0].platform == "cpu"
+            batch_max = TILE * TILE * (BATCH_TILES_CPU if cpu else BATCH_TILES)
         self.max_jobs, self.batch_max, self.batch_wait = max_jobs, batch_max, batch_wait
         self.pending: list[Job] = []
         self.inflight: dict[str, Job] = {}
