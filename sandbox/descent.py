@@ -175,7 +175,7 @@ def run(
         """n updates from update t0, `FUSED_UPDATES` per loop step (as in `run_fast`)."""
         if n == 0:
             return state
-        fuse = min(FUSED_UPDATES, n)
+        fuse = min(FUSED_UPDATES if pack else FUSED_UPDATES_UNPACKED, n)
         blocks = n // fuse
 
         def block(packed, b):
@@ -226,9 +226,11 @@ class FastRun(NamedTuple):
     steps_to_tol: Array | None
 
 
-# Updates fused into one pass of the fast path's loop (a `lax.scan` step): 4 measured best
-# of 1, 2, 4, 8 (docs/performance.md).
+# Updates fused into one pass of the loop (a `lax.scan` step), measured best of 1, 2, 4, 8
+# (docs/performance.md): 4 with the carry packed (GD, momentum), 2 without (Adam: 1.2x
+# faster than 4).
 FUSED_UPDATES = 4
+FUSED_UPDATES_UNPACKED = 2
 # Primitives after which packing the carry into complex numbers made XLA:CPU's loops
 # slower (Adam and RMSprop divide by a square root: 0.7x to 0.9x packed; GD, momentum and
 # Lion 1.3x to 2x faster packed; docs/performance.md).
@@ -259,7 +261,8 @@ def run_fast(
     between two checks is not flagged here; `run` would flag it.)
 
     The loop carries only the point, the optimizer state and the optional tolerance
-    counter; `FUSED_UPDATES` whole updates are fused into one pass over memory. XLA:CPU
+    counter; `FUSED_UPDATES` whole updates (`FUSED_UPDATES_UNPACKED` without `pack`) are
+    fused into one pass over memory. XLA:CPU
     computes each loop-carried array in a loop of its own, and each such loop recomputes
     everything its array depends on (the whole fused update of every coordinate); with
     `pack` (default: unless the update takes a square root, see `_NO_PACK_PRIMITIVES`) the
@@ -272,7 +275,6 @@ def run_fast(
     track = tol is not None
     nan = jnp.array(jnp.nan, x0.dtype)
     check_every = steps if check_every is None else min(check_every, steps)
-    fuse = min(FUSED_UPDATES, check_every)
 
     def updates(carry, t0, n: int):
         p, opt_state, steps_to_tol = carry
@@ -294,6 +296,7 @@ def run_fast(
     if pack is None:
         pack = not _uses(lambda c: updates(c, jnp.int32(0), 1), carry, _NO_PACK_PRIMITIVES)
     spec = _pairs(carry) if pack else None
+    fuse = min(FUSED_UPDATES if pack else FUSED_UPDATES_UNPACKED, check_every)
 
     def segment(carry, t0, n: int):
         """n updates from update t0 in blocks of `fuse` (one loop step each), then a check."""
