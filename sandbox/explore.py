@@ -32,6 +32,7 @@ import io
 import json
 import math
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -1097,9 +1098,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except RuntimeError:
         raise ValueError(f"`--port` {args.port} on {args.host} cannot be bound") from None
     print(f"explorer: {url}/  ({jax.device_count()} x {jax.devices()[0].device_kind})", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # `kill`: the same clean stop as ^C
     try:
-        while server.thread.is_alive():
-            server.thread.join(0.5)
+        while server.thread.is_alive() and not stop.wait(0.5):
+            pass
     except KeyboardInterrupt:
         pass
     finally:

@@ -332,6 +332,7 @@ def test_command_line_serves_on_127_0_0_1_and_prints_its_url():
         [sys.executable, "-m", "sandbox.explore", "--port", "0", "--cache", "none"]
         + ["--fn", "tests.test_explore:fn_two_wells", "--bounds", "-2", "2", "-2", "2"],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).parents[1],
     )
@@ -349,9 +350,9 @@ def test_command_line_serves_on_127_0_0_1_and_prints_its_url():
         assert status == 200 and b"leaflet.js" in page
         assert get(base + "/static/leaflet/LICENSE")[0] == 200
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        proc.stdout.close()
+        proc.terminate()  # SIGTERM: a clean stop, status 0, nothing on stderr
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err, err
 
 
 def fn_two_wells(x):
