@@ -482,3 +482,16 @@ def test_gallery_links_to_the_explorer_and_each_basin_map(tmp_path):
     assert f'<a id="explorer" href="{report.EXPLORER}">' in text
     link = "?landscape=himmelblau&amp;optimizer=adam&amp;lr=0.02&amp;steps=2000"
     assert f'href="{report.EXPLORER}{link}"' in text
+
+
+def test_trainability_defaults_are_the_fractal_studys():
+    from studies import fractal as study
+
+    cfg = study.Config()
+    assert (explore.TRAIN_WIDTH, explore.TRAIN_SEED, explore.TRAIN_STEPS) == (
+        cfg.width,
+        cfg.seed,
+        cfg.steps,
+    )
+    np.testing.assert_array_equal(explore.TRAIN_BOUNDS, [cfg.log10_lr1, cfg.log10_lr2])
+    assert explore.TRAIN_GAP == study._GAP
