@@ -153,6 +153,7 @@ def along(
     *,
     bend: PyTree | None = None,
     chunk: int | None = None,
+    batch: int | None = None,
     store=None,
 ) -> dict[str, np.ndarray]:
     """`metrics(phi(t))` at every t of `ts`, along the line (bend None) or the curve.
@@ -164,6 +165,9 @@ def along(
         batch-norm statistics itself.
       ts: [T] values of t (0 and 1 are the two networks).
       chunk: t values per compiled call (memory grows with it); default all.
+      batch: t values a device evaluates at once (`engine.map_chunks`); None vmaps the whole
+        share. Give 1 for convolutional networks: vmapped over t, every convolution has
+        weights of its own per t, which XLA runs as a grouped convolution (slow on CPU).
 
     Returns:
       name -> [T] float arrays.
@@ -174,8 +178,9 @@ def along(
         raise ValueError(f"`ts` must be a non-empty 1-D array of finite values, got {ts!r}")
     one = _along_one(metrics, bend is None)
     return engine.map_chunks(
-        one, ts_T, (w1, w2, bend), chunk=chunk, store=store, desc="path", unit="point"
-    )
+        one, ts_T, (w1, w2, bend), chunk=chunk, batch=batch, store=store, desc="path",
+        unit="point",
+    )  # fmt: skip
 
 
 @functools.lru_cache(maxsize=8)
@@ -234,15 +239,17 @@ def plane(
     xy: Any,
     *,
     chunk: int | None = None,
+    batch: int | None = None,
     store=None,
 ) -> dict[str, np.ndarray]:
-    """`metrics(w1 + x u + y v)` at every point of `xy` [G, 2], one chunked computation."""
+    """`metrics(w1 + x u + y v)` at every point of `xy` [G, 2], one chunked computation
+    (`chunk`, `batch` as in `along`)."""
     xy_G = np.asarray(xy, dtype=np.asarray(jax.tree.leaves(w1)[0]).dtype)
     if xy_G.ndim != 2 or xy_G.shape[1] != 2 or not np.all(np.isfinite(xy_G)):
         raise ValueError(f"`xy` must have shape [G, 2] of finite values, got {xy_G.shape}")
     return engine.map_chunks(
-        _plane_one(metrics), xy_G, (w1, basis.u, basis.v), chunk=chunk, store=store,
-        desc="plane", unit="point",
+        _plane_one(metrics), xy_G, (w1, basis.u, basis.v), chunk=chunk, batch=batch,
+        store=store, desc="plane", unit="point",
     )  # fmt: skip
 
 

@@ -285,13 +285,20 @@ def on_plane(
     key: Key,
     num_iters: int = DEFAULT_ITERS,
     chunk: int | None = None,
+    batch: int | None = None,
     store=None,
+    loop: str | None = None,
 ) -> np.ndarray:
     """lambda_max of the Hessian of `loss` at every point params + a d1 + b d2 of a plane.
 
     A sharpness map beside a loss surface (`surface.plane`): one Lanczos run of `num_iters`
-    steps per point (the same start vector at every point), the points batched through
-    `engine.map_chunks` (vmapped on each device, `chunk` points per compiled call).
+    steps per point (the same start vector at every point). With `loop="lax"` the points
+    are batched through `engine.map_chunks` (vmapped on each device, `chunk` points per
+    compiled call, each run one `lax.fori_loop`); with "host" (the default on CPU, see
+    `hessian.default_loop`: XLA:CPU runs a network's HVP about 8x slower inside a loop's
+    body) the points run one after another, each Lanczos stepped from Python through one
+    compiled step (ResNet-20 on 256 digits, 12 steps: 7.8 s per point against 64.6 s per
+    point in the batched loop, same run, 2 busy cores).
 
     Args:
       loss: params -> scalar, closing over its data (the same object reuses the compilation).
@@ -301,6 +308,10 @@ def on_plane(
       key: draws the Lanczos start vector.
       num_iters: Lanczos steps per point, 1 <= num_iters <= n.
       chunk: points per compiled call (memory: chunk Lanczos bases of num_iters x n).
+      batch: points a device runs at once; None vmaps its whole share; 1 for convolutional
+        networks (vmapped weights make grouped convolutions, slow on CPU).
+      store: as in `engine.map_chunks` ("lax" only).
+      loop: "lax", "host" or None (`hessian.default_loop()`).
 
     Returns:
       [G] lambda_max at each point (NumPy).
@@ -314,9 +325,16 @@ def on_plane(
     if xy_G.ndim != 2 or xy_G.shape[1] != 2 or len(xy_G) == 0 or not np.all(np.isfinite(xy_G)):
         raise ValueError(f"`coords` must have shape [G, 2] of finite values, got {xy_G.shape}")
     v0 = jax.random.normal(key, flat.shape, flat.dtype)
+    if hessian._check_loop(loop) == "host":
+        out = []
+        for a, b in engine.bar(xy_G, desc="sharpness", unit="point"):
+            p = jax.tree.map(lambda w, u, v, a=a, b=b: w + a * u + b * v, params, d1, d2)
+            alpha, beta = hessian._lanczos_host(loss, p, v0, num_iters)
+            out.append(hessian.ritz_values(alpha, beta)[0])
+        return np.asarray(out, xy_G.dtype)
     return engine.map_chunks(
-        _plane_point(loss, num_iters), xy_G, (params, d1, d2, v0), chunk=chunk, store=store,
-        desc="sharpness", unit="point",
+        _plane_point(loss, num_iters), xy_G, (params, d1, d2, v0), chunk=chunk, batch=batch,
+        store=store, desc="sharpness", unit="point",
     )  # fmt: skip
 
 

@@ -171,7 +171,12 @@ def compute(cfg: Config, out: Path, *, data_dir: str | None = None, progress: bo
         curve_xy = connect.plane_coords(basis, ts)
         grid_xy = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
         every = connect.plane(
-            metrics, w1, basis, np.concatenate([line_xy, curve_xy, grid_xy]), chunk=cfg.chunk
+            metrics,
+            w1,
+            basis,
+            np.concatenate([line_xy, curve_xy, grid_xy]),
+            chunk=cfg.chunk,
+            batch=1,  # a point is three whole passes over the data; vmapped weights are slow
         )
         k = len(ts)
         line = {name: v[:k] for name, v in every.items()}

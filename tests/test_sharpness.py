@@ -195,13 +195,16 @@ def test_bad_arguments_are_named(kwargs, name):
         sharpness.track(loss, x0, **args)
 
 
-def test_sharpness_map_equals_eigh_at_every_point():
+@pytest.mark.parametrize("loop", ["lax", "host"])
+def test_sharpness_map_equals_eigh_at_every_point(loop):
     with jax.enable_x64(True):
         loss, params = _tiny_problem()
         d1 = jax.tree.map(lambda a: jnp.full_like(a, 0.1), params)
         d2 = jax.tree.map(lambda a: jnp.linspace(-0.2, 0.2, a.size).reshape(a.shape), params)
         coords = np.array([[0.0, 0.0], [1.0, -0.5], [-2.0, 1.5], [0.5, 2.0], [3.0, 0.0]])
-        got = sharpness.on_plane(loss, params, d1, d2, coords, key=jax.random.key(0), chunk=2)
+        got = sharpness.on_plane(
+            loss, params, d1, d2, coords, key=jax.random.key(0), chunk=2, loop=loop
+        )
         hess = _hessian(loss, params)
         want = []
         for a, b in coords:
