@@ -20,7 +20,8 @@ Run: make train_resnet (ResNet-56 with and without shortcuts on the digits, 30 e
      smoke: python -m studies.train_resnet --quick (ResNet-8, 2 epochs; about 15 seconds)
 Options: --data, --data-dir, --depth, --shortcut, --epochs, --batch-size, --optimizer,
 --pair/--no-pair, --precision float32|bfloat16 (bfloat16: mixed precision, sandbox.precision;
-a bfloat16 run is another run: its own checkpoints, not resumed from float32 ones).
+a bfloat16 run is another run, in results/train_resnet-bfloat16 by default: its checkpoints
+never resume a float32 run's, nor the other way round).
 """
 
 import argparse
@@ -228,7 +229,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if v is not None
     }
     cfg = dataclasses.replace(cfg, **overrides)
-    out = cli.run_dir(args.out, NAME, args.quick)
+    # A bfloat16 run is another run (its checkpoints say so): by default a folder of its own.
+    folder = NAME if cfg.precision == "float32" else f"{NAME}-{cfg.precision}"
+    out = cli.run_dir(args.out, folder, args.quick)
     out, cfg, arrays, summary = cli.run_study(
         NAME,
         args,
