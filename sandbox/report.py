@@ -35,6 +35,7 @@ STUDIES = (
     ("train_resnet", "Training ResNet-56 with and without skip connections"),
     ("resnet_landscape", "The ResNet-56 loss landscape"),
     ("mode_connectivity", "Mode connectivity: a curve between two networks (Garipov et al. 2018)"),
+    ("sharpness_map", "Sharpness maps over filter-normalized planes"),
 )
 
 # The explorer's default address (`make explore`): the gallery links to it.

@@ -1,0 +1,266 @@
+"""Sharpness maps: the top Hessian eigenvalue at every point of a filter-normalized plane.
+
+Li et al. (2018) draw the loss over a 2-D filter-normalized plane through a trained network;
+their tool computes curvature with ARPACK point by point. Here lambda_max is mapped over the
+same kind of plane, beside the loss contours, for two networks on the bundled digits:
+
+- a ResNet-20 (shortcut A, batch norm in eval mode with its trained statistics) on a coarse
+  grid, and
+- a small fc-tanh MLP on a fine grid,
+
+each trained here first. Every point's lambda_max is one Lanczos run (`sharpness.on_plane`):
+on accelerators the points are batched through the engine; on CPU each point's run is stepped
+from Python through one compiled step (XLA:CPU runs a network's HVP several times slower
+inside a loop body). The summary gives, per network, the map's range, the sharpness at the
+centre beside a separate Lanczos run there, how sharpness and loss go together over the
+plane (Spearman rank correlation), and the time per point against one Lanczos at the centre
+in the same run.
+
+Run: make sharpness_map   (smoke: python -m studies.sharpness_map --quick).
+"""
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+import optax
+from matplotlib import colors
+
+from sandbox import checks, cli, data, engine, hessian, sharpness, surface, train
+from sandbox.models import fc, resnet
+
+NAME = "sharpness_map"
+NETWORKS = ("resnet", "mlp")
+CHUNK = 32  # points per compiled call of a batched map
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    depth: int = 20
+    epochs: int = 20
+    resnet_grid: int = 11
+    resnet_images: int = 128  # the loss and its Hessian over the first N training images
+    mlp_hidden: int = 32
+    mlp_steps: int = 500  # full-batch Adam steps
+    mlp_grid: int = 41
+    extent: float = 1.0  # the plane spans [-extent, extent]^2 in filter-normalized units
+    num_iters: int = 10  # Lanczos steps per point
+
+    def __post_init__(self):
+        resnet.check_depth(self.depth)
+        for name in ("epochs", "resnet_images", "mlp_hidden", "mlp_steps", "num_iters"):
+            checks.integer(name, getattr(self, name), minimum=1)
+        for name in ("resnet_grid", "mlp_grid"):
+            checks.integer(name, getattr(self, name), minimum=2)
+        checks.positive("extent", self.extent)
+
+
+QUICK = Config(depth=8, epochs=2, resnet_grid=3, resnet_images=32, mlp_steps=50, mlp_grid=5)
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+def resnet_problem(cfg: Config, ds: data.Dataset, folder: Path, progress: bool):
+    """(loss of the params, trained params): ResNet-(depth), batch norm in eval mode."""
+    model = resnet.ResNet(depth=cfg.depth, shortcut="A", num_classes=ds.num_classes)
+    tcfg = train.TrainConfig(epochs=cfg.epochs, seed=cfg.seed)
+    state, _ = train.fit(
+        model, ds, tcfg, workdir=folder / "resnet", keep_last=1, progress=progress,
+        label=f"ResNet-{cfg.depth}: ",
+    )  # fmt: skip
+    v = train.variables(state)
+    n = min(cfg.resnet_images, len(ds.y_train))
+    x, y = jnp.asarray(ds.x_train[:n]), jnp.asarray(ds.y_train[:n])
+    stats = v["batch_stats"]
+
+    def loss(params):
+        logits = model.apply({"params": params, "batch_stats": stats}, x, train=False)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    return loss, v["params"]
+
+
+def mlp_problem(cfg: Config, ds: data.Dataset):
+    """(loss of the params, trained params): fc-tanh 64-hidden-10, cross-entropy, full batch."""
+    x = jnp.asarray(ds.x_train.reshape(len(ds.y_train), -1))
+    y = jnp.asarray(ds.y_train)
+
+    def loss(params):
+        logits = fc.apply(params, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    params = fc.init(jax.random.key(cfg.seed), (x.shape[1], cfg.mlp_hidden, ds.num_classes))
+    tx = optax.adam(1e-2)
+
+    @jax.jit
+    def steps(params):
+        def step(carry, _):
+            p, s = carry
+            g = jax.grad(loss)(p)
+            u, s = tx.update(g, s, p)
+            return (optax.apply_updates(p, u), s), None
+
+        return jax.lax.scan(step, (params, tx.init(params)), None, length=cfg.mlp_steps)[0][0]
+
+    return loss, steps(params)
+
+
+# ----------------------------------------------------------------------------- compute
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra = np.argsort(np.argsort(a)).astype(np.float64)
+    rb = np.argsort(np.argsort(b)).astype(np.float64)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _point_losses(loss, params, d1, d2, xy):
+    """The loss at every point of the plane (one jitted, vmapped call in chunks)."""
+    one = _loss_one(loss)
+    return engine.map_chunks(one, xy, (params, d1, d2), batch=1, desc="loss", unit="point")
+
+
+def _loss_one(loss):
+    def one(ab, shared):
+        p, d1, d2 = shared
+        return loss(jax.tree.map(lambda w, u, v: w + ab[0] * u + ab[1] * v, p, d1, d2))
+
+    return one
+
+
+def map_one(name: str, loss, params, grid: int, cfg: Config, loop, batch) -> tuple[dict, dict]:
+    k1, k2, k3 = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), 7), 3)
+    d1 = surface.filter_normalized_direction(k1, params)
+    d2 = surface.filter_normalized_direction(k2, params)
+    xs = surface.axis(-cfg.extent, cfg.extent, grid, "extent")
+    xy = surface.plane_coords(xs, xs)
+    loss_G = np.asarray(_point_losses(loss, params, d1, d2, xy))
+    kw = dict(key=k3, num_iters=cfg.num_iters, batch=batch, loop=loop, chunk=CHUNK)
+    sharpness.on_plane(loss, params, d1, d2, xy[:1], **kw)  # compiles, outside the timing
+    start = time.perf_counter()
+    lam_G = sharpness.on_plane(loss, params, d1, d2, xy, **kw)
+    map_s = time.perf_counter() - start
+    hessian.top_eigenvalues(loss, params, 1, key=k3, num_iters=cfg.num_iters)  # compiled
+    start = time.perf_counter()
+    centre = float(
+        jax.block_until_ready(
+            hessian.top_eigenvalues(loss, params, 1, key=k3, num_iters=cfg.num_iters)
+        )[0]
+    )
+    centre_s = time.perf_counter() - start
+    c = len(xy) // 2  # odd grids have the centre point in the middle
+    arrays = {
+        f"{name}/xs": xs,
+        f"{name}/loss": loss_G.reshape(grid, grid),
+        f"{name}/lambda_max": lam_G.reshape(grid, grid),
+    }
+    summary = {
+        "grid": grid,
+        "params": int(sum(np.size(a) for a in jax.tree.leaves(params))),
+        "lambda_max_centre_map": float(lam_G[c]) if grid % 2 else None,
+        "lambda_max_centre_lanczos": centre,
+        "lambda_max_range": [float(np.min(lam_G)), float(np.max(lam_G))],
+        "negative_share": float(np.mean(lam_G <= 0)),
+        "spearman_loss_sharpness": _spearman(loss_G, lam_G),
+        "seconds_per_point": map_s / len(xy),
+        "seconds_centre_lanczos": centre_s,
+        "per_point_over_centre": (map_s / len(xy)) / centre_s,
+    }
+    return arrays, summary
+
+
+def compute(cfg: Config, out: Path, *, progress: bool = True) -> tuple[dict, dict]:
+    ds = data.digits_dataset(seed=cfg.seed)
+    arrays, summary = {}, {}
+    for name in engine.bar(NETWORKS, desc=NAME, unit="network"):
+        if name == "resnet":
+            loss, params = resnet_problem(cfg, ds, out / "networks", progress)
+            # One point at a time (vmapped weights make grouped convolutions), its Lanczos
+            # stepped from Python on CPU (`hessian.default_loop`).
+            grid, loop, batch = cfg.resnet_grid, None, 1
+        else:
+            loss, params = mlp_problem(cfg, ds)
+            # Matrix products only: every point of a chunk in one vmapped Lanczos loop.
+            grid, loop, batch = cfg.mlp_grid, "lax", None
+        a, s = map_one(name, loss, params, grid, cfg, loop, batch)
+        s["loop"] = loop or hessian.default_loop()
+        arrays |= a
+        summary[name] = s
+    summary["claims"] = {
+        f"{n}_centre_matches_a_separate_lanczos": summary[n]["lambda_max_centre_map"] is None
+        or abs(summary[n]["lambda_max_centre_map"] - summary[n]["lambda_max_centre_lanczos"])
+        <= 1e-3 * abs(summary[n]["lambda_max_centre_lanczos"])
+        for n in NETWORKS
+    }
+    return arrays, summary
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
+    fig, axes = plt.subplots(2, 2, figsize=(10, 8.4), layout="constrained")
+    titles = {"resnet": f"ResNet-{cfg.depth}", "mlp": f"fc-tanh MLP ({cfg.mlp_hidden} hidden)"}
+    for row, name in zip(axes, NETWORKS, strict=True):
+        xs = arrays[f"{name}/xs"]
+        z = np.log10(np.maximum(arrays[f"{name}/loss"], 1e-8))
+        cs = row[0].contourf(xs, xs, z, levels=20, cmap="viridis")
+        fig.colorbar(cs, ax=row[0], label="log10 training loss")
+        lam = arrays[f"{name}/lambda_max"]
+        pos = lam[lam > 0]
+        norm = colors.LogNorm(pos.min(), pos.max()) if len(pos) and pos.max() > pos.min() else None
+        im = row[1].pcolormesh(xs, xs, np.where(lam > 0, lam, np.nan), norm=norm, cmap="magma")
+        fig.colorbar(im, ax=row[1], label="λmax (log scale)")
+        row[1].contour(xs, xs, z, levels=8, colors="w", linewidths=0.5, alpha=0.6)
+        s = summary[name]
+        row[0].set(title=f"{titles[name]}: loss", xlabel="δ", ylabel="η", aspect="equal")
+        row[1].set(
+            title=f"{titles[name]}: λmax, {s['grid']} x {s['grid']}",
+            xlabel="δ (loss contours in white)",
+            ylabel="η",
+            aspect="equal",
+            xlim=(xs[0], xs[-1]),
+            ylim=(xs[0], xs[-1]),
+        )
+        for ax in row:
+            ax.plot(0, 0, "w*", ms=8, mec="k")
+    fig.suptitle("Sharpness maps over filter-normalized planes through trained networks")
+    return {"maps": fig}
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _parse(argv: Sequence[str] | None):
+    p = cli.study_parser(NAME, __doc__, quick_help="ResNet-8, 3 x 3 and 5 x 5 grids (seconds)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+@cli.command
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parse(argv)
+    cfg = QUICK if args.quick else Config()
+    out = cli.run_dir(args.out, NAME, args.quick)
+    out, cfg, _, summary = cli.run_study(
+        NAME, args, cfg, lambda c: compute(c, out, progress=not args.no_progress), plot, out=out
+    )
+    for name in NETWORKS:
+        s = summary[name]
+        print(
+            f"{NAME}: {name}: λmax from {s['lambda_max_range'][0]:.4g} to "
+            f"{s['lambda_max_range'][1]:.4g}; {s['seconds_per_point']:.2f} s per point, "
+            f"{s['per_point_over_centre']:.2f}x one Lanczos at the centre"
+        )
+    print(f"{NAME}: results in {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""studies/sharpness_map in --quick mode: the map's centre against a separate Lanczos run."""
+
+import json
+
+import numpy as np
+import pytest
+
+from studies import sharpness_map as sm
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sm")
+    sm.main(["--quick", "--out", str(folder), "--no-progress"])
+    summary = json.loads((folder / "summary.json").read_text())
+    with np.load(folder / "arrays.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    return folder, summary, arrays
+
+
+@pytest.mark.slow
+def test_quick_maps_and_figure(run):
+    folder, summary, arrays = run
+    for name, grid in (("resnet", sm.QUICK.resnet_grid), ("mlp", sm.QUICK.mlp_grid)):
+        assert arrays[f"{name}/lambda_max"].shape == (grid, grid)
+        assert arrays[f"{name}/loss"].shape == (grid, grid)
+    assert (folder / "maps.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_map_centre_is_the_top_eigenvalue_at_the_trained_point(run):
+    _, summary, arrays = run
+    # The map's middle point is the trained network itself: its lambda_max equals a
+    # separate hessian.top_eigenvalues run there (same start, same steps: rtol 1e-3 allows
+    # for the batched and stepped arithmetic of float32).
+    for name in sm.NETWORKS:
+        s = summary[name]
+        np.testing.assert_allclose(
+            s["lambda_max_centre_map"], s["lambda_max_centre_lanczos"], rtol=1e-3
+        )
+        assert summary["claims"][f"{name}_centre_matches_a_separate_lanczos"]
+        # The trained point is the plane's minimum of the loss (an MLP trained to
+        # convergence, and the ResNet near its end of training).
+        loss = arrays[f"{name}/loss"]
+        assert loss[loss.shape[0] // 2, loss.shape[1] // 2] == loss.min()
+
+
+def test_bad_command_line_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        sm.main(["--quick", "--out", str(tmp_path), "--seed", "-3"])
+    assert e.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
