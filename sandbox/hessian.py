@@ -765,3 +765,57 @@ def density_curve(nodes, weights, grid, sigma: float) -> np.ndarray:
     z_GxPxm = (grid_G[:, None, None] - nodes_Pxm[None]) / sigma
     gauss_GxPxm = np.exp(-0.5 * z_GxPxm**2) / (sigma * np.sqrt(2 * np.pi))
     return np.sum(gauss_GxPxm * weights_Pxm[None], axis=(1, 2)) / nodes_Pxm.shape[0]
+
+
+# The SLQ nodes that carry at least this share of the spectral measure stand for the bulk
+# (with n parameters, a node of weight w stands for about w n eigenvalues: 1e-3 of 0.85 M
+# is about 850, far more than a handful of outliers).
+BULK_WEIGHT = 1e-3
+
+
+def bulk_edge(nodes, weights, *, min_weight: float = BULK_WEIGHT) -> float:
+    """The top of the bulk of the spectrum: the largest SLQ node (`density`) whose weight is
+    at least `min_weight`. Outlier eigenvalues (Papyan 2019) lie above it; their own SLQ
+    weights are about 1/n each, far below `min_weight`."""
+    nodes_Pxm = np.asarray(nodes, np.float64)
+    weights_Pxm = np.asarray(weights, np.float64)
+    if nodes_Pxm.shape != weights_Pxm.shape or nodes_Pxm.ndim != 2:
+        raise ValueError(
+            f"`nodes` and `weights` must have the same shape [P, m], got {nodes_Pxm.shape} "
+            f"and {weights_Pxm.shape}"
+        )
+    if not 0 < min_weight < 1:
+        raise ValueError(f"`min_weight` must be in (0, 1), got {min_weight!r}")
+    heavy = nodes_Pxm[weights_Pxm >= min_weight]
+    return float(np.max(heavy))
+
+
+def outliers(top_values, nodes, weights, num_classes: int, *, min_weight: float = BULK_WEIGHT):
+    """The outlier spectrum of a classifier's Hessian (Papyan 2019; Ghorbani et al. 2019).
+
+    Args:
+      top_values: the top eigenvalues, descending (e.g. `top_eigenvalues` with k >= 2C).
+      nodes, weights: an SLQ run (`density`) of the same Hessian, for the bulk's edge.
+      num_classes: C; theory: about C outliers above the bulk.
+      min_weight: see `bulk_edge`.
+
+    Returns:
+      {"bulk_edge", "count" (top values above the edge; at most len(top_values)),
+      "count_capped" (all of top_values lie above the edge), "gap_ratio_C" (lambda_C /
+      lambda_{C+1}, None when fewer than C + 1 values), "top": the values}.
+    """
+    top = np.asarray(top_values, np.float64)
+    if top.ndim != 1 or not len(top) or np.any(np.diff(top) > 0):
+        raise ValueError("`top_values` must be a non-empty descending 1-D array")
+    checks.integer("num_classes", num_classes, minimum=1)
+    edge = bulk_edge(nodes, weights, min_weight=min_weight)
+    count = int(np.sum(top > edge))
+    c = num_classes
+    gap = float(top[c - 1] / top[c]) if len(top) > c and top[c] > 0 else None
+    return {
+        "bulk_edge": edge,
+        "count": count,
+        "count_capped": count == len(top),
+        "gap_ratio_C": gap,
+        "top": [float(v) for v in top],
+    }

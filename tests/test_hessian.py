@@ -477,3 +477,27 @@ def test_more_steps_or_eigenvalues_than_the_block_has_are_refused(key):
         hessian.top_eigenvalues(_mlp_loss, _params64(), 10, key=key, mask=mask)
     with pytest.raises(ValueError, match="`num_iters`"):
         hessian.blocks(_mlp_loss, _params64(), _BLOCKS, key=key, num_iters=10)
+
+
+def test_outliers_of_a_spiked_spectrum():
+    # A diagonal "Hessian" with a bulk uniform on [0, 1] (n = 2000) and C = 5 outliers at
+    # 10..50: SLQ's heavy nodes stay in the bulk, so the edge is <= 1, exactly the 5
+    # outliers lie above it, and lambda_C / lambda_{C+1} = 10 / (the bulk's top, ~1).
+    rng = np.random.default_rng(0)
+    eig = np.concatenate([[50.0, 40.0, 30.0, 20.0, 10.0], rng.uniform(0, 1, 1995)])
+
+    def loss(w):
+        return 0.5 * jnp.sum(jnp.asarray(eig, w.dtype) * w**2)
+
+    w = jnp.zeros(len(eig), jnp.float32)
+    key = jax.random.key(0)
+    top = hessian.top_eigenvalues(loss, w, 12, key=key, num_iters=40, loop="lax")
+    nodes, weights = hessian.density(loss, w, key=key, num_probes=2, num_iters=30, loop="lax")
+    out = hessian.outliers(top, nodes, weights, 5)
+    assert 0.9 < out["bulk_edge"] <= 1.0 + 1e-5
+    assert out["count"] == 5 and not out["count_capped"]
+    # The bulk's top converges slowly in Lanczos (a dense edge): lambda_6 within 1% after 40
+    # steps.
+    assert out["gap_ratio_C"] == pytest.approx(10 / np.sort(eig)[-6], rel=1e-2)
+    with pytest.raises(ValueError, match="`top_values`"):
+        hessian.outliers(top[::-1], nodes, weights, 5)
