@@ -85,6 +85,12 @@ def chosen_config(args: argparse.Namespace, config: Any, quick: Any, paper: Any)
     return quick if args.quick else paper if args.scale == "paper" else config
 
 
+def given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    """{name: value} for each option of `names` given on the command line (not None): the
+    config fields a study's flags override (`dataclasses.replace(cfg, **given(...))`)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
 def parse_study_args(
     name: str, argv: Sequence[str] | None, doc: str | None = None
 ) -> argparse.Namespace:

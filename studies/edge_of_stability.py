@@ -337,9 +337,7 @@ def parse_args(argv: Sequence[str] | None):
 def config_of(args) -> Config:
     cfg = QUICK if args.quick else Config()
     changes = {"data": "cifar10"} if args.data_dir is not None else {}
-    for name in ("data", "train_size", "steps", "every"):
-        if getattr(args, name) is not None:
-            changes[name] = getattr(args, name)
+    changes |= cli.given(args, ("data", "train_size", "steps", "every"))
     if args.lrs is not None:
         changes["gd_lrs"] = _floats(args.lrs)
     if args.optimizers is not None:

@@ -299,7 +299,7 @@ def _plot_plane(arrays, cfg):
 
 
 def _parse(argv: Sequence[str] | None):
-    p = cli.study_parser(NAME, __doc__, quick_help="ResNet-8 for 2 epochs (seconds)")
+    p = cli.study_parser(NAME, __doc__, quick_help="ResNet-8 pairs on 512 images (about a minute)")
     p.add_argument("--data", default=None, help=f"one of {', '.join(data.NAMES)}")
     p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (else $CIFAR10_DIR)")
     p.add_argument("--depth", type=int, default=None, help="6n + 2: 20, 32, 44, 56, 110")
@@ -313,17 +313,7 @@ def _parse(argv: Sequence[str] | None):
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(argv)
     cfg = QUICK if args.quick else Config()
-    overrides = {
-        k: v
-        for k, v in {
-            "data": args.data,
-            "depth": args.depth,
-            "epochs": args.epochs,
-            "bend_steps": args.bend_steps,
-        }.items()
-        if v is not None
-    }
-    cfg = dataclasses.replace(cfg, **overrides)
+    cfg = dataclasses.replace(cfg, **cli.given(args, ("data", "depth", "epochs", "bend_steps")))
     out = cli.run_dir(args.out, NAME, args.quick)
     out, cfg, _, summary = cli.run_study(
         NAME, args, cfg,

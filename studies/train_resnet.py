@@ -213,22 +213,9 @@ def _parse(argv: Sequence[str] | None):
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(argv)
     cfg = QUICK if args.quick else Config()
-    overrides = {
-        k: v
-        for k, v in {
-            "seed": args.seed,
-            "data": args.data,
-            "depth": args.depth,
-            "shortcut": args.shortcut,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "optimizer": args.optimizer,
-            "pair": args.pair,
-            "precision": args.precision,
-        }.items()
-        if v is not None
-    }
-    cfg = dataclasses.replace(cfg, **overrides)
+    names = ("seed", "data", "depth", "shortcut", "epochs", "batch_size", "optimizer", "pair",
+             "precision")  # fmt: skip
+    cfg = dataclasses.replace(cfg, **cli.given(args, names))
     # A bfloat16 run is another run (its checkpoints say so): by default a folder of its own.
     folder = NAME if cfg.precision == "float32" else f"{NAME}-{cfg.precision}"
     out = cli.run_dir(args.out, folder, args.quick)
