@@ -47,12 +47,12 @@ class Config:
     train_size: int | None = None  # the first N training (and N / 4 test) images; None: all
     depth: int = 20
     shortcuts: tuple[str, ...] = ("A", "none")
-    epochs: int = 20
+    epochs: int = 15
     batch_size: int = 128
-    bend_steps: int = 400
+    bend_steps: int = 300
     bend_lr: float = 0.05
-    num_t: int = 17
-    grid: int = 9  # the plane's grid is grid x grid points
+    num_t: int = 13
+    grid: int = 7  # the plane's grid is grid x grid points
     margin: float = 0.25  # the plane extends this share of its span beyond the points
     chunk: int = 4  # points per compiled evaluation
 
