@@ -19,6 +19,19 @@ trained alike (sandbox.train: SGD with Nesterov momentum, cosine schedule) on th
   |lambda_min / lambda_max|;
 - surface statistics (sandbox.surface.surface_stats): the area below the loss of a uniform
   guess, grid-local minima, the fraction of the plane where the surface is non-convex.
+- per-stage (block) Hessians: lambda_max, lambda_min and the trace of the sub-Hessian of the
+  stem, each of the three stages and the classifier head (`hessian.blocks`), over the first
+  `spectrum_images` training images;
+- the outlier spectrum (Papyan 2019, Ghorbani et al. 2019): the top 2C eigenvalues (C
+  classes) of the same Hessian against the top of its bulk, the largest node of a
+  stochastic Lanczos quadrature that carries at least 0.1% of the spectral weight
+  (`hessian.outliers`): how many lie above it (theory: about C) and lambda_C / lambda_C+1;
+- a closer view of the network without shortcuts, its plane over [-zoom, zoom]^2.
+
+Figures: the contours share one log scale for both networks, clipped at PLOT_CAP (noted on
+the figure); the 3-D surfaces each use their own range, so the plain network's ridges show
+instead of a plate at the clip; zoom_none.png is the close view, spectrum.png the per-stage
+table and the density with the top 2C eigenvalues and the bulk edge.
 
 summary.json compares the two networks on each of these and says, claim by claim, whether
 the shortcuts made the landscape smoother here.
@@ -96,16 +109,30 @@ class Config:
     # Hessian.
     hessian_images: int = 256
     lanczos_iters: int = 16  # the run takes twice as many: the second half checks convergence
+    # Per-stage (block) Hessians and the outlier spectrum, over the first `spectrum_images`
+    # training images.
+    spectrum_images: int = 64
+    block_iters: int = 10  # Lanczos steps per block
+    block_probes: int = 8  # Hutchinson probes per block
+    outlier_iters: int = 48  # Lanczos steps for the top 2C eigenvalues (checked at half)
+    slq_probes: int = 2
+    slq_iters: int = 32
+    # A closer view of the network without shortcuts: its plane over [-zoom, zoom]^2.
+    zoom_extent: float = 0.2
+    zoom_grid: int = 9
 
     def __post_init__(self):
         if self.data not in data.NAMES:
             raise ValueError(f"`data` must be one of {', '.join(data.NAMES)}, got {self.data!r}")
         resnet.check_depth(self.depth)
-        for name in ("grid", "pca_grid", "interp_points"):
+        for name in ("grid", "pca_grid", "interp_points", "zoom_grid"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 3 or v % 2 == 0:
                 raise ValueError(f"`{name}` must be an odd integer >= 3, got {v!r}")
-        for name in ("epochs", "checkpoint_every", "hessian_images", "lanczos_iters"):
+        for name in (
+            "epochs", "checkpoint_every", "hessian_images", "lanczos_iters", "spectrum_images",
+            "block_iters", "block_probes", "outlier_iters", "slq_probes", "slq_iters",
+        ):  # fmt: skip
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {v!r}")
@@ -115,6 +142,7 @@ class Config:
                 "give fewer than 3 checkpoints: the PCA path needs at least 3 for 2 directions"
             )
         surface.axis(-self.extent, self.extent, self.grid, "extent")
+        surface.axis(-self.zoom_extent, self.zoom_extent, self.zoom_grid, "zoom_extent")
         surface.axis(*self.interp_range, self.interp_points, "interp_range")
         if not self.pca_margin >= 1:
             raise ValueError(f"`pca_margin` must be >= 1, got {self.pca_margin}")
@@ -146,6 +174,12 @@ QUICK = Config(
     surface_images=256,
     hessian_images=64,
     lanczos_iters=6,
+    spectrum_images=32,
+    block_iters=4,
+    block_probes=2,
+    outlier_iters=24,
+    slq_iters=12,
+    zoom_grid=3,
 )
 
 
@@ -175,6 +209,56 @@ def _hessian_edges(model, variables, x, y, key, iters) -> dict:
         "relative_change": e["relative_change"],
         "converged": e["converged"],
         "lanczos_iters": e["lanczos_iters"],
+    }
+
+
+# The blocks of the per-stage table: parameter paths of models/resnet.py.
+STAGE_BLOCKS = {
+    "stem": lambda path: path.startswith("stem"),
+    "stage1": lambda path: path.startswith("stage1_"),
+    "stage2": lambda path: path.startswith("stage2_"),
+    "stage3": lambda path: path.startswith("stage3_"),
+    "head": lambda path: path.startswith("head"),
+}
+
+
+def _spectrum(model, variables, x, y, key, cfg: Config, num_classes: int) -> dict:
+    """Per-stage lambda_max and trace (`hessian.blocks`) and the outlier spectrum (top 2C
+    eigenvalues against the SLQ bulk edge, `hessian.outliers`) of the eval-mode loss."""
+    stats = variables["batch_stats"]
+    params = variables["params"]
+
+    def loss(p):
+        logits = model.apply({"params": p, "batch_stats": stats}, x, train=False)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    kb, ko, ks = jax.random.split(key, 3)
+    masks = {name: hessian.block_mask(params, sel) for name, sel in STAGE_BLOCKS.items()}
+    blocks = hessian.blocks(
+        loss, params, masks, key=kb, num_iters=cfg.block_iters, num_probes=cfg.block_probes
+    )
+    k = 2 * num_classes
+    alpha, beta = hessian.tridiagonal(loss, params, key=ko, num_iters=cfg.outlier_iters)
+    top = hessian.ritz_values(alpha, beta)[:k]
+    half = cfg.outlier_iters // 2
+    top_half = hessian.ritz_values(alpha[:half], beta[: half - 1])[:k]
+    nodes, weights = hessian.density(
+        loss, params, key=ks, num_probes=cfg.slq_probes, num_iters=cfg.slq_iters
+    )
+    out = hessian.outliers(top, nodes, weights, num_classes)
+    # Which of the top 2C moved by less than CONVERGED when the Lanczos steps doubled.
+    moved = np.abs(top - np.pad(top_half, (0, k - len(top_half)), constant_values=np.nan))
+    out["converged"] = int(np.sum(moved < CONVERGED * np.abs(top)))
+    out["num_classes"] = num_classes
+    out["bulk_edge_definition"] = (
+        f"largest SLQ node with weight >= {hessian.BULK_WEIGHT:g} ({cfg.slq_probes} probes x "
+        f"{cfg.slq_iters} steps)"
+    )
+    return {
+        "images": len(y),
+        "blocks": blocks,
+        "outliers": out,
+        "density": {"nodes": np.asarray(nodes), "weights": np.asarray(weights)},
     }
 
 
@@ -277,11 +361,23 @@ def compute_one(
     keep = cfg.checkpoint_epochs()
     pca_arrays, pca = _pca_plane(model, trained, workdir / "checkpoints", keep, cfg, x, y, kw)
 
+    zoom_arrays = {}
+    if shortcut == "none":  # the chaotic one: a closer look near its centre
+        zs = surface.axis(-cfg.zoom_extent, cfg.zoom_extent, cfg.zoom_grid, "zoom_extent")
+        zoom = surface.plane(model, trained, d1, d2, zs, zs, x, y, **kw)
+        zoom_arrays = {"zoom_xs_X": zs, "zoom_loss_YxX": zoom.loss}
+
     t0 = time.perf_counter()
     nh = min(cfg.hessian_images, len(ds.x_train))
     xh, yh = jnp.asarray(ds.x_train[:nh]), jnp.asarray(ds.y_train[:nh])
     edges = _hessian_edges(model, trained, xh, yh, kh, cfg.lanczos_iters)
     hessian_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ns = min(cfg.spectrum_images, len(ds.x_train))
+    xsp, ysp = jnp.asarray(ds.x_train[:ns]), jnp.asarray(ds.y_train[:ns])
+    spectrum = _spectrum(model, trained, xsp, ysp, kh, cfg, ds.num_classes)
+    density = spectrum.pop("density")
+    spectrum_s = time.perf_counter() - t0
 
     c = cfg.grid // 2
     arrays = {
@@ -292,6 +388,10 @@ def compute_one(
         "slice_d2_Y": main.loss[:, c],
         **interp_arrays,
         **pca_arrays,
+        **zoom_arrays,
+        "slq_nodes_Pxm": density["nodes"],
+        "slq_weights_Pxm": density["weights"],
+        "top_2C": np.asarray(spectrum["outliers"]["top"]),
         "test_acc_E": hist.test_acc_E,
         "train_loss_E": hist.train_loss_E,
     }
@@ -310,11 +410,13 @@ def compute_one(
         "interpolation": interp,
         "pca": pca,
         "hessian": {**edges, "images": nh},
+        "spectrum": spectrum,
         "trained_in": str(workdir),
         "wall_s": {
             "train_session": round(train_s, 1),
             "plane": round(plane_s, 1),
             "hessian": round(hessian_s, 1),
+            "spectrum": round(spectrum_s, 1),
         },
         "surface_images": n,
     }
@@ -393,6 +495,15 @@ def compute(
         arrays.update({f"{shortcut}/{k}": v for k, v in a.items()})
         summary[shortcut] = s
     summary["smoother_with_shortcuts"] = compare(summary)
+    summary["outlier_spectrum"] = {
+        s: {
+            "outliers_above_bulk": summary[s]["spectrum"]["outliers"]["count"],
+            "num_classes": ds.num_classes,
+            "gap_ratio_C": summary[s]["spectrum"]["outliers"]["gap_ratio_C"],
+            "claim": "about C outliers above the bulk (Papyan 2019)",
+        }
+        for s in SHORTCUTS
+    }
     summary["data"] = {"name": ds.name, "train": len(ds.x_train), "test": len(ds.x_test)}
     summary["grid"] = f"{cfg.grid} x {cfg.grid} on [-{cfg.extent}, {cfg.extent}]^2"
     return arrays, summary
@@ -453,18 +564,89 @@ def _contours_figure(arrays, cfg, summary, titles, levels, capped):
             aspect="equal",
         )
     _colorbar(fig, cs, axes, levels, f"training loss, log scale{capped}")
+    if capped:
+        top = max(float(np.nanmax(_finite(arrays[f"{s}/loss_YxX"]))) for s in SHORTCUTS)
+        fig.text(
+            0.01, 0.01, f"one scale for both; losses above {PLOT_CAP:g} drawn in the top colour "
+            f"(largest {top:.3g})", fontsize=7,
+        )  # fmt: skip
     return fig
 
 
-def _surface3d_figure(arrays, cfg, summary, titles, levels, capped):
-    """Both planes in 3-D, log10 loss on one scale."""
+def _zoom_figure(arrays, cfg, summary, titles, levels, capped):
+    """The network without shortcuts near its centre: contours and 3-D on its own scale."""
+    xs = arrays["none/zoom_xs_X"]
+    z = arrays["none/zoom_loss_YxX"]
+    own = _own_levels(z, 20)
     fig = plt.figure(figsize=(plotting.FULL, 3.2), layout="constrained")
-    zlo, zhi = np.log10(levels[0]), np.log10(levels[-1])
+    ax = fig.add_subplot(1, 2, 1)
+    cs = _contours(fig, ax, xs, xs, z, own)
+    ax.plot(0, 0, "w*", ms=8, mec="k")
+    ax.set(
+        xlabel="δ", ylabel="η", aspect="equal",
+        title=f"{titles['none']}, |δ|, |η| ≤ {cfg.zoom_extent:g}",
+    )  # fmt: skip
+    _colorbar(fig, cs, ax, own, "training loss (own scale)")
+    ax3 = fig.add_subplot(1, 2, 2, projection="3d")
+    X, Y = np.meshgrid(xs, xs)
+    ax3.plot_surface(X, Y, np.log10(_shown(z, own).filled(np.nan)), cmap="viridis", linewidth=0)
+    ax3.set(xlabel="δ", ylabel="η", zlabel="log10 loss", title="near the centre, 3-D")
+    return fig
+
+
+def _spectrum_figure(arrays, cfg, summary, titles, levels, capped):
+    """Per-stage lambda_max and trace, and the SLQ density with the top 2C eigenvalues."""
+    fig, (ax_l, ax_t, ax_d) = plt.subplots(1, 3, figsize=(plotting.FULL, 3.0), layout="constrained")
+    names = list(STAGE_BLOCKS)
+    width = 0.38
     for i, s in enumerate(SHORTCUTS):
+        b = summary[s]["spectrum"]["blocks"]
+        pos = np.arange(len(names)) + (i - 0.5) * width
+        ax_l.bar(pos, [b[n]["lambda_max"] for n in names], width, color=f"C{i}", label=titles[s])
+        ax_t.bar(pos, [b[n]["trace"] for n in names], width, color=f"C{i}", label=titles[s])
+        nodes, weights = arrays[f"{s}/slq_nodes_Pxm"], arrays[f"{s}/slq_weights_Pxm"]
+        top = arrays[f"{s}/top_2C"]
+        hi = float(max(np.max(nodes), np.max(top)))
+        lo = float(min(np.min(nodes), 0.0))
+        grid = np.linspace(lo, hi * 1.05, 400)
+        dens = hessian.density_curve(nodes, weights, grid, sigma=max((hi - lo) / 200, 1e-6))
+        ax_d.semilogy(grid, np.maximum(dens, 1e-12), color=f"C{i}", lw=1, label=titles[s])
+        ax_d.plot(top, np.full_like(top, 1e-11), "|", color=f"C{i}", ms=10)
+        edge = summary[s]["spectrum"]["outliers"]["bulk_edge"]
+        ax_d.axvline(edge, color=f"C{i}", ls="--", lw=0.8)
+    for ax, title in ((ax_l, "λmax per block"), (ax_t, "trace per block")):
+        ax.set_xticks(range(len(names)), names, rotation=30)
+        ax.set(title=title, yscale="symlog")
+    ax_l.legend(fontsize=7)
+    ax_d.set(
+        xlabel="eigenvalue", ylabel="SLQ density", ylim=(1e-12, None),
+        title="top 2C (ticks), bulk edge (dashed)",
+    )  # fmt: skip
+    return fig
+
+
+def _own_levels(z: np.ndarray, n: int = 25) -> np.ndarray:
+    """Log-spaced levels over one surface's own finite range, not clipped."""
+    z = np.asarray(z, np.float64)
+    z = z[np.isfinite(z) & (z > 0)]
+    if not len(z):
+        return np.geomspace(1e-3, PLOT_CAP, n)
+    lo, hi = float(np.min(z)), float(np.max(z))
+    return np.geomspace(lo, max(hi, lo * 1.01), n)
+
+
+def _surface3d_figure(arrays, cfg, summary, titles, levels, capped):
+    """Both planes in 3-D, log10 loss, each over its own range (the shared, clipped scale
+    is the contour figure's): without shortcuts the loss spans ten decades, and a shared
+    clip at PLOT_CAP would flatten it into a plate."""
+    fig = plt.figure(figsize=(plotting.FULL, 3.2), layout="constrained")
+    for i, s in enumerate(SHORTCUTS):
+        own = _own_levels(arrays[f"{s}/loss_YxX"])
+        zlo, zhi = np.log10(own[0]), np.log10(own[-1])
         ax = fig.add_subplot(1, 2, i + 1, projection="3d")
         xs = arrays[f"{s}/xs_X"]
         X, Y = np.meshgrid(xs, xs)
-        Z = np.log10(_shown(arrays[f"{s}/loss_YxX"], levels).filled(np.nan))
+        Z = np.log10(_shown(arrays[f"{s}/loss_YxX"], own).filled(np.nan))
         ax.plot_surface(
             X,
             Y,
@@ -480,7 +662,7 @@ def _surface3d_figure(arrays, cfg, summary, titles, levels, capped):
             xlabel="δ",
             ylabel="η",
             zlabel="log10 loss",
-            title=titles[s] + capped,
+            title=f"{titles[s]}: loss {own[0]:.3g} to {own[-1]:.3g} (own scale)",
             zlim=(zlo, zhi),
             xticks=[-cfg.extent, 0, cfg.extent],
             yticks=[-cfg.extent, 0, cfg.extent],
@@ -552,7 +734,10 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
         "surface3d": _surface3d_figure,
         "slices": _slices_figure,
         "pca_path": _pca_path_figure,
+        "spectrum": _spectrum_figure,
     }
+    if "none/zoom_loss_YxX" in arrays:
+        figures["zoom_none"] = _zoom_figure
     with plt.style.context(plotting.STYLE):
         return {
             name: draw(arrays, cfg, summary, titles, levels, capped)

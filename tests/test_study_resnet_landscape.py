@@ -43,10 +43,10 @@ def test_the_networks_train_resnet_trained_are_reused(run, networks):
 
 def test_the_run_folder_holds_every_figure(run):
     out, _, _, _ = run
-    for name in ("contours", "surface3d", "slices", "pca_path"):
+    for name in ("contours", "surface3d", "slices", "pca_path", "spectrum", "zoom_none"):
         assert (out / f"{name}.png").stat().st_size > 10_000, name
     stores = sorted((out / "cells").iterdir())  # every surface's store, for a resumed run
-    assert len(stores) == 2 * 3
+    assert len(stores) == 2 * 3 + 1  # main, interpolation, PCA planes; the zoom (none)
     for store in stores:
         meta = json.loads((store / "engine.json").read_text())
         assert len(list((store / "done").iterdir())) == -(-meta["n"] // meta["chunk"])
@@ -132,3 +132,32 @@ def test_bad_input_is_one_line_and_exit_status_2(args, message, tmp_path):
     assert p.returncode == 2
     assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert not json.dumps(p.stderr).count("Traceback")
+
+
+def test_stage_blocks_interlace_with_the_whole_hessian(run):
+    # Cauchy interlacing: a principal sub-matrix's largest eigenvalue is at most the whole
+    # matrix's (the top of the 2C run over the same images); Lanczos values approach both
+    # from below, so 1% slack allows for a block's run converging further than the whole's.
+    _, _, _, summary = run
+    for s in study.SHORTCUTS:
+        spec = summary[s]["spectrum"]
+        top = spec["outliers"]["top"][0]
+        assert set(spec["blocks"]) == set(study.STAGE_BLOCKS)
+        for name, b in spec["blocks"].items():
+            assert b["lambda_max"] <= 1.01 * top, (s, name)
+            assert b["size"] > 0
+        assert sum(b["size"] for b in spec["blocks"].values()) == summary[s]["params"]
+        out = spec["outliers"]
+        assert out["num_classes"] == 10 and len(out["top"]) == 20
+        assert 0 <= out["count"] <= 20
+
+
+def test_the_zoom_is_the_main_plane_near_its_centre(run):
+    # The zoomed plane shares the main plane's directions: its centre is the same point,
+    # the trained network (equal to float32 rounding of two compiled programs, rtol 1e-5).
+    _, _, arrays, _ = run
+    z = arrays["none/zoom_loss_YxX"]
+    main = arrays["none/loss_YxX"]
+    assert z.shape == (study.QUICK.zoom_grid,) * 2
+    c, cz = main.shape[0] // 2, z.shape[0] // 2
+    np.testing.assert_allclose(z[cz, cz], main[c, c], rtol=1e-5)
