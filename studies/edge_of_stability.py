@@ -103,8 +103,8 @@ class Config:
 
 
 QUICK = Config(
-    train_size=512, hidden=(64, 64), gd_lrs=(0.12, 0.15), steps=300, every=10, flow_lr=0.025,
-    flow_steps=1200, momentum_lr=0.15, adam_lr=0.004, num_iters=12,
+    train_size=512, hidden=(64, 64), gd_lrs=(0.12, 0.15), steps=300, every=10, flow_lr=0.05,
+    flow_steps=600, momentum_lr=0.15, adam_lr=0.004, num_iters=12,
 )  # fmt: skip
 
 
