@@ -26,7 +26,7 @@ which the loss rose, and the final loss and accuracy; `claims` checks each again
 
 Run: make edge_of_stability   (smoke: python -m studies.edge_of_stability --quick). The
 default took 10.2 minutes of wall time on a 2-core CPU (AVX-512) while other jobs kept both
-cores busy (5.9 minutes of CPU time); --quick about 35 s.
+cores busy (5.9 minutes of CPU time); --quick about 25 s.
 """
 
 import dataclasses
