@@ -17,9 +17,15 @@ without shortcuts. For each pair:
   far below the line's;
 - the training loss over the plane through w1, w2 and theta with both paths drawn on it.
 
+Measured (digits, seed 0, ResNet-20, 15 epochs, 300 bend steps): shortcut A, both ends at
+train loss 0.003 and test accuracy 97.2% / 98.3%; barrier of the training loss 1.199 along the
+line (test accuracy down to 54%) against 0.054 along the curve (96.1%); without shortcuts
+2.462 (12.5%) against 0.044 (95.5%): the curve's barrier is 4.5% and 1.8% of the line's.
+
 Run: make mode_connectivity   (smoke: python -m studies.mode_connectivity --quick). The
 networks are trained into <out>/networks/ and reused by later runs with the same settings.
-The default took about 9 minutes on a 2-core CPU with other jobs running; --quick seconds.
+The default took 8 min 47 s on a 2-core CPU (AVX-512, 13.2 CPU-minutes); --quick about a
+minute.
 """
 
 import dataclasses
@@ -288,8 +294,12 @@ def _plot_plane(arrays, cfg):
         ax.scatter(pts[2:, 0], pts[2:, 1], color="C3", marker="x", zorder=5, s=50, label="bend θ")
         ax.annotate("w1", pts[0], textcoords="offset points", xytext=(5, 5), color="w")
         ax.annotate("w2", pts[1], textcoords="offset points", xytext=(5, 5), color="w")
-        ax.set(title=f"shortcut {s}" if s != "none" else "no shortcut", xlabel="u", ylabel="v")
-        ax.set_aspect("equal")
+        # Not to scale: the bend lies a few units off a line some 50 units long.
+        ax.set(
+            title=f"shortcut {s}" if s != "none" else "no shortcut",
+            xlabel="u: along w2 − w1",
+            ylabel="v: towards the bend (stretched)",
+        )
         ax.legend(fontsize="small", loc="upper right")
     fig.suptitle("Training loss on the plane through w1, w2 and the bend")
     return fig
