@@ -16,7 +16,14 @@ centre beside a separate Lanczos run there, how sharpness and loss go together o
 plane (Spearman rank correlation), and the time per point against one Lanczos at the centre
 in the same run.
 
-Run: make sharpness_map   (smoke: python -m studies.sharpness_map --quick).
+Measured (digits, seed 0): ResNet-20 (20 epochs, loss over 128 images, 11 x 11, 10 Lanczos
+steps per point): lambda_max 2.78 at the trained point rising to 12,533 at the plane's edge,
+rank correlation with the loss 0.73, 1.49 s per point (one after another) against 2.96 s
+for one Lanczos run at the centre; the MLP (41 x 41, batched 32 points per call): 0.079 to
+10.0, rank correlation 0.89, 3.7 ms per point against 24 ms for one run at the centre
+(0.15x: the batching's gain). The default took 4 min 9 s on a 2-core CPU (AVX-512).
+
+Run: make sharpness_map   (smoke: python -m studies.sharpness_map --quick, about a minute).
 """
 
 import dataclasses
