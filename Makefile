@@ -9,9 +9,9 @@ STAMP := $(VENV)/.installed
 export MPLBACKEND := agg
 export PYTHONPATH := $(CURDIR)
 
-STUDIES := gradient descent convex local_minima saddle normalization initialization learning_rate fractal edge_of_stability momentum optimizers train_resnet resnet_landscape
+STUDIES := gradient descent convex local_minima saddle normalization initialization learning_rate fractal momentum optimizers train_resnet resnet_landscape
 # Studies beyond the lecture, each up to about 10 minutes on 2 cores: `make research`.
-RESEARCH := mode_connectivity sharpness_map
+RESEARCH := edge_of_stability mode_connectivity sharpness_map
 
 .PHONY: explore fractal-paper resnet56 setup test test-all test-x64 lint format studies research quick figures report bench clean $(STUDIES) $(RESEARCH)
 

@@ -111,7 +111,7 @@ class Config:
     lanczos_iters: int = 16  # the run takes twice as many: the second half checks convergence
     # Per-stage (block) Hessians and the outlier spectrum, over the first `spectrum_images`
     # training images.
-    spectrum_images: int = 64
+    spectrum_images: int = 32
     block_iters: int = 10  # Lanczos steps per block
     block_probes: int = 8  # Hutchinson probes per block
     outlier_iters: int = 48  # Lanczos steps for the top 2C eigenvalues (checked at half)
@@ -119,7 +119,7 @@ class Config:
     slq_iters: int = 32
     # A closer view of the network without shortcuts: its plane over [-zoom, zoom]^2.
     zoom_extent: float = 0.2
-    zoom_grid: int = 9
+    zoom_grid: int = 7
 
     def __post_init__(self):
         if self.data not in data.NAMES:
