@@ -21,6 +21,7 @@ import argparse
 import time
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -56,7 +57,13 @@ def main(argv=None) -> None:
 
     train = jax.jit(lambda p: lax.scan(gd, p, None, length=steps)[0])
     block = jax.jit(lambda p: lax.scan(gd, p, None, length=every)[0])
-    top = jax.jit(lambda p, key: sharpness._top(loss, p, None, key, 1, iters))
+    flat = jax.flatten_util.ravel_pytree(params)[0]
+
+    @jax.jit
+    def top(p, key):  # the start vector `track` draws for the same check
+        v0 = jax.random.normal(key, flat.shape, flat.dtype)
+        return sharpness._top(loss, p, None, v0, 1, iters)
+
     key = jax.random.key(1)
 
     def tracked():

@@ -176,18 +176,16 @@ def along(
     ts_T = np.asarray(ts, dtype=np.asarray(jax.tree.leaves(w1)[0]).dtype)
     if ts_T.ndim != 1 or len(ts_T) == 0 or not np.all(np.isfinite(ts_T)):
         raise ValueError(f"`ts` must be a non-empty 1-D array of finite values, got {ts!r}")
-    one = _along_one(metrics, bend is None)
     return engine.map_chunks(
-        one, ts_T, (w1, w2, bend), chunk=chunk, batch=batch, store=store, desc="path",
-        unit="point",
+        _along_one(metrics), ts_T, (w1, w2, bend), chunk=chunk, batch=batch, store=store,
+        desc="path", unit="point",
     )  # fmt: skip
 
 
 @functools.lru_cache(maxsize=8)
-def _along_one(metrics: Callable, straight: bool) -> Callable:
+def _along_one(metrics: Callable) -> Callable:
     def one(t, shared):
-        w1, w2, bend = shared
-        return metrics(linear(t, w1, w2) if straight else bezier(t, w1, bend, w2))
+        return metrics(path(t, *shared))  # shared: (w1, w2, bend or None)
 
     return one
 

@@ -158,11 +158,6 @@ def track(
     return trace
 
 
-def check_steps(steps: int, every: int) -> np.ndarray:
-    """The steps at which `track` measures the sharpness: 0, every, .. <= steps."""
-    return np.arange(0, steps + 1, every)
-
-
 @functools.lru_cache(maxsize=8)  # each entry keeps its `loss` (and the data it closes over)
 def _compiled(loss, optimizer, has_aux, steps, every, num_eigs, num_iters, hyper) -> Callable:
     def one(params, lr, key):
@@ -195,7 +190,9 @@ def _run(loss, params, lr, key, optimizer, has_aux, steps, every, num_eigs, num_
 
     def check(p, state, j):
         scale = _inverse_sqrt_preconditioner(optimizer, state, hyper)
-        return _top(scalar, p, scale, jax.random.fold_in(key, j), num_eigs, num_iters)
+        flat_n = ravel_pytree(p)[0]
+        v0_n = jax.random.normal(jax.random.fold_in(key, j), flat_n.shape, flat_n.dtype)
+        return _top(scalar, p, scale, v0_n, num_eigs, num_iters)
 
     def block(carry, j):
         carry, outs = lax.scan(update, carry, None, length=every)
@@ -229,9 +226,10 @@ def _inverse_sqrt_preconditioner(optimizer: str, state, hyper: dict):
     )
 
 
-def _top(scalar: Callable, params: PyTree, scale, key: Key, num_eigs: int, num_iters: int):
-    """The top `num_eigs` eigenvalues of S H S (S = diag(scale), or I), descending."""
-    flat_n, unravel = ravel_pytree(params)
+def _top(scalar: Callable, params: PyTree, scale, v0_n, num_eigs: int, num_iters: int):
+    """The top `num_eigs` eigenvalues of S H S (S = diag(scale), or I), descending, by a
+    Lanczos run from `v0_n`."""
+    _, unravel = ravel_pytree(params)
     s_n = None if scale is None else ravel_pytree(scale)[0]
 
     def matvec(v_n):
@@ -239,7 +237,6 @@ def _top(scalar: Callable, params: PyTree, scale, key: Key, num_eigs: int, num_i
         Hu_n = ravel_pytree(hessian.hvp(scalar, params, unravel(u_n)))[0]
         return Hu_n if s_n is None else s_n * Hu_n
 
-    v0_n = jax.random.normal(key, flat_n.shape, flat_n.dtype)
     tri = hessian.lanczos(matvec, v0_n, num_iters)
     T_mxm = jnp.diag(tri.alpha) + jnp.diag(tri.beta, 1) + jnp.diag(tri.beta, -1)
     return jnp.linalg.eigvalsh(T_mxm)[::-1][:num_eigs]
@@ -343,9 +340,6 @@ def _plane_point(loss: Callable, num_iters: int) -> Callable:
     def one(ab, shared):
         params, d1, d2, v0 = shared
         p = jax.tree.map(lambda w, u, v: w + ab[0] * u + ab[1] * v, params, d1, d2)
-        _, matvec = hessian._flat_matvec(loss, p)
-        tri = hessian.lanczos(matvec, v0, num_iters)
-        T_mxm = jnp.diag(tri.alpha) + jnp.diag(tri.beta, 1) + jnp.diag(tri.beta, -1)
-        return jnp.linalg.eigvalsh(T_mxm)[-1]
+        return _top(loss, p, None, v0, 1, num_iters)[0]
 
     return one
