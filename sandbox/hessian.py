@@ -243,14 +243,23 @@ def _lanczos_body(
 ) -> Callable:
     """Step i of `lanczos`: (i, state) -> state. With `mask_n` (0/1 [n]) restarts stay in the
     block's coordinates, as the start and every H v do."""
+    update = _lanczos_update(m, n, dtype, tol, mask_n)
+
+    def body(i, state):
+        return update(i, state, matvec(state[0][i]))
+
+    return body
+
+
+def _lanczos_update(m: int, n: int, dtype, tol: float, mask_n: Array | None = None) -> Callable:
+    """Step i of `lanczos` given w = H v_i: (i, state, w [n]) -> state."""
     # Restart directions need only be generic, not secret: a fixed key keeps `lanczos`
     # a function of its arguments.
     restart_key = jax.random.key(0)
 
-    def body(i, state):
+    def update(i, state, w_n):
         V_mxn, alpha_m, beta_m, scale = state
         v_n = V_mxn[i]
-        w_n = matvec(v_n)
         alpha = jnp.vdot(v_n, w_n, precision=_HIGHEST)
         scale = jnp.maximum(scale, jnp.linalg.norm(w_n))
         # Removes alpha v_i and beta v_{i-1}, as the three-term recurrence would, and the
@@ -274,28 +283,48 @@ def _lanczos_body(
         V_mxn = V_mxn.at[i + 1].set(v_next_n, mode="drop")  # dropped when i + 1 == m
         return V_mxn, alpha_m.at[i].set(alpha), beta_m.at[i].set(beta), scale
 
-    return body
+    return update
 
 
 @functools.lru_cache(maxsize=4)  # each entry keeps its `loss` (and the data it closes over)
-def _host_step(loss: Loss, m: int, tol: float) -> Callable:
-    """One compiled Lanczos step of the Hessian of `loss`: (params, i, state) -> state."""
+def _host_hvp(loss: Loss) -> Callable:
+    """The compiled H v of `loss` on a block's coordinates: (params, mask_n, v_n) -> [n].
 
-    def step(params, mask_n, i, state):
-        flat_n, matvec = _flat_matvec(loss, params, mask_n)
-        body = _lanczos_body(matvec, m, flat_n.shape[0], flat_n.dtype, tol, mask_n)
-        return body(i, state)
+    The host loops (`default_loop`) call only this program and `_host_update`, which knows
+    nothing of `loss`: one compilation of the network's HVP serves every Lanczos length,
+    block, trace probe and SLQ probe of the same `loss` object.
+    """
 
-    return jax.jit(step, donate_argnums=3)
+    def hv(params, mask_n, v_n):
+        return _flat_matvec(loss, params, mask_n)[1](v_n)
+
+    return jax.jit(hv)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def _host_update(tol: float, i, state, w_n, mask_n):
+    """`_lanczos_update` as one compiled program (shapes from `state`)."""
+    m, n = state[0].shape
+    return _lanczos_update(m, n, state[0].dtype, tol, mask_n)(i, state, w_n)
+
+
+def _ones_if_none(mask_n: Array | None, like_n: Array) -> Array:
+    # The host loops always pass a mask (all ones for the whole Hessian: v * 1 is v), so the
+    # masked and unmasked calls share one compiled HVP.
+    return jnp.ones_like(like_n) if mask_n is None else mask_n
 
 
 def _lanczos_host(loss: Loss, params: PyTree, v0_n: Array, num_iters: int, mask_n=None):
-    """`lanczos` on the Hessian of `loss` with the loop over steps in Python: one compiled
-    step, called num_iters times (see `default_loop`). Returns (alpha [m], beta [m-1])."""
-    step = _host_step(loss, num_iters, 100 * float(jnp.finfo(v0_n.dtype).eps))
+    """`lanczos` on the Hessian of `loss` with the loop over steps in Python: the compiled
+    HVP and update called num_iters times (see `default_loop`). Returns (alpha [m],
+    beta [m-1])."""
+    mask_n = _ones_if_none(mask_n, v0_n)
+    hv = _host_hvp(loss)
+    tol = 100 * float(jnp.finfo(v0_n.dtype).eps)
     state = _lanczos_init(_masked(v0_n, mask_n), num_iters)
     for i in range(num_iters):
-        state = step(params, mask_n, jnp.int32(i), state)
+        w_n = hv(params, mask_n, state[0][i])
+        state = _host_update(tol, jnp.int32(i), state, w_n, mask_n)
     _, alpha_m, beta_m, _ = state
     return alpha_m, beta_m[: num_iters - 1]
 
@@ -637,17 +666,18 @@ def _trace_jit(
     return _mean_and_error(samples_P[:num_probes])
 
 
-@functools.lru_cache(maxsize=4)  # each entry keeps its `loss`
-def _host_group(loss: Loss) -> Callable:
-    return jax.jit(functools.partial(_probe_group, loss))
-
-
 def _trace_host(loss, params, key, num_probes, batch, mask_n=None) -> tuple[Array, Array]:
-    """`_trace_jit`'s numbers with the loop over groups in Python (see `default_loop`)."""
-    group = _host_group(loss)
-    keys_Gxb = _probe_keys(key, num_probes, batch)
-    samples_P = jnp.concatenate([group(params, k, mask_n) for k in keys_Gxb])
-    return _mean_and_error(samples_P[:num_probes])
+    """`_trace_jit`'s numbers (the same probes) with one probe at a time stepped from Python
+    through the shared compiled HVP (`_host_hvp`, see `default_loop`)."""
+    flat_n, _ = ravel_pytree(params)
+    mask_n = _ones_if_none(mask_n, flat_n)
+    hv = _host_hvp(loss)
+    keys_P = _probe_keys(key, num_probes, batch).reshape(-1)[:num_probes]
+    samples = []
+    for k in keys_P:
+        z_n = jax.random.rademacher(k, flat_n.shape, dtype=flat_n.dtype) * mask_n
+        samples.append(jnp.vdot(z_n, hv(params, mask_n, z_n)))
+    return _mean_and_error(jnp.stack(samples))
 
 
 def trace(
