@@ -242,6 +242,7 @@ def plane(
 ) -> dict[str, np.ndarray]:
     """`metrics(w1 + x u + y v)` at every point of `xy` [G, 2], one chunked computation
     (`chunk`, `batch` as in `along`)."""
+    surface.check_like(w1, basis.u, "w1")
     xy_G = np.asarray(xy, dtype=np.asarray(jax.tree.leaves(w1)[0]).dtype)
     if xy_G.ndim != 2 or xy_G.shape[1] != 2 or not np.all(np.isfinite(xy_G)):
         raise ValueError(f"`xy` must have shape [G, 2] of finite values, got {xy_G.shape}")

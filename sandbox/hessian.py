@@ -817,6 +817,11 @@ def bulk_edge(nodes, weights, *, min_weight: float = BULK_WEIGHT) -> float:
     if not 0 < min_weight < 1:
         raise ValueError(f"`min_weight` must be in (0, 1), got {min_weight!r}")
     heavy = nodes_Pxm[weights_Pxm >= min_weight]
+    if not len(heavy):
+        raise ValueError(
+            f"`min_weight` ({min_weight:g}) is above every SLQ weight (largest "
+            f"{np.max(weights_Pxm, initial=0):.3g}): no node marks the bulk"
+        )
     return float(np.max(heavy))
 
 

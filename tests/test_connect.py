@@ -81,3 +81,27 @@ def test_bad_input_is_named():
         connect.plane_basis(W1, W2, connect.linear(0.5, W1, W2))
     with pytest.raises(ValueError, match="`values_T`"):
         connect.barrier([1.0])
+
+
+# Another network: the same structure with a leaf of another shape, and another structure.
+_RESHAPED = {"a": jnp.zeros(2, jnp.float32), "b": jnp.array(0.0, jnp.float32)}
+_OTHER = {"c": jnp.zeros(1, jnp.float32)}
+
+
+@pytest.mark.parametrize("other", [_RESHAPED, _OTHER], ids=["shape", "structure"])
+def test_mismatched_networks_are_one_line_naming_them(other):
+    key = jax.random.key(0)
+    bend = {"a": jnp.array([0.0]), "b": jnp.array(1.0)}
+    calls = [
+        ("`w2`", lambda: connect.along(_metrics, W1, other, [0.5])),
+        ("`bend`", lambda: connect.along(_metrics, W1, W2, [0.5], bend=other)),
+        ("`w2`", lambda: connect.train_bend(_minibatch_loss, W1, other, key=key, steps=1, lr=0.1)),
+        ("`w2`", lambda: connect.plane_basis(W1, other, bend)),
+        ("`bend`", lambda: connect.plane_basis(W1, W2, other)),
+        ("`w1`", lambda: connect.plane(_metrics, other, connect.plane_basis(W1, W2, bend),
+                                       [[0.0, 0.0]])),
+    ]  # fmt: skip
+    for name, call in calls:
+        with pytest.raises(ValueError, match=name) as e:
+            call()
+        assert "\n" not in str(e.value), str(e.value)

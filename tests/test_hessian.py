@@ -477,6 +477,8 @@ def test_more_steps_or_eigenvalues_than_the_block_has_are_refused(key):
         hessian.top_eigenvalues(_mlp_loss, _params64(), 10, key=key, mask=mask)
     with pytest.raises(ValueError, match="`num_iters`"):
         hessian.blocks(_mlp_loss, _params64(), _BLOCKS, key=key, num_iters=10)
+    with pytest.raises(ValueError, match="`masks`"):
+        hessian.blocks(_mlp_loss, _params64(), {}, key=key)
 
 
 def test_outliers_of_a_spiked_spectrum():
@@ -501,3 +503,9 @@ def test_outliers_of_a_spiked_spectrum():
     assert out["gap_ratio_C"] == pytest.approx(10 / np.sort(eig)[-6], rel=1e-2)
     with pytest.raises(ValueError, match="`top_values`"):
         hessian.outliers(top[::-1], nodes, weights, 5)
+    with pytest.raises(ValueError, match="`min_weight`.*no node marks the bulk"):
+        hessian.bulk_edge(nodes, weights, min_weight=0.999)
+    with pytest.raises(ValueError, match="`min_weight` must be in"):
+        hessian.bulk_edge(nodes, weights, min_weight=0.0)
+    with pytest.raises(ValueError, match="`nodes` and `weights`"):
+        hessian.bulk_edge(nodes, weights[:, :-1])

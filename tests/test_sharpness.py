@@ -218,3 +218,6 @@ def test_sharpness_map_equals_eigh_at_every_point(loop):
             sharpness.on_plane(loss, params, d1, d2, np.zeros((3, 3)), key=jax.random.key(0))
         with pytest.raises(ValueError, match="`d2`"):
             sharpness.on_plane(loss, params, d1, {"x": 1}, coords, key=jax.random.key(0))
+        n = sum(np.size(a) for a in jax.tree.leaves(params))
+        with pytest.raises(ValueError, match="`num_iters`"):
+            sharpness.on_plane(loss, params, d1, d2, coords, key=jax.random.key(0), num_iters=n + 1)

@@ -150,6 +150,13 @@ def test_stage_blocks_interlace_with_the_whole_hessian(run):
         out = spec["outliers"]
         assert out["num_classes"] == 10 and len(out["top"]) == 20
         assert 0 <= out["count"] <= 20
+        # The count and the gap are the saved top 2C read against the saved bulk edge.
+        top_2C = np.asarray(out["top"])
+        assert out["count"] == np.sum(top_2C > out["bulk_edge"])
+        assert out["gap_ratio_C"] == pytest.approx(top_2C[9] / top_2C[10], rel=1e-12)
+        verdict = summary["outlier_spectrum"][s]
+        assert verdict["count_capped"] == (out["count"] == 20)
+        assert verdict["holds"] == (not verdict["count_capped"] and 9 <= out["count"] <= 11)
 
 
 def test_the_zoom_is_the_main_plane_near_its_centre(run):

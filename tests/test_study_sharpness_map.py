@@ -38,7 +38,14 @@ def test_map_centre_is_the_top_eigenvalue_at_the_trained_point(run):
         np.testing.assert_allclose(
             s["lambda_max_centre_map"], s["lambda_max_centre_lanczos"], rtol=1e-3
         )
-        assert summary["claims"][f"{name}_centre_matches_a_separate_lanczos"]
+        claims = summary["claims"][name]
+        assert claims["centre_matches_a_separate_lanczos"]
+        # The verdicts are the summary's own numbers, read back.
+        lam = arrays[f"{name}/lambda_max"].ravel()
+        share = np.mean(lam < s["lambda_max_centre_lanczos"])
+        assert s["centre_sharpness_percentile"] == pytest.approx(share, abs=1e-12)
+        assert claims["trained_point_in_flattest_tenth"] == (share <= 0.1)
+        assert claims["sharpness_rises_with_loss"] == (s["spearman_loss_sharpness"] > 0)
         # The trained point is the plane's minimum of the loss (an MLP trained to
         # convergence, and the ResNet near its end of training).
         loss = arrays[f"{name}/loss"]

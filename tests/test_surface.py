@@ -215,13 +215,21 @@ def test_results_do_not_depend_on_the_device_count(tmp_path):
     # Simulated CPU devices need a fresh process: XLA reads the flag at start-up.
     script = textwrap.dedent(
         """
-        import sys, numpy as np, jax
+        import sys, numpy as np, jax, jax.numpy as jnp
+        import flax.linen as nn
         from sandbox import surface
-        from sandbox.models.resnet import ResNet
+
+        class Net(nn.Module):  # a convolution, batch norm and a dense head
+            @nn.compact
+            def __call__(self, x, train=False):
+                x = nn.Conv(4, (3, 3))(x)
+                x = nn.BatchNorm(use_running_average=not train)(x)
+                return nn.Dense(10)(jnp.tanh(x).reshape(len(x), -1))
+
         rng = np.random.default_rng(1)
         x = rng.standard_normal((40, 8, 8, 1)).astype(np.float32)
         y = rng.integers(0, 10, 40).astype(np.int32)
-        model = ResNet(depth=8)
+        model = Net()
         v = jax.jit(model.init)(jax.random.key(0), x[:1])
         d1 = surface.filter_normalized_direction(jax.random.key(1), v["params"])
         d2 = surface.filter_normalized_direction(jax.random.key(2), v["params"])
