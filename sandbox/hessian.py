@@ -37,15 +37,18 @@ ResNet-56's 0.85 M parameters: 220 MB in float32), and orthogonalizes in 4 m n
 multiply-adds per step, small next to an HVP. `trace` holds `batch` HVPs at a time.
 On CPU, XLA runs a network's HVP inside a loop body several times slower than outside one
 (jax-ml/jax#12868): a ResNet-20 HVP took 8x its standalone time inside a `fori_loop`. The
-functions therefore loop from Python on CPU, over one compiled step (a Lanczos step, a
-group of trace probes) (`default_loop`; `loop="lax"` forces the single compiled loop):
-ResNet-20, 256 digits, 8 Lanczos steps: 4.7 s against 33 s, the same eigenvalues to 1e-7.
+functions therefore loop from Python on CPU (`default_loop`; `loop="lax"` forces the single
+compiled loop): ResNet-20, 256 digits, 8 Lanczos steps: 4.7 s against 33 s, the same
+eigenvalues to 1e-7. Each step calls two compiled programs: the HVP of `loss` (one per
+`loss` object, shared by every Lanczos length, block mask, trace probe and SLQ probe) and
+the Lanczos update, which does not depend on `loss`. Compiling a network's HVP costs
+seconds, so the functions called on one `loss` compile it once.
 
 Unlike most of `sandbox/`, the functions that take `loss` jit themselves: each runs its whole
 loop as one compiled program (a `lax` loop, never unrolled in Python), except on CPU, where
-they call one compiled step per iteration (`default_loop`). `loss` is a static
-argument of that jit, so pass the same function object to reuse the compiled program; a new
-lambda per call compiles again. Everything is computed in the dtype of `params`.
+they call the compiled HVP and update per iteration (`default_loop`). `loss` is a static
+argument of those jits, so pass the same function object to reuse the compiled program; a
+new lambda per call compiles again. Everything is computed in the dtype of `params`.
 
     def loss(params):
         logits = model.apply({"params": params, "batch_stats": stats}, x, train=False)
@@ -308,20 +311,29 @@ def _host_update(tol: float, i, state, w_n, mask_n):
     return _lanczos_update(m, n, state[0].dtype, tol, mask_n)(i, state, w_n)
 
 
-def _ones_if_none(mask_n: Array | None, like_n: Array) -> Array:
-    # The host loops always pass a mask (all ones for the whole Hessian: v * 1 is v), so the
-    # masked and unmasked calls share one compiled HVP.
-    return jnp.ones_like(like_n) if mask_n is None else mask_n
+def _host_args(params: PyTree, mask_n: Array | None, like_n: Array) -> tuple[Callable, Array]:
+    """(put, mask_n) for a host loop: `put` commits an array to the device of `params`, and
+    the mask is all ones for the whole Hessian (v * 1 is v). A jitted function compiles
+    again for arguments that are committed to a device where they were not before (the
+    loop's own outputs are), and for a mask where there was None: so every vector and the
+    mask go in committed, and the masked and unmasked calls share one compiled HVP."""
+    leaf = jax.tree.leaves(params)[0]
+    device = next(iter(leaf.devices())) if hasattr(leaf, "devices") else jax.devices()[0]
+
+    def put(x):
+        return jax.device_put(x, device)
+
+    return put, put(jnp.ones_like(like_n) if mask_n is None else mask_n)
 
 
 def _lanczos_host(loss: Loss, params: PyTree, v0_n: Array, num_iters: int, mask_n=None):
     """`lanczos` on the Hessian of `loss` with the loop over steps in Python: the compiled
     HVP and update called num_iters times (see `default_loop`). Returns (alpha [m],
     beta [m-1])."""
-    mask_n = _ones_if_none(mask_n, v0_n)
+    put, mask_n = _host_args(params, mask_n, v0_n)
     hv = _host_hvp(loss)
     tol = 100 * float(jnp.finfo(v0_n.dtype).eps)
-    state = _lanczos_init(_masked(v0_n, mask_n), num_iters)
+    state = jax.tree.map(put, _lanczos_init(_masked(put(v0_n), mask_n), num_iters))
     for i in range(num_iters):
         w_n = hv(params, mask_n, state[0][i])
         state = _host_update(tol, jnp.int32(i), state, w_n, mask_n)
@@ -670,12 +682,12 @@ def _trace_host(loss, params, key, num_probes, batch, mask_n=None) -> tuple[Arra
     """`_trace_jit`'s numbers (the same probes) with one probe at a time stepped from Python
     through the shared compiled HVP (`_host_hvp`, see `default_loop`)."""
     flat_n, _ = ravel_pytree(params)
-    mask_n = _ones_if_none(mask_n, flat_n)
+    put, mask_n = _host_args(params, mask_n, flat_n)
     hv = _host_hvp(loss)
     keys_P = _probe_keys(key, num_probes, batch).reshape(-1)[:num_probes]
     samples = []
     for k in keys_P:
-        z_n = jax.random.rademacher(k, flat_n.shape, dtype=flat_n.dtype) * mask_n
+        z_n = put(jax.random.rademacher(k, flat_n.shape, dtype=flat_n.dtype)) * mask_n
         samples.append(jnp.vdot(z_n, hv(params, mask_n, z_n)))
     return _mean_and_error(jnp.stack(samples))
 

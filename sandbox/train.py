@@ -176,6 +176,14 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, key, image_sh
     }
 
 
+def abstract_state(model: nn.Module, tx: optax.GradientTransformation, key, image_shape):
+    """`init_state`'s shapes and dtypes (jax.ShapeDtypeStruct leaves on the default device),
+    for restoring a checkpoint without compiling the model's init."""
+    shapes = jax.eval_shape(lambda k: init_state(model, tx, k, image_shape), key)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
+
+
 def variables(state: dict) -> dict:
     """A training state's model variables: params, and batch_stats where the model has them."""
     v = {"params": state["params"]}
@@ -558,11 +566,11 @@ def fit(
         done = ckpt.epochs()
         if done:
             ckpt.meta(done[-1], identity)  # a different run fails here, before any work
-        state = init_state(model, tx, init_key, dataset.image_shape)
-        if done:
-            state = ckpt.restore(done[-1], state, identity)
+            like = abstract_state(model, tx, init_key, dataset.image_shape)
+            state = ckpt.restore(done[-1], like, identity)
             start = done[-1]
         else:
+            state = init_state(model, tx, init_key, dataset.image_shape)
             ckpt.save(0, state, identity)
             start = 0
 
@@ -618,7 +626,7 @@ def reload(
         if ckpt.meta(done[-1]).get("run") != identity:
             return None
         tx = make_optimizer(cfg, steps_per_epoch(len(dataset.x_train), cfg.batch_size))
-        like = init_state(model, tx, jax.random.key(cfg.seed), dataset.image_shape)
+        like = abstract_state(model, tx, jax.random.key(cfg.seed), dataset.image_shape)
         state = ckpt.restore(done[-1], like, identity)
     finally:
         ckpt.close()

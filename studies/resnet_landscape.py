@@ -8,7 +8,8 @@ trained alike (sandbox.train: SGD with Nesterov momentum, cosine schedule) on th
 
 - the 2-D surface of the training loss on the plane of two filter-normalized Gaussian
   directions over [-1, 1]^2, in eval mode over every training image (the same two random
-  draws for both networks), drawn as contours and in 3-D with one colour scale;
+  draws for both networks), drawn as contours on one colour scale and in 3-D, each
+  surface on its own range;
 - 1-D slices: the centre row and column of that plane;
 - the linear interpolation from the initial to the trained weights (and running
   statistics), from alpha = -0.5 to 1.5;

@@ -1,6 +1,7 @@
 """Shared test settings: strict rank promotion, a PRNG key fixture, runs on N devices, a tiny
-CIFAR-10 folder."""
+CIFAR-10 folder, train_resnet's quick pair, and how pytest-xdist shares out the files."""
 
+import contextlib
 import os
 import pickle
 import subprocess
@@ -20,6 +21,65 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+# ----------------------------------------------------------------------------- scheduling
+
+# `make test` runs files on two workers, a file at a time (`--dist loadfile`), so that a
+# file's module fixtures are computed once. Files that share a session fixture form one unit
+# (one worker, one computation), and the longest units start first: with two workers, a long
+# file started last would leave one worker idle while it runs.
+SHARED = {
+    "tests/test_study_train_resnet.py": "resnet pair",
+    "tests/test_study_resnet_landscape.py": "resnet pair",
+}
+LONGEST_FIRST = (
+    "resnet pair",
+    "tests/test_engine.py",
+    "tests/test_run_folders.py",
+    "tests/test_surface.py",
+    "tests/test_studies.py",
+    "tests/test_precision.py",
+    "tests/test_hessian.py",
+    "tests/test_study_edge_of_stability.py",
+    "tests/test_explore.py",
+)
+
+
+def _unit(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return SHARED.get(path, path)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {u: i for i, u in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_unit(item.nodeid), len(rank)))  # stable
+
+
+with contextlib.suppress(ImportError):  # xdist is a dev dependency; plain pytest runs too
+    from xdist.scheduler import LoadFileScheduling
+
+    class _SharedFileScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    def pytest_xdist_make_scheduler(config, log):
+        if config.getvalue("dist") == "loadfile":
+            config.option.loadscopereorder = False  # keep LONGEST_FIRST's order
+            return _SharedFileScheduling(config, log)
+        return None
+
+
+@pytest.fixture(scope="session")
+def resnet_pair(tmp_path_factory):
+    """train_resnet's quick run (ResNet-8 with shortcut A and without), trained once for the
+    train_resnet and resnet_landscape tests (one scheduling unit, `SHARED`). Tests that
+    write into a run folder work on a copy."""
+    from studies import train_resnet
+
+    out = tmp_path_factory.mktemp("resnet_pair")
+    train_resnet.main(["--quick", "--out", str(out), "--no-progress"])
+    return out
 
 
 def run_on_devices(script: str, count: int, out: Path) -> dict:

@@ -11,17 +11,14 @@ import pytest
 
 from sandbox import results, surface
 from studies import resnet_landscape as study
-from studies import train_resnet
 
 ROOT = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
-def networks(tmp_path_factory):
+def networks(resnet_pair):
     """train_resnet's quick pair: the networks the landscape study reuses."""
-    out = tmp_path_factory.mktemp("train_resnet")
-    train_resnet.main(["--quick", "--out", str(out), "--no-progress"])
-    return out
+    return resnet_pair
 
 
 @pytest.fixture(scope="module")

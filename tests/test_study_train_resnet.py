@@ -2,8 +2,8 @@
 one-line errors for bad input."""
 
 import json
+import shutil
 
-import jax
 import numpy as np
 import pytest
 
@@ -11,20 +11,11 @@ from sandbox import results
 from studies import train_resnet as study
 
 
-@pytest.fixture(scope="module", autouse=True)
-def quick_compile():
-    """XLA's optimizations take most of the compile time of ResNet-8 and change nothing the
-    tests check."""
-    old = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
-
-
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("train_resnet")
-    study.main(["--quick", "--out", str(out), "--no-progress"])
+def quick_run(resnet_pair, tmp_path_factory):
+    """A copy of the shared quick run: these tests run the study into it again."""
+    out = tmp_path_factory.mktemp("train_resnet") / "run"
+    shutil.copytree(resnet_pair, out)
     return out
 
 
