@@ -678,18 +678,25 @@ def _trace_jit(
     return _mean_and_error(samples_P[:num_probes])
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _rademacher_group(keys_b: Array, n: int, dtype, mask_n: Array) -> Array:
+    """[b, n]: the probes of `_probe_group`, zero outside the block."""
+    z_bxn = jax.vmap(lambda k: jax.random.rademacher(k, (n,), dtype=dtype), in_axes=0)(keys_b)
+    return z_bxn * mask_n[None]
+
+
 def _trace_host(loss, params, key, num_probes, batch, mask_n=None) -> tuple[Array, Array]:
-    """`_trace_jit`'s numbers (the same probes) with one probe at a time stepped from Python
-    through the shared compiled HVP (`_host_hvp`, see `default_loop`)."""
+    """`_trace_jit`'s numbers (the same probes) with the probes stepped from Python through
+    the shared compiled HVP (`_host_hvp`, see `default_loop`), `batch` drawn at a time."""
     flat_n, _ = ravel_pytree(params)
-    put, mask_n = _host_args(params, mask_n, flat_n)
+    _, mask_n = _host_args(params, mask_n, flat_n)
     hv = _host_hvp(loss)
-    keys_P = _probe_keys(key, num_probes, batch).reshape(-1)[:num_probes]
     samples = []
-    for k in keys_P:
-        z_n = put(jax.random.rademacher(k, flat_n.shape, dtype=flat_n.dtype)) * mask_n
-        samples.append(jnp.vdot(z_n, hv(params, mask_n, z_n)))
-    return _mean_and_error(jnp.stack(samples))
+    for keys_b in _probe_keys(key, num_probes, batch):
+        z_bxn = _rademacher_group(keys_b, flat_n.shape[0], flat_n.dtype, mask_n)
+        Hz_bxn = jnp.stack([hv(params, mask_n, z_n) for z_n in z_bxn])
+        samples.append(jnp.sum(z_bxn * Hz_bxn, axis=1))
+    return _mean_and_error(jnp.concatenate(samples)[:num_probes])
 
 
 def trace(
