@@ -592,20 +592,23 @@ def blocks(
     num_iters: int = 20,
     num_probes: int = 20,
     loop: str | None = None,
+    max_bytes: int = 2**30,
 ) -> dict[str, dict]:
     """lambda_max, lambda_min and trace of each block's sub-Hessian H_BB (a layer, a stage, all
     batch-norm scales, ... given as `block_mask`s).
 
-    With `loop="lax"` (accelerators) every block runs at once: one Lanczos run and one
-    Hutchinson estimate vmapped over the blocks' 0/1 vectors, B bases of num_iters x n in
-    memory. On CPU (`default_loop`) the blocks run one after another through one compiled
-    step, the mask being an argument of it.
+    With `loop="lax"` (accelerators) the blocks run batched where they fit: one Lanczos run
+    and one Hutchinson estimate vmapped over as many blocks' 0/1 vectors as have their
+    bases (num_iters x n each) within `max_bytes`, the groups one after another
+    (`lax.map`). On CPU (`default_loop`) the blocks run one after another through the
+    shared compiled HVP, the mask being an argument of it.
 
     Args:
       loss, params, key, loop: as in `ritz` (every block uses the same key).
       masks: name -> mask pytree like `params`.
       num_iters: Lanczos steps per block, at most the smallest block's size.
       num_probes: Hutchinson probes per block, >= 2.
+      max_bytes: memory for the Lanczos bases of the blocks batched at once ("lax").
 
     Returns:
       name -> {"size", "lambda_max", "lambda_min", "trace", "trace_se"}.
@@ -617,13 +620,18 @@ def blocks(
     checks.integer("num_iters", num_iters, minimum=1, maximum=smallest)
     checks.integer("num_probes", num_probes, minimum=2)
     batch = min(10, num_probes)
+    checks.integer("max_bytes", max_bytes, minimum=1)
     if _check_loop(loop) == "lax":
         masks_Bxn = jnp.stack([m for _, m in sized.values()])
-        alpha_Bxm, beta_Bxm1 = jax.vmap(lambda m: _tri_jit(loss, params, key, num_iters, m))(
-            masks_Bxn
+        basis_bytes = num_iters * masks_Bxn.shape[1] * masks_Bxn.dtype.itemsize
+        group = int(min(len(masks_Bxn), max(1, max_bytes // basis_bytes)))
+        alpha_Bxm, beta_Bxm1 = lax.map(
+            lambda m: _tri_jit(loss, params, key, num_iters, m), masks_Bxn, batch_size=group
         )
-        tr_B, se_B = jax.vmap(lambda m: _trace_jit(loss, params, key, num_probes, batch, m))(
-            masks_Bxn
+        tr_B, se_B = lax.map(
+            lambda m: _trace_jit(loss, params, key, num_probes, batch, m),
+            masks_Bxn,
+            batch_size=group,
         )
         per = list(zip(alpha_Bxm, beta_Bxm1, tr_B, se_B, strict=True))
     else:

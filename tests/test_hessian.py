@@ -431,11 +431,18 @@ def test_block_trace_is_the_sub_matrix_trace_within_its_error(key):
     assert float(se) < 0.1 * abs(np.trace(H_nxn))
 
 
-@pytest.mark.parametrize("loop", ["lax", "host"])
-def test_blocks_batched_equal_one_block_at_a_time(loop, key):
+@pytest.mark.parametrize(
+    "loop, max_bytes",
+    # One block's basis: 9 steps x 49 float64 parameters (8 bytes each).
+    [("lax", 2**30), ("lax", 9 * 49 * 8 + 1), ("host", 2**30)],
+    ids=["lax, all blocks at once", "lax, one block at a time", "host"],
+)
+def test_blocks_batched_equal_one_block_at_a_time(loop, max_bytes, key):
     with jax.enable_x64(True):
         params = _params64()
-        both = hessian.blocks(_mlp_loss, params, _BLOCKS, key=key, num_iters=9, loop=loop)
+        both = hessian.blocks(
+            _mlp_loss, params, _BLOCKS, key=key, num_iters=9, loop=loop, max_bytes=max_bytes
+        )
         for name, mask in _BLOCKS.items():
             lam_max, lam_min = hessian.extreme_eigenvalues(
                 _mlp_loss, params, key=key, num_iters=9, loop=loop, mask=mask
