@@ -39,8 +39,9 @@ the shortcuts made the landscape smoother here.
 
 Measured on the digits (seed 0, 30 epochs, the networks train_resnet trained, 11 x 11
 plane, Hessian over 256 images):
-  ResNet-56  shortcut A: test 97.5%, lambda_max 1.21, 21% of the plane below ln 10,
-             non-convex share 6%;  no shortcuts: 58.5%, lambda_max 1833, 0.8%, 54%.
+  ResNet-56  shortcut A: test 97.8%, lambda_max 1.22, 21% of the plane below ln 10,
+             non-convex share 5%;  no shortcuts: 65.2%, lambda_max 1922, 0.8%, 63%
+             (an earlier session's networks: 97.5% / 58.5%, lambda_max 1.21 / 1833).
   Earlier runs on a 21 x 21 plane: ResNet-20 shortcut A 97.5%, lambda_max 1.26; no
   shortcuts 97.8%, lambda_max 0.22. ResNet-110 (--grid 11) shortcut A 97.2%, lambda_max
   0.71; no shortcuts 10.0% (does not train), lambda_max 28.6, non-convex share 93%.
@@ -51,8 +52,13 @@ plane, Hessian over 256 images):
   1.7 / 751 (stage1), 2.2 / 3479 (stage2), 1.1 / 2310 (stage3). Outliers: all 20 of the top
   2C lie above the bulk edge of this definition (0.004 and 0.95) for both networks, and
   lambda_10 / lambda_11 is 1.30 and 1.07: no gap at C, so Papyan's C outliers are not seen
-  here (both networks have batch norm, which Ghorbani et al. find suppresses them).
-  The default took 12.3 min alone on 2 AVX-512 cores (spectra 111 s per network).
+  here (both networks have batch norm, which Ghorbani et al. find suppresses them):
+  summary.json's outlier verdict is False for both.
+  The default took 439 s (7.3 min) after make train_resnet (187 s), on 2 AVX-512 cores
+  with nothing else running: per network the 11 x 11 plane 57 s and 52 s, the Hessian's
+  ends 37 s and 33 s, the per-stage blocks and outliers 42 s and 36 s (every Hessian
+  function of one network shares one compiled HVP: the ends and spectra of a ResNet-56
+  took 107 s before, 79 s after, same machine, one after the other).
 
 Grid sizes: the CPU default is 11 x 11 on the main plane (step 0.2), 7 x 7 on the PCA
 plane and 11 points on the interpolation line: ResNet-56 over the 1,438 training digits
@@ -61,13 +67,15 @@ accelerator job. A run that is stopped continues where it stopped: training from
 checkpoints, each surface from its engine store in cells/ (one per computation, named by
 its digest; `--store DIR` elsewhere).
 
-Run: make resnet_landscape (ResNet-56 pair on the digits, after make train_resnet: 617 s
-                            measured on 2 AVX-512 cores shared with other jobs)
+Run: make resnet_landscape (ResNet-56 pair on the digits, after make train_resnet: 439 s
+                            measured on 2 AVX-512 cores; about 3 min more when it has
+                            to train the pair itself)
      python -m studies.resnet_landscape --depth 20   (or 110: the other pairs)
      python -m studies.resnet_landscape --data cifar10 --data-dir DIR --scale paper
      --precision bfloat16: the surfaces in bfloat16 mixed precision (timed on GPUs by
                            benchmarks/device.sh)
-     smoke: python -m studies.resnet_landscape --quick (ResNet-8, 5 x 5; under a minute)
+     smoke: python -m studies.resnet_landscape --quick (ResNet-8, 5 x 5; 24 s after
+            train_resnet --quick, about 45 s on its own)
 """
 
 import dataclasses
@@ -640,12 +648,17 @@ def _spectrum_figure(arrays, cfg, summary, titles, levels, capped):
     for ax, title in ((ax_l, "λmax per block"), (ax_t, "trace per block")):
         ax.set_xticks(range(len(names)), names, rotation=30)
         ax.set(title=title, yscale="symlog")
-    ax_l.legend(fontsize=7)
+    fig.legend(*ax_l.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=7)
     ax_d.set(
         xlabel="eigenvalue (symlog)", ylabel="SLQ density", ylim=(1e-12, None),
         title="top 2C (ticks), bulk edge (dashed)",
     )  # fmt: skip
     ax_d.set_xscale("symlog", linthresh=1e-2)  # both spectra, 1 and 1000 wide, visible
+    # Ticks at every other decade: symlog's default labels of every decade overlap.
+    lo, hi = ax_d.get_xlim()
+    decades = [10.0**k for k in range(-2, 5, 2)]
+    ticks = [-d for d in decades[::-1] if -d >= lo] + [d for d in decades if d <= hi]
+    ax_d.set_xticks(ticks, [f"{t:g}" for t in ticks])
     return fig
 
 
