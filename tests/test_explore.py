@@ -369,16 +369,24 @@ def test_fn_finds_the_minima_of_a_user_function():
     "argv,word",
     [(["--port", "http"], "--port"), (["--port", "70000"], "--port"), (["--fn", "nope"], "--fn")],
 )
-def test_bad_command_line_is_one_line_and_status_2(argv, word):
+def test_bad_command_line_is_one_line_and_status_2(argv, word, capsys):
+    with pytest.raises(SystemExit) as e:
+        explore.main(["--cache", "none", *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert len(err.strip().splitlines()) == 1 and word in err
+
+
+def test_bad_command_line_from_the_shell_has_no_traceback():
     r = subprocess.run(
-        [sys.executable, "-m", "sandbox.explore", "--cache", "none", *argv],
+        [sys.executable, "-m", "sandbox.explore", "--cache", "none", "--fn", "nope"],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=Path(__file__).parents[1],
     )
     assert r.returncode == 2
-    assert len(r.stderr.strip().splitlines()) == 1 and word in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "--fn" in r.stderr
     assert "Traceback" not in r.stderr
 
 

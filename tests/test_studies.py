@@ -98,6 +98,13 @@ def _cli(*args):
     )
 
 
+def test_bad_command_line_from_the_shell_is_one_line_and_exit_status_2():
+    r = _cli("studies.gradient", "--quick", "--out", "/proc/forbidden")
+    assert r.returncode == 2
+    assert "`--out` must be a writable folder" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     "args, match",
     [
@@ -106,11 +113,12 @@ def _cli(*args):
         (["--bogus"], "unrecognized arguments"),
     ],
 )
-def test_bad_command_line_is_one_line_and_exit_status_2(args, match):
-    r = _cli("studies.gradient", "--quick", *args)
-    assert r.returncode == 2
-    assert match in r.stderr and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+def test_bad_command_line_is_one_line_and_exit_status_2(args, match, capsys):
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module("studies.gradient").main(["--quick", *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert match in err and len(err.strip().splitlines()) == 1
 
 
 def test_plot_only_without_results_is_a_clean_error(tmp_path):

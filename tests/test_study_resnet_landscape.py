@@ -118,17 +118,26 @@ def test_plot_only_redraws(run):
         (["--data", "mnist"], "`data` must be one of"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_status_2(args, message, tmp_path):
+def test_bad_input_is_one_line_and_exit_status_2(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        study.main(["--out", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # refused before any work
+
+
+def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
     p = subprocess.run(
-        [sys.executable, "-m", "studies.resnet_landscape", "--out", str(tmp_path), *args],
+        [sys.executable, "-m", "studies.resnet_landscape", "--out", str(tmp_path), "--grid", "4"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert p.returncode == 2
-    assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1
-    assert not json.dumps(p.stderr).count("Traceback")
+    assert "`grid` must be an odd integer >= 3" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
 
 
 def test_stage_blocks_interlace_with_the_whole_hessian(run):
