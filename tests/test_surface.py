@@ -2,6 +2,7 @@
 a plain Python loop over points, the training code's own evaluation, scikit-learn's PCA, and
 surfaces whose shape is known."""
 
+import functools
 import textwrap
 
 import flax.linen as nn
@@ -54,8 +55,14 @@ def resnet8():
 
 
 def reference_loss(model, variables, x, y):
+    """The mean loss by one plain forward pass of the whole batch (no chunks, no vmap)."""
+    return float(_reference_loss(model, variables, x, y))
+
+
+@functools.partial(jax.jit, static_argnums=0)  # op by op, ResNet-8 takes 0.4 s a call
+def _reference_loss(model, variables, x, y):
     logits = model.apply(variables, x, train=False)
-    return float(optax.softmax_cross_entropy_with_integer_labels(logits, y).mean())
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
 # ----------------------------------------------------------------------------- directions
