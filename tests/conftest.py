@@ -87,6 +87,38 @@ with contextlib.suppress(ImportError):  # xdist is a dev dependency; plain pytes
         return None
 
 
+# Files whose checks are numbers against theory or an independent reference with written
+# tolerances (eigh, closed forms, recurrences, the library's own other path), and whose time
+# goes into compiling many small programs: they run with XLA's optimizations off, which
+# take most of the compile time (as flax's example tests do). The flag is not part of JAX's
+# compilation cache key in memory, so the caches are cleared after each such file: no later
+# file runs a program compiled without optimizations.
+FAST_COMPILE = {
+    "test_calculus",
+    "test_explore",
+    "test_fractal",
+    "test_hessian",
+    "test_landscapes",
+    "test_mlp",
+    "test_optim",
+    "test_sharpness",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compile(request):
+    if request.module.__name__.rsplit(".", 1)[-1] not in FAST_COMPILE:
+        yield
+        return
+    old = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", old)
+        jax.clear_caches()
+
+
 @pytest.fixture(scope="session")
 def resnet_pair(tmp_path_factory):
     """train_resnet's quick run (ResNet-8 with shortcut A and without), trained once for the

@@ -228,6 +228,7 @@ print(json.dumps({"peak": peak, "results": held, "x_last": np.asarray(r.x[n - 1]
 """
 
 
+@pytest.mark.slow  # two sweeps of 2^21 runs
 def test_lazy_results_of_a_large_sweep_are_never_all_in_memory(tmp_path):
     """2^21 runs: their results take 50 MiB. Read lazily, the host arrays of the sweep (the
     peak that tracemalloc sees of NumPy's buffers) stay below 35% of that (measured: 14 MiB,
@@ -312,6 +313,7 @@ def test_two_processes_share_a_store_and_both_return_the_whole_result(tmp_path):
     assert len(_marks(store)) == 16
 
 
+@pytest.mark.slow  # make test keeps the SIGKILL resume of one process and the two-process store
 def test_a_killed_process_started_again_computes_only_its_missing_chunks(tmp_path):
     store = tmp_path / "shared"
     procs = _two(store, tmp_path, _free_port())

@@ -119,7 +119,7 @@ def test_bad_input_shape_is_one_clear_error(key, quick_compile, shape):
     "shortcut, optimized",
     [
         ("A", False),
-        ("none", False),
+        pytest.param("none", False, marks=pytest.mark.slow),
         pytest.param("B", False, marks=pytest.mark.slow),
         pytest.param("A", True, marks=pytest.mark.slow),  # XLA's optimized fusions
     ],

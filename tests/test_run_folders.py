@@ -101,7 +101,7 @@ def _cleaned(out: Path, within_s: float = 10.0) -> bool:
     return True
 
 
-@pytest.mark.parametrize("first", [True, False])
+@pytest.mark.parametrize("first", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_a_run_killed_at_any_moment_leaves_one_whole_run(tmp_path, first):
     out = tmp_path / "run"
     if not first:
@@ -213,6 +213,7 @@ def test_every_study_takes_the_same_seeds(capsys, study, seed):
     assert "argument --seed: expected an integer in [0, 4294967295]" in err
 
 
+@pytest.mark.slow  # make test keeps the engine's store resume
 def test_a_study_run_again_with_the_same_store_computes_no_sweep_again(tmp_path, monkeypatch):
     from sandbox import engine, results
     from studies import convex

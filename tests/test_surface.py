@@ -218,6 +218,7 @@ def test_interpolation_ends_at_both_models(resnet8):
     assert out.loss[1] == pytest.approx(reference_loss(model, hi, x, y), rel=1e-5)
 
 
+@pytest.mark.slow  # the engine under it is tested on 2 and 3 devices in make test
 def test_results_do_not_depend_on_the_device_count(tmp_path):
     # Simulated CPU devices need a fresh process: XLA reads the flag at start-up.
     script = textwrap.dedent(

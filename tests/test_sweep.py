@@ -91,6 +91,7 @@ def test_results_do_not_depend_on_chunk_size(chunk_size):
     np.testing.assert_array_equal(got.steps_to_tol, ref.steps_to_tol)
 
 
+@pytest.mark.slow  # make test keeps test_engine's 2 against 3 devices
 def test_results_do_not_depend_on_device_count(tmp_path):
     # Eight simulated CPU devices need a fresh process: XLA reads the flag at start-up.
     script = textwrap.dedent(
