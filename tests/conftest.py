@@ -4,27 +4,15 @@ CIFAR-10 folder, train_resnet's quick pair, and how pytest-xdist shares out the 
 import contextlib
 import os
 import pickle
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-# One persistent compilation cache for every process of a test run: the pytest-xdist workers
-# and the Python subprocesses that tests start (which compile the same sweeps and studies)
-# read back what another process compiled instead of compiling it again. The first process
-# (the controller, which starts the workers) makes it and removes it at the end; the others
-# inherit it through the environment. Set before JAX is imported, which reads it then.
-_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
-if _OWN_CACHE:
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="sandbox-test-jax-cache-")
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+import jax
+import numpy as np
+import pytest
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from sandbox import data, devices  # noqa: E402
+from sandbox import data, devices
 
 devices.use_all_cores()  # as the study commands do: one CPU device per core
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -61,11 +49,6 @@ LONGEST_FIRST = (
 def _unit(nodeid: str) -> str:
     path = nodeid.split("::", 1)[0]
     return SHARED.get(path, path)
-
-
-def pytest_unconfigure(config):
-    if _OWN_CACHE:
-        shutil.rmtree(os.environ.pop("JAX_COMPILATION_CACHE_DIR"), ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
