@@ -24,8 +24,7 @@ line (test accuracy down to 54%) against 0.054 along the curve (96.1%); without 
 
 Run: make mode_connectivity   (smoke: python -m studies.mode_connectivity --quick). The
 networks are trained into <out>/networks/ and reused by later runs with the same settings.
-The default took 8 min 47 s on a 2-core CPU (AVX-512, 13.2 CPU-minutes); --quick about a
-minute.
+The default took 8 min 47 s on a 2-core CPU (AVX-512, 13.2 CPU-minutes); --quick 25 s.
 """
 
 import dataclasses
@@ -309,7 +308,7 @@ def _plot_plane(arrays, cfg):
 
 
 def _parse(argv: Sequence[str] | None):
-    p = cli.study_parser(NAME, __doc__, quick_help="ResNet-8 pairs on 512 images (about a minute)")
+    p = cli.study_parser(NAME, __doc__, quick_help="ResNet-8 pairs on 512 images (about 25 s)")
     p.add_argument("--data", default=None, help=f"one of {', '.join(data.NAMES)}")
     p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (else $CIFAR10_DIR)")
     p.add_argument("--depth", type=int, default=None, help="6n + 2: 20, 32, 44, 56, 110")

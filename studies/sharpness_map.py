@@ -23,7 +23,7 @@ for one Lanczos run at the centre; the MLP (41 x 41, batched 32 points per call)
 10.0, rank correlation 0.89, 3.7 ms per point against 24 ms for one run at the centre
 (0.15x: the batching's gain). The default took 4 min 9 s on a 2-core CPU (AVX-512).
 
-Run: make sharpness_map   (smoke: python -m studies.sharpness_map --quick, about a minute).
+Run: make sharpness_map   (smoke: python -m studies.sharpness_map --quick, about 25 s).
 """
 
 import dataclasses
@@ -255,7 +255,7 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
 
 
 def _parse(argv: Sequence[str] | None):
-    p = cli.study_parser(NAME, __doc__, quick_help="ResNet-8, 3 x 3 and 5 x 5 grids (seconds)")
+    p = cli.study_parser(NAME, __doc__, quick_help="ResNet-8, 3 x 3 and 5 x 5 grids (about 25 s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
