@@ -78,6 +78,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.resnet
 	$(PY) -m benchmarks.surface
 	$(PY) -m benchmarks.sharpness
+	$(PY) -m benchmarks.hessian
 	$(PY) -m benchmarks.explore
 
 clean:

@@ -85,6 +85,11 @@ FAST_COMPILE = {
     "test_mlp",
     "test_optim",
     "test_sharpness",
+    "test_studies",
+    "test_study_initialization",
+    "test_study_learning_rate",
+    "test_study_normalization",
+    "test_study_saddle",
 }
 
 
