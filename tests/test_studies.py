@@ -12,20 +12,37 @@ import pytest
 from sandbox import cli, results
 
 ROOT = Path(__file__).parents[1]
-STUDIES = ["gradient", "descent", "optimizers"]
+
+
+class _QuickRuns(dict):
+    """name -> run folder of the study's --quick run, run the first time it is asked for
+    (the slow tests' studies are not run by `make test`)."""
+
+    def __init__(self, tmp_path_factory):
+        super().__init__()
+        self.tmp = tmp_path_factory
+
+    def __missing__(self, name):
+        folder = self.tmp.mktemp(name)
+        importlib.import_module(f"studies.{name}").main(["--quick", "--out", str(folder)])
+        self[name] = folder
+        return folder
 
 
 @pytest.fixture(scope="module")
 def quick_runs(tmp_path_factory):
-    out = {}
-    for name in STUDIES:
-        folder = tmp_path_factory.mktemp(name)
-        importlib.import_module(f"studies.{name}").main(["--quick", "--out", str(folder)])
-        out[name] = folder
-    return out
+    return _QuickRuns(tmp_path_factory)
 
 
-@pytest.mark.parametrize("name", STUDIES)
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gradient",
+        "descent",
+        # 64 sweeps and a GIF: 21 s of --quick; the optimizers test below is slow too.
+        pytest.param("optimizers", marks=pytest.mark.slow),
+    ],
+)
 def test_quick_run_writes_the_run_folder(quick_runs, name):
     folder = quick_runs[name]
     for f in ("config.json", "arrays.npz", "meta.json", "summary.json"):
@@ -68,6 +85,7 @@ def test_descent_study_matches_theory(quick_runs):
     assert (quick_runs["descent"] / "descent.gif").read_bytes()[:6] == b"GIF89a"
 
 
+@pytest.mark.slow  # the optimizers --quick run (21 s); make quick runs it in CI
 def test_optimizers_study_is_fair_and_matches_theory(quick_runs):
     folder = quick_runs["optimizers"]
     s = json.loads((folder / "summary.json").read_text())
