@@ -68,7 +68,7 @@ def test_results_are_bitwise_independent_of_the_chunk_size(chunk):
 
 
 def test_sweep_results_are_bitwise_independent_of_the_device_count(tmp_path):
-    """Two devices against three (tests/test_sweep.py compares one and eight for momentum).
+    """Two devices against three (tests/test_sweep.py, slow, compares one and eight for momentum).
     Adam on one device differs from Adam on several in the last bit of about 3% of these
     runs: XLA compiles the single-device program differently (docs/architecture.md)."""
     script = textwrap.dedent(
