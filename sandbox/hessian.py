@@ -333,7 +333,7 @@ def _lanczos_host(loss: Loss, params: PyTree, v0_n: Array, num_iters: int, mask_
     put, mask_n = _host_args(params, mask_n, v0_n)
     hv = _host_hvp(loss)
     tol = 100 * float(jnp.finfo(v0_n.dtype).eps)
-    state = jax.tree.map(put, _lanczos_init(_masked(put(v0_n), mask_n), num_iters))
+    state = jax.tree.map(put, _lanczos_init(_masked(v0_n, mask_n), num_iters))
     for i in range(num_iters):
         w_n = hv(params, mask_n, state[0][i])
         state = _host_update(tol, jnp.int32(i), state, w_n, mask_n)
@@ -657,9 +657,7 @@ def _probe_group(loss: Loss, params: PyTree, keys_b: Array, mask_n=None) -> Arra
     """z^T H z for the Rademacher probes z drawn from each key of `keys_b`, vmapped: [b]
     (z zero outside the block with `mask_n`: z^T H_BB z)."""
     flat_n, matvec = _flat_matvec(loss, params, mask_n)
-    n, dtype = flat_n.shape[0], flat_n.dtype
-    z_bxn = jax.vmap(lambda k: jax.random.rademacher(k, (n,), dtype=dtype), in_axes=0)(keys_b)
-    z_bxn = z_bxn if mask_n is None else z_bxn * mask_n[None]
+    z_bxn = _rademacher(keys_b, flat_n.shape[0], flat_n.dtype, mask_n)
     Hz_bxn = jax.vmap(matvec, in_axes=0)(z_bxn)
     return jnp.sum(z_bxn * Hz_bxn, axis=1)
 
@@ -686,11 +684,14 @@ def _trace_jit(
     return _mean_and_error(samples_P[:num_probes])
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _rademacher_group(keys_b: Array, n: int, dtype, mask_n: Array) -> Array:
-    """[b, n]: the probes of `_probe_group`, zero outside the block."""
+def _rademacher(keys_b: Array, n: int, dtype, mask_n: Array | None = None) -> Array:
+    """[b, n]: a Rademacher probe from each key of `keys_b`, zero outside the block."""
     z_bxn = jax.vmap(lambda k: jax.random.rademacher(k, (n,), dtype=dtype), in_axes=0)(keys_b)
-    return z_bxn * mask_n[None]
+    return z_bxn if mask_n is None else z_bxn * mask_n[None]
+
+
+# The host loop's probes, drawn a group at a time in one compiled call.
+_rademacher_group = jax.jit(_rademacher, static_argnums=(1, 2))
 
 
 def _trace_host(loss, params, key, num_probes, batch, mask_n=None) -> tuple[Array, Array]:

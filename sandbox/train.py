@@ -184,6 +184,18 @@ def abstract_state(model: nn.Module, tx: optax.GradientTransformation, key, imag
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
 
 
+def eval_loss(model: nn.Module, variables: dict, x, y) -> Callable:
+    """params -> the mean cross-entropy on (x, y) in eval mode, with the batch statistics of
+    `variables` held fixed: the loss whose Hessian the landscape studies take."""
+    stats = variables["batch_stats"]
+
+    def loss(params):
+        logits = model.apply({"params": params, "batch_stats": stats}, x, train=False)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    return loss
+
+
 def variables(state: dict) -> dict:
     """A training state's model variables: params, and batch_stats where the model has them."""
     v = {"params": state["params"]}

@@ -88,7 +88,6 @@ import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
-import optax
 from matplotlib import colors
 
 from sandbox import cli, data, hessian, plotting, precision, results, surface, train
@@ -203,19 +202,8 @@ QUICK = Config(
 PAPER = Config(grid=51, pca_grid=21, interp_points=41)
 
 
-def _eval_loss(model, variables, x, y):
-    """The eval-mode training loss on (x, y) as a function of the parameters alone."""
-    stats = variables["batch_stats"]
-
-    def loss(params):
-        logits = model.apply({"params": params, "batch_stats": stats}, x, train=False)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    return loss
-
-
 def _hessian_edges(loss, variables, key, iters) -> dict:
-    """Lambda_max and lambda_min of `loss` (`_eval_loss`), checked by doubling the Lanczos
+    """Lambda_max and lambda_min of `loss` (`train.eval_loss`), checked by doubling the Lanczos
     steps (`hessian.converged_extremes`)."""
     e = hessian.converged_extremes(
         loss, variables["params"], key=key, num_iters=iters, tol=CONVERGED
@@ -245,7 +233,7 @@ STAGE_BLOCKS = {
 
 def _spectrum(loss, variables, key, cfg: Config, num_classes: int, images: int) -> dict:
     """Per-stage lambda_max and trace (`hessian.blocks`) and the outlier spectrum (top 2C
-    eigenvalues against the SLQ bulk edge, `hessian.outliers`) of `loss` (`_eval_loss`)."""
+    eigenvalues against the SLQ bulk edge, `hessian.outliers`) of `loss` (`train.eval_loss`)."""
     params = variables["params"]
 
     kb, ko, ks = jax.random.split(key, 3)
@@ -386,14 +374,14 @@ def compute_one(
     t0 = time.perf_counter()
     nh = min(cfg.hessian_images, len(ds.x_train))
     xh, yh = jnp.asarray(ds.x_train[:nh]), jnp.asarray(ds.y_train[:nh])
-    loss_h = _eval_loss(model, trained, xh, yh)
+    loss_h = train.eval_loss(model, trained, xh, yh)
     edges = _hessian_edges(loss_h, trained, kh, cfg.lanczos_iters)
     hessian_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     ns = min(cfg.spectrum_images, len(ds.x_train))
     # The same loss object when the images are the same: one compiled HVP for both.
     xsp, ysp = jnp.asarray(ds.x_train[:ns]), jnp.asarray(ds.y_train[:ns])
-    loss_s = loss_h if ns == nh else _eval_loss(model, trained, xsp, ysp)
+    loss_s = loss_h if ns == nh else train.eval_loss(model, trained, xsp, ysp)
     spectrum = _spectrum(loss_s, trained, kh, cfg, ds.num_classes, ns)
     density = spectrum.pop("density")
     spectrum_s = time.perf_counter() - t0

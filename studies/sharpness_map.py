@@ -85,13 +85,7 @@ def resnet_problem(cfg: Config, ds: data.Dataset, folder: Path, progress: bool):
     v = train.variables(state)
     n = min(cfg.resnet_images, len(ds.y_train))
     x, y = jnp.asarray(ds.x_train[:n]), jnp.asarray(ds.y_train[:n])
-    stats = v["batch_stats"]
-
-    def loss(params):
-        logits = model.apply({"params": params, "batch_stats": stats}, x, train=False)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    return loss, v["params"]
+    return train.eval_loss(model, v, x, y), v["params"]
 
 
 def mlp_problem(cfg: Config, ds: data.Dataset):
