@@ -14,18 +14,25 @@ runs, loss-surface grid points and the fractal's learning-rate grid all go throu
   through the same vectorized loop body (per-device shares are multiples of `lane`, and of
   `batch` above it).
 - `store=PATH`: every finished chunk is written to a zarr group at PATH as soon as it is back
-  on the host, then marked done. The store records a digest of everything that determines
-  the results (the jaxpr of `one` with its constants, the items, the shared inputs, the
-  layout, and what the caller adds); called again with the same arguments, `map_chunks`
-  computes only the chunks not marked done and returns arrays bitwise equal to an
-  uninterrupted run. A store made by another computation is refused with one line naming
-  what differs, and left untouched. With `lazy=True` the outputs come back as zarr arrays
-  read on demand, so a map larger than memory never holds all its results at once.
-- Several processes: after `jax.distributed.initialize()`, every process calls the same
-  `map_chunks(..., store=SHARED_PATH)`; process p computes the missing chunks c with
-  c % process_count == p on its own devices, then waits until the others have written
-  theirs, and every process returns the whole result. A process that is killed and started
-  again computes only its chunks that are not yet done.
+  on the host, read back, and marked done by a marker holding the checksums of its bytes
+  (one atomic rename). The store records a digest of everything that determines the results
+  (the jaxpr of `one` with its constants, the items, the shared inputs, the outputs' shapes,
+  and what the caller adds) and the layout (device count and platform, lane, batch); called
+  again with the same arguments, `map_chunks` computes only the chunks not done and returns
+  arrays bitwise equal to an uninterrupted run. Every chunk is checked against its checksums
+  before it is returned: a missing, swapped, truncated or garbled chunk, or a marker without
+  its data, is computed again (one line on stderr says which). A store of another
+  computation or layout, a damaged engine.json or zarr metadata, a file, or a store that
+  cannot be written while chunks are missing is refused with one ValueError naming the store
+  and what is wrong, before any work, and left untouched. With `lazy=True` the outputs come
+  back as zarr arrays read on demand, so a map larger than memory never holds all its
+  results at once.
+- Any number of jobs (processes, on any hosts sharing the folder) may run the same
+  `map_chunks(..., store=SHARED_PATH)` at once: each claims chunks by leases (`_Claims`),
+  computes and marks them, and takes over the chunks of a job whose lease expired (`lease`
+  seconds without renewal), so no job waits without bound on another; every job returns the
+  whole result, bitwise equal to one job's (a chunk's bits depend only on the store's
+  identity and layout).
 """
 
 import contextlib
@@ -33,10 +40,14 @@ import functools
 import hashlib
 import json
 import os
+import random
 import shutil
+import socket
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -52,9 +63,12 @@ from sandbox import checks
 PyTree = Any
 # Progress bars appear once a map has run this many seconds.
 PROGRESS_AFTER_S = 3.0
-# How often a process waiting for the chunks of other processes looks at the store.
+# How often a job whose remaining chunks are all leased by other jobs looks at the store again.
 POLL_S = 0.2
-STORE_FORMAT = "sandbox.engine/1"
+# Seconds a chunk's lease lasts unless its holder renews it (every quarter of it): what a job
+# killed while computing costs the others in waiting, at most.
+LEASE_S = 60.0
+STORE_FORMAT = "sandbox.engine/2"
 
 
 def map_chunks(
@@ -72,6 +86,7 @@ def map_chunks(
     progress: bool | None = None,
     desc: str = "",
     unit: str = "item",
+    lease: float | None = None,
 ) -> PyTree:
     """`one(item, shared)` for every item, stacked along a leading axis N.
 
@@ -96,6 +111,9 @@ def map_chunks(
       lazy: with `store`, return zarr arrays that are read on demand instead of NumPy.
       progress: a tqdm bar over the items (None: shown once the map has run a few seconds).
       desc, unit: the bar's label and unit.
+      lease: with `store`, seconds a claim on a chunk lasts unless renewed (default
+        `LEASE_S`): how long other jobs wait before they take over the chunks of a job
+        that died.
 
     Returns:
       The pytree `one` returns, each leaf with the leading axis N (NumPy, or zarr if lazy).
@@ -105,30 +123,15 @@ def map_chunks(
     if batch is not None:
         checks.integer("batch", batch, minimum=1)
     store = _store_path(store, lazy)
+    lease = LEASE_S if lease is None else checks.positive("lease", lease)
     devices = jax.local_devices()
     chunk = round_chunk(
         n if chunk is None else checks.integer("chunk", chunk, minimum=1), len(devices), lane, batch
     )
     out_spec = _out_spec(one, items, shared)
-
-    chunks = -(-n // chunk)
-    store_ = None
-    todo = list(range(chunks))
-    if store is not None:
-        parts = _identity(one, items, shared, out_spec, identity)
-        if isinstance(store, _Root):  # inside `stores_in`: a store named by the computation
-            key = json.dumps({"n": n, "identity": parts}, sort_keys=True).encode()
-            store = store.path / hashlib.sha256(key).hexdigest()[:16]
-        store_ = _Store.open(Path(store), parts, out_spec, n, chunk, len(devices), lane, batch)
-        chunk = store_.chunk
-        chunks = -(-n // chunk)
-        todo = [c for c in range(chunks) if not store_.is_done(c)]
-    pid, count = jax.process_index(), jax.process_count()
-    mine = [c for c in todo if store_ is None or c % count == pid]
-
-    bar = tqdm(
+    bar = functools.partial(
+        tqdm,
         total=n,
-        initial=n - sum(_rows(c, chunk, n) for c in todo),
         unit=unit,
         desc=desc,
         file=sys.stderr,
@@ -136,15 +139,86 @@ def map_chunks(
         disable=not progress if progress is not None else _OUTER_BARS > 0,
         delay=0 if progress else PROGRESS_AFTER_S,
     )
-    with bar:
-        pieces = _run(one, items, shared, mine, chunk, n, batch, finish, store_, bar)
-        if store_ is not None:
-            store_.wait_for_others(todo, bar, lambda c: _rows(c, chunk, n))
-    if store_ is not None:
-        return store_.read(lazy)
-    if len(pieces) == 1:
-        return pieces[0]
-    return jax.tree.map(lambda *a: np.concatenate(a), *[pieces[c] for c in range(chunks)])
+    if store is None:
+        chunks = -(-n // chunk)
+        with bar() as b:
+            pieces = _run(one, items, shared, range(chunks), chunk, n, batch, finish, None, b)
+        if len(pieces) == 1:
+            return pieces[0]
+        return jax.tree.map(lambda *a: np.concatenate(a), *[pieces[c] for c in range(chunks)])
+
+    parts = _identity(one, items, shared, out_spec, identity)
+    layout = _layout(devices, lane, batch)
+    if isinstance(store, _Root):  # inside `stores_in`: a store named by the computation
+        key = json.dumps({"n": n, "identity": parts, "layout": layout}, sort_keys=True).encode()
+        store = store.path / hashlib.sha256(key).hexdigest()[:16]
+    store_ = _Store.open(Path(store), parts, out_spec, n, chunk, layout)
+    with bar() as b:
+        _run_stored(one, items, shared, store_, batch, finish, lease, b)
+    return store_.read(lazy)
+
+
+def _run_stored(one, items, shared, store_: "_Store", batch, finish, lease_s, bar) -> None:
+    """Computes a store's missing chunks with any number of other jobs: checks the chunks
+    marked done (those that fail are computed again), then claims chunks by leases until
+    every one is done, waiting on other jobs' chunks only while their leases are live."""
+    n, chunk, chunks = store_.n, store_.chunk, store_.chunks
+    why_not = None
+    bad = store_.check(store_.done())
+    missing = bad or len(store_.done()) < chunks
+    if missing:
+        why_not = store_.writable()
+        if why_not is not None and not bad:
+            raise ValueError(
+                f"`store` {str(store_.path)!r} cannot be written ({why_not}) and "
+                f"{chunks - len(store_.done())} of its {chunks} chunks are not computed"
+            )
+    if bad:
+        store_.unmark(bad, why_not is None)
+    if not missing:
+        bar.update(n)
+        return
+    order = list(range(chunks))
+    start = random.Random(os.getpid() ^ time.monotonic_ns()).randrange(chunks)
+    order = order[start:] + order[:start]  # jobs started together seldom race for a chunk
+    for _attempt in range(3):
+        with _Claims(store_, lease_s) as claims:
+
+            def claimed():
+                while True:  # until no chunk is left to claim
+                    done, current = store_.done(), claims.current()
+                    bar.n = sum(store_.rows(c) for c in done)
+                    bar.set_postfix_str(f"{len(done)}/{chunks} chunks", refresh=False)
+                    for c in order:
+                        if c in done or c in claims.held or not claims.claim(c, current):
+                            continue
+                        if store_.is_done(c):  # finished by another job since the listing
+                            claims.release(c)
+                            continue
+                        yield c
+                        break
+                    else:
+                        return
+
+            def stored(c, host):
+                if not store_.is_done(c):  # another job may have finished it meanwhile
+                    store_.write(c, host)
+                claims.release(c)
+
+            while True:
+                _run(one, items, shared, claimed(), chunk, n, batch, finish, stored, bar)
+                if len(store_.done()) == chunks:
+                    break
+                time.sleep(POLL_S)  # the rest is leased by live jobs (or soon expires)
+        bad = store_.check(set(range(chunks)) - store_.verified)
+        if not bad:
+            bar.n = n
+            return
+        store_.unmark(bad, True)
+    raise ValueError(
+        f"`store` {str(store_.path)!r}: chunks {sorted(bad)} fail verification again and "
+        "again (another program writing there?)"
+    )
 
 
 _STORE_ROOTS: list[Path] = []  # the folders of `stores_in`, innermost last
@@ -202,16 +276,19 @@ def _count(items: PyTree) -> int:
     return n
 
 
-def _run(one, items, shared, mine, chunk, n, batch, finish, store_, progress_bar) -> dict:
-    """Computes the chunks `mine`, the next dispatched while the last is copied back; each
-    is finished, then stored (or kept: the returned {chunk index: outputs})."""
+def _run(one, items, shared, chunks, chunk, n, batch, finish, stored, progress_bar) -> dict:
+    """Computes the chunks `chunks` (any iterable, consumed one at a time), the next
+    dispatched while the last is copied back; each is finished, then handed to
+    `stored(c, outputs)` (or kept: the returned {chunk index: outputs})."""
     devices = jax.local_devices()
     pieces = {}
     runner = _runner(one, len(devices), batch)
     sharding = NamedSharding(_mesh(tuple(devices)), P("items"))
     shared_dev = jax.device_put(shared, NamedSharding(_mesh(tuple(devices)), P()))
     pending = None
-    for c in [*mine, None]:
+    todo = iter(chunks)
+    while True:
+        c = next(todo, None)
         out = None
         if c is not None:
             part = jax.device_put(_chunk_of(items, c, chunk, n), sharding)
@@ -223,13 +300,14 @@ def _run(one, items, shared, mine, chunk, n, batch, finish, store_, progress_bar
             )
             if finish is not None:
                 host = finish(host, pc * chunk)
-            if store_ is not None:
-                store_.write(pc, host)
+            if stored is not None:
+                stored(pc, host)
             else:
                 pieces[pc] = host
             progress_bar.update(_rows(pc, chunk, n))
-        pending = None if c is None else (c, out)
-    return pieces
+        if c is None:
+            return pieces
+        pending = (c, out)
 
 
 def bar(iterable, *, desc: str, unit: str = "cell", total: int | None = None):
@@ -376,51 +454,131 @@ def _identity(one, items, shared, out_spec, extra) -> dict[str, str]:
     return parts
 
 
+def _layout(devices: list, lane: int, batch: int | None) -> dict:
+    """What, besides the identity, decides a chunk's bits: the devices that split it (XLA
+    compiles a one-device program differently) and the per-device vector blocks."""
+    return {"devices": len(devices), "platform": devices[0].platform, "lane": lane, "batch": batch}
+
+
+def _checksums(outputs: list[np.ndarray]) -> list[str]:
+    """SHA-256 (first 32 hex digits) of each array's dtype, shape and bytes."""
+    sums = []
+    for a in outputs:
+        a = np.ascontiguousarray(a)
+        h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+        sums.append(h.hexdigest()[:32])
+    return sums
+
+
 class _Store:
-    """A zarr group of the outputs (one zarr chunk per engine chunk) and done markers."""
+    """A chunk store: engine.json (what it holds), arrays.zarr (one zarr chunk per engine
+    chunk), done/<c> (a chunk's marker: the checksums of its bytes, written atomically after
+    them) and leases/<c>.<epoch> (claims of chunks being computed, see `_Claims`)."""
 
     def __init__(self, path: Path, meta: dict, out_spec: PyTree):
         self.path = path
         self.meta = meta
         self.chunk = meta["chunk"]
         self.n = meta["n"]
+        self.chunks = -(-self.n // self.chunk)
         self.out_spec = out_spec
-        self.names = [_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(out_spec)[0]]
+        self.names = _names(out_spec)
+        self.verified: set[int] = set()  # chunks whose bytes matched their marker
         self._group = None
 
     @classmethod
-    def open(cls, path, parts, out_spec, n, chunk, num_devices, lane, batch) -> "_Store":
+    def open(cls, path, parts, out_spec, n, chunk, layout) -> "_Store":
+        """Opens (or makes) the store and checks everything but the chunks' bytes: one
+        ValueError naming the store and what is wrong, before anything is written."""
+        where = f"`store` {str(path)!r}"
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{where} is a file, not a folder; give a folder (new or a store)")
         meta_path = path / "engine.json"
         if not meta_path.exists():
             if path.exists() and any(path.iterdir()):
                 raise ValueError(
-                    f"`store` {str(path)!r} is a folder that is not an engine store; "
+                    f"{where} is a folder that is not an engine store (no engine.json); "
                     "give a new or empty path"
                 )
-            meta = {"format": STORE_FORMAT, "n": n, "chunk": chunk, "identity": parts}
-            _create(path, meta, out_spec)
-        try:
-            meta = json.loads(meta_path.read_text())
-            saved = meta["identity"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise ValueError(f"`store` {str(path)!r} has an unreadable engine.json") from None
-        if meta.get("format") != STORE_FORMAT:
-            raise ValueError(f"`store` {str(path)!r} is not a {STORE_FORMAT} store")
-        differ = sorted(set(parts) ^ set(saved) | {k for k in parts if saved.get(k) != parts[k]})
+            meta = {
+                "format": STORE_FORMAT,
+                "n": n,
+                "chunk": chunk,
+                "layout": layout,
+                "identity": parts,
+            }
+            try:
+                _create(path, meta, out_spec)
+            except OSError as e:
+                raise ValueError(f"{where} cannot be made: {e.strerror or e}") from None
+        meta = _read_meta(path)
+        differ = sorted(
+            set(parts) ^ set(meta["identity"])
+            | {k for k in parts if meta["identity"].get(k) != parts[k]}
+        )
         if meta["n"] != n:
             differ = ["number of items", *differ]
         if differ:
             raise ValueError(
-                f"`store` {str(path)!r} holds another computation (different "
+                f"{where} holds another computation (different "
                 f"{', '.join(differ)}); use another path or delete that one"
             )
-        if round_chunk(meta["chunk"], num_devices, lane, batch) != meta["chunk"]:
+        if meta["layout"] != layout:
+            had, has = meta["layout"], layout
             raise ValueError(
-                f"`store` {str(path)!r} has chunks of {meta['chunk']} items, which "
-                f"{num_devices} devices cannot split evenly; resume with a device count that "
-                "divides it"
+                f"{where} was computed on {had['devices']} {had['platform']} device(s) "
+                f"(lane {had['lane']}, batch {had['batch']}) and this process has "
+                f"{has['devices']} {has['platform']} (lane {has['lane']}, batch {has['batch']}): "
+                "its chunks would round differently; resume with the same devices or use "
+                "another path"
             )
-        return cls(path, meta, out_spec)
+        store = cls(path, meta, out_spec)
+        store._check_arrays()
+        return store
+
+    def _check_arrays(self) -> None:
+        import zarr
+
+        where = f"`store` {str(self.path)!r}"
+        try:
+            g = zarr.open_group(self.path / "arrays.zarr", mode="r")
+        except Exception as e:  # zarr raises several kinds for a missing or broken group
+            raise ValueError(
+                f"{where} has damaged zarr metadata (arrays.zarr: {type(e).__name__}); "
+                "delete the store to compute it again"
+            ) from None
+        leaves = jax.tree.leaves(self.out_spec)
+        for name, spec in zip(self.names, leaves, strict=True):
+            want = ((self.n, *spec.shape), np.dtype(spec.dtype), (self.chunk, *spec.shape))
+            try:
+                a = g[name]
+                got = (tuple(a.shape), np.dtype(a.dtype), tuple(a.chunks))
+            except Exception as e:
+                raise ValueError(
+                    f"{where} has damaged zarr metadata (array {name!r}: "
+                    f"{type(e).__name__}); delete the store to compute it again"
+                ) from None
+            if got != want:
+                raise ValueError(
+                    f"{where} has damaged zarr metadata (array {name!r} is {got}, "
+                    f"expected {want}); delete the store to compute it again"
+                )
+
+    def writable(self) -> str | None:
+        """None if chunks can be written here; else why not (checked by writing)."""
+        try:
+            for sub in ("done", "leases"):
+                (self.path / sub).mkdir(exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=self.path / sub, prefix=".probe.")
+                os.close(fd)
+                os.unlink(tmp)
+            fd, tmp = tempfile.mkstemp(dir=self.path / "arrays.zarr", prefix=".probe.")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as e:
+            return e.strerror or str(e)
+        return None
 
     def group(self):
         import zarr
@@ -429,40 +587,167 @@ class _Store:
             self._group = zarr.open_group(self.path / "arrays.zarr", mode="r+")
         return self._group
 
+    def done(self) -> set[int]:
+        """The chunks marked done (markers not yet checked against the bytes)."""
+        try:
+            names = os.listdir(self.path / "done")
+        except FileNotFoundError:
+            return set()
+        return {int(m) for m in names if m.isdigit() and int(m) < self.chunks}
+
     def is_done(self, c: int) -> bool:
         return (self.path / "done" / str(c)).exists()
 
+    def rows(self, c: int) -> int:
+        return _rows(c, self.chunk, self.n)
+
+    def read_chunk(self, c: int, group=None) -> list[np.ndarray]:
+        g = self.group() if group is None else group
+        lo = c * self.chunk
+        return [np.asarray(g[name][lo : lo + self.rows(c)]) for name in self.names]
+
     def write(self, c: int, outputs: PyTree) -> None:
+        """Writes a chunk, reads it back, checks it, then marks it done with the checksums
+        of its bytes (one atomic rename): a chunk killed halfway has no marker."""
+        arrays = [np.asarray(a) for a in jax.tree.leaves(outputs)]
         g = self.group()
         lo = c * self.chunk
-        for name, a in zip(self.names, jax.tree.leaves(outputs), strict=True):
+        for name, a in zip(self.names, arrays, strict=True):
             g[name][lo : lo + len(a)] = a
-        # The marker goes last, atomically: a chunk killed halfway is simply computed again.
-        marker = self.path / "done" / str(c)
-        fd, tmp = tempfile.mkstemp(dir=marker.parent, prefix=f".{c}.")
-        os.close(fd)
-        os.replace(tmp, marker)
+        sums = _checksums(arrays)
+        if _checksums(self.read_chunk(c)) != sums:
+            raise ValueError(
+                f"`store` {str(self.path)!r}: chunk {c} does not read back as it was written "
+                "(a failing disk or another program writing there)"
+            )
+        marker = {"rows": self.rows(c), "sha256": dict(zip(self.names, sums, strict=True))}
+        _write_atomic(self.path / "done" / str(c), json.dumps(marker).encode())
+        self.verified.add(c)
 
-    def wait_for_others(self, todo: list[int], bar, rows: Callable[[int], int]) -> None:
-        left = [c for c in todo if not self.is_done(c)]
-        if left:
-            bar.set_description("waiting for the chunks of other processes")
-        while left:
-            time.sleep(POLL_S)
-            now = [c for c in left if not self.is_done(c)]
-            bar.update(sum(rows(c) for c in left if c not in now))
-            left = now
+    def check(self, chunks) -> dict[int, str]:
+        """Reads each chunk and compares its bytes with the checksums of its marker;
+        returns {chunk: what is wrong} for those that fail (the others become verified)."""
+        bad = {}
+        g = None
+        for c in sorted(chunks):
+            try:
+                marker = json.loads((self.path / "done" / str(c)).read_text())
+                want = [marker["sha256"][name] for name in self.names]
+                if marker["rows"] != self.rows(c):
+                    raise ValueError
+            except FileNotFoundError:
+                bad[c] = "its done marker vanished"
+                continue
+            except (OSError, ValueError, KeyError, TypeError):
+                bad[c] = "its done marker holds no valid checksums"
+                continue
+            try:
+                if g is None:
+                    g = _open_read(self.path)
+                got = _checksums(self.read_chunk(c, g))
+            except Exception as e:  # a truncated or garbled chunk fails to decode
+                bad[c] = f"its data cannot be read ({type(e).__name__})"
+                continue
+            wrong = [n for n, a, b in zip(self.names, got, want, strict=True) if a != b]
+            if wrong:
+                bad[c] = f"its bytes do not match its checksum ({', '.join(wrong)})"
+            else:
+                self.verified.add(c)
+        return bad
+
+    def unmark(self, bad: dict[int, str], writable: bool) -> None:
+        """Forgets chunks that failed their check (they are computed again), saying so in one
+        line; a store that cannot be written is refused instead."""
+        where = f"`store` {str(self.path)!r}"
+        first = min(bad)
+        what = f"chunk {first} ({bad[first]})" + (
+            f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        )
+        if not writable:
+            raise ValueError(f"{where} is damaged: {what}, and cannot be written to repair it")
+        for c in bad:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path / "done" / str(c))
+            self.verified.discard(c)
+        print(f"{where}: {what} failed verification; computing again", file=sys.stderr)
 
     def read(self, lazy: bool) -> PyTree:
-        import zarr
-
-        g = zarr.open_group(self.path / "arrays.zarr", mode="r")
+        g = _open_read(self.path)
         arrays = [g[name] if lazy else g[name][...] for name in self.names]
         return jax.tree.unflatten(jax.tree.structure(self.out_spec), arrays)
 
 
+def _open_read(path: Path):
+    import zarr
+
+    return zarr.open_group(path / "arrays.zarr", mode="r")
+
+
+def _read_meta(path: Path) -> dict:
+    """engine.json, checked field by field (ValueError naming the store and the field)."""
+    where = f"`store` {str(path)!r}"
+    try:
+        meta = json.loads((path / "engine.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{where} has an unreadable engine.json ({type(e).__name__})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{where} has a damaged engine.json (not an object)")
+    if meta.get("format") != STORE_FORMAT:
+        raise ValueError(
+            f"{where} is not a {STORE_FORMAT} store (format {meta.get('format')!r}: made by "
+            "another version of the sandbox); use another path or delete that one"
+        )
+
+    def bad(field, expected):
+        value = meta.get(field)
+        return ValueError(
+            f"{where} has a damaged engine.json: `{field}` must be {expected}, got {value!r}"
+        )
+
+    for field in ("n", "chunk"):
+        v = meta.get(field)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise bad(field, "an integer >= 1")
+    ident = meta.get("identity")
+    if not isinstance(ident, dict) or not all(isinstance(v, str) for v in ident.values()):
+        raise bad("identity", "an object of strings")
+    layout = meta.get("layout")
+    if not (
+        isinstance(layout, dict)
+        and set(layout) == {"devices", "platform", "lane", "batch"}
+        and isinstance(layout["devices"], int)
+        and layout["devices"] >= 1
+        and isinstance(layout["lane"], int)
+        and layout["lane"] >= 1
+        and (layout["batch"] is None or isinstance(layout["batch"], int))
+        and isinstance(layout["platform"], str)
+    ):
+        raise bad("layout", "{devices, platform, lane, batch}")
+    if meta["chunk"] % (layout["devices"] * layout["lane"]):
+        raise bad("chunk", f"a multiple of {layout['devices'] * layout['lane']}")
+    return meta
+
+
+def _names(out_spec: PyTree) -> list[str]:
+    """A zarr array name per output leaf (a bare array: "out")."""
+    names = [_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(out_spec)[0]]
+    return ["out" if not n else n for n in names]
+
+
 def _name(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _create(path: Path, meta: dict, out_spec: PyTree) -> None:
@@ -474,15 +759,16 @@ def _create(path: Path, meta: dict, out_spec: PyTree) -> None:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         g = zarr.open_group(tmp / "arrays.zarr", mode="w")
-        for p, spec in jax.tree_util.tree_flatten_with_path(out_spec)[0]:
+        for name, spec in zip(_names(out_spec), jax.tree.leaves(out_spec), strict=True):
             g.create_array(
-                _name(p),
+                name,
                 shape=(meta["n"], *spec.shape),
                 chunks=(meta["chunk"], *spec.shape),
                 dtype=spec.dtype,
                 fill_value=0,
             )
         (tmp / "done").mkdir()
+        (tmp / "leases").mkdir()
         (tmp / "engine.json").write_text(json.dumps(meta, indent=2) + "\n")
         try:  # replaces an empty folder; fails on a store another process just made
             os.rename(tmp, path)
@@ -492,3 +778,169 @@ def _create(path: Path, meta: dict, out_spec: PyTree) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- claims
+
+HOST = socket.gethostname()
+
+
+class _Claims:
+    """Leases on the chunks of one store, held by this process.
+
+    A lease on chunk c is the file leases/<c>.<epoch>, made whole and at once (written
+    beside it, then hard-linked into place: the link fails if the name exists, so of several
+    jobs claiming the same chunk exactly one wins). Its holder touches it every lease / 4
+    seconds while it computes (a thread). A lease is expired when its holder is a process of
+    this host that no longer runs, or when it was not touched for `lease_s` seconds: on this
+    host by its modification time, from another host by watching it (this process's own
+    clock, so clocks of different hosts need not agree). An expired lease of epoch e is
+    taken over by creating epoch e + 1, which again only one job can do. A holder that was
+    presumed dead but was only slow still writes the same bytes: a chunk is a pure function
+    of the store's identity and layout.
+    """
+
+    def __init__(self, store: _Store, lease_s: float):
+        self.folder = store.path / "leases"
+        self.lease_s = float(lease_s)
+        self.owner = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.held: dict[int, Path] = {}
+        self.seen: dict[str, tuple[tuple, float]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, daemon=True, name="lease renewal")
+
+    def __enter__(self):
+        self.folder.mkdir(exist_ok=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        for c in list(self.held):
+            self.release(c)
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease_s / 4):
+            with self._lock:
+                for c, p in list(self.held.items()):
+                    try:
+                        os.utime(p)
+                    except FileNotFoundError:  # taken over and cleared: no longer ours
+                        self.held.pop(c, None)
+
+    def current(self) -> dict[int, tuple[int, str]]:
+        """{chunk: (highest epoch, file name)} of the lease files now in the folder."""
+        out: dict[int, tuple[int, str]] = {}
+        for name in os.listdir(self.folder):
+            c, _, e = name.partition(".")
+            if c.isdigit() and e.isdigit() and int(e) >= out.get(int(c), (-1, ""))[0]:
+                out[int(c)] = (int(e), name)
+        return out
+
+    def expired(self, name: str) -> bool:
+        path = self.folder / name
+        try:
+            st = path.stat()
+            info = json.loads(path.read_text())
+        except FileNotFoundError:
+            return True  # released or cleared since the listing
+        except (OSError, ValueError):
+            info = {}
+        lease_s = float(info.get("lease_s", self.lease_s)) if isinstance(info, dict) else 0.0
+        if isinstance(info, dict) and info.get("host") == HOST:
+            if not _alive(info.get("pid")) or info.get("pid") == os.getpid():
+                return info.get("owner") != self.owner
+            return time.time() - st.st_mtime > lease_s
+        key = (st.st_mtime_ns, st.st_size)
+        now = time.monotonic()
+        first = self.seen.get(name)
+        if first is None or first[0] != key:
+            self.seen[name] = (key, now)
+            return False
+        return now - first[1] > lease_s
+
+    def claim(self, c: int, current: dict) -> bool:
+        """Takes a lease on chunk c if it is free or expired; True if this process holds it."""
+        epoch = 0
+        if c in current:
+            e, name = current[c]
+            if not self.expired(name):
+                return False
+            epoch = e + 1
+        path = self.folder / f"{c}.{epoch}"
+        info = {"owner": self.owner, "host": HOST, "pid": os.getpid(), "lease_s": self.lease_s}
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{c}.")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(info))
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        with self._lock:
+            self.held[c] = path
+        for old in range(epoch):  # the leases this one replaces
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.folder / f"{c}.{old}")
+        return True
+
+    def release(self, c: int) -> None:
+        with self._lock:
+            path = self.held.pop(c, None)
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def leases(store: Path | str) -> list[dict]:
+    """The leases of a store now: [{chunk, owner, host, pid, age_s, lease_s}] (age: seconds
+    since its holder last renewed it, by this host's clock)."""
+    folder = Path(store) / "leases"
+    out = []
+    for name in sorted(os.listdir(folder)) if folder.is_dir() else []:
+        c, _, e = name.partition(".")
+        if not (c.isdigit() and e.isdigit()):
+            continue
+        try:
+            info = json.loads((folder / name).read_text())
+            age = time.time() - (folder / name).stat().st_mtime
+        except (OSError, ValueError):
+            continue
+        out.append({"chunk": int(c), **info, "age_s": age})
+    return out
+
+
+def progress(store: Path | str) -> dict:
+    """How far a store is: {n, chunk, chunks, done, done_times} (done_times: when each done
+    chunk was marked, seconds since the epoch, sorted)."""
+    path = Path(store)
+    meta = _read_meta(path)
+    chunks = -(-meta["n"] // meta["chunk"])
+    done = []
+    folder = path / "done"
+    for name in os.listdir(folder) if folder.is_dir() else []:
+        if name.isdigit() and int(name) < chunks:
+            with contextlib.suppress(OSError):
+                done.append(((folder / name).stat().st_mtime, int(name)))
+    return {
+        "n": meta["n"],
+        "chunk": meta["chunk"],
+        "chunks": chunks,
+        "done": [c for _, c in sorted(done)],
+        "done_times": [t for t, _ in sorted(done)],
+    }

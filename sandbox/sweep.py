@@ -76,6 +76,7 @@ def descend(
     store: Path | str | None = None,
     lazy: bool = False,
     progress: bool | None = None,
+    lease: float | None = None,
     **hyper: Any,
 ) -> Sweep:
     """Runs N descents of `fn`, one per row of `x0`, each with its own hyperparameters.
@@ -103,11 +104,14 @@ def descend(
       exact: send every run through `descent.run` (checks every update). The same results,
         faster when most runs are expected to diverge or leave the bound (escape-time
         studies), since the fast path would re-run those.
-      store: a folder where finished chunks are kept: the same call after an interruption
-        computes only what is missing; under `jax.distributed`, every process makes the
-        same call with a shared folder and computes its share (`engine.map_chunks`).
+      store: a folder where finished chunks are kept (`engine.map_chunks`): the same call
+        after an interruption computes only what is missing, and any number of processes
+        making the same call with a shared folder share the work, each returning the whole
+        result.
       lazy: with `store`, return zarr arrays read on demand (for sweeps larger than memory).
       progress: show a progress bar (default: when the sweep runs more than a few seconds).
+      lease: with `store`, seconds a claim on a chunk lasts unless renewed
+        (`engine.LEASE_S` by default).
       **hyper: hyperparameters of the optimizer (`lr` required), each a scalar (shared by
         all runs) or an [N] array (one value per run).
 
@@ -130,6 +134,7 @@ def descend(
         progress=progress,
         desc="descend",
         unit="run",
+        lease=lease,
     )
     if record_every or exact:
         one = _one("exact", *static, steps, record_every)
