@@ -1,20 +1,24 @@
 """The command line every study shares and its compute-save-plot driver.
 
-`study_parser` gives the common options (--quick, --out, --seed, --plot-only, --store);
-`run_study` computes (unless --plot-only), saves, reloads and draws into a run folder that
-lands as a whole (`results.RunFolder`); `command` wraps a study's `main` so that bad input
-is one line on stderr and exit status 2.
+`study_main` builds a study's `main`: `parse` turns every field of its Config into a flag
+named after the field (tyro: the dataclass is the parser, each field's comment its help), on
+top of the preset that --quick or --scale paper chose, beside the common options (--quick,
+--out, --plot-only, --store) and the study's own; `sandbox.config` checks the result and
+names the flag as typed. `run_study` computes (unless --plot-only), saves, reloads and draws
+into a run folder that lands as a whole (`results.RunFolder`); `command` wraps a study's
+`main` so that bad input is one line on stderr and exit status 2.
 """
 
 import argparse
 import dataclasses
 import sys
 import time
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from sandbox import results
+from sandbox import config, results
 
 
 class Parser(argparse.ArgumentParser):
@@ -46,7 +50,7 @@ def study_parser(name: str, doc: str | None = None, quick_help: str = "small siz
     return p
 
 
-SEED_MAX = 2**32 - 1  # PRNG keys take 32-bit seeds on every backend
+SEED_MAX = config.SEED_MAX
 
 
 def _seed(text: str) -> int:
@@ -98,6 +102,225 @@ def parse_study_args(
     return study_parser(name, doc).parse_args(argv)
 
 
+def parse(
+    name: str,
+    doc: str | None,
+    presets: dict[str, Any],
+    argv: Sequence[str] | None = None,
+    *,
+    options: type | None = None,
+    quick_help: str = "small sizes (seconds)",
+    paper_help: str | None = None,
+    aliases: dict[str, str] | None = None,
+) -> tuple[argparse.Namespace, Any]:
+    """A study's command line: (args, cfg).
+
+    `presets` maps "default", "quick" and (for studies with a paper-sized run) "paper" to
+    Configs; every field of the chosen one can be set by a flag named after it (`--num-runs`
+    or `--num_runs`; tuples as `--escape-lrs 0.05 0.1`, or comma-separated). `options` is a
+    dataclass of the study's flags that are not config fields (--data-dir, --no-progress).
+    `aliases` maps another spelling of a field's flag to it (`{"--lrs": "--gd-lrs"}`). `args`
+    holds the common options, the study's own, `typed` ({field: flag as typed}) and
+    `preset`. Bad input: one line naming the flag as typed, exit status 2; a value outside a
+    field's constraint: ValueError naming the flag (`command` prints it, exit status 2).
+    """
+    import tyro
+
+    argv = _expand(list(sys.argv[1:] if argv is None else argv), presets["default"], aliases)
+    quick = "--quick" in argv
+    scale = _value_of(argv, "--scale") if "paper" in presets else None
+    if quick and scale == "paper":
+        raise ValueError("give `--quick` or `--scale paper`, not both")
+    preset = presets["quick" if quick else "paper" if scale == "paper" else "default"]
+    cls = _arguments(type(preset), preset, options, quick_help, paper_help)
+    prog = f"python -m studies.{name}"
+    description = (doc or "").strip().splitlines()[0] if doc else None
+    with config.deferred(), _one_line_errors(prog, argv, aliases):
+        parsed = tyro.cli(cls, args=argv, prog=prog, description=description)
+    cfg = parsed.config
+    typed = _typed(argv, cfg, aliases)
+    config.check(cfg, flags={f.name: typed.get(f.name, config.flag(f.name)) for f in _fields(cfg)})
+    values = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(parsed)}
+    values.pop("config")
+    values.setdefault("scale", "default")
+    args = argparse.Namespace(**values, seed=None, typed=typed, preset=preset)
+    return args, cfg
+
+
+def _fields(cfg: Any) -> tuple:
+    return dataclasses.fields(cfg)
+
+
+def _value_of(argv: list[str], option: str) -> str | None:
+    for i, a in enumerate(argv):
+        if a == option and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(option + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _tuple_fields(cfg: Any) -> set[str]:
+    hints = typing.get_type_hints(type(cfg))
+    return {n for n, t in hints.items() if typing.get_origin(t) is tuple}
+
+
+def _expand(argv: list[str], cfg: Any, aliases: dict[str, str] | None) -> list[str]:
+    """argv with aliases replaced by the fields' flags and comma-separated values of tuple
+    fields split (`--escape-lrs 0.05,0.1` = `--escape-lrs 0.05 0.1`)."""
+    tuples = {config.flag(n) for n in _tuple_fields(cfg)} | {"--" + n for n in _tuple_fields(cfg)}
+    out: list[str] = []
+    in_tuple = False
+    for a in argv:
+        if a.startswith("--"):
+            a = (aliases or {}).get(a, a)
+            in_tuple = a in tuples
+            out.append(a)
+        elif in_tuple and "," in a:
+            out.extend(t for t in a.split(",") if t)
+        else:
+            out.append(a)
+    return out
+
+
+def _typed(argv: list[str], cfg: Any, aliases: dict[str, str] | None) -> dict[str, str]:
+    """{field: the flag as typed} for every config field given on the command line."""
+    spelled = {}
+    for f in _fields(cfg):
+        for s in (config.flag(f.name), "--" + f.name):
+            spelled[s] = f.name
+            spelled["--no-" + s[2:]] = f.name
+            spelled["--no_" + s[2:]] = f.name
+    back = {v: k for k, v in (aliases or {}).items()}
+    typed = {}
+    for a in argv:
+        key = a.split("=", 1)[0]
+        if key in spelled:
+            typed[spelled[key]] = back.get(key, key)
+    return typed
+
+
+def _arguments(
+    cls: type, preset: Any, options: type | None, quick_help: str, paper_help: str | None
+) -> type:
+    """The dataclass tyro turns into the command line: the common options, the study's own
+    and the config's fields (flags without a prefix)."""
+    import tyro
+
+    def flag(tp, help, **kw):
+        return Annotated[tp, tyro.conf.arg(help=help, **kw), tyro.conf.FlagCreatePairsOff]
+
+    fields: list = [
+        ("quick", flag(bool, quick_help), dataclasses.field(default=False)),
+        ("out", flag(Path | None, "output folder", metavar="DIR"), dataclasses.field(default=None)),
+        (
+            "plot_only",
+            flag(bool, "redraw figures from the saved arrays and config"),
+            dataclasses.field(default=False),
+        ),
+        (
+            "store",
+            flag(
+                Path | None,
+                "keep the finished chunks of every batched computation in DIR: a run stopped "
+                "and started again with the same DIR computes only what is missing",
+                metavar="DIR",
+            ),
+            dataclasses.field(default=None),
+        ),
+    ]
+    if paper_help is not None:
+        fields.append(
+            (
+                "scale",
+                flag(Literal["default", "paper"], paper_help),
+                dataclasses.field(default="default"),
+            )
+        )
+    for f in dataclasses.fields(options) if options is not None else ():
+        fields.append((f.name, _option_type(options, f), dataclasses.field(default=f.default)))
+    fields.append(
+        ("config", Annotated[cls, tyro.conf.arg(name="")], dataclasses.field(default=preset))
+    )
+    return dataclasses.make_dataclass("Arguments", fields, frozen=True)
+
+
+def _option_type(options: type, f: dataclasses.Field) -> Any:
+    import tyro
+
+    tp = typing.get_type_hints(options, include_extras=True)[f.name]
+    help = f.metadata.get("help")
+    marks = [tyro.conf.FlagCreatePairsOff] + ([tyro.conf.arg(help=help)] if help else [])
+    return Annotated[(tp, *marks)]
+
+
+class _one_line_errors:
+    """tyro's parse errors as one line, `prog: error: ...` naming the flag as typed, exit
+    status 2 (tyro's own are boxes of several lines)."""
+
+    def __init__(self, prog: str, argv: list[str], aliases: dict[str, str] | None):
+        self.prog, self.argv, self.aliases = prog, argv, aliases or {}
+
+    def __enter__(self) -> None:
+        import contextlib
+
+        from tyro import _errors  # tyro's parse-error hook (tyro >= 1.0; pinned < 1.1)
+
+        self._cm = getattr(_errors, "on_parse_error", lambda hook: contextlib.nullcontext())(
+            self._hook
+        )
+        self._cm.__enter__()
+
+    def __exit__(self, *exc) -> None:
+        self._cm.__exit__(*exc)
+
+    def _flag(self, event) -> str:
+        arg = getattr(event, "argument", None)
+        field = getattr(getattr(arg, "field", None), "intern_name", None)
+        if field is None:
+            return "the command line"
+        typed = {config.flag(field), "--" + field}
+        back = {v: k for k, v in self.aliases.items()}
+        for a in self.argv:
+            key = a.split("=", 1)[0]
+            if key in typed:
+                return f"`{back.get(key, key)}`"
+        return f"`{config.flag(field)}`"
+
+    def _hook(self, event) -> None:
+        kind = type(event).__name__
+        if kind == "UnrecognizedArgs":
+            message = f"unrecognized arguments: {' '.join(event.tokens)}"
+        elif kind == "InvalidChoice":
+            message = (
+                f"{self._flag(event)} must be one of {', '.join(event.choices)}, "
+                f"got {event.value!r}"
+            )
+        elif kind == "InstantiationFailure":
+            message = f"{self._flag(event)}: {event.message}"
+        elif kind == "BadValue":
+            message = f"{self._flag(event)}: expected a value, got {event.offending_value!r}"
+            if event.offending_value is None:
+                message = f"{self._flag(event)}: too few values"
+        else:
+            message = f"invalid command line ({kind}); see {self.prog} --help"
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def refuse_other_config(out: Path, saved: Any, cfg: Any, typed: dict[str, str]) -> None:
+    """--plot-only redraws the saved run: a flag asking for another value of a config field
+    than the saved one is refused, in one line naming the fields."""
+    differ = [n for n in typed if getattr(saved, n) != getattr(cfg, n)]
+    if differ:
+        saved_text = ", ".join(f"{n} = {getattr(saved, n)!r}" for n in differ)
+        flags = ", ".join(f"{typed[n]} {getattr(cfg, n)!r}" for n in differ)
+        raise ValueError(
+            f"{str(out)!r} holds a run with {saved_text}, not {flags}: --plot-only redraws "
+            "the saved run (run without --plot-only to compute, or drop those flags)"
+        )
+
+
 def run_dir(out: Path | None, name: str, quick: bool) -> Path:
     """The study's folder: `--out` as given, else results/<name> (results/<name>-quick)."""
     if out is None:
@@ -125,14 +348,15 @@ def run_study(
     """
     from sandbox import plotting  # matplotlib only where figures are drawn
 
-    if args.seed is not None:
+    if getattr(args, "seed", None) is not None:
         cfg = dataclasses.replace(cfg, seed=args.seed)
     if out is None:
         out = run_dir(args.out, name, args.quick)
     rf = results.RunFolder(out)
     with rf as stage:
         if args.plot_only:
-            results.load(out, type(cfg), study=name)  # one clear line if the saved run is unusable
+            saved, *_ = results.load(out, type(cfg), study=name)  # one line if unusable
+            refuse_other_config(out, saved, cfg, getattr(args, "typed", {}))
             rf.link_data()
         else:
             from sandbox import engine
@@ -151,22 +375,74 @@ def run_study(
 
 
 def command(main: Callable[[Sequence[str] | None], Any]) -> Callable:
-    """Wraps a study's `main`: every CPU core in use (`devices.use_all_cores`), and bad input
-    becomes one line on stderr and exit status 2."""
+    """Wraps a study's `main`: every CPU core in use (`devices.use_all_cores`); bad input and
+    a full disk become one line on stderr and exit status 2; a Ctrl-C becomes one line saying
+    what became of the run folder ("interrupted; results/NAME unchanged" or "... landed
+    whole", never a mix: `results.RunFolder`) and exit status 130."""
 
     def wrapped(argv: Sequence[str] | None = None):
         from sandbox import devices
 
         devices.use_all_cores()  # before the study's first computation starts JAX's backend
-        try:
-            return main(argv)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
+        opened = len(results.OPENED)
+        with _interrupts() as interrupted:
+            try:
+                value = main(argv)
+            except KeyboardInterrupt:
+                interrupted.append(True)
+            except ValueError as e:
+                print(f"error: {e}", file=sys.stderr)
+                raise SystemExit(2) from None
+            except OSError as e:  # a full disk outside a run folder (a run folder says itself)
+                if e.errno not in results.DISK_FULL:
+                    raise
+                print(f"error: {results.disk_full_message(e)}", file=sys.stderr)
+                raise SystemExit(2) from None
+        if interrupted:
+            runs = results.OPENED[opened:]
+            fate = "nothing written"
+            if runs:
+                fate = f"{runs[-1].given} {'landed whole' if runs[-1].landed else 'unchanged'}"
+            print(f"interrupted; {fate}", file=sys.stderr)
+            raise SystemExit(130)
+        return value
 
     wrapped.__doc__ = main.__doc__
     wrapped.__wrapped__ = main
     return wrapped
+
+
+class _interrupts:
+    """Notes every Ctrl-C of the block in the list it gives, also one that code inside
+    swallowed (a KeyboardInterrupt raised in a finalizer or callback is reported as
+    "Exception ignored" and the run goes on); such reports are not printed."""
+
+    def __enter__(self) -> list:
+        import signal
+        import threading
+
+        self.caught: list = []
+        self._active = threading.current_thread() is threading.main_thread()
+        if self._active:
+            self._handler = signal.signal(signal.SIGINT, self._interrupt)
+            self._hook = sys.unraisablehook
+            sys.unraisablehook = self._unraisable
+        return self.caught
+
+    def _interrupt(self, signum, frame):
+        self.caught.append(True)
+        raise KeyboardInterrupt
+
+    def _unraisable(self, report) -> None:
+        if not isinstance(report.exc_value, KeyboardInterrupt):
+            self._hook(report)
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._active:
+            signal.signal(signal.SIGINT, self._handler or signal.SIG_DFL)
+            sys.unraisablehook = self._hook
 
 
 def study_main(
@@ -174,18 +450,43 @@ def study_main(
     doc: str | None,
     config: Any,
     quick: Any,
-    compute: Callable[[Any], tuple[dict, dict]],
+    compute: Callable[..., tuple[dict, dict]],
     plot: Callable[[dict, Any, dict], dict],
     *,
+    paper: Any = None,
     artifacts: Callable[[dict, Any, dict, Path], None] | None = None,
+    options: type | None = None,
+    quick_help: str = "small sizes (seconds)",
+    paper_help: str | None = None,
+    aliases: dict[str, str] | None = None,
+    folder: Callable[[Any, argparse.Namespace], str] | None = None,
+    report: Callable[[Any, dict], Sequence[str]] | None = None,
 ) -> Callable:
-    """The `main(argv=None)` of a study with only the common options: `quick` under
-    --quick, else `config`, through `run_study`; wrapped by `command`."""
+    """The `main(argv=None)` of a study, wrapped by `command`: `parse` (every Config field a
+    flag, on top of `quick` under --quick, `paper` under --scale paper, else `config`), then
+    `run_study`.
+
+    Args:
+      compute: `compute(cfg)`; with `options` (a dataclass of the study's own flags, see
+        `parse`), `compute(cfg, out, args)`, for studies that keep files in their folder.
+      folder: `folder(cfg, args)`, the default folder's name under results/ (`name`; with
+        --quick, `-quick` is added).
+      report: `report(cfg, summary)`, lines printed after the run.
+    """
+    presets = {"default": config, "quick": quick} | ({"paper": paper} if paper else {})
+    if paper is not None and paper_help is None:
+        paper_help = "paper-sized run"
 
     def main(argv: Sequence[str] | None = None) -> None:
-        args = parse_study_args(name, argv, doc)
-        cfg = quick if args.quick else config
-        out, *_ = run_study(name, args, cfg, compute, plot, artifacts=artifacts)
+        args, cfg = parse(
+            name, doc, presets, argv, options=options, quick_help=quick_help,
+            paper_help=paper_help, aliases=aliases,
+        )  # fmt: skip
+        out = run_dir(args.out, folder(cfg, args) if folder else name, args.quick)
+        run = (lambda c: compute(c, out, args)) if options is not None else compute
+        out, cfg, _, summary = run_study(name, args, cfg, run, plot, out=out, artifacts=artifacts)
+        for line in report(cfg, summary) if report is not None else ():
+            print(f"{name}: {line}")
         print(f"{name}: results in {out}")
 
     main.__doc__ = f"Runs the {name} study (`python -m studies.{name} --help`)."

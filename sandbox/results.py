@@ -2,6 +2,7 @@
 
 import dataclasses
 import datetime
+import errno
 import fcntl
 import hashlib
 import io
@@ -9,9 +10,11 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,9 @@ FILE_MODE = 0o666 & ~_UMASK
 # dropped when it lands, so every such file comes from one run.
 RUN_FILE_SUFFIXES = (".json", ".npz", ".png", ".pdf", ".gif", ".md")
 RUN_DATA = ("config.json", "arrays.npz", "summary.json", "meta.json")
+# The files meta.json records the SHA-256 of: every data file of a run is tied to the run.
+DIGESTED = ("config.json", "arrays.npz", "summary.json")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -43,9 +49,12 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; results are meant to be read
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
+            e.filename = e.filename or str(path)  # a failed write() names no file
+            e.needed = len(data)  # what `disk_full_message` reports
         raise
     return path
 
@@ -80,11 +89,15 @@ def _jsonable(obj: Any) -> Any:
 
 
 def check_writable(path: Path | str, argument: str = "--out") -> Path:
-    """Creates `path` if needed; ValueError naming `argument` if it cannot be written."""
+    """Creates `path` if needed; ValueError naming `argument` if it cannot be written.
+
+    A symbolic link stands for the folder it points to, which is created if missing.
+    """
     path = Path(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path, prefix=".probe.")
+        real = Path(os.path.realpath(path))
+        real.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=real, prefix=".probe.", suffix=".tmp")
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
@@ -156,8 +169,10 @@ def save(
     write_json(run_dir / "summary.json", summary)
     info = meta(wall_s, getattr(config, "seed", None))
     info["study"] = study
-    # Ties the arrays to this meta.json: a truncated or foreign arrays.npz is refused on load.
-    info["arrays_sha256"] = _sha256(run_dir / "arrays.npz")
+    # Ties every data file to this meta.json: a changed, truncated or foreign one (another
+    # study's, another run's) is refused on load.
+    info["files"] = {name: _sha256(run_dir / name) for name in DIGESTED}
+    info["arrays_sha256"] = info["files"]["arrays.npz"]
     write_json(run_dir / "meta.json", info)
 
 
@@ -165,24 +180,34 @@ def load(run_dir: Path | str, config_cls: type | None = None, study: str | None 
     """Reads a run folder: returns (config, arrays, summary).
 
     `config` is an instance of `config_cls` when given (lists become tuples where the
-    field's default is a tuple), else a dict. Every unreadable, missing or mismatched file
-    is one ValueError naming it; `study` also refuses a folder of another study.
+    field's default is a tuple), else a dict. Every file is checked against the digest its
+    meta.json recorded: an unreadable, missing, changed or foreign file is one ValueError
+    naming it; `study` also refuses a folder of another study.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / "arrays.npz").exists():
+    if not any((run_dir / name).exists() for name in RUN_DATA):
         raise ValueError(
             f"no saved results in {str(run_dir)!r}: run the study without --plot-only first"
         )
-    info = _read_json(run_dir / "meta.json", required=False)
-    if study is not None and info.get("study", study) != study:
+    info = _read_json(run_dir / "meta.json", required=True)
+    if study is not None and info.get("study") != study:
         raise ValueError(
-            f"{str(run_dir / 'meta.json')!r} is a run of {info['study']!r}, not of {study!r}"
+            f"{str(run_dir / 'meta.json')!r} is a run of {info.get('study')!r}, not of {study!r}"
         )
-    if "arrays_sha256" in info and _sha256(run_dir / "arrays.npz") != info["arrays_sha256"]:
-        raise ValueError(
-            f"{str(run_dir / 'arrays.npz')!r} is not the file its meta.json was written with "
-            "(truncated or from another run); run the study again"
-        )
+    digests = info.get("files")
+    for name in DIGESTED:
+        if not isinstance(digests, dict) or not isinstance(digests.get(name), str):
+            raise ValueError(
+                f"{str(run_dir / 'meta.json')!r} holds no digest of {name} (damaged, or written "
+                "before run files were tied to their run); run the study again"
+            )
+        if not (run_dir / name).is_file():
+            raise ValueError(f"{str(run_dir / name)!r} is missing; run the study again")
+        if _sha256(run_dir / name) != digests[name]:
+            raise ValueError(
+                f"{str(run_dir / name)!r} is not the file its meta.json was written with "
+                "(changed, truncated or from another run); run the study again"
+            )
     try:
         with np.load(run_dir / "arrays.npz", allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -205,7 +230,7 @@ def load(run_dir: Path | str, config_cls: type | None = None, study: str | None 
             raise ValueError(
                 f"{str(run_dir / 'config.json')!r} is not a valid config: {e}"
             ) from None
-    summary = _read_json(run_dir / "summary.json", required=False)
+    summary = _read_json(run_dir / "summary.json", required=True)
     return config, arrays, summary
 
 
@@ -249,23 +274,36 @@ def config_from_dict(cls: type, data: dict[str, Any]):
 
 
 class RunFolder:
-    """A run folder written as a whole: a lock, a staging folder, one atomic swap.
+    """A run folder written as a whole: a lock, a staging folder, one atomic landing.
 
     `with RunFolder(out) as stage:` holds an exclusive lock on `out` (released by the kernel
     if the process dies, so a killed run never leaves it stuck; a second run into the same
-    folder is refused with one line), removes what a killed run left behind, and gives a
-    staging folder inside `out` for the new files. `commit()` builds the new folder beside
-    `out` from hard links (the new files, plus the subfolders and hidden files of `out`,
-    such as checkpoints and engine stores, that a run keeps between runs), and exchanges it
-    with `out` in one `renameat2(RENAME_EXCHANGE)`. Whatever moment a run is killed at, the
-    folder holds the files of one run. Older top-level run files (`RUN_FILE_SUFFIXES`) that
-    the new run did not write are dropped.
+    folder is refused with one line), finishes or removes what a killed run left behind, and
+    gives a staging folder inside `out` for the new files. `commit()` lands them:
+
+    - usually the new folder is built beside `out` from hard links (the new files, plus the
+      subfolders and hidden files of `out`, such as checkpoints and engine stores, that a run
+      keeps between runs) and exchanged with `out` in one `renameat2(RENAME_EXCHANGE)`;
+    - where `out` cannot be exchanged (a mount point, or a folder whose parent cannot be
+      written), a journal naming the staged files is written atomically, then each file is
+      renamed into `out`; a run killed after the journal is finished by its watcher or by the
+      next run, and one killed before it leaves `out` as it was.
+
+    Whatever moment a run is killed at, the folder holds the files of one run. Older
+    top-level run files (`RUN_FILE_SUFFIXES`) that the new run did not write are dropped.
+    A symbolic link `out` stands for the folder it points to: the files land there and the
+    link stays. A Ctrl-C during the landing is held back until the folder has landed; a full
+    disk is one ValueError naming the folder and the space (`disk_full_message`).
     """
 
     def __init__(self, out: Path | str):
-        self.out = check_writable(out)
+        self.given = check_writable(out)
+        self.out = Path(os.path.realpath(self.given))
+        self.in_place = os.path.ismount(self.out) or not _can_build_beside(self.out)
+        self.landed = False
         self._lock = None
         self._watcher = None
+        self._had_run = False
         self.stage: Path | None = None
 
     def __enter__(self) -> Path:
@@ -276,20 +314,25 @@ class RunFolder:
             other = os.read(fd, 64).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise ValueError(
-                f"`--out` {str(self.out)!r} is in use by another run (pid {other}); wait for it "
-                "or give another folder"
+                f"`--out` {str(self.given)!r} is in use by another run (pid {other}); wait for "
+                "it or give another folder"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock = fd
-        self._clean()
+        OPENED.append(self)
+        _recover(self.out)
+        if self.given.is_symlink():  # what older versions left beside a linked --out
+            _remove_next(self.given)
+        self._had_run = any((self.out / name).exists() for name in RUN_DATA)
         # The watcher starts first, so that no moment leaves a stage without one.
         self.stage = self.out / f".staging-{os.getpid()}-{os.urandom(4).hex()}"
         self._watcher = _start_watcher(self.out, self.stage)
         self.stage.mkdir(mode=0o700)
         return self.stage
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        staged = _size_of(self.stage) if self.stage is not None and not self.landed else 0
         if self.stage is not None and self.stage.exists():
             shutil.rmtree(self.stage, ignore_errors=True)
         watcher, self._watcher = self._watcher, None
@@ -303,15 +346,18 @@ class RunFolder:
                 watcher.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass  # a new run took the folder first; the watcher exits after it
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            raise ValueError(self.disk_full_message(exc, staged)) from None
 
-    def _clean(self) -> None:
-        """Removes what a killed run left (we hold the lock, so its owner is gone)."""
-        for p in self.out.glob(".staging-*"):
-            shutil.rmtree(p, ignore_errors=True)
-        for p in self.out.glob(".*.tmp"):
-            p.unlink(missing_ok=True)
-        for p in self.out.parent.glob(f".{self.out.name}.next-*"):
-            shutil.rmtree(p, ignore_errors=True)
+    def disk_full_message(self, exc: OSError, staged: int = 0) -> str:
+        """One line: where the disk is full, the space the run needed and what is free."""
+        if self.landed:
+            fate = "the new run landed whole"
+        elif self._had_run:
+            fate = "the earlier run in it is unchanged"
+        else:
+            fate = "nothing was written"
+        return disk_full_message(exc, self.given, self.out, staged, fate)
 
     def link_data(self) -> None:
         """Hard-links the saved data files of `out` into the stage (for --plot-only)."""
@@ -320,6 +366,15 @@ class RunFolder:
                 os.link(self.out / name, self.stage / name)
 
     def commit(self) -> None:
+        """Lands the staged files as a whole (see the class); a Ctrl-C waits until they have."""
+        with _sigint_held():
+            if self.in_place:
+                self._land_in_place()
+            else:
+                self._exchange()
+            self.landed = True
+
+    def _exchange(self) -> None:
         new = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.next-"))
         try:
             staged = {p.name for p in self.stage.iterdir()}
@@ -337,36 +392,199 @@ class RunFolder:
         finally:
             shutil.rmtree(new, ignore_errors=True)  # after the exchange: the old folder
 
+    def _land_in_place(self) -> None:
+        staged = {p.name for p in self.stage.iterdir()}
+        drop = sorted(
+            p.name
+            for p in self.out.iterdir()
+            if not p.name.startswith(".")
+            and p.name.endswith(RUN_FILE_SUFFIXES)
+            and p.name not in staged
+            and (p.is_symlink() or p.is_file())
+        )
+        plan = {"stage": self.stage.name, "drop": drop}
+        atomic_write_bytes(self.out / LANDING, json.dumps(plan).encode())  # the commit point
+        _recover(self.out)
+
+
+LANDING = ".landing.json"
+# The run folders this process opened, latest last (`cli.command` reports the latest one's
+# fate when a run is interrupted).
+OPENED: list[RunFolder] = []
+
+
+def _recover(out) -> None:
+    """Finishes or undoes what a run into `out` left; its caller holds the folder's lock.
+
+    A landing journal (`RunFolder._land_in_place`) is carried out to its end; without one, a
+    staging folder, half-written files and a half-built next folder are removed. Plain
+    Python without imports from the module, as the watcher process runs its source.
+    """
+    import json
+    import os
+    import shutil
+    from pathlib import Path
+
+    out = Path(out)
+    try:
+        plan = json.loads((out / LANDING).read_text())
+    except (OSError, ValueError):  # none (the journal is written whole or not at all)
+        plan = None
+    if plan is not None:
+        stage = out / plan["stage"]
+        names = sorted(os.listdir(stage)) if stage.is_dir() else []
+        for name in sorted(names, key=lambda n: n == "meta.json"):  # meta.json last
+            if (out / name).is_dir() and not (out / name).is_symlink():
+                shutil.rmtree(out / name)
+            os.replace(stage / name, out / name)
+        for name in plan["drop"]:
+            if (out / name).is_file() or (out / name).is_symlink():
+                os.unlink(out / name)
+        os.unlink(out / LANDING)
+    for p in out.glob(".staging-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in out.glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+    _remove_next(out)
+
+
+def _remove_next(out) -> None:
+    """Removes the half-built or old folders a run leaves beside `out` while it lands."""
+    import shutil
+    from pathlib import Path
+
+    for p in Path(out).parent.glob("." + Path(out).name + ".next-*"):
+        if p.is_symlink() or not p.is_dir():
+            p.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _can_build_beside(folder: Path) -> bool:
+    """Whether a folder can be made beside `folder` (where `RunFolder` builds the next run)."""
+    try:
+        probe = tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.next-")
+    except OSError:
+        return False
+    os.rmdir(probe)
+    return True
+
+
+def _size_of(folder: Path) -> int:
+    """Bytes of the files under `folder` that take space of their own (not hard links to
+    saved files, as --plot-only stages them; 0 if it is gone)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            total += st.st_size if st.st_nlink == 1 else 0
+    return total
+
+
+def disk_full_message(
+    exc: OSError,
+    given: Path | str | None = None,
+    out: Path | str | None = None,
+    staged: int = 0,
+    fate: str = "",
+) -> str:
+    """One line for a full disk: the folder that could not be written (the run folder, or the
+    store or other folder the failed file lies in), the space free there and, where known,
+    the space the run needed; `fate` says what became of the run folder."""
+    where = Path(given) if given is not None else None
+    inside = where
+    if exc.filename:
+        failed = Path(os.path.realpath(exc.filename))
+        real = Path(os.path.realpath(out if out is not None else where)) if where else None
+        if real is None or (failed != real and real not in failed.parents):
+            where = failed.parent
+    probe = where if where is not None else Path.cwd()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        free = None
+    needed = staged + getattr(exc, "needed", 0)
+    line = "no space left on the device"
+    line += f" of {str(where)!r}" if where is not None else ""
+    if needed:
+        line += f": the new run needs at least {_bytes(needed)}"
+        line += f", {_bytes(free)} free" if free is not None else ""
+    elif free is not None:
+        line += f" ({_bytes(free)} free)"
+    if inside is not None and where != inside and fate:
+        fate = fate.replace("in it", f"in {str(inside)!r}")
+    return line + (f"; {fate}" if fate else "")
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+class _sigint_held:
+    """Holds a Ctrl-C (SIGINT) back until the block ends, then raises it as usual.
+
+    Python handles signals in the main thread only, so elsewhere this does nothing.
+    """
+
+    def __enter__(self):
+        self._caught = None
+        self._active = threading.current_thread() is threading.main_thread()
+        if self._active:
+            self._old = signal.signal(signal.SIGINT, self._hold)
+        return self
+
+    def _hold(self, signum, frame):
+        self._caught = (signum, frame)
+
+    def __exit__(self, *exc) -> None:
+        if not self._active:
+            return
+        signal.signal(signal.SIGINT, self._old if self._old is not None else signal.SIG_DFL)
+        if self._caught is not None:
+            if callable(self._old):
+                self._old(*self._caught)
+            elif self._old in (signal.SIG_DFL, None):
+                raise KeyboardInterrupt
+
 
 # A process that outlives a killed run: it waits for its run's end (the pipe from the run
-# closes, also when the run is SIGKILLed), then, holding the folder's lock, removes what the
-# run left: its staging folder, half-written files and a half-built next folder.
+# closes, also when the run is SIGKILLed), then, holding the folder's lock, finishes or
+# removes what the run left (`_recover`).
 _WATCHER = """
-import fcntl, os, shutil, signal, sys
-from pathlib import Path
+import fcntl, os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)
-out, stage = Path(sys.argv[1]), Path(sys.argv[2])
+out, stage = sys.argv[1], sys.argv[2]
 sys.stdin.buffer.read()
 try:
-    fd = os.open(out / ".lock", os.O_RDWR)
-    # Blocks while the dying run still holds it, or while a new run does (which removes
-    # this stage itself); then nothing else can touch the folder.
+    fd = os.open(os.path.join(out, ".lock"), os.O_RDWR)
+    # Blocks while the dying run still holds it, or while a new run does (which cleans up
+    # itself); then nothing else can touch the folder.
     fcntl.flock(fd, fcntl.LOCK_EX)
 except OSError:
     sys.exit(0)  # the folder is gone
-shutil.rmtree(stage, ignore_errors=True)
-for p in out.glob(".*.tmp"):
-    p.unlink(missing_ok=True)
-for p in out.parent.glob("." + out.name + ".next-*"):
-    shutil.rmtree(p, ignore_errors=True)
+LANDING = %r
+%s
+%s
+_recover(out)
 """
 
 
 def _start_watcher(out: Path, stage: Path) -> subprocess.Popen | None:
     """Starts the process that cleans up after this run if it is killed (`_WATCHER`)."""
+    import inspect
+
+    source = _WATCHER % (LANDING, inspect.getsource(_remove_next), inspect.getsource(_recover))
     try:
         return subprocess.Popen(
-            [sys.executable, "-S", "-c", _WATCHER, str(out), str(stage)],
+            [sys.executable, "-S", "-c", source, str(out), str(stage)],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
