@@ -98,6 +98,49 @@ def _check_params(params) -> tuple[Array, Array]:
     return tuple(params)
 
 
+def _check_problem(params, data: Data) -> tuple[Array, Array]:
+    """(W1 [n_in, n], W2 [n, 1]) of floating dtype and data x [P, n_in], y [P, 1], P >= 1:
+    a ValueError naming `params` or `data` otherwise (shapes and dtypes only: traceable)."""
+    w1, w2 = _check_params(params)
+    for name, w in (("W1", w1), ("W2", w2)):
+        dtype = getattr(w, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating) or w.ndim != 2:
+            raise ValueError(
+                f"`params` {name} must be a 2-D floating-point array, got "
+                f"{getattr(w, 'shape', '?')} {dtype}"
+            )
+    if w1.shape[1] != w2.shape[0] or w2.shape[1] != 1:
+        raise ValueError(
+            f"`params` must be W1 [n_in, n] and W2 [n, 1], got {w1.shape} and {w2.shape}"
+        )
+    x, y = data
+    if getattr(x, "ndim", 0) != 2 or getattr(y, "ndim", 0) != 2:
+        raise ValueError(f"`data` x and y must be 2-D, got {jnp.shape(x)} and {jnp.shape(y)}")
+    if x.shape[0] == 0:
+        raise ValueError("`data` must hold at least one point, got 0")
+    if x.shape[0] != y.shape[0] or x.shape[1] != w1.shape[0] or y.shape[1] != 1:
+        raise ValueError(
+            f"`data` must be x [P, {w1.shape[0]}] and y [P, 1] (the network's input and "
+            f"output widths), got x {x.shape} and y {y.shape}"
+        )
+    for name, a in (("x", x), ("y", y)):
+        if not jnp.issubdtype(a.dtype, jnp.floating):
+            raise ValueError(f"`data` {name} must be floating-point, got {a.dtype}")
+    return w1, w2
+
+
+def _check_lr(name: str, lr) -> None:
+    """A concrete learning rate must be a positive finite scalar (a traced one, under vmap,
+    is the caller's to check)."""
+    if isinstance(lr, jax.core.Tracer):
+        return
+    a = np.asarray(lr)
+    if a.ndim != 0 or not np.issubdtype(a.dtype, np.number) or np.iscomplexobj(a):
+        raise ValueError(f"`{name}` must be a real scalar, got {lr!r}")
+    if not (np.isfinite(a) and a > 0):
+        raise ValueError(f"`{name}` must be a positive finite number, got {lr!r}")
+
+
 def losses(params: mlp.Params, data: Data, lr1: Array, lr2: Array, steps: int) -> Array:
     """Full-batch GD with lr1 on W1 and lr2 on W2; the loss before each update and at the end.
 
@@ -111,7 +154,10 @@ def losses(params: mlp.Params, data: Data, lr1: Array, lr2: Array, steps: int) -
       loss_T of shape [steps + 1]: loss_T[t] after t updates. A diverging run's losses become
       inf or NaN; `score` handles them.
     """
-    params = _check_params(params)
+    params = _check_problem(params, data)
+    _check_lr("lr1", lr1)
+    _check_lr("lr2", lr2)
+    checks.integer("steps", steps, minimum=1, maximum=checks.INT32_MAX - 1)
 
     def body(p, _):
         return _step(p, data, lr1, lr2)
@@ -182,12 +228,21 @@ def train(
     the loop runs until every run of the batch has blown up or finished: batches that
     diverge early, a large part of any lr grid, stop early.
 
+    Every argument is checked before any work: `params` floating (W1 [n_in, n], W2 [n, 1]),
+    `data` x [P, n_in] and y [P, 1] with P >= 1, concrete learning rates positive and
+    finite, `steps` an integer the int32 step counter holds; a ValueError names the one
+    that is not.
+
     Returns:
       A scalar: > 0 trainable, < 0 not (see `score`).
     """
-    params = _check_params(params)
+    params = _check_problem(params, data)
+    _check_lr("lr1", lr1)
+    _check_lr("lr2", lr2)
+    checks.integer("block", block, minimum=1, maximum=1 << 20)
+    checks.integer("steps", steps, minimum=1, maximum=checks.INT32_MAX - block - 1)
+    checks.integer("window", window, minimum=1, maximum=steps)
     _check_score_args(steps, window)
-    checks.integer("block", block, minimum=1)
     loss0 = loss_and_grad(params, data)[0]  # = loss_T[0], as `score` normalizes
     zero = jnp.zeros((), loss0.dtype)
     never = jnp.array(steps + 1, jnp.int32)
@@ -216,11 +271,14 @@ def train(
 
 
 def boundary(trainable_HxW: np.ndarray) -> np.ndarray:
-    """Pixels with a 4-neighbour (up, down, left, right) of the other class, bool [H, W]."""
-    a = np.asarray(trainable_HxW, dtype=bool)
+    """Pixels with a 4-neighbour (up, down, left, right) of another class, bool [H, W].
+
+    The classes are the image's values: bool (trainable or not) or integer labels (basins).
+    """
+    a = np.asarray(trainable_HxW)
     if a.ndim != 2 or 0 in a.shape:
         raise ValueError(f"`trainable_HxW` must have shape [H, W], got {a.shape}")
-    out = np.zeros_like(a)
+    out = np.zeros(a.shape, bool)
     dv = a[1:] != a[:-1]
     dh = a[:, 1:] != a[:, :-1]
     out[1:] |= dv
@@ -374,46 +432,72 @@ def zoom_centre(
 
 # Runs per call of `score_grid` (a progress-bar tick): a few seconds of work each on CPU.
 GRID_CHUNK = 16384
+# The two phase spaces of the paper's notebook: per-layer learning rates, and an offset of
+# the input layer's initial weights against one learning rate of both layers.
+PHASE_SPACES = ("lr_vs_lr", "init_vs_lr")
+
+
+def offset_init(params: mlp.Params, offset: Array) -> mlp.Params:
+    """The initial weights with `offset` added to every entry of the input layer's W1 (the
+    mean of its initialization moves from 0 to `offset`); W2 unchanged."""
+    w1, w2 = _check_params(params)
+    return (w1 + offset, w2)
 
 
 def score_grid(
     params: mlp.Params,
     data: Data,
-    lr1_W,
-    lr2_H,
+    a_W,
+    b_H,
     *,
     steps: int,
     batch_size: int,
     store=None,
+    phase_space: str = "lr_vs_lr",
 ) -> np.ndarray:
-    """`train` on every (lr1, lr2) of a grid: score_HxW[i, j] at (lr1_W[j], lr2_H[i]).
+    """`train` on every point of a grid: score_HxW[i, j] at (a_W[j], b_H[i]).
+
+    `phase_space` "lr_vs_lr": a = lr1 (input layer), b = lr2 (output layer), from `params`.
+    "init_vs_lr" (the paper's second phase space): a = an offset added to the input layer's
+    initial weights (`offset_init`), b = the learning rate of both layers.
 
     The grid is flattened to N = H W pairs and mapped by `engine.map_chunks`, `batch_size`
     runs vectorized at a time on each device, `GRID_CHUNK` runs per call; `store` keeps the
     finished chunks (resume, several processes). Call under `jax.enable_x64(True)` for
     float64.
     """
-    lr1_W, lr2_H = np.asarray(lr1_W), np.asarray(lr2_H)
-    g1, g2 = np.meshgrid(lr1_W, lr2_H)
-    lr_Nx2 = np.stack([g1.ravel(), g2.ravel()], axis=1).astype(params[0].dtype)
+    if phase_space not in PHASE_SPACES:
+        raise ValueError(f"`phase_space` must be one of {PHASE_SPACES}, got {phase_space!r}")
+    _check_problem(params, data)
+    a_W, b_H = np.asarray(a_W), np.asarray(b_H)
+    for name, v in (("a_W", a_W), ("b_H", b_H)):
+        if v.ndim != 1 or v.size == 0 or not np.all(np.isfinite(v)):
+            raise ValueError(f"`{name}` must be a non-empty 1-D array of finite numbers")
+    lrs = (a_W, b_H) if phase_space == "lr_vs_lr" else (b_H,)
+    if not all(np.all(v > 0) for v in lrs):
+        raise ValueError("learning rates of the grid must be positive")
+    g1, g2 = np.meshgrid(a_W, b_H)
+    ab_Nx2 = np.stack([g1.ravel(), g2.ravel()], axis=1).astype(params[0].dtype)
     score_N = engine.map_chunks(
-        _grid_point(steps),
-        {"lr": lr_Nx2},
+        _grid_point(steps, phase_space),
+        {"lr": ab_Nx2},
         {"params": params, "data": data},
-        chunk=min(GRID_CHUNK, len(lr_Nx2)),
+        chunk=min(GRID_CHUNK, len(ab_Nx2)),
         lane=batch_size,
         batch=batch_size,
         store=store,
-        desc=f"fractal {len(lr2_H)}x{len(lr1_W)}",
+        desc=f"fractal {len(b_H)}x{len(a_W)}",
         unit="run",
     )
-    return np.asarray(score_N, np.float64).reshape(len(lr2_H), len(lr1_W))
+    return np.asarray(score_N, np.float64).reshape(len(b_H), len(a_W))
 
 
 @functools.lru_cache(maxsize=8)
-def _grid_point(steps: int):
+def _grid_point(steps: int, phase_space: str = "lr_vs_lr"):
     def one(item, shared):
-        lr = item["lr"]
-        return train(shared["params"], shared["data"], lr[0], lr[1], steps)
+        a, b = item["lr"][0], item["lr"][1]
+        if phase_space == "init_vs_lr":
+            return train(offset_init(shared["params"], a), shared["data"], b, b, steps)
+        return train(shared["params"], shared["data"], a, b, steps)
 
     return one

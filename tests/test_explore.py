@@ -157,7 +157,8 @@ def test_a_new_server_on_the_same_disk_cache_computes_nothing(server, tmp_path_f
     tile = "/tile/1/0/1.png?landscape=himmelblau&lr=0.01&steps=62"
     status, png = get(url + tile)
     assert status == 200
-    again = explore.Server(explore.Explorer(cache_dir=ex.disk.root))
+    # The same code version (the library's files may change under a running test session).
+    again = explore.Server(explore.Explorer(cache_dir=ex.disk.root, version=ex.version))
     url2 = again.start()
     try:
         assert get(url2 + tile) == (200, png)
