@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import LogLocator
 
-from sandbox import calculus, cli, descent, landscapes, optim, plotting, sweep
+from sandbox import calculus, cli, config, descent, landscapes, optim, plotting, sweep
 
 NAME = "saddle"
 LANDSCAPES = ("saddle", "double_well")
@@ -41,72 +41,42 @@ _erfc = np.vectorize(math.erfc, otypes=[np.float64])
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    seed: int = 0
-    lr: float = 0.1  # alpha of the paths, the distributions, momentum and noise
-    # Paths on the surface: one start on the ridge x = 0, the others offset from it.
-    path_y0: float = 1.8
-    path_offsets: tuple[float, ...] = (1e-1, -1e-3, 1e-6)
-    path_steps: int = 120
+class Config(config.Checked):
+    seed: int = config.seed()  # seed of the offsets and the gradient noise
+    # Below 0.5, GD is stable along y (factor 1 - 2 alpha); below 0.25, also at the double
+    # well's minima (curvature 8).
+    lr: float = config.field(0.1, gt=0, lt=0.25)  # alpha of paths, distributions, noise
+    # Paths on the surface, drawn in [-2, 2]^2: one start on the ridge x = 0, the others
+    # offset from it.
+    path_y0: float = config.field(1.8, gt=0, lt=2)  # the paths' starting y
+    path_offsets: tuple[float, ...] = config.field((1e-1, -1e-3, 1e-6), gt=-2, lt=2)  # their x
+    path_steps: int = config.count(120, 100_000)  # GD steps of each path
     # Escape against the offset eps: leaving the box of half-width R (z) or R_dw (double
     # well, below its minima at x = +-1), from (eps, R / 2).
-    radius: float = 1.0
-    double_well_radius: float = 0.5
-    eps_min: float = 1e-12
-    eps_max: float = 1e-1
-    num_eps: int = 45
-    escape_lrs: tuple[float, ...] = (0.05, 0.1, 0.2)  # on z; the double well uses `lr`
-    escape_steps: int = 600  # budget; a run still inside after it counts as not escaped
+    radius: float = config.field(1.0, gt=0)  # R, the box's half-width on z
+    double_well_radius: float = config.field(0.5, gt=0, lt=1)  # R_dw, inside the minima
+    eps_min: float = config.field(1e-12, gt=0)  # the smallest offset eps
+    eps_max: float = config.field(1e-1, gt=0)  # the largest offset eps
+    num_eps: int = config.count(45, 10_000, lo=2)  # offsets, log-spaced (a slope needs 2)
+    escape_lrs: tuple[float, ...] = config.field((0.05, 0.1, 0.2), gt=0, lt=0.5)  # on z
+    escape_steps: int = config.count(600, 1_000_000)  # budget; a run still inside: not escaped
     # Escape-time distributions, on z.
-    num_runs: int = 8192  # runs per method
-    offset_scale: float = 1e-6  # GD and momentum start at x ~ N(0, offset_scale^2)
-    momentum: float = 0.9
-    noise_eta: float = 1e-8  # perturbed GD of the distribution figure, from the ridge
-    noise_etas: tuple[float, ...] = (1e-14, 1e-12, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2)
-    runs_per_eta: int = 2048
+    num_runs: int = config.count(8192, 2**24)  # runs per method
+    offset_scale: float = config.field(1e-6, gt=0)  # GD, momentum start at x ~ N(0, scale^2)
+    momentum: float = config.field(0.9, 0, lt=1)  # beta of heavy-ball momentum
+    noise_eta: float = config.field(1e-8, gt=0)  # perturbed GD's noise variance, from the ridge
+    noise_etas: tuple[float, ...] = config.field(
+        (1e-14, 1e-12, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2), gt=0
+    )
+    """noise variances of the median escape time against eta"""
+    runs_per_eta: int = config.count(2048, 2**24)  # perturbed-GD runs per noise level
 
-    def __post_init__(self):
-        for name in ("path_steps", "num_eps", "escape_steps", "num_runs", "runs_per_eta"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
-        if self.num_eps < 2:
-            raise ValueError(
-                f"`num_eps` must be >= 2 (a slope needs two offsets), got {self.num_eps}"
-            )
-        for name in ("radius", "offset_scale", "noise_eta"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"`{name}` must be positive, got {getattr(self, name)}")
-        # The paths are drawn in [-2, 2]^2 and stop at its edge.
-        if not 0 < self.path_y0 < 2:
-            raise ValueError(f"`path_y0` must be in (0, 2), got {self.path_y0}")
-        if not self.path_offsets or not all(abs(o) < 2 for o in self.path_offsets):
-            raise ValueError(
-                f"`path_offsets` must be a non-empty list in (-2, 2), got {self.path_offsets}"
-            )
-        # alpha < 0.5 keeps GD stable along y (factor 1 - 2 alpha) and, on the double well,
-        # alpha < 0.25 at its minima (curvature 8).
-        if not 0 < self.lr < 0.25:
-            raise ValueError(f"`lr` must be in (0, 0.25), got {self.lr}")
-        if not self.escape_lrs or not all(0 < a < 0.5 for a in self.escape_lrs):
-            raise ValueError(
-                f"`escape_lrs` must be a non-empty list in (0, 0.5), got {self.escape_lrs}"
-            )
-        if not 0 < self.double_well_radius < 1:
-            raise ValueError(
-                f"`double_well_radius` must be in (0, 1) (inside the minima at x = +-1), "
-                f"got {self.double_well_radius}"
-            )
-        if not 0 < self.eps_min < self.eps_max <= 0.5 * min(self.radius, self.double_well_radius):
-            raise ValueError(
-                "`eps_min`, `eps_max` must satisfy 0 < eps_min < eps_max <= "
-                f"min(radius, double_well_radius) / 2, got {self.eps_min}, {self.eps_max}"
-            )
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"`momentum` must be in [0, 1), got {self.momentum}")
-        if not self.noise_etas or min(self.noise_etas) <= 0:
-            raise ValueError(
-                f"`noise_etas` must be a non-empty list of positive values, got {self.noise_etas}"
-            )
+    RELATIONS = (
+        config.relation(
+            "eps_min < eps_max <= min(radius, double_well_radius) / 2",
+            lambda c: c.eps_min < c.eps_max <= 0.5 * min(c.radius, c.double_well_radius),
+        ),
+    )
 
 
 QUICK = Config(num_eps=23, num_runs=2048, runs_per_eta=512, path_steps=80)

@@ -12,7 +12,8 @@ from studies import saddle
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("saddle")
-    saddle.main(["--quick", "--out", str(folder)])
+    # One config field set from the command line (a comma-separated tuple): the run uses it.
+    saddle.main(["--quick", "--out", str(folder), "--escape-lrs", "0.05,0.1"])
     summary = json.loads((folder / "summary.json").read_text())
     with np.load(folder / "arrays.npz") as z:
         arrays = {k: z[k] for k in z.files}
@@ -20,7 +21,9 @@ def run(tmp_path_factory):
 
 
 def test_quick_run_writes_the_run_folder_and_figures(run):
-    folder, _, _ = run
+    folder, _, a = run
+    assert json.loads((folder / "config.json").read_text())["escape_lrs"] == [0.05, 0.1]
+    np.testing.assert_array_equal(a["escape_lrs_L"], [0.05, 0.1])
     for f in ("config.json", "arrays.npz", "meta.json", "summary.json"):
         assert (folder / f).is_file(), f
     for f in ("surface_paths.png", "escape_time.png", "escape_distributions.png"):
