@@ -6,7 +6,7 @@ learning rate per layer: lr1 for the input layer W1, lr2 for the output layer W2
 training converges or diverges, as a function of (lr1, lr2), draws a fractal.
 
 Pure and unbatched: `train` is one network and one (lr1, lr2) pair, reduced to a signed
-score (`score`); a study maps it over a grid of learning rates (`jax.lax.map` over the
+score (`score`); `score_grid` maps it over a grid (`engine.map_chunks`: chunks of the
 flattened grid, inside one jit). `losses` keeps the whole loss curve of a run. `boundary`,
 `box_counting_dimension` and the zoom helpers (`zoom_centre`, `local_mean`, `pixel_decades`)
 are host-side NumPy on the finished image.
