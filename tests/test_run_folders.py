@@ -1,5 +1,6 @@
-"""Run folders land as a whole: a kill at any moment, or a second run into the same folder,
-never leaves files of two runs side by side; every bad saved file is one line."""
+"""Run folders land as a whole: a kill or a Ctrl-C at any moment, or a second run into the
+same folder, never leaves files of two runs side by side; every file is tied to its run, and
+every bad, missing or foreign saved file is one line; a linked --out lands in its target."""
 
 import hashlib
 import importlib
@@ -29,11 +30,12 @@ from sandbox import cli, results
 class Config:
     seed: int = 0
     wait_s: float = 0.0
+    size: int = 1 << 22
 
 def compute(cfg):
     time.sleep(cfg.wait_s)
     rng = np.random.default_rng(cfg.seed)
-    return {"seed": np.int64(cfg.seed), "noise": rng.random(1 << 22)}, {"seed": cfg.seed}
+    return {"seed": np.int64(cfg.seed), "noise": rng.random(cfg.size)}, {"seed": cfg.seed}
 
 def plot(arrays, cfg, summary):
     import matplotlib.pyplot as plt
@@ -48,8 +50,9 @@ def note(arrays, cfg, summary, folder):
 def main(argv=None):
     p = cli.study_parser("tiny")
     p.add_argument("--wait", type=float, default=0.0)
+    p.add_argument("--size", type=int, default=1 << 22)
     args = p.parse_args(argv)
-    cfg = Config(wait_s=args.wait)
+    cfg = Config(wait_s=args.wait, size=args.size)
     cli.run_study("tiny", args, cfg, compute, plot, artifacts=note)
 """
 TINY = {}
@@ -162,7 +165,9 @@ def test_files_of_a_run_folder_share_one_mode(tmp_path):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~umask, name
 
 
-def _broken(out: Path, what: str) -> None:
+def _broken(out: Path, what: str, other: Path) -> None:
+    """Breaks the run folder `out` as `what` says; `other` is another run of the same study."""
+    meta = json.loads((out / "meta.json").read_text())
     if what == "truncated arrays":
         data = (out / "arrays.npz").read_bytes()
         (out / "arrays.npz").write_bytes(data[: len(data) // 2])
@@ -172,10 +177,27 @@ def _broken(out: Path, what: str) -> None:
         (out / "config.json").write_text("{not json")
     elif what == "unparsable summary":
         (out / "summary.json").write_text("[1, 2")
+    elif what == "missing summary":
+        (out / "summary.json").unlink()
+    elif what == "empty summary":
+        (out / "summary.json").write_text("{}")
+    elif what == "another run's config":
+        shutil.copy(other / "config.json", out / "config.json")
+    elif what == "another run's summary":
+        shutil.copy(other / "summary.json", out / "summary.json")
     elif what == "another study's arrays":
         np.savez(out / "arrays.npz", other=np.zeros(3))
+    elif what == "another study's arrays, no meta":
+        np.savez(out / "arrays.npz", other=np.zeros(3))
+        (out / "meta.json").unlink()
+    elif what == "missing meta":
+        (out / "meta.json").unlink()
+    elif what == "meta without digests":
+        del meta["files"]
+        (out / "meta.json").write_text(json.dumps(meta))
+    elif what == "unparsable meta":
+        (out / "meta.json").write_text("{")
     elif what == "another study's folder":
-        meta = json.loads((out / "meta.json").read_text())
         (out / "meta.json").write_text(json.dumps({**meta, "study": "gradient"}))
 
 
@@ -183,31 +205,81 @@ def _broken(out: Path, what: str) -> None:
 def whole_run(tmp_path_factory):
     """A run folder of the tiny study, written once; tests break copies of it."""
     out = tmp_path_factory.mktemp("whole") / "run"
-    _main(out)
+    _main(out, "--size", 1000)
     return out
+
+
+@pytest.fixture(scope="module")
+def other_run(tmp_path_factory):
+    """Another run of the tiny study (another seed)."""
+    out = tmp_path_factory.mktemp("other") / "run"
+    _main(out, "--size", 1000, "--seed", 1)
+    return out
+
+
+NOT_ITS_FILE = "is not the file its meta.json was written with"
 
 
 @pytest.mark.parametrize(
     "what, message",
     [
-        ("truncated arrays", "arrays.npz' is not the file its meta.json was written with"),
+        ("truncated arrays", f"arrays.npz' {NOT_ITS_FILE}"),
         ("missing config", "config.json' is missing"),
-        ("unparsable config", "config.json' is not valid JSON"),
-        ("unparsable summary", "summary.json' is not valid JSON"),
-        ("another study's arrays", "arrays.npz' is not the file its meta.json was written with"),
+        ("unparsable config", f"config.json' {NOT_ITS_FILE}"),
+        ("unparsable summary", f"summary.json' {NOT_ITS_FILE}"),
+        ("missing summary", "summary.json' is missing"),
+        ("empty summary", f"summary.json' {NOT_ITS_FILE}"),
+        ("another run's config", f"config.json' {NOT_ITS_FILE}"),
+        ("another run's summary", f"summary.json' {NOT_ITS_FILE}"),
+        ("another study's arrays", f"arrays.npz' {NOT_ITS_FILE}"),
+        ("another study's arrays, no meta", "meta.json' is missing"),
+        ("missing meta", "meta.json' is missing"),
+        ("meta without digests", "meta.json' holds no digest of config.json"),
+        ("unparsable meta", "meta.json' is not valid JSON"),
         ("another study's folder", "meta.json' is a run of 'gradient', not of 'tiny'"),
     ],
 )
-def test_plot_only_on_a_bad_file_is_one_line_naming_it(tmp_path, capsys, whole_run, what, message):
+def test_plot_only_on_a_bad_file_is_one_line_naming_it(
+    tmp_path, capsys, whole_run, other_run, what, message
+):
     out = tmp_path / "run"
     shutil.copytree(whole_run, out)
-    _broken(out, what)
+    _broken(out, what, other_run)
     before = {p.name: p.read_bytes() for p in out.glob("[!.]*")}
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         TINY["main"](["--out", str(out), "--plot-only"])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and err.count("\n") == 1 and message in err, err
+    assert e.value.code == 2 and err.count("\n") == 1 and f"'{out}/" in err, err
+    assert message in err, err
+    assert {p.name: p.read_bytes() for p in out.glob("[!.]*")} == before
+    assert _leftovers(out) == []
+
+
+STUDIES = sorted(p.stem for p in (ROOT / "studies").glob("[!_]*.py"))
+
+
+@pytest.mark.parametrize("what", ["another study's arrays, no meta", "empty summary"])
+@pytest.mark.parametrize("study", STUDIES)
+def test_every_study_refuses_a_foreign_or_damaged_folder_in_one_line(
+    tmp_path, capsys, whole_run, other_run, study, what
+):
+    """The folder holds the tiny study's files, relabelled as a run of `study` where meta.json
+    is kept: --plot-only names the folder and the file (exit 2), never a KeyError."""
+    out = tmp_path / "run"
+    shutil.copytree(whole_run, out)
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "study": study}))
+    _broken(out, what, other_run)
+    before = {p.name: p.read_bytes() for p in out.glob("[!.]*")}
+    main = importlib.import_module(f"studies.{study}").main
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(out), "--plot-only"])
+    err = capsys.readouterr().err
+    expected = "meta.json' is missing" if "no meta" in what else f"summary.json' {NOT_ITS_FILE}"
+    assert e.value.code == 2 and err.count("\n") == 1 and f"'{out}/" in err, err
+    assert expected in err, err
     assert {p.name: p.read_bytes() for p in out.glob("[!.]*")} == before
 
 
