@@ -17,16 +17,16 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sandbox import cli, landscapes, plotting, sweep
+from sandbox import cli, config, landscapes, plotting, sweep
 
 NAME = "descent"
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    seed: int = 0
+class Config(config.Checked):
+    seed: int = config.seed()  # seed of the sweep's random starts and the GIF's balls
     # The learning process.
-    lr: float = 0.1
+    lr: float = config.field(0.1, gt=0)  # alpha of the paths and the GIF
     starts: tuple[tuple[float, float], ...] = (
         (1.8, 1.5),
         (-1.6, 1.8),
@@ -34,47 +34,30 @@ class Config:
         (1.0, -1.9),
         (0.3, 1.95),
     )
-    steps: int = 30
+    """(x, y) starts of the learning-process figure"""
+    steps: int = config.count(30, 100_000)  # GD steps of the paths and the GIF
     # Contraction per step against |1 - 2 alpha|.
-    contraction_lrs: tuple[float, ...] = (0.05, 0.1, 0.25, 0.4, 0.6, 0.75, 0.9, 0.98, 1.02, 1.1)
-    contraction_steps: int = 20
+    contraction_lrs: tuple[float, ...] = config.field(
+        (0.05, 0.1, 0.25, 0.4, 0.6, 0.75, 0.9, 0.98, 1.02, 1.1), gt=0
+    )
+    """alphas whose contraction per step is measured"""
+    contraction_steps: int = config.count(20, 100_000)  # steps of each contraction run
     # Divergence threshold: alpha swept over [lr_min, lr_max] from random starts.
-    lr_min: float = 0.001
-    lr_max: float = 1.2
-    num_lrs: int = 4096
-    starts_per_lr: int = 16
-    sweep_steps: int = 500
+    lr_min: float = config.field(0.001, gt=0)  # the sweep's smallest alpha
+    lr_max: float = config.field(1.2, gt=0)  # the sweep's largest alpha
+    num_lrs: int = config.count(4096, 2**20)  # alphas of the sweep
+    starts_per_lr: int = config.count(16, 4096)  # random starts per alpha
+    sweep_steps: int = config.count(500, 100_000)  # GD steps per run of the sweep
     # The GIF: many balls at once.
-    gif_balls: int = 64
+    gif_balls: int = config.count(64, 4096)  # balls of the GIF
     # 1-D examples of the lecture.
-    x2sinx_lr: float = 0.005
-    x2sinx_steps: int = 50
-    x2sinx_start: float = 2.5
-    parabola_lr: float = 0.98
-    parabola_steps: int = 30
+    x2sinx_lr: float = config.field(0.005, gt=0)  # step size on x^2 sin x
+    x2sinx_steps: int = config.count(50, 100_000)  # steps on x^2 sin x
+    x2sinx_start: float = 2.5  # start on x^2 sin x
+    parabola_lr: float = config.field(0.98, gt=0)  # step size on the parabola
+    parabola_steps: int = config.count(30, 100_000)  # steps on the parabola
 
-    def __post_init__(self):
-        for name in (
-            "steps",
-            "contraction_steps",
-            "num_lrs",
-            "starts_per_lr",
-            "sweep_steps",
-            "gif_balls",
-            "x2sinx_steps",
-            "parabola_steps",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "x2sinx_lr", "parabola_lr", "lr_min"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"`{name}` must be positive, got {getattr(self, name)}")
-        if not self.lr_min < self.lr_max:
-            raise ValueError(f"`lr_min` must be < `lr_max`, got {self.lr_min}, {self.lr_max}")
-        if not self.starts or any(len(s) != 2 for s in self.starts):
-            raise ValueError(f"`starts` must be a non-empty list of (x, y), got {self.starts}")
-        if not self.contraction_lrs or min(self.contraction_lrs) <= 0:
-            raise ValueError(f"`contraction_lrs` must be positive, got {self.contraction_lrs}")
+    RELATIONS = (config.relation("lr_min < lr_max", lambda c: c.lr_min < c.lr_max),)
 
 
 QUICK = Config(num_lrs=256, starts_per_lr=2, sweep_steps=200, gif_balls=16)

@@ -10,6 +10,7 @@ Run: make gradient   (smoke: python -m studies.gradient --quick; a few seconds e
 """
 
 import dataclasses
+from typing import Literal
 
 import contourpy
 import jax
@@ -17,33 +18,21 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sandbox import cli, landscapes, plotting
+from sandbox import cli, config, landscapes, plotting
 
 NAME = "gradient"
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    seed: int = 0
-    landscape: str = "saddle"
-    grid_n: int = 1024  # grid_n^2 points for the jax.grad check (1024^2 = 1,048,576)
-    half_width: float = 2.0  # the grid covers [-half_width, half_width]^2
-    step: float = 1e-3  # step along the gradient for the uphill check
-    contour_n: int = 401  # grid for the contour lines whose segments are checked
-    num_levels: int = 15
-    quiver_n: int = 21
-
-    def __post_init__(self):
-        if self.landscape != "saddle":
-            raise ValueError(
-                f"`landscape` must be 'saddle' (the analytic gradient is known), "
-                f"got {self.landscape!r}"
-            )
-        for name in ("grid_n", "contour_n", "quiver_n", "num_levels"):
-            if getattr(self, name) < 2:
-                raise ValueError(f"`{name}` must be >= 2, got {getattr(self, name)}")
-        if not self.half_width > 0 or not self.step > 0:
-            raise ValueError("`half_width` and `step` must be positive")
+class Config(config.Checked):
+    seed: int = config.seed()  # unused: the study has no randomness
+    landscape: Literal["saddle"] = "saddle"  # the analytic gradient is known for this one
+    grid_n: int = config.count(1024, 8192, lo=2)  # grid_n^2 points for the jax.grad check
+    half_width: float = config.field(2.0, gt=0)  # the grid covers [-half_width, half_width]^2
+    step: float = config.field(1e-3, gt=0)  # step along the gradient for the uphill check
+    contour_n: int = config.count(401, 8192, lo=2)  # grid of the contour lines checked
+    num_levels: int = config.count(15, 1000, lo=2)  # contour levels
+    quiver_n: int = config.count(21, 1000, lo=2)  # arrows per side of the quiver plot
 
 
 QUICK = Config(grid_n=128, contour_n=101)

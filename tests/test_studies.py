@@ -14,9 +14,18 @@ from sandbox import cli, results
 ROOT = Path(__file__).parents[1]
 
 
+# One config field per study set from the command line in its --quick run: (flags, field,
+# value in config.json, array name, the array's shape with it).
+OVERRIDES = {
+    "gradient": (["--quiver-n", "11"], "quiver_n", 11, "quiver_x_Q", (121, 2)),
+    "descent": (["--gif_balls", "8"], "gif_balls", 8, "gif_path_BxTx2", (8, 31, 2)),
+    "optimizers": (["--num-lrs", "16"], "num_lrs", 16, "himmelblau/sgd/lr_G", (16,)),
+}
+
+
 class _QuickRuns(dict):
-    """name -> run folder of the study's --quick run, run the first time it is asked for
-    (the slow tests' studies are not run by `make test`)."""
+    """name -> run folder of the study's --quick run (with its override), run the first time
+    it is asked for (the slow tests' studies are not run by `make test`)."""
 
     def __init__(self, tmp_path_factory):
         super().__init__()
@@ -24,7 +33,8 @@ class _QuickRuns(dict):
 
     def __missing__(self, name):
         folder = self.tmp.mktemp(name)
-        importlib.import_module(f"studies.{name}").main(["--quick", "--out", str(folder)])
+        flags = OVERRIDES[name][0]
+        importlib.import_module(f"studies.{name}").main(["--quick", "--out", str(folder), *flags])
         self[name] = folder
         return folder
 
@@ -50,6 +60,11 @@ def test_quick_run_writes_the_run_folder(quick_runs, name):
     assert list(folder.glob("*.png"))
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["wall_s"] > 0 and meta["backend"]
+    # The field set on the command line is in config.json and shapes the saved arrays.
+    _, field, value, array, shape = OVERRIDES[name]
+    assert json.loads((folder / "config.json").read_text())[field] == value
+    with np.load(folder / "arrays.npz") as z:
+        assert z[array].shape == shape
 
 
 def test_plot_only_redraws_from_saved_arrays(quick_runs):
