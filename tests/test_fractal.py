@@ -209,3 +209,74 @@ def test_train_rejects_deeper_networks(key):
     data = fractal.Data(jnp.ones((4, 3)), jnp.ones((4, 1)))
     with pytest.raises(ValueError, match="`params`"):
         fractal.train(params, data, 1.0, 1.0, 10)
+
+
+def _bad_inputs(params, data):
+    w1, w2 = params
+    nan, x, y = float("nan"), data.x, data.y
+    return [
+        (dict(lr1=nan), "`lr1`"),
+        (dict(lr1=-1.0), "`lr1`"),
+        (dict(lr2=nan), "`lr2`"),
+        (dict(lr2=-0.5), "`lr2`"),
+        (dict(lr2=float("inf")), "`lr2`"),
+        (dict(steps=1.5), "`steps`"),
+        (dict(steps=2**40), "`steps`"),
+        (dict(steps=0), "`steps`"),
+        (dict(data=fractal.Data(x[:0], y[:0])), "`data`"),
+        (dict(data=fractal.Data(x, y[:-1])), "`data`"),
+        (dict(data=fractal.Data(x[:, :-1], y)), "`data`"),
+        (dict(data=fractal.Data(x, jnp.concatenate([y, y], 1))), "`data`"),
+        (dict(params=(w1.astype(jnp.int32), w2)), "`params`"),
+        (dict(params=(w1, w2.astype(jnp.int32))), "`params`"),
+        (dict(data=fractal.Data(x.astype(jnp.int32), y)), "`data`"),
+    ]
+
+
+def test_train_refuses_bad_input_naming_it_before_any_work(problem8, monkeypatch):
+    params, data = problem8
+    calls = []
+    real = fractal._step
+    monkeypatch.setattr(fractal, "_step", lambda *a: calls.append(1) or real(*a))
+    with jax.enable_x64(True):
+        for change, name in _bad_inputs(params, data):
+            kw = {**dict(params=params, data=data, lr1=1.0, lr2=10.0, steps=30), **change}
+            with pytest.raises(ValueError, match=name):
+                fractal.train(kw["params"], kw["data"], kw["lr1"], kw["lr2"], kw["steps"])
+            if change.get("steps") != 0:  # losses(): the same checks (0 steps is allowed)
+                with pytest.raises(ValueError, match=name):
+                    fractal.losses(kw["params"], kw["data"], kw["lr1"], kw["lr2"], kw["steps"])
+    assert calls == []  # refused before a single update was traced
+
+
+def test_init_vs_lr_grid_is_train_on_offset_weights(problem8):
+    # The paper's second phase space: an offset added to W1's initial weights (columns)
+    # against one lr for both layers (rows), each point `train` called on its own.
+    params, data = problem8
+    offsets, lrs = np.array([0.1, 3.0, 30.0]), np.array([2.0, 25.0, 40.0])
+    with jax.enable_x64(True):
+        grid = fractal.score_grid(
+            params, data, offsets, lrs, steps=60, batch_size=4, phase_space="init_vs_lr"
+        )
+        one = jax.jit(lambda p, lr: fractal.train(p, data, lr, lr, 60))
+        want = np.array(
+            [[float(one(fractal.offset_init(params, o), b)) for o in offsets] for b in lrs]
+        )
+    np.testing.assert_array_equal(fractal.offset_init(params, 2.0)[0], params[0] + 2.0)
+    assert (want > 0).any() and (want < 0).any()  # both regimes
+    # Vmapped against one by one: the same float64 updates up to reduction order, which the
+    # dynamics near the boundary amplify (measured 2e-9 relative at offset 3, lr 25).
+    np.testing.assert_array_equal(grid > 0, want > 0)
+    np.testing.assert_allclose(grid, want, rtol=1e-6, atol=1e-12)
+    with pytest.raises(ValueError, match="`phase_space`"):
+        fractal.score_grid(params, data, offsets, lrs, steps=60, batch_size=4, phase_space="x")
+
+
+def test_boundary_of_integer_labels():
+    labels = np.array([[0, 0, 1], [0, 2, 1], [0, 0, 1]])
+    want = np.array([[0, 1, 1], [1, 1, 1], [0, 1, 1]], bool)
+    np.testing.assert_array_equal(fractal.boundary(labels), want)
+    # Only the classes matter, not their values: bool is two classes.
+    two = np.where(labels == 1, 7, 3)
+    np.testing.assert_array_equal(fractal.boundary(labels == 1), fractal.boundary(two))
+    np.testing.assert_array_equal(fractal.boundary(labels == 1)[:, 1:], True)

@@ -51,6 +51,7 @@ class Worker:
         self.dropped = 0  # queued jobs dropped because every request for them went away
         self.cancelled = 0  # running jobs stopped because every request for them went away
         self.stopped = False
+        self.running: list[Job] = []  # the group being computed
         self.thread = threading.Thread(target=self._loop, name=f"explore-worker{name}", daemon=True)
         self.thread.start()
 
@@ -96,10 +97,18 @@ class Worker:
         if all(j.waiters <= 0 for j in jobs):
             raise Cancelled
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stops the thread: queued jobs are cancelled, a running one at its next block."""
         with self.cond:
             self.stopped = True
+            for j in self.running:
+                j.waiters = 0
+            for j in self.pending:
+                j.future.cancel()
+            self.pending.clear()
             self.cond.notify()
+        if threading.current_thread() is not self.thread:
+            self.thread.join(timeout)
 
     def _take(self) -> list[Job] | None:
         with self.cond:
@@ -130,6 +139,7 @@ class Worker:
 
     def _loop(self) -> None:
         while (group := self._take()) is not None:
+            self.running = group
             try:
                 group[0].run(group)
             except Cancelled:
@@ -141,3 +151,5 @@ class Worker:
                 for j in group:
                     if not j.future.done():
                         j.future.set_exception(e)
+            finally:
+                self.running = []

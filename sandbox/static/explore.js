@@ -1,10 +1,22 @@
-// The explorer's page: a Leaflet map whose tiles the server computes (sandbox/explore.py).
+// The explorer's page: a Leaflet map whose tiles the server computes (sandbox/explore/),
+// with axes in the map's units, the cursor's coordinates, the view's scale and zoom depth,
+// legends, tile progress, the view's measures (basin fractions or trainable share, and the
+// box-counting dimension of its boundary), bookmarks and the view as copyable text.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const state = { config: null, landscapes: {}, map: null, layers: [], marks: null, path: null };
-// Counters the browser test reads.
-window.explorer = { tilesLoaded: 0, pathsShown: 0, errors: [], state };
+// Counters and the last answers, for the browser tests.
+window.explorer = { tilesLoaded: 0, pathsShown: 0, measured: 0, measure: null, errors: [], state };
+
+// The three maps: what their axes are, in which units.
+const MAPS = {
+  basins: { x: "x", y: "y", log: false },
+  trainability: { x: "log10 lr1 (input layer)", y: "log10 lr2 (output layer)", log: true, xs: "lr1", ys: "lr2" },
+  init_vs_lr: { x: "log10 offset of W1's init", y: "log10 lr (both layers)", log: true, xs: "offset", ys: "lr" },
+};
+
+function mode() { return $("mode").value; }
 
 function crsFor(b) {
   // One 256-pixel tile over the bounds at zoom 0, y up; lng = x, lat = y.
@@ -66,22 +78,26 @@ function buildHypers() {
 }
 
 function world() {
-  return $("mode").value === "basins"
-    ? state.landscapes[$("landscape").value].bounds
-    : state.config.trainability.bounds;
+  return mode() === "basins" ? state.landscapes[$("landscape").value].bounds : state.config.maps[mode()].bounds;
+}
+
+function maxZoom() {
+  return mode() === "basins" ? state.landscapes[$("landscape").value].max_zoom : state.config.maps[mode()].max_zoom;
 }
 
 function newMap() {
   const b = world();
-  const center = state.map ? null : initial.get("cx") && [parseFloat(initial.get("cy")), parseFloat(initial.get("cx"))];
+  const first = !state.map;
   if (state.map) state.map.remove();
-  const maxZoom = $("mode").value === "basins"
-    ? state.landscapes[$("landscape").value].max_zoom : state.config.trainability.max_zoom;
-  const map = L.map("map", { crs: crsFor(b), minZoom: 0, maxZoom, zoomSnap: 1, attributionControl: false });
+  const map = L.map("map", { crs: crsFor(b), minZoom: 0, maxZoom: maxZoom(), zoomSnap: 1, attributionControl: false });
   map.fitBounds([[b[1][0], b[0][0]], [b[1][1], b[0][1]]]);
-  if (center && initial.get("z")) map.setView(center, parseInt(initial.get("z")));
-  map.on("moveend", () => { updateLink(); fractions(); });
+  if (first && initial.get("cx") && initial.get("z")) {
+    map.setView([parseFloat(initial.get("cy")), parseFloat(initial.get("cx"))], parseInt(initial.get("z")));
+  }
+  map.on("moveend", () => { updateLink(); drawAxes(); measure(); });
+  map.on("move", drawAxes);
   map.on("click", (e) => showPath(e.latlng));
+  map.on("mousemove", (e) => cursor(e.latlng));
   state.map = map;
   state.layers = [];
   state.marks = L.layerGroup().addTo(map);
@@ -89,12 +105,38 @@ function newMap() {
   refresh();
 }
 
-function tileLayer(url, opts) {
-  const layer = L.tileLayer(url, Object.assign({ tileSize: 256, noWrap: true, maxZoom: state.map.getMaxZoom(),
-    bounds: L.latLngBounds([[world()[1][0], world()[0][0]], [world()[1][1], world()[0][1]]]) }, opts));
-  layer.on("tileload", () => { window.explorer.tilesLoaded += 1; });
-  layer.on("tileerror", (e) => status("a tile failed: " + e.tile.src, true));
+// ------------------------------------------------------------------ tiles and their progress
+
+function tileLayer(url, coarse) {
+  const w = world();
+  const layer = L.tileLayer(url, { tileSize: 256, noWrap: true, maxZoom: maxZoom(),
+    bounds: L.latLngBounds([[w[1][0], w[0][0]], [w[1][1], w[0][1]]]) });
+  layer.progress = { asked: 0, loaded: 0, failed: 0, coarse };
+  layer.on("loading", () => { layer.progress = { asked: 0, loaded: 0, failed: 0, coarse }; });
+  layer.on("tileloadstart", () => { layer.progress.asked += 1; progress(); });
+  layer.on("tileload", () => { layer.progress.loaded += 1; window.explorer.tilesLoaded += 1; progress(); });
+  layer.on("tileunload", (e) => {
+    if (e.tile && !e.tile.complete) { layer.progress.asked = Math.max(0, layer.progress.asked - 1); progress(); }
+  });
+  layer.on("tileerror", async (e) => {
+    layer.progress.failed += 1; progress();
+    // The server says why in its JSON error; the image element cannot read it.
+    let why = "no answer";
+    try { const r = await fetch(e.tile.src); why = (await r.json()).error || r.statusText; } catch (err) { why = err.message; }
+    status(`a tile failed: ${why}`, true);
+  });
   return layer;
+}
+
+function progress() {
+  const parts = state.layers.filter((l) => l.progress).map((l) => {
+    const p = l.progress;
+    const text = `${p.loaded} of ${p.asked} ${p.coarse ? "coarse " : ""}tiles`;
+    return p.failed ? `${text}, ${p.failed} failed` : text;
+  });
+  const done = state.layers.every((l) => !l.progress || l.progress.loaded + l.progress.failed >= l.progress.asked);
+  $("progress").textContent = parts.length ? (done ? "all tiles shown: " : "computing: ") + parts.join("; ") : "";
+  $("progress").className = done ? "" : "busy";
 }
 
 function refresh() {
@@ -103,67 +145,186 @@ function refresh() {
   state.layers = [];
   state.marks.clearLayers();
   state.path.clearLayers();
-  const basinsMode = $("mode").value === "basins";
+  const basinsMode = mode() === "basins";
   $("basin-controls").hidden = !basinsMode;
   $("train-controls").hidden = basinsMode;
-  $("frac-box").hidden = !basinsMode;
   $("path-box").hidden = !basinsMode;
+  $("train-about").textContent = basinsMode ? "" : (mode() === "trainability"
+    ? "lr1 on the input layer, lr2 on the output layer."
+    : "An offset added to every initial weight of the input layer (x), one lr for both layers (y).");
   if (basinsMode) {
     $("lr-value").textContent = lr().toPrecision(4);
     const info = state.landscapes[$("landscape").value];
     $("formula").firstElementChild.textContent = info.formula;
-    state.layers.push(tileLayer("/tile/{z}/{x}/{y}.png?" + descentParams()).addTo(state.map));
+    state.layers.push(tileLayer("/tile/{z}/{x}/{y}.png?" + descentParams(), false).addTo(state.map));
     info.minima.forEach((m, i) => L.circleMarker([m[1], m[0]], { radius: 6, color: "#000", weight: 1.5,
       fillColor: info.colours[i + 2], fillOpacity: 1 }).bindTooltip(`minimum ${i}: (${m[0].toFixed(3)}, ${m[1].toFixed(3)})`).addTo(state.marks));
     info.saddles.forEach((s) => L.marker([s[1], s[0]], { icon: L.divIcon({ className: "saddle", iconSize: [8, 8] }) })
       .bindTooltip("saddle").addTo(state.marks));
-    fractions();
   } else {
     const px = state.config.trainability.px;
     // Coarse tiles first (the server computes smaller tiles first), each finer layer on top.
     const levels = [px[1], px[2], px[px.length - 1]];
     const q = trainParams();
-    for (const n of levels) {
-      state.layers.push(tileLayer(`/tile/trainability/{z}/{x}/{y}.png?${q}&px=${n}`, {}).addTo(state.map));
-    }
+    levels.forEach((n, i) => {
+      const coarse = i < levels.length - 1;
+      state.layers.push(tileLayer(`/tile/${mode()}/{z}/{x}/{y}.png?${q}&px=${n}`, coarse).addTo(state.map));
+    });
   }
+  legend();
   updateLink();
+  drawAxes();
+  measure();
 }
 
+// ------------------------------------------------------------------ axes, cursor, scale
+
+function niceStep(span, count) {
+  // 1, 2 or 5 times a power of ten, about span / count.
+  const raw = span / count, p = Math.pow(10, Math.floor(Math.log10(raw)));
+  const m = raw / p;
+  return (m < 1.5 ? 1 : m < 3.5 ? 2 : m < 7.5 ? 5 : 10) * p;
+}
+
+function digits(step) { return Math.max(0, -Math.floor(Math.log10(step) + 1e-9)); }
+
+function ticks(lo, hi, count) {
+  const step = niceStep(hi - lo, count), d = digits(step);
+  const out = [];
+  for (let k = Math.ceil(lo / step); k * step <= hi; k++) {
+    const v = k * step;
+    out.push({ v, text: (Math.abs(v) < step / 2 ? 0 : v).toFixed(d) });
+  }
+  return out;
+}
+
+function drawAxes() {
+  if (!state.map) return;
+  const b = state.map.getBounds(), size = state.map.getSize(), m = MAPS[mode()];
+  const xs = $("axis-x"), ys = $("axis-y");
+  xs.innerHTML = ""; ys.innerHTML = "";
+  const w = b.getEast() - b.getWest(), h = b.getNorth() - b.getSouth();
+  for (const t of ticks(b.getWest(), b.getEast(), Math.max(2, Math.floor(size.x / 110)))) {
+    const el = document.createElement("span");
+    el.className = "tick tick-x"; el.dataset.value = t.v; el.textContent = t.text;
+    el.style.left = `${((t.v - b.getWest()) / w) * size.x}px`;
+    xs.append(el);
+  }
+  for (const t of ticks(b.getSouth(), b.getNorth(), Math.max(2, Math.floor(size.y / 70)))) {
+    const el = document.createElement("span");
+    el.className = "tick tick-y"; el.dataset.value = t.v; el.textContent = t.text;
+    el.style.top = `${((b.getNorth() - t.v) / h) * size.y}px`;
+    ys.append(el);
+  }
+  $("axis-x-name").textContent = m.x; $("axis-y-name").textContent = m.y;
+  const full = world()[0][1] - world()[0][0];
+  const depth = Math.log10(w / full);
+  const width = m.log ? `${w.toPrecision(3)} decades` : `${w.toPrecision(3)} (x units)`;
+  $("scale").textContent = `view width ${width}; zoom ${state.map.getZoom()}: ` +
+    (depth > -0.05 ? "the full view" : `10^${depth.toFixed(1)} of the full view`);
+}
+
+function cursor(ll) {
+  const m = MAPS[mode()], b = state.map.getBounds(), size = state.map.getSize();
+  // As many digits as a screen pixel needs.
+  const dx = digits((b.getEast() - b.getWest()) / size.x) + 1, dy = digits((b.getNorth() - b.getSouth()) / size.y) + 1;
+  let text = `x = ${ll.lng.toFixed(dx)}, y = ${ll.lat.toFixed(dy)}`;
+  if (m.log) {
+    text = `log10 ${m.xs} = ${ll.lng.toFixed(dx)}, log10 ${m.ys} = ${ll.lat.toFixed(dy)}` +
+      ` (${m.xs} = ${Math.pow(10, ll.lng).toPrecision(dx + 1)}, ${m.ys} = ${Math.pow(10, ll.lat).toPrecision(dy + 1)})`;
+  }
+  $("cursor").textContent = text;
+  $("cursor").dataset.x = ll.lng; $("cursor").dataset.y = ll.lat;
+}
+
+// ------------------------------------------------------------------ legends
+
+function bar(stops) { return `<span class="bar" style="background:linear-gradient(to right, ${stops.join(",")})"></span>`; }
+
+function legend() {
+  const lg = state.config.legends;
+  let html = "";
+  if (mode() === "basins") {
+    const info = state.landscapes[$("landscape").value], colour = $("colour").value;
+    if (colour === "basin") {
+      html = info.minima.map((m, i) => `<div class="minimum"><span class="sw" style="background:${info.colours[i + 2]}"></span> minimum ${i} at (${m[0].toFixed(3)}, ${m[1].toFixed(3)})</div>`).join("") +
+        `<div><span class="sw" style="background:${info.colours[1]}"></span> not converged</div>` +
+        `<div><span class="sw" style="background:${info.colours[0]}"></span> diverged</div>`;
+    } else if (colour === "steps") {
+      html = `<div>steps to |grad| &lt; tol, log scale</div><div>1 ${bar(lg.steps.stops)} ${$("steps").value}</div>` +
+        `<div><span class="sw" style="background:${lg.steps.special}"></span> never reached tol</div>`;
+    } else {
+      html = `<div>final loss − f_min</div><div>1e${lg.loss.decades[0]} ${bar(lg.loss.stops)} 1e${lg.loss.decades[1]}</div>` +
+        `<div><span class="sw" style="background:${lg.loss.special}"></span> diverged</div>`;
+    }
+  } else {
+    html = `<div>trains (darker: faster) ${bar(lg.trainability.trains.slice().reverse())}</div>` +
+      `<div>diverges (darker: sooner) ${bar(lg.trainability.diverges.slice().reverse())}</div>`;
+  }
+  $("legend").innerHTML = html;
+}
+
+// ------------------------------------------------------------------ what the view measures
+
 function viewBox() {
-  // The part of the landscape's bounds in view (null when none is).
+  // The part of the map's bounds in view (null when none is).
   const b = state.map.getBounds(), w = world();
   const v = { x0: Math.max(b.getWest(), w[0][0]), x1: Math.min(b.getEast(), w[0][1]),
     y0: Math.max(b.getSouth(), w[1][0]), y1: Math.min(b.getNorth(), w[1][1]) };
   return v.x0 < v.x1 && v.y0 < v.y1 ? v : null;
 }
 
-let fracSeq = 0;
-async function fractions() {
-  if ($("mode").value !== "basins" || !state.map) return;
-  const seq = ++fracSeq;
-  const v = viewBox();
-  if (!v) { $("fractions").innerHTML = ""; return; }
-  const p = descentParams();
-  p.delete("colour");
-  for (const [k, val] of Object.entries(v)) p.set(k, val);
-  p.set("n", 48);
-  try {
-    const r = await getJSON("/api/basins?" + p);
-    if (seq !== fracSeq) return;
-    const info = state.landscapes[$("landscape").value];
-    const rows = Object.entries(r.fractions).filter(([, f]) => f > 0).map(([k, f]) => {
-      const c = k === "diverged" ? info.colours[0] : k === "not_converged" ? info.colours[1] : info.colours[parseInt(k) + 2];
-      const name = /^\d+$/.test(k) ? `(${r.minima[k].map((a) => a.toFixed(2)).join(", ")})` : k.replace("_", " ");
-      return `<tr><td><span class="sw" style="background:${c}"></span></td><td>${name}</td><td>${(100 * f).toFixed(1)}%</td></tr>`;
-    });
-    $("fractions").innerHTML = rows.join("") + "<tr><td></td><td><small>48×48 starts over the view (within the bounds)</small></td></tr>";
-    status("");
-  } catch (e) { status(e.message, true); }
+function dimensionText(d) {
+  if (d.dim === null) return `boundary dimension: — (${d.why})`;
+  return `boundary dimension ${d.dim.toFixed(3)} (box sizes ${d.sizes[0]} to ${d.sizes[d.sizes.length - 1]} px, ` +
+    `rms residual ${d.residual.toFixed(3)})`;
 }
 
+let measureSeq = 0, measureTimer = null;
+function measure() {
+  clearTimeout(measureTimer);
+  measureTimer = setTimeout(measureNow, 150);
+}
+
+async function measureNow() {
+  if (!state.map) return;
+  const seq = ++measureSeq;
+  const v = viewBox();
+  if (!v) { $("measures").innerHTML = ""; return; }
+  const basinsMode = mode() === "basins";
+  const p = basinsMode ? descentParams() : trainParams();
+  p.delete("colour");
+  for (const [k, val] of Object.entries(v)) p.set(k, val);
+  const n = basinsMode ? 64 : 48;
+  p.set("n", n);
+  $("measures").innerHTML = "<small>measuring the view…</small>";
+  try {
+    const r = await getJSON((basinsMode ? "/api/basins?" : `/api/${mode()}?`) + p);
+    if (seq !== measureSeq) return;
+    let html = "";
+    if (basinsMode) {
+      const info = state.landscapes[$("landscape").value];
+      html = Object.entries(r.fractions).filter(([, f]) => f > 0).map(([k, f]) => {
+        const c = k === "diverged" ? info.colours[0] : k === "not_converged" ? info.colours[1] : info.colours[parseInt(k) + 2];
+        const name = /^\d+$/.test(k) ? `(${r.minima[k].map((a) => a.toFixed(2)).join(", ")})` : k.replace("_", " ");
+        return `<tr><td><span class="sw" style="background:${c}"></span></td><td>${name}</td><td>${(100 * f).toFixed(1)}%</td></tr>`;
+      }).join("");
+      html = `<b>basin fractions</b><table id="fractions">${html}</table>`;
+    } else {
+      html = `<div id="share">trainable share ${(100 * r.trainable_share).toFixed(1)}%</div>`;
+    }
+    html += `<div id="dimension">${dimensionText(r.dimension)}</div>` +
+      `<small>${n}×${n} runs over the view (within the map's bounds)</small>`;
+    $("measures").innerHTML = html;
+    window.explorer.measure = { query: Object.fromEntries(p), answer: r };
+    window.explorer.measured += 1;
+  } catch (e) { if (seq === measureSeq) { $("measures").innerHTML = ""; status(e.message, true); } }
+}
+
+// ------------------------------------------------------------------ paths
+
 async function showPath(latlng) {
-  if ($("mode").value !== "basins") return;
+  if (mode() !== "basins") return;
   const p = descentParams();
   p.delete("colour");
   p.set("x", latlng.lng); p.set("y", latlng.lat); p.set("z", state.map.getZoom());
@@ -200,12 +361,25 @@ function drawCurve(steps, losses, fmin) {
   g.fillText("step " + smax, c.width - 60, c.height - 4); g.fillText("loss − f_min", 30, c.height - 4);
 }
 
+// ------------------------------------------------------------------ the view as a link, text, bookmark
+
 function viewQuery() {
-  const p = $("mode").value === "basins" ? descentParams() : trainParams();
-  p.set("mode", $("mode").value);
+  const p = mode() === "basins" ? descentParams() : trainParams();
+  p.set("mode", mode());
   const c = state.map.getCenter();
   p.set("cx", c.lng); p.set("cy", c.lat); p.set("z", state.map.getZoom());
   return p;
+}
+
+function viewText() {
+  const b = state.map.getBounds(), m = MAPS[mode()], q = viewQuery();
+  const lines = [`map: ${mode()}`];
+  for (const [k, v] of q) if (!["mode", "cx", "cy", "z"].includes(k)) lines.push(`${k}: ${v}`);
+  lines.push(`${m.x}: ${b.getWest()} to ${b.getEast()}`);
+  lines.push(`${m.y}: ${b.getSouth()} to ${b.getNorth()}`);
+  lines.push(`zoom: ${state.map.getZoom()}`);
+  lines.push(`link: ${location.origin}${location.pathname}?${q}`);
+  return lines.join("\n");
 }
 
 function updateLink() {
@@ -213,13 +387,53 @@ function updateLink() {
   const url = location.pathname + "?" + viewQuery();
   $("link").href = url;
   history.replaceState(null, "", url);
+  $("view-text").value = viewText();
 }
+
+const BOOKMARKS = "gradient-sandbox.explorer.bookmarks";
+
+function bookmarks() {
+  try { return JSON.parse(localStorage.getItem(BOOKMARKS) || "[]"); } catch { return []; }
+}
+
+function showBookmarks() {
+  const list = $("bookmarks");
+  list.innerHTML = "";
+  bookmarks().forEach((b, i) => {
+    const li = document.createElement("li");
+    const a = document.createElement("a");
+    a.href = b.url; a.textContent = b.name;
+    const x = document.createElement("button");
+    x.textContent = "×"; x.title = "forget this bookmark"; x.className = "forget";
+    x.addEventListener("click", () => {
+      const all = bookmarks(); all.splice(i, 1);
+      localStorage.setItem(BOOKMARKS, JSON.stringify(all)); showBookmarks();
+    });
+    li.append(a, " ", x);
+    list.append(li);
+  });
+}
+
+$("bookmark").addEventListener("click", () => {
+  const name = $("bookmark-name").value.trim() || `${mode()} at zoom ${state.map.getZoom()}`;
+  const all = bookmarks();
+  all.push({ name, url: location.pathname + "?" + viewQuery() });
+  localStorage.setItem(BOOKMARKS, JSON.stringify(all));
+  $("bookmark-name").value = "";
+  showBookmarks();
+});
+
+$("copy").addEventListener("click", async () => {
+  $("view-text").select();
+  try { await navigator.clipboard.writeText($("view-text").value); status("view copied"); }
+  catch { document.execCommand("copy"); status("view selected: copy it with Ctrl+C"); }
+});
 
 $("save").addEventListener("click", () => {
   // The view within the bounds, at the screen's resolution, computed in one piece.
   const r = window.devicePixelRatio || 1;
   const v = viewBox();
-  if ($("mode").value !== "basins") { status("saving is for basin maps; trainability tiles save one by one", true); return; }
+  if (mode() !== "basins") { status("saving is for basin maps; trainability tiles save one by one", true); return; }
   if (!v) { status("the view shows nothing of the landscape's bounds", true); return; }
   const px = (x, y) => state.map.latLngToContainerPoint([y, x]);
   const a0 = px(v.x0, v.y0), a1 = px(v.x1, v.y1);
@@ -242,9 +456,9 @@ async function main() {
   for (const name of Object.keys(state.config.optimizers)) $("optimizer").add(new Option(name, name));
   $("landscape").value = initial.get("landscape") || "himmelblau";
   $("optimizer").value = initial.get("optimizer") || "sgd";
-  $("mode").value = initial.get("mode") || "basins";
+  $("mode").value = MAPS[initial.get("mode")] ? initial.get("mode") : "basins";
   if (initial.get("lr")) $("lr").value = Math.log10(parseFloat(initial.get("lr")));
-  if (initial.get("steps")) (initial.get("mode") === "trainability" ? $("tsteps") : $("steps")).value = initial.get("steps");
+  if (initial.get("steps")) (initial.get("mode") && initial.get("mode") !== "basins" ? $("tsteps") : $("steps")).value = initial.get("steps");
   if (initial.get("colour")) $("colour").value = initial.get("colour");
   buildHypers();
   $("mode").addEventListener("change", newMap);
@@ -252,6 +466,7 @@ async function main() {
   $("optimizer").addEventListener("change", () => { buildHypers(); refresh(); });
   $("lr").addEventListener("input", () => { $("lr-value").textContent = lr().toPrecision(4); });
   for (const id of ["lr", "steps", "colour", "tsteps"]) $(id).addEventListener("change", refresh);
+  showBookmarks();
   newMap();
   document.body.dataset.ready = "1";
 }
