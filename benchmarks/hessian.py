@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sandbox import data, devices, train
+from sandbox import data, devices, network
 from sandbox.models import resnet
 from studies import resnet_landscape as study
 
@@ -56,12 +56,12 @@ def main(argv=None) -> None:
     y = jnp.asarray(ds.y_train[: args.images])
     v = jax.jit(model.init)(jax.random.key(0), x[:1])
     variables = {"params": v["params"], "batch_stats": v["batch_stats"]}
-    shared_loss = train.eval_loss(model, variables, x, y)
+    shared_loss = network.eval_loss(model, variables, x, y)
 
     times, numbers = {}, {}
     for name, make_loss in (
         ("shared", lambda: shared_loss),
-        ("fresh", lambda: train.eval_loss(model, variables, x, y)),
+        ("fresh", lambda: network.eval_loss(model, variables, x, y)),
     ):
         jax.clear_caches()
         start = time.perf_counter()

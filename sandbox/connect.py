@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from sandbox import checks, engine, surface
+from sandbox import checks, engine, network, surface
 from sandbox.types import Array, Key, PyTree
 
 # Steps per compiled call of `train_bend` (the progress bar moves once per block).
@@ -65,10 +65,26 @@ def barrier(values_T: Any) -> float:
     return float(np.max(v) - 0.5 * (v[0] + v[-1]))
 
 
-def _check_pair(w1: PyTree, w2: PyTree, bend: PyTree | None = None) -> None:
-    surface.check_like(w2, w1, "w2")
-    if bend is not None:
-        surface.check_like(bend, w1, "bend")
+def _check_pair(
+    w1: PyTree, w2: PyTree, bend: PyTree | None = None, *, finite: bool = False
+) -> None:
+    """ValueError naming the argument unless w1, w2 (and the bend) are pytrees of one
+    structure and shapes with floating-point leaves (and, with `finite`, finite values)."""
+    named = {"w1": w1, "w2": w2} if bend is None else {"w1": w1, "w2": w2, "bend": bend}
+    for name, tree in named.items():
+        leaves = jax.tree.leaves(tree)
+        if not leaves:
+            raise ValueError(f"`{name}` must be a pytree of parameter arrays, got no leaves")
+        kinds = sorted({str(jnp.result_type(a)) for a in leaves})
+        if not all(jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves):
+            raise ValueError(
+                f"`{name}` must have floating-point leaves (points between networks are not "
+                f"integers), got {', '.join(kinds)}"
+            )
+        if name != "w1":
+            surface.check_like(tree, w1, name)
+        if finite and not all(bool(jnp.all(jnp.isfinite(a))) for a in leaves):
+            raise ValueError(f"`{name}` must be finite, got NaN or inf in its parameters")
 
 
 class BendHistory(NamedTuple):
@@ -208,7 +224,7 @@ class Plane(NamedTuple):
 
 def plane_basis(w1: PyTree, w2: PyTree, bend: PyTree) -> Plane:
     """The plane through the three points (Garipov et al.'s Figure 1 coordinates)."""
-    _check_pair(w1, w2, bend)
+    _check_pair(w1, w2, bend, finite=True)
     d = surface.difference(w2, w1)
     length = float(surface.norm(d))
     if not length > 0:
@@ -256,6 +272,6 @@ def plane(
 def _plane_one(metrics: Callable) -> Callable:
     def one(xy, shared):
         w1, u, v = shared
-        return metrics(jax.tree.map(lambda a, b, c: a + xy[0] * b + xy[1] * c, w1, u, v))
+        return metrics(network.point(w1, xy, (u, v)))
 
     return one

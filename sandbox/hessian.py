@@ -133,8 +133,9 @@ def hvp(loss: Loss, params: PyTree, v: PyTree) -> PyTree:
     return jax.jvp(jax.grad(loss), (params,), (v,))[1]
 
 
-def _dimension(params: PyTree) -> int:
-    """Number of parameters; refuses empty or non-floating pytrees."""
+def dimension(params: PyTree) -> int:
+    """The number of parameters n of `params`; ValueError naming `params` for an empty pytree,
+    a pytree of no parameters, or one with a leaf that is not floating point."""
     leaves = jax.tree.leaves(params)
     if not leaves:
         raise ValueError("`params` must have at least one leaf, got an empty pytree")
@@ -163,7 +164,7 @@ def _path(path) -> str:
 def _block(params: PyTree, mask: PyTree | None) -> tuple[int, Array | None]:
     """(n, mask_n): the block's size and its 0/1 vector in `ravel_pytree` order (None and the
     parameter count without a mask). Refuses a mask of another structure, or an empty one."""
-    n = _dimension(params)
+    n = dimension(params)
     if mask is None:
         return n, None
     p_leaves, p_tree = jax.tree.flatten(params)
@@ -326,10 +327,11 @@ def _host_args(params: PyTree, mask_n: Array | None, like_n: Array) -> tuple[Cal
     return put, put(jnp.ones_like(like_n) if mask_n is None else mask_n)
 
 
-def _lanczos_host(loss: Loss, params: PyTree, v0_n: Array, num_iters: int, mask_n=None):
-    """`lanczos` on the Hessian of `loss` with the loop over steps in Python: the compiled
-    HVP and update called num_iters times (see `default_loop`). Returns (alpha [m],
-    beta [m-1])."""
+def lanczos_host(loss: Loss, params: PyTree, v0_n: Array, num_iters: int, mask_n=None):
+    """`lanczos` on the Hessian of `loss` at `params` from `v0_n` [n], with the loop over
+    steps in Python: the compiled HVP and update called num_iters times (see
+    `default_loop`). `mask_n`: an optional 0/1 [n] block. Returns (alpha [m], beta [m-1]).
+    Unchecked: the callers (`ritz` and the like, `sharpness.on_plane`) check the sizes."""
     put, mask_n = _host_args(params, mask_n, v0_n)
     hv = _host_hvp(loss)
     tol = 100 * float(jnp.finfo(v0_n.dtype).eps)
@@ -345,10 +347,11 @@ def _tri_host(loss: Loss, params: PyTree, key: Key, num_iters: int, mask_n=None)
     """`_tri_jit`'s numbers, stepped from Python."""
     flat_n, _ = ravel_pytree(params)
     v0_n = jax.random.normal(key, flat_n.shape, flat_n.dtype)
-    return _lanczos_host(loss, params, v0_n, num_iters, mask_n)
+    return lanczos_host(loss, params, v0_n, num_iters, mask_n)
 
 
-def _check_loop(loop: str | None) -> str:
+def check_loop(loop: str | None) -> str:
+    """`loop` ("lax" or "host"), or `default_loop()` for None; ValueError otherwise."""
     loop = default_loop() if loop is None else loop
     if loop not in ("lax", "host"):
         raise ValueError(f"`loop` must be 'lax', 'host' or None, got {loop!r}")
@@ -370,7 +373,7 @@ def default_loop() -> str:
 def _tri(
     loss: Loss, params: PyTree, key: Key, num_iters: int, loop: str | None, mask_n=None
 ) -> tuple[Array, Array]:
-    if _check_loop(loop) == "lax":
+    if check_loop(loop) == "lax":
         return _tri_jit(loss, params, key, num_iters, mask_n)
     return _tri_host(loss, params, key, num_iters, mask_n)
 
@@ -398,18 +401,29 @@ def tridiagonal(
     return _tri(loss, params, key, _default_iters(n, num_iters), loop, mask_n)
 
 
+def tridiagonal_matrix(alpha_m, beta_m1, xp=jnp):
+    """The symmetric tridiagonal [m, m] with diagonal `alpha_m` and off-diagonal `beta_m1`,
+    built with `xp` (jax.numpy, traceable; or numpy)."""
+    return xp.diag(alpha_m) + xp.diag(beta_m1, 1) + xp.diag(beta_m1, -1)
+
+
 def ritz_values(alpha, beta) -> np.ndarray:
     """Eigenvalues of the tridiagonal (alpha, beta), descending (NumPy, float64)."""
     a = np.asarray(alpha, np.float64)
     b = np.asarray(beta, np.float64)
     if a.ndim != 1 or b.shape != (max(len(a) - 1, 0),):
         raise ValueError(f"`alpha` [m] and `beta` [m-1] expected, got {a.shape} and {b.shape}")
-    return np.linalg.eigvalsh(np.diag(a) + np.diag(b, 1) + np.diag(b, -1))[::-1]
+    return np.linalg.eigvalsh(tridiagonal_matrix(a, b, np))[::-1]
+
+
+def top_ritz_values(alpha_m: Array, beta_m1: Array, k: int) -> Array:
+    """The k largest eigenvalues of the tridiagonal (alpha, beta), descending, traceable
+    (`ritz_values` is the NumPy float64 form)."""
+    return jnp.linalg.eigvalsh(tridiagonal_matrix(alpha_m, beta_m1))[::-1][:k]
 
 
 def _ritz_of(alpha_m: Array, beta_m1: Array) -> Ritz:
-    T_mxm = jnp.diag(alpha_m) + jnp.diag(beta_m1, 1) + jnp.diag(beta_m1, -1)
-    theta_m, U_mxm = jnp.linalg.eigh(T_mxm)  # ascending
+    theta_m, U_mxm = jnp.linalg.eigh(tridiagonal_matrix(alpha_m, beta_m1))  # ascending
     return Ritz(theta_m[::-1], U_mxm[0, ::-1] ** 2)
 
 
@@ -621,7 +635,7 @@ def blocks(
     checks.integer("num_probes", num_probes, minimum=2)
     batch = min(10, num_probes)
     checks.integer("max_bytes", max_bytes, minimum=1)
-    if _check_loop(loop) == "lax":
+    if check_loop(loop) == "lax":
         masks_Bxn = jnp.stack([m for _, m in sized.values()])
         basis_bytes = num_iters * masks_Bxn.shape[1] * masks_Bxn.dtype.itemsize
         group = int(min(len(masks_Bxn), max(1, max_bytes // basis_bytes)))
@@ -737,7 +751,7 @@ def trace(
     checks.integer("num_probes", num_probes, minimum=2)
     checks.integer("batch", batch, minimum=1)
     batch = min(batch, num_probes)
-    if _check_loop(loop) == "lax":
+    if check_loop(loop) == "lax":
         return _trace_jit(loss, params, key, num_probes, batch, mask_n)
     return _trace_host(loss, params, key, num_probes, batch, mask_n)
 
@@ -785,11 +799,11 @@ def density(
     n, mask_n = _block(params, mask)
     checks.integer("num_probes", num_probes, minimum=1)
     m = _default_iters(n, num_iters)
-    if _check_loop(loop) == "lax":
+    if check_loop(loop) == "lax":
         return _density_jit(loss, params, key, num_probes, m, mask_n)
     flat_n, _ = ravel_pytree(params)
     runs = [
-        _ritz_of(*_lanczos_host(loss, params, v_n, m, mask_n))
+        _ritz_of(*lanczos_host(loss, params, v_n, m, mask_n))
         for v_n in _probes(key, num_probes, flat_n.shape[0], flat_n.dtype, mask_n)
     ]
     return jnp.stack([r.values for r in runs]), jnp.stack([r.weights for r in runs])
@@ -842,6 +856,13 @@ def bulk_edge(nodes, weights, *, min_weight: float = BULK_WEIGHT) -> float:
             f"`nodes` and `weights` must have the same shape [P, m], got {nodes_Pxm.shape} "
             f"and {weights_Pxm.shape}"
         )
+    if nodes_Pxm.size == 0:
+        raise ValueError(
+            f"`nodes` and `weights` must hold at least one probe and one node, got shape "
+            f"{nodes_Pxm.shape}"
+        )
+    if not (np.all(np.isfinite(nodes_Pxm)) and np.all(np.isfinite(weights_Pxm))):
+        raise ValueError("`nodes` and `weights` must be finite (an SLQ run that overflowed?)")
     if not 0 < min_weight < 1:
         raise ValueError(f"`min_weight` must be in (0, 1), got {min_weight!r}")
     heavy = nodes_Pxm[weights_Pxm >= min_weight]
@@ -868,8 +889,10 @@ def outliers(top_values, nodes, weights, num_classes: int, *, min_weight: float 
       lambda_{C+1}, None when fewer than C + 1 values), "top": the values}.
     """
     top = np.asarray(top_values, np.float64)
-    if top.ndim != 1 or not len(top) or np.any(np.diff(top) > 0):
-        raise ValueError("`top_values` must be a non-empty descending 1-D array")
+    if top.ndim != 1 or not len(top) or not np.all(np.isfinite(top)):
+        raise ValueError(f"`top_values` must be a non-empty 1-D array of finite values, got {top}")
+    if np.any(np.diff(top) > 0):
+        raise ValueError(f"`top_values` must be descending, got {top}")
     checks.integer("num_classes", num_classes, minimum=1)
     edge = bulk_edge(nodes, weights, min_weight=min_weight)
     count = int(np.sum(top > edge))

@@ -54,7 +54,7 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from sandbox import checks, engine, hessian, surface
+from sandbox import checks, engine, hessian, network, surface
 from sandbox.types import Array, Key, PyTree
 
 OPTIMIZERS = ("gd", "momentum", "adam")
@@ -143,7 +143,8 @@ def track(
     _check_optimizer(optimizer)
     steps = checks.integer("steps", steps, minimum=1, maximum=checks.INT32_MAX)
     every = checks.integer("every", every, minimum=1, maximum=steps)
-    n = hessian._dimension(params)
+    n = hessian.dimension(params)
+    check_loss(loss, params, has_aux=has_aux)
     num_eigs = checks.integer("num_eigs", num_eigs, minimum=1, maximum=n)
     num_iters = min(max(DEFAULT_ITERS, num_eigs), n) if num_iters is None else num_iters
     num_iters = checks.integer("num_iters", num_iters, minimum=num_eigs, maximum=n)
@@ -238,8 +239,48 @@ def _top(scalar: Callable, params: PyTree, scale, v0_n, num_eigs: int, num_iters
         return Hu_n if s_n is None else s_n * Hu_n
 
     tri = hessian.lanczos(matvec, v0_n, num_iters)
-    T_mxm = jnp.diag(tri.alpha) + jnp.diag(tri.beta, 1) + jnp.diag(tri.beta, -1)
-    return jnp.linalg.eigvalsh(T_mxm)[::-1][:num_eigs]
+    return hessian.top_ritz_values(tri.alpha, tri.beta, num_eigs)
+
+
+def check_loss(loss: Callable, params: PyTree, *, has_aux: bool = False) -> None:
+    """ValueError, before any work, unless `params` has floating leaves of one dtype and
+    `loss(params)` is a real scalar (or a pair (scalar, aux) with `has_aux`); traced
+    abstractly (`jax.eval_shape`), nothing computed."""
+    hessian.dimension(params)
+    dtypes = sorted({str(jnp.result_type(a)) for a in jax.tree.leaves(params)})
+    if len(dtypes) > 1:
+        raise ValueError(
+            f"`params` must have leaves of one floating dtype (everything runs in it), got "
+            f"{', '.join(dtypes)}"
+        )
+    if not callable(loss):
+        raise ValueError(f"`loss` must be a function of the parameters, got {type(loss).__name__}")
+    out = jax.eval_shape(loss, params)
+    if has_aux:
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ValueError(
+                "`loss` must return a pair (scalar loss, aux) with `has_aux=True`, got "
+                f"{_describe(out)}"
+            )
+        out = out[0]
+    if not (
+        isinstance(out, jax.ShapeDtypeStruct)
+        and out.shape == ()
+        and jnp.issubdtype(out.dtype, jnp.floating)
+    ):
+        aux = " (with `has_aux=True`, the first of its pair)" if has_aux else ""
+        raise ValueError(
+            f"`loss` must return a real scalar{aux}, got {_describe(out)}"
+            + ("" if has_aux or not isinstance(out, tuple) else "; a pair needs `has_aux=True`")
+        )
+
+
+def _describe(out) -> str:
+    if isinstance(out, jax.ShapeDtypeStruct):
+        return f"an array of shape {out.shape} and dtype {out.dtype}"
+    if isinstance(out, tuple):
+        return f"a tuple of {len(out)}"
+    return type(out).__name__
 
 
 def _check_optimizer(optimizer: Any) -> None:
@@ -313,7 +354,8 @@ def on_plane(
     Returns:
       [G] lambda_max at each point (NumPy).
     """
-    n = hessian._dimension(params)
+    n = hessian.dimension(params)
+    check_loss(loss, params)
     surface.check_like(d1, params, "d1")
     surface.check_like(d2, params, "d2")
     num_iters = checks.integer("num_iters", num_iters, minimum=1, maximum=n)
@@ -322,11 +364,11 @@ def on_plane(
     if xy_G.ndim != 2 or xy_G.shape[1] != 2 or len(xy_G) == 0 or not np.all(np.isfinite(xy_G)):
         raise ValueError(f"`coords` must have shape [G, 2] of finite values, got {xy_G.shape}")
     v0 = jax.random.normal(key, flat.shape, flat.dtype)
-    if hessian._check_loop(loop) == "host":
+    if hessian.check_loop(loop) == "host":
         out = []
         for a, b in engine.bar(xy_G, desc="sharpness", unit="point"):
-            p = jax.tree.map(lambda w, u, v, a=a, b=b: w + a * u + b * v, params, d1, d2)
-            alpha, beta = hessian._lanczos_host(loss, p, v0, num_iters)
+            p = network.point(params, (a, b), (d1, d2))
+            alpha, beta = hessian.lanczos_host(loss, p, v0, num_iters)
             out.append(hessian.ritz_values(alpha, beta)[0])
         return np.asarray(out, xy_G.dtype)
     return engine.map_chunks(
@@ -339,7 +381,6 @@ def on_plane(
 def _plane_point(loss: Callable, num_iters: int) -> Callable:
     def one(ab, shared):
         params, d1, d2, v0 = shared
-        p = jax.tree.map(lambda w, u, v: w + ab[0] * u + ab[1] * v, params, d1, d2)
-        return _top(loss, p, None, v0, 1, num_iters)[0]
+        return _top(loss, network.point(params, ab, (d1, d2)), None, v0, 1, num_iters)[0]
 
     return one

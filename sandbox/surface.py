@@ -50,11 +50,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from sandbox import checks, engine
+from sandbox import checkpoints, checks, engine, network
 from sandbox import precision as precisions
 from sandbox.types import Key
 
@@ -232,8 +231,6 @@ def checkpoint_path(folder: Path | str, epochs: Sequence[int] | None = None):
     Returns:
       The epochs and a list of parameter pytrees (NumPy), ready for `pca_directions`.
     """
-    from sandbox import train  # orbax is slow to import: only where checkpoints are read
-
     folder = Path(folder)
     saved = sorted(int(p.name) for p in folder.glob("*") if p.is_dir() and p.name.isdigit())
     if not saved:
@@ -244,7 +241,7 @@ def checkpoint_path(folder: Path | str, epochs: Sequence[int] | None = None):
         raise ValueError(
             f"`epochs`: no checkpoint for epoch(s) {missing} in {str(folder)!r}; have {saved}"
         )
-    return epochs, [train.load_checkpoint(folder, e)[0]["params"] for e in epochs]
+    return epochs, [checkpoints.load_checkpoint(folder, e)[0]["params"] for e in epochs]
 
 
 # ----------------------------------------------------------------------------- grids
@@ -379,13 +376,49 @@ def _check_labels(model, variables, apply_kwargs, x, y) -> None:
     """Labels within the model's classes (read off its output shape, traced once)."""
     tree, leaves = engine.shape_key(variables)
     image = jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)
-    classes = _num_classes(model, tuple(sorted(apply_kwargs.items())), tree, tuple(leaves), image)
+    items = tuple(sorted(apply_kwargs.items()))
+    try:
+        classes = _num_classes(model, items, tree, tuple(leaves), image)
+    except Exception as e:  # the model's own error, traced without computing anything
+        raise _mismatch(model, variables, dict(items), image, e) from None
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi >= classes:
         raise ValueError(
             f"`y` must hold labels in [0, {classes}) (the model's classes), "
             f"got labels from {lo} to {hi}"
         )
+
+
+def _mismatch(model, variables: dict, apply_kwargs: dict, image, error: Exception) -> ValueError:
+    """Why `model.apply(variables, x)` cannot run, named by argument: a collection the model
+    needs and `variables` lacks (batch-norm statistics), or images whose shape does not fit
+    the parameters (e.g. 1-channel images for a 3-channel network)."""
+    reason = f"{type(error).__name__}: {error}".splitlines()[0][:160]
+    key = jax.random.key(0)  # an abstract trace of `model.init`: shapes only, no numbers
+    try:
+        want = jax.eval_shape(lambda k, xb: model.init(k, xb, **apply_kwargs), key, image)
+    except Exception:  # the model cannot even be built on these images
+        return ValueError(
+            f"`x`: images of shape {tuple(image.shape[1:])} do not fit the model ({reason})"
+        )
+    missing = sorted(set(want) - set(variables))
+    if missing:
+        return ValueError(
+            f"`variables` lacks {', '.join(repr(m) for m in missing)}, which the model needs "
+            f"(e.g. the batch-norm statistics of a trained state: `train.variables(state)`)"
+        )
+    for name in sorted(want):
+        have, need = jax.tree.leaves(variables[name]), jax.tree.leaves(want[name])
+        if jax.tree.structure(variables[name]) != jax.tree.structure(want[name]):
+            return ValueError(f"`variables[{name!r}]` does not have the model's structure")
+        for a, b in zip(have, need, strict=True):
+            if np.shape(a) != tuple(b.shape):
+                return ValueError(
+                    f"`x`: images of shape {tuple(image.shape[1:])} do not fit the network's "
+                    f"parameters (a {name} leaf of shape {np.shape(a)} where these images "
+                    f"need {tuple(b.shape)})"
+                )
+    return ValueError(f"`model` cannot be applied to `variables` and `x`: {reason}")
 
 
 def _batches(x, y, nb: int, b: int):
@@ -475,23 +508,16 @@ def _point_fn(model: Any, apply_items: tuple, unroll: int, precision: str) -> Ca
         c_K, origin, dirs = item["coords"], shared["parameters"], shared["directions"]
         x, y, mask = shared["data"]
         acc_dtype = jnp.promote_types(jnp.result_type(*jax.tree.leaves(origin)), jnp.float32)
-        v = jax.tree.map(
-            lambda o, d: o + jnp.tensordot(c_K.astype(d.dtype), d, axes=1).astype(o.dtype),
-            origin,
-            dirs,
-        )
+        v = network.point(origin, c_K, [_row(dirs, k) for k in range(len(c_K))])
 
         v_c = precisions.variables(v, precision)  # cast once per point, not per batch
 
         def batch(carry, xym):
             xb, yb, mb = xym
             out = model.apply(v_c, precisions.cast(xb, precision), **kwargs)
-            logits = precisions.logits(out, precision)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
-            correct = (jnp.argmax(logits, -1) == yb) & mb
+            total, correct = network.masked_sums(precisions.logits(out, precision), yb, mb)
             s, n = carry
-            total = jnp.sum(jnp.where(mb, loss, 0.0)).astype(s.dtype)
-            return (s + total, n + jnp.sum(correct, dtype=jnp.int32)), None
+            return (s + total.astype(s.dtype), n + correct), None
 
         # Losses summed in at least float32 (float64 under x64 with float64 parameters).
         zero = (jnp.zeros((), acc_dtype), jnp.zeros((), jnp.int32))
@@ -499,6 +525,11 @@ def _point_fn(model: Any, apply_items: tuple, unroll: int, precision: str) -> Ca
         return s, n
 
     return point
+
+
+def _row(stacked: PyTree, k: int) -> PyTree:
+    """Direction k of directions stacked on a leading [K] axis (`_stack`)."""
+    return jax.tree.map(lambda d: d[k], stacked)
 
 
 def _check_memory(n_points: int, k: int) -> None:

@@ -1,4 +1,4 @@
-"""Training a Flax classifier with Optax: jitted step, evaluation, metrics log, checkpoints, resume.
+"""Training a Flax classifier with Optax: jitted step, evaluation, metrics log, resume.
 
     state, history = train.fit(model, dataset, train.TrainConfig(epochs=30), workdir=folder)
 
@@ -21,18 +21,15 @@
   with the same parameters, bit for bit, as a run that was never interrupted. A run that
   has already finished only reloads its state.
 
-A checkpoint records the run it belongs to (model, training config, data and a digest of
-the data), the SHA-256 of its arrays and, once orbax has finished writing it, the SHA-256 of
-each of its files. A checkpoint from a different run, or one whose files or arrays do not
-match their digests, stops `fit` with a one-line ValueError that names it, before anything
-is read through orbax or written; nothing is overwritten. Orbax writes each checkpoint into
-a temporary folder and renames it when complete, so a run killed while saving leaves no
-checkpoint that looks complete (the temporary folder is removed on the next start).
+The checkpoints are `sandbox.checkpoints`: each records the run it belongs to (model,
+training config, data) and digests of its arrays and files, so a checkpoint from a different
+run or a damaged one stops `fit` with a one-line ValueError that names it, before anything is
+read through orbax or written; nothing is overwritten. A run killed while saving leaves no
+checkpoint that looks complete.
 """
 
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import sys
@@ -47,12 +44,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sandbox import checks, optim, results
+from sandbox import checkpoints, checks, network, optim, results
 from sandbox import precision as precisions
 from sandbox.data import Dataset, augment
 
 SCHEDULES = ("cosine", "step", "constant")
-FORMAT = 1  # version of the checkpoint layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,18 +180,6 @@ def abstract_state(model: nn.Module, tx: optax.GradientTransformation, key, imag
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
 
 
-def eval_loss(model: nn.Module, variables: dict, x, y) -> Callable:
-    """params -> the mean cross-entropy on (x, y) in eval mode, with the batch statistics of
-    `variables` held fixed: the loss whose Hessian the landscape studies take."""
-    stats = variables["batch_stats"]
-
-    def loss(params):
-        logits = model.apply({"params": params, "batch_stats": stats}, x, train=False)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    return loss
-
-
 def variables(state: dict) -> dict:
     """A training state's model variables: params, and batch_stats where the model has them."""
     v = {"params": state["params"]}
@@ -278,10 +262,7 @@ def make_evaluate(model: nn.Module, batch_size: int, precision: str = "float32")
     def batch_sums(variables, x, y, mask):
         v = precisions.variables(variables, precision)
         out = model.apply(v, precisions.cast(x, precision), train=False)
-        logits = precisions.logits(out, precision)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-        correct = jnp.argmax(logits, -1) == y
-        return jnp.sum(jnp.where(mask, loss, 0.0)), jnp.sum(correct & mask)
+        return network.masked_sums(precisions.logits(out, precision), y, mask)
 
     def evaluate(state, x, y):
         n = len(x)
@@ -300,208 +281,6 @@ def make_evaluate(model: nn.Module, batch_size: int, precision: str = "float32")
         return loss / n, correct / n
 
     return evaluate
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def run_identity(model: nn.Module, cfg: TrainConfig, dataset: Dataset) -> dict:
-    """What a checkpoint must match to be resumed: model, training config, data."""
-    fields = {
-        f.name: getattr(model, f.name)
-        for f in dataclasses.fields(model)
-        if f.name not in ("parent", "name")
-    }
-    train_fields = dataclasses.asdict(cfg)
-    if train_fields["precision"] == "float32":
-        # Runs from before the precision option are float32 runs: their checkpoints still
-        # belong to the same run. Any other precision is part of the identity.
-        del train_fields["precision"]
-    identity = {
-        "model": {"class": type(model).__name__, **fields},
-        "train": train_fields,
-        "data": {
-            "name": dataset.name,
-            "n_train": len(dataset.x_train),
-            "n_test": len(dataset.x_test),
-            "image_shape": list(dataset.image_shape),
-            "num_classes": dataset.num_classes,
-            "sha256": _data_digest(dataset),
-        },
-    }
-    return json.loads(json.dumps(identity))  # as it reads back from the checkpoint
-
-
-def _data_digest(dataset: Dataset) -> str:
-    h = hashlib.sha256()
-    for a in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test):
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
-
-
-def state_hash(state) -> str:
-    """SHA-256 of every leaf's dtype, shape and bytes, in tree order."""
-    h = hashlib.sha256()
-    for leaf in jax.tree.leaves(jax.device_get(state)):
-        a = np.ascontiguousarray(leaf)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(saved) | set(current)):
-        a, b = saved.get(k), current.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}={a!r} there, {b!r} here")
-    return out
-
-
-class Checkpoints:
-    """Orbax checkpoints of one run under `folder`, one per epoch (the step number)."""
-
-    def __init__(self, folder: Path, keep_last: int = 3, keep_epochs=(), *, read_only=False):
-        import orbax.checkpoint as ocp  # imported late: it is slow to import
-
-        self._ocp = ocp
-        self.folder = Path(folder)
-        if read_only:  # not orbax's read_only (which logs warnings), but nothing is written
-            options = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
-        else:
-            policies = ocp.checkpoint_managers
-            keep = [policies.LatestN(max(1, keep_last))]
-            if keep_epochs:
-                keep.append(policies.CustomSteps(sorted({int(e) for e in keep_epochs})))
-            options = ocp.CheckpointManagerOptions(
-                enable_async_checkpointing=False,
-                cleanup_tmp_directories=True,  # remove what a killed save left behind
-                preservation_policy=policies.AnyPreservationPolicy(keep),
-                create=True,
-            )
-        self.manager = ocp.CheckpointManager(self.folder.resolve(), options=options)
-
-    def epochs(self) -> list[int]:
-        return sorted(self.manager.all_steps())
-
-    def save(self, epoch: int, state: dict, identity: dict) -> None:
-        ocp = self._ocp
-        meta = {"format": FORMAT, "epoch": epoch, "run": identity, "sha256": state_hash(state)}
-        self.manager.save(
-            epoch,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-        )
-        self.manager.wait_until_finished()
-        # Digests of the files as written, checked before any later read: a damaged file
-        # is then refused with one line instead of failing inside orbax's readers.
-        step = self.folder / str(epoch)
-        results.write_json(step / DIGESTS, _file_digests(step))
-
-    def verify(self, epoch: int) -> None:
-        """ValueError unless the files of `epoch` match the digests written after saving."""
-        step = self.folder / str(epoch)
-        try:
-            expected = json.loads((step / DIGESTS).read_text())
-        except FileNotFoundError:
-            return  # killed right after orbax finished: the array hash still guards the load
-        except (OSError, ValueError) as e:
-            raise ValueError(f"checkpoint {str(step)!r} is corrupt: {_reason(e)}") from None
-        actual = _file_digests(step)
-        bad = sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
-        if bad:
-            raise ValueError(
-                f"checkpoint {str(step)!r} is corrupt: {len(bad)} file(s) changed or missing "
-                f"({bad[0]}); delete it to resume from the one before"
-            )
-
-    def meta(self, epoch: int, identity: dict | None = None) -> dict:
-        """The metadata saved with `epoch`; ValueError unless it belongs to `identity`."""
-        ocp = self._ocp
-        where = self.folder / str(epoch)
-        self.verify(epoch)
-        try:
-            meta = self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-            meta = meta["meta"]
-        except Exception as e:
-            raise ValueError(f"checkpoint {str(where)!r} is corrupt: {_reason(e)}") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ValueError(f"checkpoint {str(where)!r} is not a sandbox.train checkpoint")
-        if identity is not None and meta.get("run") != identity:
-            diff = _differences(meta.get("run") or {}, identity)
-            raise ValueError(
-                f"checkpoint {str(where)!r} is from a different run ({'; '.join(diff[:4])}); "
-                "use another output folder or delete that one"
-            )
-        return meta
-
-    def restore(self, epoch: int, like: dict, identity: dict | None = None) -> dict:
-        """The state saved at `epoch` (structured like `like`), checked against its hash."""
-        ocp = self._ocp
-        where = self.folder / str(epoch)
-        meta = self.meta(epoch, identity)
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        try:
-            state = self.manager.restore(
-                epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-            )["state"]
-        except Exception as e:
-            raise ValueError(f"checkpoint {str(where)!r} is corrupt: {_reason(e)}") from None
-        if state_hash(state) != meta.get("sha256"):
-            raise ValueError(
-                f"checkpoint {str(where)!r} is corrupt: its arrays do not match their SHA-256; "
-                "delete it to resume from the one before"
-            )
-        return state
-
-    def close(self) -> None:
-        self.manager.close()
-
-
-DIGESTS = "sandbox_sha256.json"  # in each checkpoint folder: file -> SHA-256
-
-
-def _file_digests(step: Path) -> dict[str, str]:
-    """SHA-256 of every file of the checkpoint's items (state/ and meta/)."""
-    out = {}
-    for item in ("state", "meta"):
-        for f in sorted((step / item).rglob("*")):
-            if f.is_file():
-                out[str(f.relative_to(step))] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return out
-
-
-def _reason(e: Exception) -> str:
-    return f"{type(e).__name__}: {e}".splitlines()[0][:200]
-
-
-def load_checkpoint(folder: Path | str, epoch: int | None = None) -> tuple[dict, dict]:
-    """(state as nested dicts of numpy arrays, meta) of a saved epoch (default the last).
-
-    For readers that do not have the model at hand (e.g. the landscape study's PCA path).
-    """
-    import orbax.checkpoint as ocp
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"no checkpoints in {str(folder)!r}")
-    # Not read_only (which logs warnings) but it writes nothing: no save, no cleanup.
-    options = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
-    with ocp.CheckpointManager(folder.resolve(), options=options) as m:
-        epochs = sorted(m.all_steps())
-        if not epochs:
-            raise ValueError(f"no checkpoints in {str(folder)!r}")
-        epoch = epochs[-1] if epoch is None else epoch
-        if epoch not in epochs:
-            raise ValueError(f"no checkpoint for epoch {epoch} in {str(folder)!r}; have {epochs}")
-        out = m.restore(
-            epoch,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
-        )
-    return jax.device_get(out["state"]), out["meta"]
 
 
 # ----------------------------------------------------------------------------- metrics log
@@ -568,12 +347,12 @@ def fit(
     """
     workdir = results.check_writable(workdir, "workdir")
     tx = make_optimizer(cfg, steps_per_epoch(len(dataset.x_train), cfg.batch_size))
-    identity = run_identity(model, cfg, dataset)
+    identity = checkpoints.run_identity(model, cfg, dataset)
     key = jax.random.key(cfg.seed)
     init_key, perm_key, aug_key = jax.random.split(key, 3)
     del key
 
-    ckpt = Checkpoints(workdir / "checkpoints", keep_last, keep_epochs)
+    ckpt = checkpoints.Checkpoints(workdir / "checkpoints", keep_last, keep_epochs)
     try:
         done = ckpt.epochs()
         if done:
@@ -629,8 +408,8 @@ def reload(
     rows = [r for r in _read_metrics(workdir / "metrics.jsonl") if r.get("epoch", 0) <= cfg.epochs]
     if [r.get("epoch") for r in rows] != list(range(1, cfg.epochs + 1)):
         return None
-    identity = run_identity(model, cfg, dataset)
-    ckpt = Checkpoints(workdir / "checkpoints", read_only=True)
+    identity = checkpoints.run_identity(model, cfg, dataset)
+    ckpt = checkpoints.Checkpoints(workdir / "checkpoints", read_only=True)
     try:
         done = ckpt.epochs()
         if not done or done[-1] != cfg.epochs or not {int(e) for e in keep_epochs} <= set(done):

@@ -38,7 +38,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import optax
 
-from sandbox import checks, cli, connect, data, engine, train
+from sandbox import checks, cli, connect, data, engine, network, train
 from sandbox.models import resnet
 
 NAME = "mode_connectivity"
@@ -101,44 +101,18 @@ def networks(cfg: Config, ds: data.Dataset, shortcut: str, folder: Path, progres
     return model, pair
 
 
-def _zero_stats(model, x) -> dict:
-    """Batch-norm statistics of the model's shapes, all zero."""
-    shapes = jax.eval_shape(model.init, jax.random.key(0), x[:1])["batch_stats"]
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-
 def metrics_fn(model, ds: data.Dataset):
     """params -> {train_loss, train_acc, test_loss, test_acc}, batch-norm statistics
-    recomputed from the whole training set at the point itself."""
+    recomputed from the whole training set at the point itself (`network.metrics`)."""
     x_tr, y_tr = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
-    x_te, y_te = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
-    zeros = _zero_stats(model, x_tr)
-
-    def stats(params):
-        # One training-mode pass from zero running averages: Flax keeps
-        # momentum * 0 + (1 - momentum) * (the batch's mean and variance), so dividing by
-        # (1 - momentum) gives the training set's own statistics.
-        _, upd = model.apply(
-            {"params": params, "batch_stats": zeros}, x_tr, train=True, mutable=["batch_stats"]
-        )
-        return jax.tree.map(lambda s: s / (1 - resnet.BN_MOMENTUM), upd["batch_stats"])
-
-    def metrics(params):
-        v = {"params": params, "batch_stats": stats(params)}
-        out = {}
-        for split, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
-            logits = model.apply(v, x, train=False)
-            out[f"{split}_loss"] = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            out[f"{split}_acc"] = jnp.mean(jnp.argmax(logits, -1) == y)
-        return out
-
-    return metrics
+    splits = {"train": (x_tr, y_tr), "test": (jnp.asarray(ds.x_test), jnp.asarray(ds.y_test))}
+    return network.metrics(model, splits, x_tr, momentum=resnet.BN_MOMENTUM)
 
 
 def minibatch_loss(model, ds: data.Dataset, batch_size: int):
     """(params, key) -> the cross-entropy of a random minibatch, batch norm in training mode."""
     x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
-    stats0 = _zero_stats(model, x)
+    stats0 = network.zero_stats(model, x)
 
     def loss(params, key):
         idx = jax.random.choice(key, len(y), (batch_size,), replace=False)

@@ -90,7 +90,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import colors
 
-from sandbox import cli, data, hessian, plotting, precision, results, surface, train
+from sandbox import (
+    checkpoints,
+    cli,
+    data,
+    hessian,
+    network,
+    plotting,
+    precision,
+    results,
+    surface,
+    train,
+)
 from sandbox.models import resnet
 
 NAME = "resnet_landscape"
@@ -203,7 +214,7 @@ PAPER = Config(grid=51, pca_grid=21, interp_points=41)
 
 
 def _hessian_edges(loss, variables, key, iters) -> dict:
-    """Lambda_max and lambda_min of `loss` (`train.eval_loss`), checked by doubling the Lanczos
+    """Lambda_max and lambda_min of `loss` (`network.eval_loss`), checked by doubling the Lanczos
     steps (`hessian.converged_extremes`)."""
     e = hessian.converged_extremes(
         loss, variables["params"], key=key, num_iters=iters, tol=CONVERGED
@@ -233,7 +244,7 @@ STAGE_BLOCKS = {
 
 def _spectrum(loss, variables, key, cfg: Config, num_classes: int, images: int) -> dict:
     """Per-stage lambda_max and trace (`hessian.blocks`) and the outlier spectrum (top 2C
-    eigenvalues against the SLQ bulk edge, `hessian.outliers`) of `loss` (`train.eval_loss`)."""
+    eigenvalues against the SLQ bulk edge, `hessian.outliers`) of `loss` (`network.eval_loss`)."""
     params = variables["params"]
 
     kb, ko, ks = jax.random.split(key, 3)
@@ -360,7 +371,7 @@ def compute_one(
     xs = ys = surface.axis(-cfg.extent, cfg.extent, cfg.grid, "extent")
     main = surface.plane(model, trained, d1, d2, xs, ys, x, y, **kw)
     plane_s = time.perf_counter() - t0
-    init = train.variables(train.load_checkpoint(workdir / "checkpoints", 0)[0])
+    init = train.variables(checkpoints.load_checkpoint(workdir / "checkpoints", 0)[0])
     interp_arrays, interp = _interpolation(model, trained, init, cfg, x, y, kw)
     keep = cfg.checkpoint_epochs()
     pca_arrays, pca = _pca_plane(model, trained, workdir / "checkpoints", keep, cfg, x, y, kw)
@@ -374,14 +385,14 @@ def compute_one(
     t0 = time.perf_counter()
     nh = min(cfg.hessian_images, len(ds.x_train))
     xh, yh = jnp.asarray(ds.x_train[:nh]), jnp.asarray(ds.y_train[:nh])
-    loss_h = train.eval_loss(model, trained, xh, yh)
+    loss_h = network.eval_loss(model, trained, xh, yh)
     edges = _hessian_edges(loss_h, trained, kh, cfg.lanczos_iters)
     hessian_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     ns = min(cfg.spectrum_images, len(ds.x_train))
     # The same loss object when the images are the same: one compiled HVP for both.
     xsp, ysp = jnp.asarray(ds.x_train[:ns]), jnp.asarray(ds.y_train[:ns])
-    loss_s = loss_h if ns == nh else train.eval_loss(model, trained, xsp, ysp)
+    loss_s = loss_h if ns == nh else network.eval_loss(model, trained, xsp, ysp)
     spectrum = _spectrum(loss_s, trained, kh, cfg, ds.num_classes, ns)
     density = spectrum.pop("density")
     spectrum_s = time.perf_counter() - t0

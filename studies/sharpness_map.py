@@ -38,7 +38,7 @@ import numpy as np
 import optax
 from matplotlib import colors
 
-from sandbox import checks, cli, data, engine, hessian, sharpness, surface, train
+from sandbox import checks, cli, data, engine, hessian, network, sharpness, surface, train
 from sandbox.models import fc, resnet
 
 NAME = "sharpness_map"
@@ -85,7 +85,7 @@ def resnet_problem(cfg: Config, ds: data.Dataset, folder: Path, progress: bool):
     v = train.variables(state)
     n = min(cfg.resnet_images, len(ds.y_train))
     x, y = jnp.asarray(ds.x_train[:n]), jnp.asarray(ds.y_train[:n])
-    return train.eval_loss(model, v, x, y), v["params"]
+    return network.eval_loss(model, v, x, y), v["params"]
 
 
 def mlp_problem(cfg: Config, ds: data.Dataset):
@@ -99,19 +99,7 @@ def mlp_problem(cfg: Config, ds: data.Dataset):
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     params = fc.init(jax.random.key(cfg.seed), (x.shape[1], cfg.mlp_hidden, ds.num_classes))
-    tx = optax.adam(1e-2)
-
-    @jax.jit
-    def steps(params):
-        def step(carry, _):
-            p, s = carry
-            g = jax.grad(loss)(p)
-            u, s = tx.update(g, s, p)
-            return (optax.apply_updates(p, u), s), None
-
-        return jax.lax.scan(step, (params, tx.init(params)), None, length=cfg.mlp_steps)[0][0]
-
-    return loss, steps(params)
+    return loss, network.fit_full_batch(loss, params, optax.adam(1e-2), cfg.mlp_steps)
 
 
 # ----------------------------------------------------------------------------- compute
@@ -125,16 +113,12 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def _point_losses(loss, params, d1, d2, xy):
     """The loss at every point of the plane (one jitted, vmapped call in chunks)."""
-    one = _loss_one(loss)
-    return engine.map_chunks(one, xy, (params, d1, d2), batch=1, desc="loss", unit="point")
 
-
-def _loss_one(loss):
     def one(ab, shared):
         p, d1, d2 = shared
-        return loss(jax.tree.map(lambda w, u, v: w + ab[0] * u + ab[1] * v, p, d1, d2))
+        return loss(network.point(p, ab, (d1, d2)))
 
-    return one
+    return engine.map_chunks(one, xy, (params, d1, d2), batch=1, desc="loss", unit="point")
 
 
 def map_one(name: str, loss, params, grid: int, cfg: Config, loop, batch) -> tuple[dict, dict]:

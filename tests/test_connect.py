@@ -105,3 +105,24 @@ def test_mismatched_networks_are_one_line_naming_them(other):
         with pytest.raises(ValueError, match=name) as e:
             call()
         assert "\n" not in str(e.value), str(e.value)
+
+
+def test_integer_parameters_are_refused_before_t_is_rounded():
+    # With integer leaves t = 0.5 would be cast to 0 and the "curve" would be w1 throughout.
+    w1 = {"a": jnp.array([-1]), "b": jnp.array(0)}
+    w2 = {"a": jnp.array([1]), "b": jnp.array(0)}
+    with pytest.raises(ValueError, match="`w1` must have floating-point leaves") as e:
+        connect.along(_metrics, w1, w2, [0.5])
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="`w2` must have floating-point leaves"):
+        connect.along(_metrics, W1, {"a": jnp.array([1]), "b": jnp.array(0)}, [0.5])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_plane_through_a_non_finite_network_names_it(bad):
+    w2 = {"a": jnp.array([bad], jnp.float32), "b": jnp.array(0.0, jnp.float32)}
+    bend = {"a": jnp.array([0.0], jnp.float32), "b": jnp.array(1.0, jnp.float32)}
+    with pytest.raises(ValueError, match="`w2` must be finite"):
+        connect.plane_basis(W1, w2, bend)
+    with pytest.raises(ValueError, match="`bend` must be finite"):
+        connect.plane_basis(W1, W2, {"a": jnp.array([0.0]), "b": jnp.array(bad, jnp.float32)})

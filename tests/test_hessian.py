@@ -517,3 +517,9 @@ def test_outliers_of_a_spiked_spectrum():
         hessian.bulk_edge(nodes, weights, min_weight=0.0)
     with pytest.raises(ValueError, match="`nodes` and `weights`"):
         hessian.bulk_edge(nodes, weights[:, :-1])
+    with pytest.raises(ValueError, match="`nodes` and `weights` must hold at least one"):
+        hessian.bulk_edge(np.zeros((0, 0)), np.zeros((0, 0)))
+    with pytest.raises(ValueError, match="`nodes` and `weights` must be finite"):
+        hessian.bulk_edge(np.where(np.arange(nodes.shape[1]) == 0, np.nan, nodes), weights)
+    with pytest.raises(ValueError, match="`top_values` must be a non-empty 1-D array of finite"):
+        hessian.outliers(np.concatenate([[np.nan], top[1:]]), nodes, weights, 5)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from sandbox import precision, surface, train
+from sandbox import checkpoints, precision, surface, train
 
 U = 2.0**-8  # bfloat16's unit roundoff
 
@@ -151,8 +151,8 @@ def test_the_precision_is_part_of_a_runs_identity():
         image_shape = (8, 8, 1)
         num_classes = 4
 
-    f32 = train.run_identity(model, train.TrainConfig(), Data)
-    b16 = train.run_identity(model, train.TrainConfig(precision="bfloat16"), Data)
+    f32 = checkpoints.run_identity(model, train.TrainConfig(), Data)
+    b16 = checkpoints.run_identity(model, train.TrainConfig(precision="bfloat16"), Data)
     assert b16 != f32 and b16["train"]["precision"] == "bfloat16"
     # float32 runs keep the identity they had before the option existed (their
     # checkpoints resume).

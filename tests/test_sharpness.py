@@ -221,3 +221,19 @@ def test_sharpness_map_equals_eigh_at_every_point(loop):
         n = sum(np.size(a) for a in jax.tree.leaves(params))
         with pytest.raises(ValueError, match="`num_iters`"):
             sharpness.on_plane(loss, params, d1, d2, coords, key=jax.random.key(0), num_iters=n + 1)
+
+
+def test_losses_that_are_not_real_scalars_are_named_before_any_work():
+    loss, x0 = _quadratic()
+    kw = {"lr": 0.1, "steps": 10, "every": 5, "key": jax.random.key(0)}
+    with pytest.raises(ValueError, match=r"`loss` must return a real scalar, got .*shape \(8,\)"):
+        sharpness.track(lambda x: x * loss(x), x0, **kw)
+    with pytest.raises(ValueError, match="`loss` must return a pair"):
+        sharpness.track(loss, x0, has_aux=True, **kw)
+    with pytest.raises(ValueError, match="a pair needs `has_aux=True`"):
+        sharpness.track(lambda x: (loss(x), x[0]), x0, **kw)
+    with pytest.raises(ValueError, match="`loss` must return a real scalar .*first of its pair"):
+        sharpness.track(lambda x: (x, loss(x)), x0, has_aux=True, **kw)
+    mixed = {"a": x0, "b": jnp.ones(2, jnp.bfloat16)}
+    with pytest.raises(ValueError, match="`params` must have leaves of one floating dtype"):
+        sharpness.track(lambda p: loss(p["a"]), mixed, **kw)

@@ -3,11 +3,14 @@ one-line errors for bad input."""
 
 import json
 import shutil
+from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
-from sandbox import results
+from sandbox import checkpoints, data, results
+from sandbox.models import resnet
 from studies import train_resnet as study
 
 
@@ -24,7 +27,12 @@ def test_quick_run_writes_the_run_folder_for_both_networks(quick_run):
         assert (quick_run / f).is_file(), f
     s = json.loads((quick_run / "summary.json").read_text())
     for shortcut in ("A", "none"):
-        assert 0.0 <= s[shortcut]["test_accuracy"] <= 1.0
+        acc, loss = _reference_test_metrics(quick_run, shortcut)
+        # The summary's last epoch against one plain forward pass of the final checkpoint
+        # over the whole test set: the same count of correct images (at most one image may
+        # flip on a near tie, float32 sums in another order) and the loss to float32 rounding.
+        assert s[shortcut]["test_accuracy"] == pytest.approx(acc, abs=1.01 / 359)
+        assert s[shortcut]["test_loss"] == pytest.approx(loss, rel=1e-5)
         # ResNet-8 on 1-channel images: 75,290 on CIFAR less 3 x 3 x 2 x 16 in the stem.
         assert s[shortcut]["params"] == 75_290 - 288
         epochs = sorted(int(p.name) for p in (quick_run / shortcut / "checkpoints").iterdir())
@@ -35,6 +43,21 @@ def test_quick_run_writes_the_run_folder_for_both_networks(quick_run):
     cfg, arrays, _ = results.load(quick_run, study.Config)
     assert cfg == study.QUICK
     assert arrays["A/test_acc_E"].shape == (2,)
+
+
+def _reference_test_metrics(run: Path, shortcut: str) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of the run's last checkpoint on the digits' test set."""
+    state, _ = checkpoints.load_checkpoint(run / shortcut / "checkpoints")
+    ds = data.load(study.QUICK.data, seed=study.QUICK.seed)
+    model = resnet.ResNet(depth=study.QUICK.depth, shortcut=shortcut, num_classes=10)
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    logits = np.asarray(
+        jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, ds.x_test), np.float64
+    )
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    y = ds.y_test
+    return float(np.mean(logits.argmax(1) == y)), float(-np.mean(logp[np.arange(len(y)), y]))
 
 
 def test_running_again_resumes_and_gives_the_same_numbers(quick_run):

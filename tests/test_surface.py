@@ -438,3 +438,15 @@ def test_surface_stats_on_known_shapes():
     egg = surface.surface_stats(np.cos(3 * np.pi * X) * np.cos(3 * np.pi * Y), xs, ys, level=0)
     assert egg["local_minima"] > 1 and 0 < egg["nonconvex_fraction"] < 1
     assert egg["roughness"] > bowl["roughness"]
+
+
+def test_images_or_variables_that_do_not_fit_the_network_are_named(resnet8):
+    model, v, x, y = resnet8  # a 1-channel ResNet-8
+    rgb = np.repeat(x, 3, axis=-1)
+    with pytest.raises(ValueError, match=r"`x`: images of shape \(8, 8, 3\) do not fit") as e:
+        surface.evaluate(model, v, [v["params"]], np.zeros((1, 1)), rgb, y, progress=False)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="`variables` lacks 'batch_stats'"):
+        surface.evaluate(
+            model, {"params": v["params"]}, [v["params"]], np.zeros((1, 1)), x, y, progress=False
+        )

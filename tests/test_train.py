@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from sandbox import data, train
+from sandbox import checkpoints, data, train
 from sandbox.models.resnet import ResNet
 
 ROOT = Path(__file__).parents[1]
@@ -129,11 +129,11 @@ def test_fit_logs_every_epoch_and_keeps_the_chosen_checkpoints(reference, tiny):
         2,
         3,
     ]
-    saved, meta = train.load_checkpoint(folder / "checkpoints")
+    saved, meta = checkpoints.load_checkpoint(folder / "checkpoints")
     assert meta["epoch"] == 3 and meta["run"]["model"]["depth"] == 8
     for k in ("step", "params", "batch_stats"):  # opt_state comes back as plain lists
         _assert_same_state(saved[k], state[k])
-    init, _ = train.load_checkpoint(folder / "checkpoints", 0)
+    init, _ = checkpoints.load_checkpoint(folder / "checkpoints", 0)
     assert int(init["step"]) == 0
 
 
@@ -157,14 +157,14 @@ def test_an_interrupted_run_resumes_to_the_same_parameters(reference, tiny, tmp_
 
 def test_killed_between_log_line_and_checkpoint(reference, tiny, tmp_path, monkeypatch):
     _, ref_state, ref_hist = reference
-    real_save = train.Checkpoints.save
+    real_save = checkpoints.Checkpoints.save
 
     def save(self, epoch, state, identity):
         if epoch == 2:
             raise Interrupt
         real_save(self, epoch, state, identity)
 
-    monkeypatch.setattr(train.Checkpoints, "save", save)
+    monkeypatch.setattr(checkpoints.Checkpoints, "save", save)
     with pytest.raises(Interrupt):
         train.fit(MODEL, tiny, CFG, workdir=tmp_path, progress=False)
     monkeypatch.undo()
