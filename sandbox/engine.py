@@ -850,8 +850,8 @@ class _Claims:
             info = {}
         lease_s = float(info.get("lease_s", self.lease_s)) if isinstance(info, dict) else 0.0
         if isinstance(info, dict) and info.get("host") == HOST:
-            if not _alive(info.get("pid")) or info.get("pid") == os.getpid():
-                return info.get("owner") != self.owner
+            if not _alive(info.get("pid")):
+                return True
             return time.time() - st.st_mtime > lease_s
         key = (st.st_mtime_ns, st.st_size)
         now = time.monotonic()
