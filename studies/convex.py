@@ -19,6 +19,7 @@ mostly compilation)
 
 import dataclasses
 import math
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,7 @@ from matplotlib import colors
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from sandbox import basins, cli, landscapes, plotting, sweep
+from sandbox import basins, cli, config, landscapes, plotting, sweep
 
 NAME = "convex"
 # An eigenvalue down to this much below zero (relative to the largest |eigenvalue| on the
@@ -38,62 +39,32 @@ NON_CONVEX_RGBA = (0.45, 0.45, 0.45, 0.35)
 # Landscapes whose wide range of values reads better on log-spaced contours.
 LOG_LEVELS = ("himmelblau", "rosenbrock", "six_hump_camel")
 CONTOUR_LEVELS = {"rastrigin": 5}  # its egg crate is unreadable under more lines
+Landscape2D = Literal[tuple(n for n in landscapes.names() if landscapes.get(n).dim == 2)]
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    seed: int = 0
-    functions: tuple[str, ...] = (
-        "bowl",
-        "quadratic",
-        "himmelblau",
-        "rosenbrock",
-        "rastrigin",
-        "six_hump_camel",
+class Config(config.Checked):
+    seed: int = config.seed()  # seed of the random GD starts
+    functions: tuple[Landscape2D, ...] = config.field(
+        ("bowl", "quadratic", "himmelblau", "rosenbrock", "rastrigin", "six_hump_camel"),
+        distinct=True,
     )
-    kappa: float = 10.0  # condition number of `quadratic`
-    grid_n: int = 1024  # Hessian sampled in grid_n x grid_n cells of the bounds, one point each
-    num_starts: int = 10_000  # random GD starts per landscape, uniform in its bounds
-    # GD updates per function (same order as `functions`). Rosenbrock's valley is slow:
-    # its smallest Hessian eigenvalue at the minimum is 0.4 against 5327 on the grid.
-    steps: tuple[int, ...] = (100, 500, 2000, 100_000, 500, 3000)
-    lr_scale: float = 1.0  # lr = lr_scale / max lambda_max on the grid (< 2: stable there)
-    grad_tol: float = 1e-2  # a run converged when |grad f| <= grad_tol at its end
-    cluster_tol: float = 1e-2  # endpoints closer than this are one endpoint
-    theory_n: int = 100_001  # midpoint-rule points over x for the exact PSD fractions
+    """2-D landscapes to map, each once"""
+    kappa: float = config.field(10.0, 1)  # condition number of `quadratic`
+    grid_n: int = config.count(1024, 8192, lo=2)  # Hessian sampled in grid_n^2 cells
+    num_starts: int = config.count(10_000, 2**22)  # random GD starts per landscape
+    # Rosenbrock's valley is slow: its smallest Hessian eigenvalue at the minimum is 0.4
+    # against 5327 on the grid.
+    steps: tuple[int, ...] = config.field((100, 500, 2000, 100_000, 500, 3000), 1, 10**6)
+    """GD updates per function (same order as `functions`)"""
+    lr_scale: float = config.field(1.0, gt=0, lt=2)  # lr = lr_scale / max lambda_max on the grid
+    grad_tol: float = config.field(1e-2, gt=0)  # converged: |grad f| <= grad_tol at the end
+    cluster_tol: float = config.field(1e-2, gt=0)  # endpoints closer than this are one
+    theory_n: int = config.count(100_001, 10**7, lo=2)  # midpoint-rule points, exact PSD shares
 
-    def __post_init__(self):
-        if not self.functions:
-            raise ValueError("`functions` must name at least one landscape, got ()")
-        for name in self.functions:
-            if name not in landscapes.names():
-                raise ValueError(
-                    f"`functions` has unknown landscape {name!r}; known: "
-                    f"{', '.join(landscapes.names())}"
-                )
-            if landscapes.get(name).dim != 2:
-                raise ValueError(f"`functions` must be 2-D landscapes, got {name!r}")
-        if len(set(self.functions)) != len(self.functions):
-            raise ValueError(f"`functions` must not repeat a name, got {self.functions}")
-        if len(self.steps) != len(self.functions):
-            raise ValueError(
-                f"`steps` must have one entry per function ({len(self.functions)}), "
-                f"got {len(self.steps)}"
-            )
-        if min(self.steps) < 1:
-            raise ValueError(f"`steps` must all be >= 1, got {self.steps}")
-        for name in ("grid_n", "theory_n"):
-            if getattr(self, name) < 2:
-                raise ValueError(f"`{name}` must be >= 2, got {getattr(self, name)}")
-        if self.num_starts < 1:
-            raise ValueError(f"`num_starts` must be >= 1, got {self.num_starts}")
-        if not 0 < self.lr_scale < 2:
-            raise ValueError(f"`lr_scale` must be in (0, 2), got {self.lr_scale}")
-        for name in ("grad_tol", "cluster_tol"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"`{name}` must be positive, got {getattr(self, name)}")
-        if not (math.isfinite(self.kappa) and self.kappa >= 1):
-            raise ValueError(f"`kappa` must be a finite number >= 1, got {self.kappa}")
+    RELATIONS = (
+        config.relation("one steps entry per function", lambda c: len(c.steps) == len(c.functions)),
+    )
 
 
 QUICK = Config(grid_n=256, theory_n=20_001)

@@ -10,12 +10,13 @@ from sandbox import landscapes
 from studies import convex
 
 FUNCTIONS = convex.QUICK.functions
+KAPPA = 5.0  # set from the command line over the --quick preset (10)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("convex")
-    convex.main(["--quick", "--out", str(folder)])
+    convex.main(["--quick", "--out", str(folder), "--kappa", str(KAPPA)])
     summary = json.loads((folder / "summary.json").read_text())
     with np.load(folder / "arrays.npz") as z:
         arrays = {k: z[k] for k in z.files}
@@ -27,6 +28,7 @@ def test_writes_the_run_folder_and_figure(run):
     for f in ("config.json", "arrays.npz", "meta.json", "summary.json", "nonconvex_regions.png"):
         assert (folder / f).is_file(), f
     assert set(summary) == set(FUNCTIONS)
+    assert json.loads((folder / "config.json").read_text())["kappa"] == KAPPA
 
 
 @pytest.mark.parametrize("name", ["bowl", "quadratic"])
@@ -36,7 +38,7 @@ def test_convex_functions_have_a_psd_hessian_everywhere(run, name):
     assert s["psd_fraction"]["theory"] == 1.0
     assert s["psd_fraction"]["measured"] == 1.0
     # Constant Hessians, diag(2, 2) and diag(1, kappa): every grid point has those eigenvalues.
-    want = {"bowl": [2.0, 2.0], "quadratic": [1.0, convex.QUICK.kappa]}[name]
+    want = {"bowl": [2.0, 2.0], "quadratic": [1.0, KAPPA]}[name]
     got = [s["lambda_min_on_grid"], s["lambda_max_on_grid"]]
     np.testing.assert_allclose(got, want, rtol=1e-12)
 
