@@ -33,70 +33,49 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sandbox import cli, descent, plotting, sweep
+from sandbox import cli, config, descent, plotting, sweep
 
 NAME = "normalization"
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    seed: int = 0
-    # Quadratics 0.5 (x^2 + kappa y^2), kappa log-spaced from 1 to kappa_max.
-    kappa_max: float = 1e4
-    num_kappas: int = 13
-    tol: float = 1e-3  # quadratics: |grad f| <= tol |grad f(x0)|
-    num_starts: int = 4  # starts with unit gradients at angles spread over (0, pi/2)
-    slope_kappa_min: float = 10.0  # the log-log slope is fitted over kappa >= this
+class Config(config.Checked):
+    seed: int = config.seed()  # seed of the regression data
+    # Quadratics 0.5 (x^2 + kappa y^2), kappa log-spaced from 1 to kappa_max; float32
+    # resolves 1 - u only for u above ~1e-7: kappa beyond 1e6 needs finer lrs.
+    kappa_max: float = config.field(1e4, 1, 1e6)  # the largest condition number
+    num_kappas: int = config.count(13, 1000)  # condition numbers, log-spaced
+    tol: float = config.field(1e-3, gt=0, lt=1)  # quadratics: |grad f| <= tol |grad f(x0)|
+    num_starts: int = config.count(4, 1000)  # starts with unit gradients over (0, pi/2)
+    slope_kappa_min: float = config.field(10.0, 1)  # the log-log slope's fit: kappa >= this
     # The lr sweep: lr = (2 / L)(1 - u), u log-spaced over edge_gap_range; the optimum
     # 2 / (L + mu) is u = 1 / (1 + kappa), so the range must reach below 1 / (1 + kappa).
-    num_lrs: int = 128
-    edge_gap_range: tuple[float, float] = (1e-7, 0.95)
-    step_budget: float = 1.5  # steps per run: this times the theory's steps, plus 16
+    num_lrs: int = config.count(128, 100_000)  # lrs of the sweep
+    # u = 1 - lr L / 2 of the sweep's ends
+    edge_gap_range: tuple[float, float] = config.field((1e-7, 0.95), 1e-7, lt=1, increasing=True)
+    step_budget: float = config.field(1.5, 1)  # steps per run: this times the theory's, plus 16
     # Least squares on two features of scales `feature_scales`.
-    num_samples: int = 200
-    feature_scales: tuple[float, float] = (1.0, 1000.0)
-    noise: float = 0.1
-    regression_tol: float = 1e-3  # L - L* <= regression_tol (L0 - L*)
-    max_records: int = 4000  # recorded points per regression run (the loss curve)
+    num_samples: int = config.count(200, 10**6, lo=3)  # samples of the regression
+    # The raw problem's kappa is about (scale ratio)^2 and its steps about kappa: a ratio
+    # of 1000 already takes millions of steps.
+    feature_scales: tuple[float, float] = config.field(
+        (1.0, 1000.0), gt=0, rule=(lambda s: max(s) <= 1000 * min(s), "at most 1000 apart")
+    )
+    """the two features' scales"""
+    noise: float = config.field(0.1, 0)  # standard deviation of the targets' noise
+    regression_tol: float = config.field(1e-3, gt=0, lt=1)  # L - L* <= tol (L0 - L*)
+    max_records: int = config.count(4000, 10**6)  # recorded points per regression run
 
-    def __post_init__(self):
-        for name in ("num_kappas", "num_starts", "num_lrs", "num_samples", "max_records"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
-        for name in ("tol", "regression_tol"):
-            if not 0 < getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be in (0, 1), got {getattr(self, name)}")
-        if not self.noise >= 0:
-            raise ValueError(f"`noise` must be >= 0, got {self.noise}")
-        if not self.step_budget >= 1:
-            raise ValueError(f"`step_budget` must be >= 1, got {self.step_budget}")
-        # float32 resolves 1 - u only for u above ~1e-7; kappa beyond 1e6 needs finer lrs.
-        if not self.slope_kappa_min < self.kappa_max <= 1e6:
-            raise ValueError(f"`kappa_max` must be in (slope_kappa_min, 1e6], got {self.kappa_max}")
-        if self.slope_kappa_min < 1:
-            raise ValueError(f"`slope_kappa_min` must be >= 1, got {self.slope_kappa_min}")
-        kappa_K = np.logspace(0, np.log10(self.kappa_max), self.num_kappas)
-        if np.sum(kappa_K >= self.slope_kappa_min) < 2:
-            raise ValueError(
-                f"`num_kappas` must put at least 2 kappas above slope_kappa_min "
-                f"({self.slope_kappa_min:g}), got {self.num_kappas}"
-            )
-        lo, hi = self.edge_gap_range if len(self.edge_gap_range) == 2 else (0, 0)
-        if not 1e-7 <= lo < hi < 1:
-            raise ValueError(
-                f"`edge_gap_range` must be (lo, hi) with 1e-7 <= lo < hi < 1, "
-                f"got {self.edge_gap_range}"
-            )
-        # The raw problem's kappa is about (scale ratio)^2 and its steps about kappa: a
-        # ratio of 1000 already takes millions of steps.
-        scales = self.feature_scales
-        if len(scales) != 2 or min(scales) <= 0 or max(scales) > 1000 * min(scales):
-            raise ValueError(
-                "`feature_scales` must be two positive scales at most 1000 apart, "
-                f"got {self.feature_scales}"
-            )
-        if self.num_samples < 3:
-            raise ValueError(f"`num_samples` must be >= 3, got {self.num_samples}")
+    RELATIONS = (
+        config.relation("slope_kappa_min < kappa_max", lambda c: c.slope_kappa_min < c.kappa_max),
+        config.relation(
+            "at least 2 of the num_kappas kappas >= slope_kappa_min",
+            lambda c: (
+                (np.logspace(0, np.log10(c.kappa_max), c.num_kappas) >= c.slope_kappa_min).sum()
+                >= 2
+            ),
+        ),
+    )
 
 
 QUICK = Config(
@@ -136,26 +115,9 @@ def steps_theory(kappa, tol: float, power: int = 1) -> np.ndarray:
 
 
 def steps_exact(a0_NxD, f_NxD, tol: float, budget: int) -> np.ndarray:
-    """Smallest t <= budget with sum_i (a0_i f_i^t)^2 <= tol^2, inf if none; [N].
-
-    GD on a quadratic multiplies each eigen-component by f_i = 1 - lr lambda_i per step, so
-    this is the exact step count of any run whose tracked quantity is such a sum (the
-    gradient norm: a0 = the start's gradient; the loss gap: a0_i^2 = its share of the gap).
-    """
-    a0 = np.asarray(a0_NxD, np.float64)
-    f = np.abs(np.asarray(f_NxD, np.float64))
-
-    def done(t):
-        return np.sum((a0 * f ** t[:, None]) ** 2, axis=1) <= tol * tol
-
-    lo = np.full(len(a0), -1.0)  # not done at lo (t = 0 is checked by the first midpoint)
-    hi = np.full(len(a0), float(budget))
-    reached = done(hi)
-    while np.any(hi - lo > 1):
-        mid = np.floor((lo + hi) / 2)
-        ok = done(np.maximum(mid, 0))
-        hi, lo = np.where(ok, mid, hi), np.where(ok, lo, mid)
-    return np.where(reached, np.maximum(hi, 0), np.inf)
+    """`descent.steps_to_tol` as floats, inf where the budget is not enough; [N]."""
+    steps_N = descent.steps_to_tol(a0_NxD, f_NxD, tol, budget).astype(np.float64)
+    return np.where(steps_N < 0, np.inf, steps_N)
 
 
 def loglog_slope(x, y) -> float:

@@ -14,7 +14,8 @@ from studies import normalization
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("normalization")
-    normalization.main(["--quick", "--out", str(folder)])
+    # One config field set from the command line (the preset has 100 samples).
+    normalization.main(["--quick", "--out", str(folder), "--num-samples", "80"])
     summary = json.loads((folder / "summary.json").read_text())
     with np.load(folder / "arrays.npz") as z:
         arrays = {k: z[k] for k in z.files}
@@ -22,7 +23,9 @@ def run(tmp_path_factory):
 
 
 def test_quick_run_writes_the_run_folder_and_figures(run):
-    folder, _, _ = run
+    folder, _, a = run
+    assert json.loads((folder / "config.json").read_text())["num_samples"] == 80
+    assert a["raw_X"].shape == (80, 2)
     for f in ("config.json", "arrays.npz", "meta.json", "summary.json"):
         assert (folder / f).is_file(), f
     for f in ("steps_vs_kappa.png", "regression.png"):
