@@ -1,0 +1,683 @@
+"""Central flows: the time-averaged path of an optimizer at the edge of stability, in one jit.
+
+Full-batch GD at learning rate lr oscillates along the top Hessian eigenvectors once the
+sharpness reaches 2 / lr, and the oscillation pushes the sharpness back down (the edge of
+stability). Cohen, Damian, Talwalkar, Kolter and Lee (ICLR 2025, "Understanding Optimization
+in Deep Learning with Central Flows") model the *time-averaged* trajectory by an ODE, the
+central flow. `run` integrates it beside the optimizer itself and the stable flow, for a
+scalar `loss` of a parameter pytree. One unit of flow time is one optimizer step.
+
+Optimizers, each written as preconditioned GD w <- w - P^-1 g with P diagonal:
+
+    gd              P = I / lr
+    rmsprop         nu <- b2 nu + (1 - b2) g^2,   P = diag(sqrt(nu) + eps) / lr
+    scalar_rmsprop  nu <- b2 nu + (1 - b2) |g|^2, P = (sqrt(nu) + eps) / lr  (one scalar)
+
+with nu updated before the step that uses it (Optax's `scale_by_rms`, eps outside the root)
+and started at nu_0 = g_0^2 (so every flow starts from the same state). The *effective
+sharpness* is the top of the spectrum of P^-1 H; the step is stable along an eigenvector
+while its eigenvalue is below 2. `FlowTrace.eigs` records the top `num_eigs` of them.
+
+The three `flow`s:
+
+- "discrete": the optimizer (Optax's `sgd` and `scale_by_rms`; scalar RMSProp by hand).
+- "stable": the flow the optimizer follows while it is stable,
+      dw/dt = -P^-1 grad L,    dnu/dt = (1 - b2) / b2 (g^2 - nu)
+  (the 1 / b2: nu_t is the state the step at t uses, nu_t - nu_{t-1} = (1 - b2)/b2 (g_t^2 -
+  nu_t)). Integrated by RK4 with ceil(max eig / DT_THETA) substeps per unit time, sized to
+  the effective sharpness at the start of each step (RK4's error on an eigen-direction is
+  about (dt theta)^5 / 120 per substep).
+- "central": the iterate oscillates around the flow with covariance Sigma = U X U^T in the
+  span of the critical generalized eigenvectors U (H U = P U Theta, U^T P U = I, eigenvalues
+  within CRITICAL of 2). Time-averaging the gradient and the squared gradient over the
+  oscillation to second order gives
+      dw/dt  = -P^-1 [grad L + 1/2 grad <H, Sigma>],
+      dnu/dt = (1 - b2)/b2 [g^2 + diag(H Sigma H) - nu]   (rmsprop; |g|^2 + tr(H Sigma H)
+                                                            for scalar_rmsprop)
+  with grad <H, Sigma> = sum_ab X_ab grad(u_a^T H u_b) (jvps of Hessian-vector products)
+  and H Sigma H ~ 4 P Sigma P on the critical space (H U = 2 P U there). X is fixed by three
+  conditions: X >= 0 (a covariance), the constraint matrix C = U^T (2P - H) U stays >= 0
+  (no effective eigenvalue above 2) and X is zero where C is not (complementarity). With C
+  predicted one substep ahead, C + dt dC/dt = A + B[X], linear in X, this is the small
+  semidefinite complementarity problem
+      X >= 0,   A + B[X] >= 0,   <X, A + B[X]> = 0
+  (`complementarity`), solved inside JAX. Its B is positive semidefinite, so it is the
+  optimality condition of min_{X >= 0} 1/2 <X, B[X]> + <A, X>.
+  The time-averaged loss it predicts for the oscillating optimizer is
+      predicted = L(w) + 1/2 <H, Sigma> = L(w) + 1/2 tr(X Theta)
+  (for GD: L(w) + tr(Sigma) / lr). Each substep recomputes U, freezes the oscillation terms
+  and takes one RK4 step of the rest, so below threshold (X = 0) it is the stable flow.
+
+Eigenvectors come from a block Rayleigh-Ritz step warm-started from the last step's U: the
+central flow holds several eigenvalues at exactly 2, and a single-vector Lanczos run sees a
+repeated eigenvalue once, so the k + 1 previous Ritz vectors and NUM_BLOCKS - 1 Krylov blocks
+grown from them (each block one vmapped batch of HVPs) are projected at once. The first step
+starts from a longer single-vector Lanczos run (`hessian.lanczos`). Costs per step:
+`FlowTrace.matvecs` counts the Hessian-vector and third-derivative products, `grads` the
+gradients.
+
+Heavy-ball momentum (v <- beta v + g, w <- w - lr v; threshold (2 + 2 beta) / lr) is not one
+of the optimizers: its state v does not enter the sharpness's first time derivative (dw/dt =
+-lr v), so Sigma cannot be fixed by the first-order condition used above; it appears one
+derivative later. Eliminating v quasi-statically (v ~ E[g] / (1 - beta), valid when w moves
+slowly over the buffer's 1 / (1 - beta) steps) gives GD's central flow at lr / (1 - beta)
+with the threshold (2 + 2 beta) / lr in place of 2 (1 - beta) / lr, i.e. the GD flow with
+the effective sharpness lr lambda / (1 + beta); the study docstring discusses it.
+
+    trace = flows.run(loss, params, flow="central", lr=0.05, steps=500)
+    trace.loss, trace.predicted   # [500] L(w(t)) and the predicted time-averaged loss
+    trace.eigs                    # [500, 5] top eigenvalues of P^-1 H (threshold 2)
+"""
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from sandbox import checks, hessian
+from sandbox.types import Array, Key, PyTree
+
+FLOWS = ("discrete", "stable", "central")
+OPTIMIZERS = ("gd", "rmsprop", "scalar_rmsprop")
+DEFAULT_BETA2 = 0.99  # rmsprop's b2 where none is given (the paper's running example)
+# Substeps per unit time: ceil(largest effective eigenvalue / DT_THETA), at most MAX_SUBSTEPS.
+DT_THETA = 0.5
+MAX_SUBSTEPS = 64
+# An effective eigenvalue above CRITICAL (of 2) joins the cone problem; the public code of
+# the paper uses 1.95 for GD.
+CRITICAL = 0.975
+# Warm-started block Rayleigh-Ritz: blocks of k + 1 vectors per eigen-solve; the first step
+# runs FIRST_ITERS single-vector Lanczos steps instead.
+NUM_BLOCKS = 2
+FIRST_ITERS = 40
+_HIGHEST = lax.Precision.HIGHEST
+
+
+class FlowTrace(NamedTuple):
+    """One run of `run` (T = steps, k = num_eigs).
+
+    Attributes:
+      loss: [T] loss at the start of each step.
+      predicted: [T] the time-averaged loss of the oscillating optimizer that the central
+        flow predicts, L(w) + 1/2 <H, Sigma>; equal to `loss` for the stable flow (Sigma =
+        0), NaN for the discrete run.
+      eigs: [T, k] top eigenvalues of P^-1 H at the start of each step, descending (for
+        the discrete run with the preconditioner its step uses).
+      lr_eff: [T] the effective learning rate: lr for gd, lr / (sqrt(nu) + eps) for
+        scalar_rmsprop, the geometric mean over parameters of lr / (sqrt(nu) + eps) for
+        rmsprop.
+      sigma: [T] 1/2 tr(X Theta) = predicted - loss, the oscillation's share of the loss
+        (0 for discrete and stable).
+      substeps: [T] integration substeps per step (1 for discrete).
+      matvecs: [T] Hessian-vector plus third-derivative products per step.
+      grads: [T] gradient evaluations per step.
+      params: the parameters at the end (a pytree like w0).
+      nu: the final optimizer state nu ([n] for rmsprop, scalar otherwise; 0 for gd).
+    """
+
+    loss: Array
+    predicted: Array
+    eigs: Array
+    lr_eff: Array
+    sigma: Array
+    substeps: Array
+    matvecs: Array
+    grads: Array
+    params: PyTree
+    nu: Array
+
+
+def run(
+    loss: Callable,
+    w0: PyTree,
+    *,
+    flow: str,
+    optimizer: str = "gd",
+    lr: Any,
+    steps: int,
+    num_eigs: int = 5,
+    beta2: float | None = None,
+    eps: float = 0.0,
+    key: Key | None = None,
+) -> FlowTrace:
+    """Runs the optimizer (`flow="discrete"`) or integrates its stable or central flow.
+
+    Args:
+      loss: a scalar function of a parameter pytree (full batch; it closes over its data).
+        Pass the same function object to reuse the compiled program.
+      w0: the initial parameters (floating point); everything runs in their dtype.
+      flow: "discrete", "stable" or "central".
+      optimizer: "gd", "rmsprop" or "scalar_rmsprop".
+      lr: the learning rate, positive and finite (may be traced: `jax.vmap` over it).
+      steps: T >= 1 steps (units of flow time).
+      num_eigs: k, the number of effective eigenvalues tracked (1 <= k <= parameters); only
+        these can enter the central flow's cone problem.
+      beta2: rmsprop's decay b2 in (0, 1); default DEFAULT_BETA2. Not for gd.
+      eps: rmsprop's eps >= 0, added to sqrt(nu).
+      key: draws the first eigen-solve's start vector; default jax.random.key(0).
+
+    Returns:
+      A `FlowTrace`.
+    """
+    if not callable(loss):
+        raise ValueError(f"`loss` must be a function of the parameters, got {loss!r}")
+    if flow not in FLOWS:
+        raise ValueError(f"`flow` must be one of {', '.join(FLOWS)}, got {flow!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"`optimizer` must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    if not isinstance(lr, jax.core.Tracer):
+        lr = checks.positive("lr", _plain(lr))
+    steps = checks.integer("steps", steps, minimum=1, maximum=checks.INT32_MAX)
+    n = _dimension(w0)
+    num_eigs = checks.integer("num_eigs", num_eigs, minimum=1, maximum=n)
+    if optimizer == "gd":
+        if beta2 is not None:
+            raise ValueError("`beta2` applies to rmsprop and scalar_rmsprop only, got it for gd")
+        beta2 = DEFAULT_BETA2  # unused
+    elif beta2 is None:
+        beta2 = DEFAULT_BETA2
+    elif not isinstance(beta2, jax.core.Tracer) and not (
+        np.isscalar(beta2) and not isinstance(beta2, bool) and 0 < beta2 < 1
+    ):
+        raise ValueError(f"`beta2` must be in (0, 1), got {beta2!r}")
+    if not isinstance(eps, jax.core.Tracer) and not (
+        np.isscalar(eps) and not isinstance(eps, bool) and np.isfinite(eps) and eps >= 0
+    ):
+        raise ValueError(f"`eps` must be a finite number >= 0, got {eps!r}")
+    key = jax.random.key(0) if key is None else key
+    flat, unravel = ravel_pytree(w0)
+    dtype = flat.dtype
+    compiled = _compiled(loss, unravel, flow, optimizer, steps, num_eigs)
+    trace = compiled(flat, jnp.asarray(lr, dtype), jnp.asarray(beta2, dtype),
+                     jnp.asarray(eps, dtype), key)  # fmt: skip
+    return trace._replace(params=unravel(trace.params))
+
+
+def _plain(x: Any) -> Any:
+    """A 0-d array as a Python scalar (for the checks); anything else unchanged."""
+    if isinstance(x, np.ndarray | jax.Array) and np.ndim(x) == 0:
+        return np.asarray(x).item()
+    return x
+
+
+def _dimension(w0: PyTree) -> int:
+    leaves = jax.tree.leaves(w0)
+    if not leaves or not all(jnp.issubdtype(jnp.result_type(x), jnp.floating) for x in leaves):
+        raise ValueError("`w0` must be a pytree of floating-point arrays with at least one leaf")
+    n = sum(int(np.prod(jnp.shape(x))) for x in leaves)
+    if n == 0:
+        raise ValueError("`w0` must hold at least one parameter, got 0")
+    return n
+
+
+# ----------------------------------------------------------------------------- the cone problem
+
+
+def complementarity(
+    A: Array,
+    B: Array,
+    *,
+    mask: Array | None = None,
+    X0: Array | None = None,
+    max_iter: int = 50,
+) -> Array:
+    """X solving the semidefinite complementarity problem SDCP(A, B):
+
+        X >= 0,   Z = A + B[X] >= 0,   <X, Z> = 0,   B[X]_ij = sum_ab B_ijab X_ab
+
+    for symmetric A [k, k] and B [k, k, k, k] positive semidefinite as an operator on
+    symmetric matrices (then X minimizes 1/2 <X, B[X]> + <A, X> over the PSD cone; unique
+    when B is definite). Pure JAX, jittable and vmappable.
+
+    Method: semismooth Newton on the natural residual F(X) = X - Proj_PSD(X - Z(X)), whose
+    zeros are the solutions; the Jacobian uses the derivative of the eigenvalue projection
+    (Loewner divided differences), each step a k^2 x k^2 least-squares solve with a
+    backtracking line search on |F|; a projected gradient step where no step size reduces
+    |F|. Stops at |F| <= 100 eps (of A and B normalized to unit size) or `max_iter`.
+
+    Args:
+      A: [k, k] symmetric.
+      B: [k, k, k, k].
+      mask: optional bool [k]: X is zero outside the rows and columns it selects.
+      X0: optional [k, k] start (e.g. the previous solution).
+      max_iter: Newton iterations at most.
+
+    Returns:
+      X [k, k], positive semidefinite.
+    """
+    A = jnp.asarray(A)
+    k = A.shape[0]
+    dtype = A.dtype
+    A = 0.5 * (A + A.T)
+    B = jnp.asarray(B, dtype)
+    B = 0.5 * (B + B.transpose(1, 0, 2, 3))
+    B = 0.5 * (B + B.transpose(0, 1, 3, 2))
+    B = 0.5 * (B + B.transpose(2, 3, 0, 1))
+    if mask is not None:
+        m = jnp.asarray(mask, dtype)
+        mm = m[:, None] * m[None, :]
+        B = B * mm[:, :, None, None] * mm[None, None, :, :]
+        A = A * mm + jnp.diag(1 - m)  # decoupled: X_ij = 0 wherever i or j is off
+    a_scale = jnp.maximum(jnp.max(jnp.abs(A)), jnp.finfo(dtype).tiny)
+    B_m = B.reshape(k * k, k * k)
+    b_scale = jnp.maximum(jnp.linalg.norm(B_m, 2), jnp.finfo(dtype).tiny)
+    An, Bn = A / a_scale, B_m / b_scale  # solve for Y = X b_scale / a_scale
+    Y0 = jnp.zeros_like(A) if X0 is None else jnp.asarray(X0, dtype) * (b_scale / a_scale)
+    if mask is not None:
+        Y0 = Y0 * mm
+    tol = 100 * float(jnp.finfo(dtype).eps)
+
+    def Z(Y):
+        return An + (Bn @ Y.reshape(-1)).reshape(k, k)
+
+    def residual(Y):
+        return Y - _psd_part(Y - Z(Y))
+
+    def newton(Y):
+        F = residual(Y)
+        mu, Q = jnp.linalg.eigh(Y - Z(Y))
+        Omega = _projection_weights(mu)
+
+        def J(E):
+            E = E.reshape(k, k)
+            D = E - (Bn @ E.reshape(-1)).reshape(k, k)
+            dP = Q @ (Omega * (Q.T @ D @ Q)) @ Q.T
+            return (E - dP).reshape(-1)
+
+        J_m = jax.vmap(J, in_axes=1, out_axes=1)(jnp.eye(k * k, dtype=dtype))
+        d = jnp.linalg.lstsq(J_m, -F.reshape(-1))[0].reshape(k, k)
+        d = 0.5 * (d + d.T)
+        d = jnp.where(jnp.all(jnp.isfinite(d)), d, 0)
+        ts = 0.5 ** jnp.arange(8, dtype=dtype)
+        norms = jax.vmap(lambda t: jnp.linalg.norm(residual(Y + t * d)))(ts)
+        f0 = jnp.linalg.norm(F)
+        ok = norms <= (1 - 1e-4 * ts) * f0
+        i = jnp.argmax(ok)
+        gradient_step = _psd_part(Y - Z(Y))  # projected gradient, step 1 / |B| = 1
+        return jnp.where(ok[i], Y + ts[i] * d, gradient_step)
+
+    def cond(state):
+        Y, it = state
+        return (jnp.linalg.norm(residual(Y)) > tol) & (it < max_iter)
+
+    def body(state):
+        Y, it = state
+        return newton(Y), it + 1
+
+    Y, _ = lax.while_loop(cond, body, (Y0, jnp.zeros((), jnp.int32)))
+    Y = _psd_part(Y - Z(Y))  # a fixed point of the projection: exactly PSD
+    X = Y * (a_scale / b_scale)
+    return X * mm if mask is not None else X
+
+
+def _psd_part(M: Array) -> Array:
+    """The projection of a symmetric matrix onto the PSD cone (negative eigenvalues -> 0)."""
+    mu, Q = jnp.linalg.eigh(0.5 * (M + M.T))
+    return (Q * jnp.maximum(mu, 0)[None, :]) @ Q.T
+
+
+def _projection_weights(mu: Array) -> Array:
+    """Divided differences of max(., 0) at the eigenvalues mu: the derivative of the PSD
+    projection in the eigenbasis is E -> Omega * E."""
+    pos = jnp.maximum(mu, 0)
+    dmu = mu[:, None] - mu[None, :]
+    dpos = pos[:, None] - pos[None, :]
+    same = jnp.abs(dmu) <= 1e-12 * (1 + jnp.abs(mu[:, None]))
+    both = (mu[:, None] > 0) & (mu[None, :] > 0)
+    return jnp.where(same, both.astype(mu.dtype), dpos / jnp.where(same, 1, dmu))
+
+
+# ----------------------------------------------------------------------------- eigenvectors
+
+
+def _orthonormal(W: Array, scale: Array) -> Array:
+    """Orthonormal columns spanning W's, zero columns for directions below rounding."""
+    U, s, _ = jnp.linalg.svd(W, full_matrices=False)
+    keep = s > 1e3 * jnp.finfo(W.dtype).eps * scale
+    return U * keep[None, :]
+
+
+def _project_out(W: Array, Q: Array) -> Array:
+    for _ in range(2):  # twice is enough (classical Gram-Schmidt)
+        W = W - jnp.matmul(Q, jnp.matmul(Q.T, W, precision=_HIGHEST), precision=_HIGHEST)
+    return W
+
+
+def _block_ritz(mv: Callable, Y0: Array, num_blocks: int) -> tuple[Array, Array]:
+    """Rayleigh-Ritz on span{Y0, M Y0, .., M^(q-1) Y0} for symmetric M (mv: [n, b] -> M
+    [n, b]). Returns (theta [q b] descending, Ritz vectors [n, q b])."""
+    scale = jnp.linalg.norm(Y0, axis=0).max()
+    Q = _orthonormal(Y0, scale)
+    Qs, Ws = [], []
+    for j in range(num_blocks):
+        W = mv(Q)
+        Qs.append(Q)
+        Ws.append(W)
+        if j + 1 < num_blocks:
+            Q_all = jnp.concatenate(Qs, axis=1)
+            Q = _orthonormal(_project_out(W, Q_all), jnp.linalg.norm(W, axis=0).max() + 1e-30)
+            Q = _orthonormal(_project_out(Q, Q_all), 1.0)
+    Q_all, W_all = jnp.concatenate(Qs, axis=1), jnp.concatenate(Ws, axis=1)
+    T = jnp.matmul(Q_all.T, W_all, precision=_HIGHEST)
+    theta, V = jnp.linalg.eigh(0.5 * (T + T.T))
+    theta, V = theta[::-1], V[:, ::-1]
+    return theta, jnp.matmul(Q_all, V, precision=_HIGHEST)
+
+
+def _lanczos_ritz(mv1: Callable, v0: Array, m: int) -> tuple[Array, Array]:
+    """Top Ritz pairs of a single-vector Lanczos run (`hessian.lanczos`) of m steps."""
+    tri = hessian.lanczos(mv1, v0, m)
+    T = jnp.diag(tri.alpha) + jnp.diag(tri.beta, 1) + jnp.diag(tri.beta, -1)
+    theta, V = jnp.linalg.eigh(T)
+    theta, V = theta[::-1], V[:, ::-1]
+    return theta, jnp.matmul(tri.basis.T, V, precision=_HIGHEST)
+
+
+# ----------------------------------------------------------------------------- the program
+
+
+class _Opt(NamedTuple):
+    """The optimizer's preconditioner and state equation on flat vectors."""
+
+    name: str
+    lr: Array
+    beta2: Array
+    eps: Array
+
+    def p(self, nu):
+        """diag(P) [n] or a scalar: the step is w <- w - g / p."""
+        if self.name == "gd":
+            return 1 / self.lr
+        return (jnp.sqrt(jnp.maximum(nu, 0)) + self.eps) / self.lr
+
+    def sq(self, g):
+        """The squared gradient the state averages."""
+        return g * g if self.name == "rmsprop" else jnp.vdot(g, g)
+
+    @property
+    def kappa(self):
+        return (1 - self.beta2) / self.beta2
+
+    def lr_eff(self, nu):
+        if self.name == "gd":
+            return self.lr
+        p = self.p(nu)
+        if self.name == "scalar_rmsprop":
+            return 1 / p
+        return jnp.exp(-jnp.mean(jnp.log(p)))
+
+
+def _safe_div(a, p):
+    """a / p, 0 where p == 0 (a coordinate whose squared gradients were all exactly 0)."""
+    return jnp.where(p > 0, a / jnp.where(p > 0, p, 1), 0)
+
+
+@functools.lru_cache(maxsize=16)  # each entry keeps its `loss`
+def _compiled(loss, unravel, flow, optimizer, steps, k) -> Callable:
+    def f(w):
+        return loss(unravel(w))
+
+    def go(w0, lr, beta2, eps, key):
+        opt = _Opt(optimizer, lr, beta2, eps)
+        return _program(f, flow, opt, steps, k, w0, key)
+
+    return jax.jit(go)
+
+
+def _program(f, flow, opt: _Opt, steps, k, w0, key):
+    n = w0.shape[0]
+    dtype = w0.dtype
+    b = min(k + 1, n)
+    num_blocks = max(1, min(NUM_BLOCKS, n // b))
+    value_and_grad = jax.value_and_grad(f)
+    grad = jax.grad(f)
+
+    def hvp(w, v):
+        return jax.jvp(grad, (w,), (v,))[1]
+
+    def operator(w, nu):
+        """(s, mv): M = S H S with S = P^-1/2, on [n, b] blocks."""
+        s = _safe_div(1, jnp.sqrt(jnp.broadcast_to(opt.p(nu), (n,))))
+
+        def mv(Q):
+            return s[:, None] * jax.vmap(lambda q: hvp(w, s * q), 1, 1)(Q)
+
+        return s, mv
+
+    def eig(w, nu, Y):
+        """Top b effective eigenpairs warm-started from Y [n, b]: (theta [b], Y [n, b])."""
+        _, mv = operator(w, nu)
+        theta, V = _block_ritz(mv, Y, num_blocks)
+        return theta[:b], V[:, :b]
+
+    L0, g0 = value_and_grad(w0)
+    nu0 = jnp.zeros((), dtype) if opt.name == "gd" else opt.sq(g0)
+    # First eigen-solve: a longer single-vector Lanczos run from a random start, then one
+    # block step on its Ritz vectors.
+    _, mv0 = operator(w0, _nu_used(opt, nu0, g0, flow))
+    m0 = min(max(FIRST_ITERS, b), n)
+    v0 = jax.random.normal(key, (n,), dtype)
+    _, Y0 = _lanczos_ritz(lambda v: mv0(v[:, None])[:, 0], v0, m0)
+    Y0 = Y0[:, :b]
+    zeros_k = jnp.zeros(k, dtype)
+    eig_cost = num_blocks * b
+
+    if flow == "discrete":
+        return _discrete(f, opt, steps, k, w0, nu0, Y0, eig, eig_cost)
+
+    third = _third_derivatives(f, k)
+    n_pairs = k * (k + 1) // 2
+
+    def rk4(w, nu, g, dt, cw, cnu):
+        """One RK4 step of (w, nu) with the oscillation terms (cw, cnu) frozen."""
+
+        def rhs(w_, nu_, g_=None):
+            g_ = grad(w_) if g_ is None else g_
+            dw = -_safe_div(g_, opt.p(nu_)) + cw
+            dnu = 0 * nu_ if opt.name == "gd" else opt.kappa * (opt.sq(g_) + cnu - nu_)
+            return dw, dnu
+
+        k1 = rhs(w, nu, g)
+        k2 = rhs(w + 0.5 * dt * k1[0], nu + 0.5 * dt * k1[1])
+        k3 = rhs(w + 0.5 * dt * k2[0], nu + 0.5 * dt * k2[1])
+        k4 = rhs(w + dt * k3[0], nu + dt * k3[1])
+        w = w + dt / 6 * (k1[0] + 2 * k2[0] + 2 * k3[0] + k4[0])
+        nu = nu + dt / 6 * (k1[1] + 2 * k2[1] + 2 * k3[1] + k4[1])
+        return w, jnp.maximum(nu, 0)
+
+    def oscillation(w, nu, g, theta, Y, X_prev, dt):
+        """X from the cone problem and the frozen terms it adds: (X, cw [n], cnu)."""
+        s, _ = operator(w, nu)
+        U = s[:, None] * Y[:, :k]  # generalized eigenvectors, U^T P U = I
+        th = theta[:k]
+        mask = th > 2 * CRITICAL
+
+        def solve(_):
+            N = third(w, U)  # [k, k, n]: grad(u_i^T H u_j)
+            p = jnp.broadcast_to(opt.p(nu), (n,))
+            pinv = _safe_div(1, p)
+            # d/dt U^T H U = N . dw/dt,  dw/dt = -pinv (g + 1/2 sum_ab X_ab N_ab)
+            Ng = jnp.einsum("ijn,n->ij", N, pinv * g)
+            NN = 0.5 * jnp.einsum("ijn,n,abn->ijab", N, pinv, N)
+            a = Ng  # the part of -d/dt U^T H U without X
+            Bop = NN
+            if opt.name != "gd":
+                # d/dt U^T P U = sum_n u_in u_jn dp_n/dt,  dp/dt = dnu/dt / (2 lr sqrt nu)
+                r = _safe_div(opt.kappa, 2 * opt.lr * jnp.sqrt(nu))
+                if opt.name == "rmsprop":
+                    a = a + 2 * jnp.einsum("in,jn,n->ij", U.T, U.T, r * (g * g - nu))
+                    w4 = 8 * r * p * p
+                    Bop = Bop + jnp.einsum("in,jn,an,bn,n->ijab", U.T, U.T, U.T, U.T, w4)
+                else:
+                    G = jnp.matmul(U.T, U, precision=_HIGHEST)  # = I / p
+                    a = a + 2 * r * (jnp.vdot(g, g) - nu) * G
+                    # tr(H Sigma H) ~ 4 p^2 tr(U X U^T) = 4 p^2 <G, X>
+                    Bop = Bop + 8 * r * p[0] ** 2 * jnp.einsum("ij,ab->ijab", G, G)
+            A = 2 * jnp.eye(k, dtype=dtype) - jnp.diag(th) + dt * a
+            return complementarity(A, dt * Bop, mask=mask, X0=X_prev), N
+
+        def skip(_):
+            return jnp.zeros((k, k), dtype), jnp.zeros((k, k, n), dtype)
+
+        X, N = lax.cond(jnp.any(mask), solve, skip, None)
+        p = jnp.broadcast_to(opt.p(nu), (n,))
+        cw = -0.5 * _safe_div(jnp.einsum("ab,abn->n", X, N), p)
+        if opt.name == "rmsprop":
+            cnu = 4 * p * p * jnp.einsum("ab,an,bn->n", X, U.T, U.T)
+        elif opt.name == "scalar_rmsprop":
+            cnu = 4 * p[0] ** 2 * jnp.vdot(X, jnp.matmul(U.T, U, precision=_HIGHEST))
+        else:
+            cnu = jnp.zeros((), dtype)
+        return X, cw, cnu, jnp.any(mask)
+
+    def step(carry, _):
+        w, nu, Y, X = carry
+        L, g = value_and_grad(w)
+        theta, Y = eig(w, nu, Y)
+        num_sub = jnp.clip(jnp.ceil(theta[0] / DT_THETA), 1, MAX_SUBSTEPS).astype(jnp.int32)
+        dt = 1 / num_sub.astype(dtype)
+        if flow == "stable":
+            sub0 = (w, nu, g)
+
+            def sub(i, state):
+                w_, nu_, g_ = state
+                g_ = lax.cond(i == 0, lambda: g_, lambda: grad(w_))
+                w_, nu_ = rk4(w_, nu_, g_, dt, 0.0, 0.0)
+                return w_, nu_, g_
+
+            w_new, nu_new, _ = lax.fori_loop(0, num_sub, sub, sub0)
+            sigma, X_new, Y_new = jnp.zeros((), dtype), X, Y
+            matvecs = jnp.asarray(eig_cost, jnp.int32)
+            grads = 4 * num_sub
+        else:
+            X0, cw0, cnu0, crit0 = oscillation(w, nu, g, theta, Y, X, dt)
+            sigma = 0.5 * jnp.sum(jnp.diag(X0) * theta[:k])
+
+            def sub(i, state):
+                w_, nu_, Y_, X_, count = state
+
+                def again():
+                    g_ = grad(w_)
+                    th_, Yn = eig(w_, nu_, Y_)
+                    Xn, cw, cnu, crit = oscillation(w_, nu_, g_, th_, Yn, X_, dt)
+                    return g_, Yn, Xn, cw, cnu, crit, jnp.asarray(eig_cost, jnp.int32)
+
+                def first():
+                    return g, Y_, X0, cw0, cnu0, crit0, jnp.zeros((), jnp.int32)
+
+                g_, Yn, Xn, cw, cnu, crit, cost = lax.cond(i == 0, first, again)
+                w_, nu_ = rk4(w_, nu_, g_, dt, cw, cnu)
+                count = count + cost + jnp.where(crit, n_pairs, 0)
+                return w_, nu_, Yn, Xn, count
+
+            state0 = (w, nu, Y, X, jnp.asarray(eig_cost, jnp.int32))
+            w_new, nu_new, Y_new, X_new, matvecs = lax.fori_loop(0, num_sub, sub, state0)
+            grads = 4 * num_sub
+        out = (L, L + sigma, _pad(theta, k, zeros_k), opt.lr_eff(nu), sigma, num_sub,
+               matvecs, grads)  # fmt: skip
+        return (w_new, nu_new, Y_new, X_new), out
+
+    carry0 = (w0, nu0, Y0, jnp.zeros((k, k), dtype))
+    (w, nu, _, _), outs = lax.scan(step, carry0, None, length=steps)
+    L, pred, eigs, lr_eff, sigma, num_sub, matvecs, grads = outs
+    return FlowTrace(L, pred, eigs, lr_eff, sigma, num_sub, matvecs, grads, w, nu)
+
+
+def _pad(theta, k, zeros_k):
+    del zeros_k
+    return theta[:k]
+
+
+def _nu_used(opt: _Opt, nu0, g0, flow):
+    """The state the first step's preconditioner uses (nu_0 = g_0^2 for every flow)."""
+    del g0, flow
+    return nu0
+
+
+def _third_derivatives(f: Callable, k: int) -> Callable:
+    """(w, U [n, k]) -> N [k, k, n], N_ij = grad_w (u_i^T H(w) u_j) = D^3 f[u_i, u_j, .]:
+    the jvp along u_j of the Hessian-vector product with u_i, over the k (k + 1) / 2 pairs."""
+    grad = jax.grad(f)
+    iu, ju = np.triu_indices(k)
+
+    def d3(w, u, v):
+        return jax.jvp(lambda x: jax.jvp(grad, (x,), (u,))[1], (w,), (v,))[1]
+
+    def third(w, U):
+        pairs = jax.vmap(d3, in_axes=(None, 1, 1))(w, U[:, iu], U[:, ju])  # [pairs, n]
+        N = jnp.zeros((k, k, w.shape[0]), w.dtype).at[iu, ju].set(pairs)
+        return N.at[ju, iu].set(pairs)
+
+    return third
+
+
+def _discrete(f, opt: _Opt, steps, k, w0, nu0, Y0, eig, eig_cost):
+    """The optimizer itself, its effective eigenvalues with the preconditioner each step
+    uses."""
+    dtype = w0.dtype
+    value_and_grad = jax.value_and_grad(f)
+    zeros_k = jnp.zeros(k, dtype)
+    if opt.name == "gd":
+        tx = optax.sgd(opt.lr)
+        state0 = tx.init(w0)
+    elif opt.name == "rmsprop":
+        tx = optax.chain(
+            optax.scale_by_rms(decay=opt.beta2, eps=opt.eps, eps_in_sqrt=False),
+            optax.scale(-opt.lr),
+        )
+        state0 = (optax.ScaleByRmsState(nu=nu0), optax.ScaleState())
+    else:
+        tx, state0 = None, nu0  # scalar RMSProp: not in Optax
+
+    def step(carry, _):
+        w, state, Y = carry
+        L, g = value_and_grad(w)
+        if opt.name == "scalar_rmsprop":
+            nu = opt.beta2 * state + (1 - opt.beta2) * jnp.vdot(g, g)
+            w_new = w - _safe_div(g, opt.p(nu))
+            state = nu
+        else:
+            updates, state = tx.update(g, state, w)
+            # 0 / 0 where a coordinate's squared gradients were all exactly 0 (eps = 0)
+            w_new = w + jnp.where(jnp.isfinite(updates), updates, 0)
+            nu = state[0].nu if opt.name == "rmsprop" else jnp.zeros((), dtype)
+        theta, Y = eig(w, nu, Y)
+        nan = jnp.full((), jnp.nan, dtype)
+        out = (L, nan, _pad(theta, k, zeros_k), opt.lr_eff(nu), jnp.zeros((), dtype),
+               jnp.ones((), jnp.int32), jnp.asarray(eig_cost, jnp.int32),
+               jnp.ones((), jnp.int32))  # fmt: skip
+        return (w_new, state, Y), out
+
+    (w, state, _), outs = lax.scan(step, (w0, state0, Y0), None, length=steps)
+    if opt.name == "rmsprop":
+        nu = state[0].nu
+    elif opt.name == "scalar_rmsprop":
+        nu = state
+    else:
+        nu = jnp.zeros((), dtype)
+    return FlowTrace(*outs, w, nu)
+
+
+def onset(eigs_TxK: Any, *, rtol: float = 1e-3) -> int | None:
+    """The first step whose top effective eigenvalue reaches 2 (within rtol: the central
+    flow holds it at 2 up to rounding), or None."""
+    top = np.asarray(eigs_TxK)[:, 0]
+    hit = np.flatnonzero(top >= 2 * (1 - rtol))
+    return int(hit[0]) if len(hit) else None
+
+
+def running_mean(x_T: Any, window: int) -> np.ndarray:
+    """Centred running mean over `window` steps (shorter at the ends), NaN-free input."""
+    x = np.asarray(x_T, np.float64)
+    window = checks.integer("window", window, minimum=1)
+    c = np.concatenate([[0.0], np.cumsum(x)])
+    h = window // 2
+    idx = np.arange(len(x))
+    lo, hi = np.maximum(idx - h, 0), np.minimum(idx - h + window, len(x))
+    return (c[hi] - c[lo]) / (hi - lo)

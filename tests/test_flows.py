@@ -1,0 +1,322 @@
+"""sandbox.flows: the cone solver against closed forms and exhaustive search, the flows against
+gradient flow below threshold and against a long GD run at the edge of stability."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import integrate, optimize
+
+from sandbox import flows
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compile():
+    # Numbers here are checked against closed forms; XLA's optimizations only cost compile
+    # time (the flows compile nested loops).
+    old = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+    jax.clear_caches()
+
+
+# ----------------------------------------------------------------------------- cone problems
+
+
+def _random_problem(rng, k, rank=None):
+    """A (symmetric, indefinite) and B = sum_l G_l (x) G_l, positive definite on symmetric
+    matrices when rank >= k (k + 1) / 2."""
+    rank = k * (k + 1) if rank is None else rank
+    M = rng.normal(size=(k, k))
+    A = 0.5 * (M + M.T)
+    G = rng.normal(size=(rank, k, k))
+    G = 0.5 * (G + G.transpose(0, 2, 1))
+    B = np.einsum("lij,lab->ijab", G, G) / rank
+    return A, B
+
+
+def _apply(B, X):
+    return np.einsum("ijab,ab->ij", B, X)
+
+
+def _exhaustive_2x2(A, B):
+    """Every face of the 2 x 2 PSD cone: X = 0, X full rank (Z = 0), X = s v v^T with Z v = 0
+    (all roots in the angle of v, bracketed on a 4000-point grid, refined by brentq)."""
+    found = []
+    if np.linalg.eigvalsh(A).min() >= 0:
+        found.append(np.zeros((2, 2)))
+    # full rank: B[X] = -A on the 3 coordinates of a symmetric X
+    basis = [np.array(e, float) for e in ([[1, 0], [0, 0]], [[0, 1], [1, 0]], [[0, 0], [0, 1]])]
+    Bm = np.array([[np.sum(_apply(B, e) * f) for e in basis] for f in basis])
+    rhs = -np.array([np.sum(A * f) for f in basis])
+    c = np.linalg.solve(Bm, rhs)
+    X = sum(ci * e for ci, e in zip(c, basis, strict=True))
+    if np.linalg.eigvalsh(X).min() >= 0:
+        found.append(X)
+
+    def parts(theta):
+        v = np.array([np.cos(theta), np.sin(theta)])
+        u = np.array([-np.sin(theta), np.cos(theta)])
+        V = np.outer(v, v)
+        s = -(v @ A @ v) / (v @ _apply(B, V) @ v)
+        Z = A + s * _apply(B, V)
+        return s, V, Z, u @ Z @ v, u @ Z @ u
+
+    grid = np.linspace(0, np.pi, 4001)
+    h = np.array([parts(t)[3] for t in grid])
+    for lo, hi, h_lo, h_hi in zip(grid[:-1], grid[1:], h[:-1], h[1:], strict=True):
+        if h_lo == 0 or h_lo * h_hi < 0:
+            t = lo if h_lo == 0 else optimize.brentq(lambda t: parts(t)[3], lo, hi, xtol=1e-15)
+            s, V, Z, _, uZu = parts(t)
+            if s >= 0 and uZu >= -1e-12:
+                found.append(s * V)
+    assert found, "no face of the cone solves the problem"
+    objective = [0.5 * np.sum(X * _apply(B, X)) + np.sum(A * X) for X in found]
+    return found[int(np.argmin(objective))]
+
+
+def test_cone_solver_k1_is_the_closed_form():
+    # k = 1: x >= 0, a + b x >= 0, x (a + b x) = 0  =>  x = max(0, -a / b).
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=64)
+    b = rng.uniform(0.1, 3, size=64)
+    with jax.enable_x64(True):
+        solve = jax.jit(
+            jax.vmap(lambda a, b: flows.complementarity(a[None, None], b[None, None, None, None]))
+        )
+        x = np.asarray(solve(jnp.asarray(a), jnp.asarray(b)))[:, 0, 0]
+    np.testing.assert_allclose(x, np.maximum(0, -a / b), rtol=1e-12, atol=1e-14)
+
+
+def test_cone_solver_k2_matches_exhaustive_search():
+    # The exhaustive solution is found to brentq's 1e-15 in the angle; the problem is
+    # strictly convex (B definite) so the solution is unique: agreement to 1e-8.
+    rng = np.random.default_rng(1)
+    problems = [_random_problem(rng, 2) for _ in range(24)]
+    with jax.enable_x64(True):
+        solve = jax.jit(jax.vmap(flows.complementarity))
+        X = np.asarray(solve(jnp.asarray(np.stack([p[0] for p in problems])),
+                             jnp.asarray(np.stack([p[1] for p in problems]))))  # fmt: skip
+    ranks = []
+    for (A, B), X_i in zip(problems, X, strict=True):
+        ref = _exhaustive_2x2(A, B)
+        np.testing.assert_allclose(X_i, ref, atol=1e-8)
+        ranks.append(np.linalg.matrix_rank(ref, tol=1e-9))
+    assert set(ranks) == {0, 1, 2}, ranks  # every face of the cone was exercised
+
+
+@pytest.mark.parametrize("k", [3, 6, 10])
+def test_cone_solver_meets_the_complementarity_conditions_to_1e8(k):
+    # X >= 0, Z = A + B[X] >= 0 and <X, Z> = 0, each to 1e-8 in float64 (A and B of unit
+    # size), with and without a mask of rows and columns.
+    rng = np.random.default_rng(k)
+    problems = [_random_problem(rng, k) for _ in range(8)]
+    masks = rng.uniform(size=(8, k)) < 0.7
+    with jax.enable_x64(True):
+        A = jnp.asarray(np.stack([p[0] for p in problems]))
+        B = jnp.asarray(np.stack([p[1] for p in problems]))
+        X = np.asarray(jax.jit(jax.vmap(flows.complementarity))(A, B))
+        Xm = np.asarray(jax.jit(jax.vmap(lambda a, b, m: flows.complementarity(a, b, mask=m)))(
+            A, B, jnp.asarray(masks)))  # fmt: skip
+    for (A_i, B_i), X_i, Xm_i, m in zip(problems, X, Xm, masks, strict=True):
+        Z = A_i + _apply(B_i, X_i)
+        assert np.linalg.eigvalsh(X_i).min() >= -1e-8
+        assert np.linalg.eigvalsh(Z).min() >= -1e-8
+        assert abs(np.sum(X_i * Z)) <= 1e-8
+        # masked: the same problem on the selected rows and columns, zero elsewhere
+        sel = np.ix_(m, m)
+        assert np.all(Xm_i[~m] == 0) and np.all(Xm_i[:, ~m] == 0)
+        if m.any():
+            Zm = A_i[sel] + _apply(B_i[np.ix_(m, m, m, m)], Xm_i[sel])
+            assert np.linalg.eigvalsh(Xm_i[sel]).min() >= -1e-8
+            assert np.linalg.eigvalsh(Zm).min() >= -1e-8
+            assert abs(np.sum(Xm_i[sel] * Zm)) <= 1e-8
+
+
+# ----------------------------------------------------------------------------- below threshold
+
+D = np.array([0.5, 0.3, 0.1, 0.05])  # Hessian of the quadratic
+W0 = np.array([1.0, -0.5, 0.8, 0.3])
+
+
+def _quadratic(w):
+    return 0.5 * jnp.sum(jnp.asarray(D, w.dtype) * w * w)
+
+
+def test_below_threshold_gd_flows_equal_gradient_flow():
+    # lr lambda <= 0.05: no effective eigenvalue near 2, so X = 0 and the central flow is the
+    # stable flow, and both are the gradient flow w(t) = exp(-lr D t) w0. One RK4 substep
+    # per step (0.05 < DT_THETA) errs by about (lr lambda)^5 / 120 = 3e-9 per step, 1e-7
+    # over 30 steps: 1e-6 holds.
+    lr, steps = 0.1, 30
+    with jax.enable_x64(True):
+        w0 = jnp.asarray(W0)
+        stable = flows.run(_quadratic, w0, flow="stable", lr=lr, steps=steps, num_eigs=2)
+        central = flows.run(_quadratic, w0, flow="central", lr=lr, steps=steps, num_eigs=2)
+        discrete = flows.run(_quadratic, w0, flow="discrete", lr=lr, steps=steps, num_eigs=2)
+        stable, central, discrete = jax.device_get((stable, central, discrete))
+    exact = np.exp(-lr * D * steps) * W0
+    t = np.arange(steps)[:, None]
+    exact_loss = 0.5 * np.sum(D * (np.exp(-lr * D * t) * W0) ** 2, axis=1)
+    for trace in (stable, central):
+        np.testing.assert_allclose(trace.params, exact, atol=1e-6)
+        np.testing.assert_allclose(trace.loss, exact_loss, atol=1e-6)
+        np.testing.assert_allclose(trace.predicted, trace.loss, atol=1e-12)  # Sigma = 0
+        np.testing.assert_allclose(trace.eigs, np.tile(lr * D[:2], (steps, 1)), rtol=1e-10)
+    np.testing.assert_allclose(central.params, stable.params, atol=1e-12)
+    # GD itself is (1 - lr D)^t w0 exactly (it differs from the flow by t (lr lambda)^2 / 2).
+    np.testing.assert_allclose(discrete.params, (1 - lr * D) ** steps * W0, rtol=1e-12)
+    assert np.all(np.isnan(discrete.predicted))
+
+
+def _rmsprop_flow_reference(optimizer, lr, beta2, steps):
+    """The stable flow of (scalar) RMSProp on the quadratic by scipy's DOP853 (rtol 1e-12)."""
+    kappa = (1 - beta2) / beta2
+
+    def rhs(_, y):
+        w, nu = y[:4], y[4:]
+        g = D * w
+        sq = g * g if optimizer == "rmsprop" else np.array([g @ g])
+        return np.concatenate([-lr * g / np.sqrt(nu), kappa * (sq - nu)])
+
+    g0 = D * W0
+    nu0 = g0 * g0 if optimizer == "rmsprop" else np.array([g0 @ g0])
+    sol = integrate.solve_ivp(rhs, (0, steps), np.concatenate([W0, nu0]), method="DOP853",
+                              rtol=1e-12, atol=1e-14)  # fmt: skip
+    return sol.y[:4, -1], sol.y[4:, -1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["rmsprop", "scalar_rmsprop"])
+def test_below_threshold_rmsprop_flows_equal_the_preconditioned_gradient_flow(optimizer):
+    # lr / sqrt(nu) times the curvature stays below 0.05 over 30 steps: X = 0, the central
+    # flow is the stable flow, and both match an independent DOP853 solution of
+    # dw/dt = -lr g / sqrt(nu), dnu/dt = (1 - b2) / b2 (g^2 - nu) to 1e-6 (RK4 error as in
+    # the gd test).
+    lr, beta2, steps = 0.005, 0.9, 30
+    w_ref, nu_ref = _rmsprop_flow_reference(optimizer, lr, beta2, steps)
+    with jax.enable_x64(True):
+        w0 = jnp.asarray(W0)
+        kw = dict(optimizer=optimizer, lr=lr, steps=steps, num_eigs=2, beta2=beta2)
+        stable = flows.run(_quadratic, w0, flow="stable", **kw)
+        central = flows.run(_quadratic, w0, flow="central", **kw)
+        stable, central = jax.device_get((stable, central))
+    assert stable.eigs.max() < 0.5
+    for trace in (stable, central):
+        np.testing.assert_allclose(trace.params, w_ref, atol=1e-6)
+        np.testing.assert_allclose(np.reshape(trace.nu, -1), nu_ref, rtol=1e-6)
+    np.testing.assert_allclose(central.params, stable.params, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- edge of stability
+
+LR = 0.5  # threshold: sharpness 2 / lr = 4
+
+
+def _cubic(w):
+    """0.5 (1 + y) x^2 + 0.05 (y - 4)^2 + 0.15 z^2: the sharpness 1 + y rises from 3 towards
+    5 under the flow; above 4 = 2 / lr GD oscillates in x, and the oscillation's x^2 pushes
+    y (and the sharpness) back down. Central flow: y stays at 3, Sigma_xx = 2 mu (4 - 3) =
+    0.2, loss 0.05 and predicted time-averaged loss 0.05 + Sigma_xx / lr = 0.45."""
+    x, y, z = w[0], w[1], w[2]
+    return 0.5 * (1 + y) * x**2 + 0.05 * (y - 4) ** 2 + 0.15 * z**2
+
+
+@pytest.fixture(scope="module")
+def eos():
+    with jax.enable_x64(True):
+        w0 = jnp.array([0.1, 2.0, 1.0])
+        central = flows.run(_cubic, w0, flow="central", lr=LR, steps=300, num_eigs=2)
+        discrete = flows.run(_cubic, w0, flow="discrete", lr=LR, steps=4000, num_eigs=2)
+        return jax.device_get((central, discrete))
+
+
+def test_central_flow_holds_the_effective_sharpness_at_2_and_predicts_gd(eos):
+    central, discrete = eos
+    onset = flows.onset(central.eigs)
+    assert onset is not None and 5 < onset < 60
+    # after onset the effective sharpness lr (1 + y) stays at 2 (the cone problem keeps it
+    # within a substep's second-order drift, measured < 1e-6)
+    np.testing.assert_allclose(central.eigs[onset + 1 :, 0], 2.0, atol=1e-6)
+    # the flow settles where theory puts it: y = 3, loss 0.05, prediction 0.45
+    np.testing.assert_allclose(central.params, [0.0, 3.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(central.loss[-1], 0.05, rtol=1e-6)
+    np.testing.assert_allclose(central.predicted[-1], 0.45, rtol=1e-6)
+    # against GD's running mean over its last 2000 steps (window 2000): the central flow is
+    # a second-order time average; measured gap 0.55%, tolerance 2% (the paper: "a few
+    # percent").
+    mean = float(np.mean(discrete.loss[-2000:]))
+    assert abs(mean / 0.45 - 1) < 0.02, mean
+    # GD does oscillate: its loss is far from its mean on single steps
+    assert np.ptp(discrete.loss[-100:]) > 0.1
+
+
+def test_below_onset_central_and_stable_flows_agree(eos):
+    central, _ = eos
+    with jax.enable_x64(True):
+        stable = jax.device_get(flows.run(_cubic, jnp.array([0.1, 2.0, 1.0]), flow="stable",
+                                          lr=LR, steps=300, num_eigs=2))  # fmt: skip
+    onset = flows.onset(central.eigs)
+    np.testing.assert_allclose(central.loss[:onset], stable.loss[:onset], rtol=1e-9)
+    # after onset the stable flow's sharpness keeps rising to 1 + 4 = 5 (effective 2.5)
+    assert stable.eigs[-1, 0] > 2.4
+
+
+def test_vmapped_over_two_learning_rates_equals_two_runs():
+    # batched reductions may reorder sums: float64 agreement to 1e-9
+    with jax.enable_x64(True):
+        w0 = jnp.array([0.1, 2.0, 1.0])
+        lrs = jnp.array([0.5, 0.45])
+
+        def one(lr):
+            return flows.run(_cubic, w0, flow="central", lr=lr, steps=40, num_eigs=2)
+
+        both = jax.device_get(jax.vmap(one)(lrs))
+        each = jax.device_get([one(lr) for lr in lrs])
+    for i, trace in enumerate(each):
+        for name in ("loss", "predicted", "eigs", "params", "substeps", "matvecs"):
+            np.testing.assert_allclose(getattr(both, name)[i], getattr(trace, name), rtol=1e-9,
+                                       atol=1e-12, err_msg=name)  # fmt: skip
+
+
+def test_program_is_not_unrolled_in_steps():
+    w0 = jnp.array([0.1, 2.0, 1.0])
+
+    def program(steps):
+        text = str(jax.make_jaxpr(lambda w: flows.run(_cubic, w, flow="central", lr=LR,
+                                                      steps=steps, num_eigs=2))(w0))  # fmt: skip
+        return re.sub(r"\s+", "", re.sub(r"\d+", "#", text))
+
+    assert program(3) == program(300)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(flow="euler"), "`flow`"),
+        (dict(optimizer="adam"), "`optimizer`"),
+        (dict(lr=0.0), "`lr`"),
+        (dict(lr=-1.0), "`lr`"),
+        (dict(lr=float("nan")), "`lr`"),
+        (dict(num_eigs=4), "`num_eigs`"),
+        (dict(num_eigs=0), "`num_eigs`"),
+        (dict(steps=0), "`steps`"),
+        (dict(steps=2.5), "`steps`"),
+        (dict(beta2=0.9), "`beta2`"),
+        (dict(optimizer="rmsprop", beta2=1.0), "`beta2`"),
+        (dict(optimizer="rmsprop", eps=-1.0), "`eps`"),
+    ],
+)
+def test_bad_arguments_are_one_value_error_naming_them(kwargs, name):
+    args = dict(flow="central", lr=0.1, steps=5, num_eigs=2) | kwargs
+    with pytest.raises(ValueError, match=re.escape(name)):
+        flows.run(_cubic, jnp.zeros(3), **args)
+
+
+def test_running_mean_is_centred():
+    x = np.arange(10.0)
+    np.testing.assert_allclose(flows.running_mean(x, 3)[1:-1], x[1:-1])
+    np.testing.assert_allclose(flows.running_mean(x, 3)[[0, -1]], [0.5, 8.5])
