@@ -28,78 +28,47 @@ import numpy as np
 from matplotlib import colors
 from matplotlib.patches import Patch
 
-from sandbox import basins, calculus, cli, landscapes, plotting, sweep
+from sandbox import basins, calculus, cli, config, landscapes, plotting, sweep
 
 NAME = "learning_rate"
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    seed: int = 0
+class Config(config.Checked):
+    seed: int = config.seed()  # seed of the phase maps' starts
     # (1) Quadratics 0.5 (x^2 + kappa y^2): final loss against lr.
-    kappas: tuple[float, ...] = (1.0, 4.0, 16.0)
-    quad_lr_range: tuple[float, float] = (1e-3, 3.0)
-    quad_num_lrs: int = 2048
-    quad_steps: int = 500
-    quad_start: tuple[float, float] = (1.0, 1.0)
-    quad_tol: float = 1e-4  # gradient norm that counts as converged, for steps to tolerance
+    kappas: tuple[float, ...] = config.field((1.0, 4.0, 16.0), 1)  # their condition numbers
+    # (lo, hi) of the log-spaced lrs
+    quad_lr_range: tuple[float, float] = config.field((1e-3, 3.0), gt=0, increasing=True)
+    quad_num_lrs: int = config.count(2048, 2**20)  # lrs per quadratic
+    quad_steps: int = config.count(500, 10**6)  # GD steps per run
+    quad_start: tuple[float, float] = config.field(
+        (1.0, 1.0), rule=(lambda v: any(v), "not the minimum (0, 0)")
+    )
+    """the runs' start (x, y)"""
+    quad_tol: float = config.field(1e-4, gt=0)  # converged: gradient norm below this
     # The three regimes on one quadratic: lr as multiples of 2/L (the middle one is replaced
     # by the optimal constant step 2/(mu + L)).
-    regime_kappa: float = 4.0
-    regime_small: float = 0.05
-    regime_large: float = 1.05
-    regime_steps: int = 25
-    regime_start: tuple[float, float] = (-1.8, 1.2)
+    regime_kappa: float = config.field(4.0, 1)  # condition number of the regimes' quadratic
+    regime_small: float = config.field(0.05, gt=0)  # the small lr, a multiple of 2/L
+    regime_large: float = config.field(1.05, gt=0)  # the large lr, a multiple of 2/L
+    regime_steps: int = config.count(25, 10**6)  # GD steps of each regime's path
+    regime_start: tuple[float, float] = (-1.8, 1.2)  # the regimes' start (x, y)
     # (2) Himmelblau: start x lr phase maps along two lines.
-    phase_starts: int = 512
-    phase_num_lrs: int = 384
-    phase_lr_range: tuple[float, float] = (1e-4, 5e-2)
-    himmelblau_steps: int = 1000
-    himmelblau_tol: float = 1e-2  # reached: this close to a minimum ...
-    himmelblau_grad_tol: float = 1e-3  # ... and settled there (a 2-cycle around it is not)
+    phase_starts: int = config.count(512, 2**16)  # starts along each line
+    phase_num_lrs: int = config.count(384, 2**16)  # lrs of the phase maps
+    phase_lr_range: tuple[float, float] = config.field((1e-4, 5e-2), gt=0, increasing=True)
+    """(lo, hi) of the phase maps' log-spaced lrs"""
+    himmelblau_steps: int = config.count(1000, 10**6)  # GD steps per run on Himmelblau
+    himmelblau_tol: float = config.field(1e-2, gt=0)  # reached: this close to a minimum ...
+    himmelblau_grad_tol: float = config.field(1e-3, gt=0)  # ... and settled: |grad| below this
 
-    def __post_init__(self):
-        for name in (
-            "quad_num_lrs",
-            "quad_steps",
-            "regime_steps",
-            "phase_starts",
-            "phase_num_lrs",
-            "himmelblau_steps",
-        ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {v!r}")
-        if not self.kappas or not all(math.isfinite(k) and k >= 1 for k in self.kappas):
-            raise ValueError(f"`kappas` must be finite numbers >= 1, got {self.kappas}")
-        for name in (
-            "regime_kappa",
-            "regime_small",
-            "regime_large",
-            "himmelblau_tol",
-            "himmelblau_grad_tol",
-            "quad_tol",
-        ):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"`{name}` must be a positive finite number, got {v!r}")
-        if self.regime_kappa < 1:
-            raise ValueError(f"`regime_kappa` must be >= 1, got {self.regime_kappa}")
-        if not self.regime_small < 1 < self.regime_large:
-            raise ValueError(
-                f"`regime_small` must be < 1 < `regime_large` (multiples of 2/L), "
-                f"got {self.regime_small}, {self.regime_large}"
-            )
-        for name in ("quad_lr_range", "phase_lr_range"):
-            lo, hi = getattr(self, name)
-            if not (0 < lo < hi and math.isfinite(hi)):
-                raise ValueError(f"`{name}` must be (lo, hi) with 0 < lo < hi, got {(lo, hi)}")
-        for name in ("quad_start", "regime_start"):
-            v = getattr(self, name)
-            if len(v) != 2 or not all(math.isfinite(c) for c in v):
-                raise ValueError(f"`{name}` must be two finite numbers, got {v}")
-        if not any(self.quad_start):
-            raise ValueError("`quad_start` must not be the minimum (0, 0)")
+    RELATIONS = (
+        config.relation(
+            "regime_small < 1 < regime_large (multiples of 2/L)",
+            lambda c: c.regime_small < 1 < c.regime_large,
+        ),
+    )
 
 
 QUICK = Config(

@@ -1,8 +1,19 @@
-"""Many descent runs at once: vmap over starts x hyperparameters, chunked, sharded.
+"""Many descent runs at once: vmap over starts x hyperparameters, chunked, sharded; and
+sweeps as jobs.
 
 `descend` is the engine behind every 2-D study: one compiled computation runs a whole chunk of
 runs, each with its own start and hyperparameters; chunks of a fixed shape keep memory
 bounded for any N and compile once; the run axis of a chunk is split over all JAX devices.
+
+A sweep can also be a file (a TOML spec, `sandbox.sweep.spec`; examples/sweep.toml explains
+every key) computed into a store folder by any number of jobs (`sandbox.sweep.jobs`):
+
+    python -m sandbox.sweep run SPEC --store DIR [--lease S]   # any number of these at once
+    python -m sandbox.sweep status DIR
+    python -m sandbox.sweep show DIR [--plot]
+    python -m sandbox.sweep submit SPEC --store DIR --workers N [--executor slurm|local]
+
+`load(DIR)` returns a finished sweep like `descend` does, with the starts and the axes.
 """
 
 import functools
@@ -386,3 +397,21 @@ def log_uniform(key: jax.Array, n: int, lo: float, hi: float) -> np.ndarray:
         raise ValueError(f"log-uniform range must satisfy 0 < lo < hi, got ({lo}, {hi})")
     u = jax.random.uniform(key, (n,), minval=math.log(lo), maxval=math.log(hi))
     return np.asarray(jnp.exp(u))
+
+
+# Sweeps as jobs (after `descend`, which they call).
+from sandbox.sweep.jobs import Loaded, load, run, show, status, submit  # noqa: E402
+
+__all__ = [
+    "Loaded",
+    "Sweep",
+    "default_chunk_size",
+    "descend",
+    "grid",
+    "load",
+    "log_uniform",
+    "run",
+    "show",
+    "status",
+    "submit",
+]
