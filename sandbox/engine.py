@@ -677,6 +677,53 @@ class _Store:
         return jax.tree.unflatten(jax.tree.structure(self.out_spec), arrays)
 
 
+def read(store: Path | str, *, lazy: bool = False) -> dict:
+    """The arrays of a finished store by output name ("x", "loss", ... for a dict output;
+    "out" for a bare array), every chunk checked against its checksums first, without
+    recomputing anything (so on any devices). ValueError, naming the store, if a chunk is
+    missing or damaged (the computation that made it computes it again)."""
+    path = Path(store)
+    if not path.is_dir():
+        raise ValueError(f"`store` {str(path)!r} is not a folder")
+    meta = _read_meta(path)
+    try:
+        g = _open_read(path)
+        names = sorted(_array_names(g))
+        spec = {k: jax.ShapeDtypeStruct(g[k].shape[1:], g[k].dtype) for k in names}
+    except Exception as e:
+        raise ValueError(
+            f"`store` {str(path)!r} has damaged zarr metadata (arrays.zarr: {type(e).__name__})"
+        ) from None
+    st = _Store(path, meta, spec)
+    st.names = names  # a dict's leaves come sorted by key: the same order
+    st._check_arrays()
+    missing = sorted(set(range(st.chunks)) - st.done())
+    if missing:
+        raise ValueError(
+            f"`store` {str(path)!r} is not finished: {len(missing)} of its {st.chunks} chunks "
+            f"are not done (chunk {missing[0]} first)"
+        )
+    bad = st.check(range(st.chunks))
+    if bad:
+        first = min(bad)
+        raise ValueError(
+            f"`store` {str(path)!r} is damaged: chunk {first} ({bad[first]})"
+            + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
+            + "; run its computation again to recompute them"
+        )
+    return {k: (g[k] if lazy else g[k][...]) for k in names}
+
+
+def _array_names(group) -> list[str]:
+    import zarr
+
+    out = []
+    for name, node in group.members(max_depth=None):
+        if isinstance(node, zarr.Array):
+            out.append(name)
+    return out
+
+
 def _open_read(path: Path):
     import zarr
 
@@ -782,7 +829,10 @@ def _create(path: Path, meta: dict, out_spec: PyTree) -> None:
 
 # ----------------------------------------------------------------------------- claims
 
-HOST = socket.gethostname()
+# The name of this host in leases: a lease of this host is expired as soon as its process is
+# gone. Jobs that share a host name without sharing process ids (containers) set
+# SANDBOX_HOST to something unique per container, so they wait for the lease instead.
+HOST = os.environ.get("SANDBOX_HOST") or socket.gethostname()
 
 
 class _Claims:

@@ -182,17 +182,26 @@ def _lease(lease) -> float:
 
 
 def load(store: Path | str) -> Loaded:
-    """A finished sweep (ValueError if it is not, saying how far it is). Every chunk is
-    checked against its checksums as it is read (a damaged one is computed again)."""
+    """A finished sweep, on any devices (nothing is computed): every chunk is checked
+    against its checksums first. ValueError if it is not finished (saying how far it is) or
+    a chunk is damaged (`run` computes it again)."""
+    from sandbox import sweep
+
     store = Path(store)
-    meta = _open(store, None)
+    spec = _open(store, None)["spec"]
     p = _progress(store)
     if len(p["done"]) < p["chunks"]:
         raise ValueError(
             f"sweep store {str(store)!r} is not finished ({len(p['done'])} of {p['chunks']} "
             "chunks done); finish it with `python -m sandbox.sweep run SPEC --store DIR`"
         )
-    return _compute(meta["spec"], store, lease=None, progress=False)
+    arrays = engine.read(store / "runs")
+    dtype = np.dtype(spec["dtype"])
+    with jax.enable_x64(dtype == np.float64):
+        starts = specs.starts(spec).astype(dtype)
+    axes = {k: np.asarray(v) for k, v in spec["axes"].items()}
+    fields = {f: arrays.get(f) for f in sweep.Sweep._fields}
+    return Loaded(**fields, starts=starts, axes=axes, spec=spec)
 
 
 def _progress(store: Path) -> dict:

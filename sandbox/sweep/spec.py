@@ -274,15 +274,16 @@ def function(name: str):
 
 
 def starts(spec: dict) -> np.ndarray:
-    """[S, d] starts: the grid (row-major, y along rows) or the seeded uniform draws."""
-    from sandbox import sweep
-
+    """[S, d] float64 starts: the grid (row-major, y along rows: `sweep.grid`'s points) or
+    the seeded uniform draws; the caller casts them to the spec's dtype."""
     st = spec["starts"]
     box = np.asarray(st["box"], np.float64)
     if "grid" in st:
-        return sweep.grid(box, tuple(st["grid"]))
+        h, w = st["grid"]
+        xx, yy = np.meshgrid(np.linspace(*box[0], w), np.linspace(*box[1], h))
+        return np.stack([xx.ravel(), yy.ravel()], axis=1)
     rng = np.random.default_rng(st["seed"])
-    return rng.uniform(box[:, 0], box[:, 1], (st["random"], len(box))).astype(np.float32)
+    return rng.uniform(box[:, 0], box[:, 1], (st["random"], len(box)))
 
 
 def axis_grid(spec: dict) -> dict[str, np.ndarray]:
