@@ -249,6 +249,19 @@ def _standardized(name, x_train, y_train, x_test, y_test, num_classes) -> Datase
     )
 
 
+def standardize_features(x_train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each feature (column) of `x_train` and of `others` centred and scaled by the mean and
+    standard deviation of that feature over `x_train`; a constant feature (the digits'
+    border pixels) is only centred. For flat inputs [N, features] (an MLP's); images are
+    standardized per channel by the loaders."""
+    x_train = np.asarray(x_train)
+    if x_train.ndim != 2 or not len(x_train):
+        raise ValueError(f"`x_train` must have shape [N, features], N >= 1, got {x_train.shape}")
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return tuple((np.asarray(x) - mean) / std for x in (x_train, *others))
+
+
 def augment(key: Key, x_BxHxWxC: Array, *, pad: int = 4, flip: bool = True) -> Array:
     """Random crop of each image after zero padding by `pad` pixels, and a random flip.
 

@@ -16,9 +16,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from sandbox import optim
+from sandbox import checks, optim
 from sandbox.types import Array, ScalarFn
 
 # Up to this dimension the gradient is d forward-mode derivatives (fused, cheap for the
@@ -395,3 +396,137 @@ def _unpacked(packed, spec):
         if leaves[i] is None:
             leaves[i] = next(others)
     return jax.tree.unflatten(treedef, leaves)
+
+
+# ----------------------------------------------------------------------------- measurements
+# Host-side NumPy, on finished runs: how fast a run contracted, where a learning-rate sweep
+# stopped converging, and the exact step count of gradient descent on a quadratic.
+
+
+def geometric_rate(norm_T, *, from_half: bool = False) -> float:
+    """The geometric-mean ratio |x_t+1| / |x_t| of a run's norms while they are representable.
+
+    The window is the prefix of norms that are finite and above 1e-30 (n of them): the whole
+    prefix, or with `from_half` its second half (from (n - 1) // 2, once the fast modes have
+    died out and the slowest mode sets the rate). 0.0 when the prefix is too short to hold
+    a ratio (n < 2; n < 3 with `from_half`): the run reached 0 at once.
+
+    Args:
+      norm_T: [T] norms of a run's state (or of its distance to the minimum).
+
+    Returns:
+      (norm[n - 1] / norm[a]) ** (1 / (n - 1 - a)), a = 0 or (n - 1) // 2.
+    """
+    norm_T = np.asarray(norm_T)
+    if norm_T.ndim != 1:
+        raise ValueError(f"`norm_T` must have shape [T], got {norm_T.shape}")
+    ok = (norm_T > 1e-30) & np.isfinite(norm_T)
+    n = int(np.argmin(ok)) if not ok.all() else len(norm_T)
+    if n < (3 if from_half else 2):
+        return 0.0
+    a = (n - 1) // 2 if from_half else 0
+    return float((norm_T[n - 1] / norm_T[a]) ** (1.0 / (n - 1 - a)))
+
+
+def fitted_rate(norm_NxT, valid_NxT) -> np.ndarray:
+    """exp(least-squares slope of log norm against t) over the second half of each run's
+    valid prefix: a rate that averages over oscillations (momentum's complex modes).
+
+    Args:
+      norm_NxT: [N, T] positive norms.
+      valid_NxT: [N, T] bool; a run's fit stops at its first invalid step.
+
+    Returns:
+      [N] rates (NaN where fewer than 4 steps are in the window).
+    """
+    norm_NxT = np.asarray(norm_NxT)
+    valid_NxT = np.asarray(valid_NxT, bool)
+    if norm_NxT.ndim != 2 or valid_NxT.shape != norm_NxT.shape:
+        raise ValueError(
+            f"`norm_NxT` and `valid_NxT` must have one shape [N, T], got {norm_NxT.shape} "
+            f"and {valid_NxT.shape}"
+        )
+    t_T = np.arange(norm_NxT.shape[1], dtype=np.float64)
+    end_N = np.where(valid_NxT.all(axis=1), norm_NxT.shape[1], np.argmin(valid_NxT, axis=1))
+    w_NxT = (t_T >= end_N[:, None] // 2) & (t_T < end_N[:, None])
+    y_NxT = np.log(np.where(w_NxT, norm_NxT, 1.0))
+    n_N = w_NxT.sum(axis=1)
+    safe_N = np.maximum(n_N, 1)
+    tm_N = (w_NxT * t_T).sum(axis=1) / safe_N
+    ym_N = (w_NxT * y_NxT).sum(axis=1) / safe_N
+    dt_NxT = np.where(w_NxT, t_T - tm_N[:, None], 0.0)
+    slope_N = (dt_NxT * (y_NxT - ym_N[:, None])).sum(axis=1) / np.maximum(
+        (dt_NxT**2).sum(axis=1), 1e-300
+    )
+    return np.where(n_N >= 4, np.exp(slope_N), np.nan)
+
+
+def divergence_bracket(lr_L, converged_L) -> tuple[float, float]:
+    """Where a learning-rate sweep stops converging: (the largest lr that converged, the
+    smallest lr above it that did not).
+
+    NaN for the first when no lr converged (the second is then the smallest lr of the sweep),
+    NaN for the second when every lr above the first converged. The threshold lies in
+    (first, second] wherever convergence is monotone in the lr.
+    """
+    lr_L = np.asarray(lr_L)
+    ok_L = np.asarray(converged_L, bool)
+    if lr_L.ndim != 1 or ok_L.shape != lr_L.shape or not len(lr_L):
+        raise ValueError(
+            f"`lr_L` and `converged_L` must have one shape [L], L >= 1, got {lr_L.shape} and "
+            f"{ok_L.shape}"
+        )
+    if not ok_L.any():
+        return float("nan"), float(lr_L.min())
+    last_ok = float(lr_L[ok_L].max())
+    above = lr_L[~ok_L & (lr_L > last_ok)]
+    return last_ok, float(above.min()) if above.size else float("nan")
+
+
+def steps_to_tol(a0_NxD, f_NxD, tol: float, budget: int) -> np.ndarray:
+    """The exact step count of gradient descent on a quadratic: the first t in [0, budget]
+    with sum_i (a0_i f_i^t)^2 <= tol^2, or -1 where there is none; [N] int64.
+
+    GD on a quadratic multiplies each eigencomponent of the gradient (or of the distance to
+    the minimum) by f_i = 1 - lr lambda_i per step, so with a0 the start's components this
+    is the count `descent.run(..., tol=)` measures (`Run.steps_to_tol`). The sum is a sum of
+    exponentials in t, so convex: it falls to its lowest point and rises after it (a mode
+    with |f_i| > 1). Two binary searches find the lowest point and the first t before it
+    that meets `tol`, about 2 log2(budget) evaluations per run whatever the budget.
+
+    Args:
+      a0_NxD: [N, D] the components at t = 0.
+      f_NxD: [N, D] the factors per step.
+      tol: the tolerance on the norm, >= 0.
+      budget: the largest t, >= 0.
+    """
+    a0 = np.asarray(a0_NxD, np.float64)
+    f = np.abs(np.asarray(f_NxD, np.float64))
+    if a0.ndim != 2 or f.shape != a0.shape:
+        raise ValueError(
+            f"`a0_NxD` and `f_NxD` must have one shape [N, D], got {a0.shape} and {f.shape}"
+        )
+    checks.integer("budget", budget, minimum=0)
+    if not (np.isfinite(tol) and tol >= 0):
+        raise ValueError(f"`tol` must be a finite number >= 0, got {tol!r}")
+
+    def g(t):
+        return np.sum((a0 * f ** t[:, None]) ** 2, axis=1)
+
+    def first(pred, lo, hi):
+        """Per row, the first t in (lo, hi] where `pred` holds (monotone there), else hi."""
+        while np.any(hi - lo > 1):
+            mid = np.floor((lo + hi) / 2)
+            ok = pred(np.maximum(mid, 0))
+            hi, lo = np.where(ok, mid, hi), np.where(ok, lo, mid)
+        return hi
+
+    n = len(a0)
+    # The lowest point: the first t whose next step does not go down (budget if none).
+    bottom = first(
+        lambda t: (g(t + 1) >= g(t)) | (t >= budget), np.full(n, -1.0), np.full(n, float(budget))
+    )
+    bottom = np.maximum(bottom, 0)
+    hit = first(lambda t: g(t) <= tol * tol, np.full(n, -1.0), bottom)
+    reached = g(bottom) <= tol * tol
+    return np.where(reached, np.maximum(hit, 0), -1).astype(np.int64)

@@ -167,3 +167,21 @@ def test_augment_is_a_shifted_window_of_the_padded_image_maybe_mirrored(key):
     same = data.augment(key, x, pad=0, flip=False)
     np.testing.assert_array_equal(same, x)
     assert jnp.issubdtype(out.dtype, jnp.floating)
+
+
+def test_standardize_features_gives_each_training_feature_mean_0_and_std_1():
+    x, _ = data.digits()
+    train, test = data.standardize_features(x[:1000], x[1000:])
+    varying = x[:1000].std(axis=0) > 0
+    # The digits are float32: mean 0 and std 1 to float32 rounding over 1000 rows (the
+    # rarely-lit pixels, values up to 30 standard deviations, lose most: 2e-5).
+    np.testing.assert_allclose(train.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(train.std(axis=0)[varying], 1.0, rtol=1e-4)
+    assert not varying.all() and np.all(train[:, ~varying] == 0)  # constant border pixels
+    # The test rows move by the training statistics, not their own.
+    col = int(np.flatnonzero(varying)[0])
+    ref = x[:1000, col].astype(np.float64)
+    expected = (x[1000:, col] - ref.mean()) / ref.std()  # in float64; float32 sums: 1e-5
+    np.testing.assert_allclose(test[:, col], expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="`x_train` must have shape"):
+        data.standardize_features(x[:0])

@@ -7,10 +7,12 @@ experiments (Cohen et al. 2021: fc-tanh, two hidden layers of 200). For widths
 
     h_0 = x,   h_l = tanh(h_{l-1} W_l + b_l)  (l < L),   f(x) = h_{L-1} W_L + b_L
 
-Unbatched and unjitted like the rest of `sandbox/`: `apply` takes one input [n_0] or a batch
-[B, n_0].
+`scaled_init` is the other initialization the studies use: LeCun-normal weights times a scale,
+zero biases (the initialization study's sweep over scales). Unbatched and unjitted like the
+rest of `sandbox/`: `apply` takes one input [n_0] or a batch [B, n_0].
 """
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -44,6 +46,18 @@ def init(key: Key, widths: Sequence[int], *, dtype=None) -> Params:
         b = jax.random.uniform(kb, (n_out,), dtype, minval=-s, maxval=s)
         layers.append((w, b))
     return tuple(layers)
+
+
+def scaled_init(normals: Sequence[Array], scale) -> Params:
+    """LeCun-normal weights times `scale`, zero biases: W_l = z_l scale / sqrt(n_{l-1}).
+
+    Args:
+      normals: standard-normal draws z_l [n_{l-1}, n_l], one per layer (drawn by the caller,
+        e.g. for many networks at once).
+      scale: the weights' scale (a number or a traced scalar: a sweep over scales vmaps it);
+        1 keeps the pre-activations' variance at that of the inputs for linear layers.
+    """
+    return tuple((z * (scale / math.sqrt(z.shape[0])), jnp.zeros(z.shape[1])) for z in normals)
 
 
 def apply(params: Params, x: Array) -> Array:
