@@ -352,11 +352,13 @@ def run_study(
         cfg = dataclasses.replace(cfg, seed=args.seed)
     if out is None:
         out = run_dir(args.out, name, args.quick)
+    if args.plot_only and getattr(args, "typed", None):  # before the folder is touched
+        saved, *_ = results.load(out, type(cfg), study=name)
+        refuse_other_config(out, saved, cfg, args.typed)
     rf = results.RunFolder(out)
     with rf as stage:
         if args.plot_only:
-            saved, *_ = results.load(out, type(cfg), study=name)  # one line if unusable
-            refuse_other_config(out, saved, cfg, getattr(args, "typed", {}))
+            results.load(out, type(cfg), study=name)  # one clear line if the saved run is unusable
             rf.link_data()
         else:
             from sandbox import engine

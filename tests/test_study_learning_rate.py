@@ -13,7 +13,8 @@ FIGURES = ("quadratic_lr", "regimes", "himmelblau_phase")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("learning_rate")
-    study.main(["--quick", "--out", str(folder)])
+    # One config field set from the command line (the preset has 64 starts per line).
+    study.main(["--quick", "--out", str(folder), "--phase-starts", "32"])
     summary = json.loads((folder / "summary.json").read_text())
     with np.load(folder / "arrays.npz") as z:
         arrays = {k: z[k] for k in z.files}
@@ -21,7 +22,7 @@ def run(tmp_path_factory):
 
 
 def test_run_folder_and_figures(run):
-    folder, _, _ = run
+    folder, _, arrays = run
     for f in ("config.json", "arrays.npz", "meta.json", "summary.json"):
         assert (folder / f).is_file(), f
     for name in FIGURES:
@@ -29,6 +30,7 @@ def test_run_folder_and_figures(run):
     assert sorted(p.stem for p in folder.glob("*.png")) == sorted(FIGURES)
     config = json.loads((folder / "config.json").read_text())
     assert config["quad_num_lrs"] == study.QUICK.quad_num_lrs
+    assert config["phase_starts"] == 32 and arrays["phase_t_W"].shape == (32,)
 
 
 def test_divergence_boundary_on_quadratics_is_2_over_L(run):
@@ -128,5 +130,16 @@ def test_bad_config_names_the_field(field, value):
 def test_plot_only_redraws(run):
     folder, _, _ = run
     (folder / "himmelblau_phase.png").unlink()
-    study.main(["--quick", "--out", str(folder), "--plot-only"])
+    study.main(["--quick", "--out", str(folder), "--plot-only", "--phase_starts", "32"])
     assert (folder / "himmelblau_phase.png").is_file()
+
+
+def test_plot_only_refuses_flags_the_saved_run_differs_from(run, capsys):
+    folder, _, _ = run
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir())
+    with pytest.raises(SystemExit) as e:
+        study.main(["--quick", "--out", str(folder), "--plot-only", "--phase_starts", "16"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "phase_starts = 32" in err and "--phase_starts 16" in err
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir()) == before
