@@ -496,11 +496,12 @@ def disk_full_message(
     the space the run needed; `fate` says what became of the run folder."""
     where = Path(given) if given is not None else None
     inside = where
-    if exc.filename:
-        failed = Path(os.path.realpath(exc.filename))
+    failed = _failed_file(exc)
+    if failed is not None:
         real = Path(os.path.realpath(out if out is not None else where)) if where else None
         if real is None or (failed != real and real not in failed.parents):
-            where = failed.parent
+            where = next((p for p in failed.parents if (p / "engine.json").exists()), None)
+            where = where or failed.parent  # a chunk store (sandbox.engine), or the folder
     probe = where if where is not None else Path.cwd()
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -519,6 +520,21 @@ def disk_full_message(
     if inside is not None and where != inside and fate:
         fate = fate.replace("in it", f"in {str(inside)!r}")
     return line + (f"; {fate}" if fate else "")
+
+
+def _failed_file(exc: OSError) -> Path | None:
+    """The file a failed write was writing: the error's filename, else (a library such as
+    zarr writes through a bare `write()`) the innermost absolute `path` of its traceback."""
+    if exc.filename:
+        return Path(os.path.realpath(exc.filename))
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        value = tb.tb_frame.f_locals.get("path")
+        if isinstance(value, str | os.PathLike) and os.path.isabs(value):
+            found = value
+        tb = tb.tb_next
+    return Path(os.path.realpath(found)) if found is not None else None
 
 
 def _bytes(n: int) -> str:

@@ -284,14 +284,17 @@ def test_every_study_refuses_a_foreign_or_damaged_folder_in_one_line(
 
 
 @pytest.mark.parametrize("seed", ["99999999999999999999", "-1", "1.5", str(2**32)])
-@pytest.mark.parametrize("study", ["gradient", "train_resnet"])
-def test_every_study_takes_the_same_seeds(capsys, study, seed):
-    main = importlib.import_module(f"studies.{study}").main
-    with pytest.raises(SystemExit) as e:
-        main(["--seed", seed, "--quick"])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and err.count("\n") == 1
-    assert "argument --seed: expected an integer in [0, 4294967295]" in err
+def test_every_study_takes_the_same_seeds(capsys, seed):
+    """A seed out of [0, 2^32 - 1] is one line naming --seed, the same in every study."""
+    lines = []
+    for study in ["gradient", "train_resnet"]:
+        main = importlib.import_module(f"studies.{study}").main
+        with pytest.raises(SystemExit) as e:
+            main(["--seed", seed, "--quick"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and "--seed" in err, err
+        lines.append(err.replace(f"studies.{study}", "studies.NAME"))
+    assert lines[0] == lines[1]
 
 
 @pytest.mark.slow  # make test keeps the engine's store resume
@@ -313,3 +316,233 @@ def test_a_study_run_again_with_the_same_store_computes_no_sweep_again(tmp_path,
     assert a.keys() == b.keys() and summary_a == summary_b
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+
+def _stage(out: Path, within_s: float = 60.0) -> Path:
+    """The staging folder of the run into `out` once it exists (the run has its lock)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        staged = list(out.glob(".staging-*")) if out.exists() else []
+        if staged:
+            return staged[0]
+        time.sleep(0.005)
+    raise AssertionError(f"no run started in {out}")
+
+
+def _interrupted(p: subprocess.Popen, out: Path) -> str:
+    """Sends Ctrl-C (SIGINT) to the run `p`; checks the one line and exit 130; returns the
+    folder's fate as the line gives it, which the folder must bear out."""
+    p.send_signal(signal.SIGINT)
+    stdout, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and stdout == "" and err.count("\n") == 1, (p.returncode, err)
+    assert err in (f"interrupted; {out} unchanged\n", f"interrupted; {out} landed whole\n"), err
+    return err.split()[-1]
+
+
+@pytest.fixture(scope="module")
+def run_of_seed_1(tmp_path_factory):
+    out = tmp_path_factory.mktemp("seed1") / "run"
+    _main(out, "--seed", 1, "--size", 1000)
+    return out
+
+
+def test_ctrl_c_during_compute_is_one_line_and_leaves_the_folder_unchanged(tmp_path, run_of_seed_1):
+    out = tmp_path / "run"
+    shutil.copytree(run_of_seed_1, out)
+    p = _tiny(out, "--seed", 2, "--wait", 30, capture=True)
+    _stage(out)
+    time.sleep(0.5)  # computing (it waits 30 s)
+    assert _interrupted(p, out) == "unchanged"
+    assert _one_run(out) == 1 and _cleaned(out), _leftovers(out)
+
+
+def test_ctrl_c_during_the_save_is_one_line_and_the_folder_whole_either_way(
+    tmp_path, run_of_seed_1
+):
+    out = tmp_path / "run"
+    shutil.copytree(run_of_seed_1, out)
+    p = _tiny(out, "--seed", 2, capture=True)  # 32 MiB of arrays: the save takes a while
+    stage = _stage(out)
+    while not (stage / "arrays.npz").exists() and p.poll() is None:
+        time.sleep(0.002)
+    fate = _interrupted(p, out)  # saving config.json, summary.json, meta.json, or the figure
+    assert _one_run(out) == (1 if fate == "unchanged" else 2)
+    assert _cleaned(out), _leftovers(out)
+
+
+def _sigint_self(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)  # the KeyboardInterrupt comes first
+
+
+@pytest.mark.parametrize("at", ["save", "landing"])
+def test_ctrl_c_held_back_while_the_folder_lands(tmp_path, capsys, monkeypatch, run_of_seed_1, at):
+    """A Ctrl-C while the new folder lands waits until it has landed; one during the save
+    leaves the earlier run."""
+    from sandbox import results
+
+    out = tmp_path / "run"
+    shutil.copytree(run_of_seed_1, out)
+    if at == "save":
+        monkeypatch.setattr(results, "write_json", _sigint_self)
+    else:
+        exchange = results._exchange
+
+        def interrupted_exchange(a, b):
+            os.kill(os.getpid(), signal.SIGINT)
+            exchange(a, b)
+
+        monkeypatch.setattr(results, "_exchange", interrupted_exchange)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        _main(out, "--seed", 2, "--size", 1000)
+    err = capsys.readouterr().err
+    fate = "unchanged" if at == "save" else "landed whole"
+    assert e.value.code == 130 and err == f"interrupted; {out} {fate}\n", err
+    assert _one_run(out) == (1 if at == "save" else 2) and _cleaned(out), _leftovers(out)
+
+
+# ----------------------------------------------------------------------------- --out
+
+
+def test_a_linked_out_lands_in_its_target_and_the_link_stays(tmp_path, run_of_seed_1):
+    real = tmp_path / "a" / "run"
+    shutil.copytree(run_of_seed_1, real)
+    (tmp_path / "b").mkdir()
+    link = tmp_path / "b" / "link"
+    link.symlink_to(Path("..") / "a" / "run")
+    p = _tiny(link, "--seed", 2, "--size", 1000, capture=True)
+    _, err = p.communicate()
+    assert p.returncode == 0 and err == "", err
+    assert link.is_symlink() and os.readlink(link) == str(Path("..") / "a" / "run")
+    assert _one_run(real) == 2
+    assert _leftovers(real) == [] and [p.name for p in (tmp_path / "b").iterdir()] == ["link"]
+    # --plot-only through the link reads the run it points to; a dangling link is created.
+    _main(link, "--plot-only")
+    assert _one_run(real) == 2 and _leftovers(real) == []
+    dangling = tmp_path / "b" / "dangling"
+    dangling.symlink_to(tmp_path / "c" / "run")
+    _main(dangling, "--seed", 3, "--size", 1000)
+    assert dangling.is_symlink() and _one_run(tmp_path / "c" / "run") == 3
+
+
+def test_what_older_versions_left_beside_a_linked_out_is_removed(tmp_path, run_of_seed_1):
+    real = tmp_path / "run"
+    shutil.copytree(run_of_seed_1, real)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    (tmp_path / ".link.next-abc123").symlink_to(real)  # the link an older version moved aside
+    _main(link, "--seed", 2, "--size", 1000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "run"]
+    assert _one_run(real) == 2
+
+
+def test_a_folder_whose_parent_cannot_be_written_lands_in_place(
+    tmp_path, monkeypatch, run_of_seed_1
+):
+    """Where no folder can be built beside `out` (a read-only parent), the files land inside
+    it through a journal: the same whole folder."""
+    from sandbox import results
+
+    out = tmp_path / "run"
+    shutil.copytree(run_of_seed_1, out)
+    (out / "stale.png").write_bytes(b"from an older run")
+    (out / "checkpoints").mkdir()
+    mkdtemp = results.tempfile.mkdtemp
+
+    def read_only_parent(*args, dir=None, **kwargs):
+        if Path(dir) == tmp_path:
+            raise PermissionError(13, "Permission denied", str(dir))
+        return mkdtemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(results.tempfile, "mkdtemp", read_only_parent)
+    assert results.RunFolder(out).in_place
+    _main(out, "--seed", 2, "--size", 1000)
+    assert _one_run(out) == 2 and _leftovers(out) == []
+    assert not (out / "stale.png").exists() and (out / "checkpoints").is_dir()
+
+
+def _landing_left(tmp_path: Path, run_of_seed_1: Path, moved: int) -> tuple[Path, Path]:
+    """A run folder as a run killed while landing in place leaves it: seed 1's files, the
+    journal, and seed 2's staged files of which the first `moved` already landed."""
+    from sandbox import results
+
+    out = tmp_path / "run"
+    shutil.copytree(run_of_seed_1, out)
+    new = tmp_path / "new"
+    _main(new, "--seed", 2, "--size", 1000)
+    stage = out / ".staging-1-abcd"
+    stage.mkdir()
+    for p in new.glob("[!.]*"):
+        shutil.copy(p, stage / p.name)
+    (out / "old.png").write_bytes(b"seed 1's figure")
+    (out / results.LANDING).write_text(json.dumps({"stage": stage.name, "drop": ["old.png"]}))
+    for name in sorted(os.listdir(stage))[:moved]:
+        os.replace(stage / name, out / name)
+    return out, stage
+
+
+@pytest.mark.parametrize("moved", [0, 3, 6])
+def test_a_landing_cut_short_is_finished_by_the_next_run_or_the_watcher(
+    tmp_path, run_of_seed_1, moved
+):
+    from sandbox import results
+
+    out, stage = _landing_left(tmp_path, run_of_seed_1, moved)
+    if moved == 3:  # the dead run's watcher finishes it
+        watcher = results._start_watcher(out, stage)
+        watcher.stdin.close()
+        assert watcher.wait(timeout=30) == 0
+    else:  # the next run, before it starts
+        with results.RunFolder(out):
+            pass
+    assert _one_run(out) == 2 and _leftovers(out) == [] and not (out / "old.png").exists()
+
+
+# ----------------------------------------------------------------------------- disk full
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_earlier_run(
+    tmp_path, capsys, monkeypatch, run_of_seed_1
+):
+    """Simulated here (every fsync fails as on a full disk); test_run_folders_mounts.py fills a
+    real one."""
+    out = tmp_path / "run"
+    shutil.copytree(run_of_seed_1, out)
+    monkeypatch.setattr(os, "fsync", _disk_full)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        _main(out, "--seed", 2, "--size", 1000)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: no space left on the device of '{out}': the new run needs")
+    assert err.endswith(" free; the earlier run in it is unchanged\n"), err
+    assert _one_run(out) == 1 and _leftovers(out) == []
+
+
+def test_a_full_disk_elsewhere_names_that_folder(tmp_path, capsys, monkeypatch, run_of_seed_1):
+    """A store (or another folder) on a full disk: the line names it, and the run folder."""
+    out = tmp_path / "run"
+    shutil.copytree(run_of_seed_1, out)
+    store = tmp_path / "store"
+    store.mkdir()
+
+    def compute(cfg):
+        raise OSError(28, "No space left on device", str(store / "x" / "c" / "0"))
+
+    monkeypatch.setitem(TINY, "compute", compute)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        _main(out, "--seed", 2)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: no space left on the device of '{store / 'x' / 'c'}' (")
+    assert err.endswith(f" free); the earlier run in '{out}' is unchanged\n"), err
+    assert _one_run(out) == 1 and _leftovers(out) == []
