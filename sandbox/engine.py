@@ -457,7 +457,23 @@ def _identity(one, items, shared, out_spec, extra) -> dict[str, str]:
 def _layout(devices: list, lane: int, batch: int | None) -> dict:
     """What, besides the identity, decides a chunk's bits: the devices that split it (XLA
     compiles a one-device program differently) and the per-device vector blocks."""
-    return {"devices": len(devices), "platform": devices[0].platform, "lane": lane, "batch": batch}
+    flags = os.environ.get("XLA_FLAGS", "")
+    width = next(
+        (
+            f.split("=", 1)[1]
+            for f in flags.split()
+            if f.startswith("--xla_cpu_prefer_vector_width")
+        ),
+        None,
+    )
+    return {
+        "devices": len(devices),
+        "platform": devices[0].platform,
+        "kind": devices[0].device_kind,
+        "cpu_vector_width": width if devices[0].platform == "cpu" else None,
+        "lane": lane,
+        "batch": batch,
+    }
 
 
 def _checksums(outputs: list[np.ndarray]) -> list[str]:
@@ -526,12 +542,13 @@ class _Store:
             )
         if meta["layout"] != layout:
             had, has = meta["layout"], layout
+            differ = ", ".join(
+                f"{k} {had[k]!r} there, {has[k]!r} here" for k in has if had[k] != has[k]
+            )
             raise ValueError(
-                f"{where} was computed on {had['devices']} {had['platform']} device(s) "
-                f"(lane {had['lane']}, batch {had['batch']}) and this process has "
-                f"{has['devices']} {has['platform']} (lane {has['lane']}, batch {has['batch']}): "
-                "its chunks would round differently; resume with the same devices or use "
-                "another path"
+                f"{where} was computed on {had['devices']} {had['platform']} device(s) of "
+                f"another layout ({differ}): its chunks would round differently; resume "
+                "with the same devices and flags, or use another path"
             )
         store = cls(path, meta, out_spec)
         store._check_arrays()
@@ -761,7 +778,7 @@ def _read_meta(path: Path) -> dict:
     layout = meta.get("layout")
     if not (
         isinstance(layout, dict)
-        and set(layout) == {"devices", "platform", "lane", "batch"}
+        and set(layout) == {"devices", "platform", "kind", "cpu_vector_width", "lane", "batch"}
         and isinstance(layout["devices"], int)
         and layout["devices"] >= 1
         and isinstance(layout["lane"], int)
@@ -769,7 +786,7 @@ def _read_meta(path: Path) -> dict:
         and (layout["batch"] is None or isinstance(layout["batch"], int))
         and isinstance(layout["platform"], str)
     ):
-        raise bad("layout", "{devices, platform, lane, batch}")
+        raise bad("layout", "{devices, platform, kind, cpu_vector_width, lane, batch}")
     if meta["chunk"] % (layout["devices"] * layout["lane"]):
         raise bad("chunk", f"a multiple of {layout['devices'] * layout['lane']}")
     return meta

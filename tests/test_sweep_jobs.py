@@ -1,0 +1,354 @@
+"""Sweeps as jobs: specs checked key by key; any number of worker processes on one store,
+none waiting on a dead one, all returning one job's arrays bit for bit."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sandbox import engine, landscapes, sweep
+from sandbox.sweep import spec as specs
+
+ROOT = Path(__file__).parents[1]
+FIELDS = ["x", "loss", "grad_norm", "diverged", "diverged_step", "steps_to_tol"]
+
+# 32 x 32 starts x 4 learning rates (all below 2 / lambda_max = 0.0149 of Himmelblau's
+# sharpest minimum: no run diverges, so no chunk waits on the re-run of diverged runs) in 8
+# chunks of 512 runs, each a few tenths of a second on one CPU device.
+SPEC = """
+landscape = "himmelblau"
+optimizer = "sgd"
+steps = {steps}
+tol = 1e-3
+chunk = 512
+[starts]
+grid = 32
+[axes]
+lr = {{ values = [0.002, 0.004, 0.008, 0.012] }}
+"""
+CHUNKS = 8
+
+JOB = f"""
+import sys
+from sandbox import devices
+devices.use_all_cores()  # as `python -m sandbox.sweep run` does (XLA_FLAGS keeps 1 device)
+import numpy as np
+from sandbox import sweep
+r = sweep.run(sys.argv[1], sys.argv[2], lease=float(sys.argv[4]), progress=False)
+np.savez(sys.argv[3], **{{f: getattr(r, f) for f in {FIELDS!r}}})
+"""
+
+
+def _spec(tmp_path, steps=30_000, name="spec.toml"):
+    path = tmp_path / name
+    path.write_text(SPEC.format(steps=steps))
+    return path
+
+
+def _job(spec, store, out, *, lease=60.0, host="one", **kw):
+    """One worker process with one CPU device, named as a host of its own in leases (so a
+    dead one's leases expire by time, as across machines)."""
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        SANDBOX_HOST=f"test-{host}",
+        PYTHONPATH=str(ROOT),
+    )
+    args = [sys.executable, "-c", JOB, str(spec), str(store), str(out), str(lease)]
+    return subprocess.Popen(args, cwd=ROOT, env=env, **kw)
+
+
+def _arrays(path):
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _same(a, b):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _marks(store):
+    return {p.name: p.stat().st_mtime_ns for p in (store / "runs" / "done").iterdir()}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One job alone, start to end: the arrays every other way of running must give."""
+    tmp = tmp_path_factory.mktemp("reference")
+    spec = _spec(tmp)
+    t = time.monotonic()
+    assert _job(spec, tmp / "store", tmp / "ref.npz").wait(timeout=300) == 0
+    return {
+        "arrays": _arrays(tmp / "ref.npz"),
+        "seconds": time.monotonic() - t,
+        "spec": spec,
+        "store": tmp / "store",
+    }
+
+
+def _wait_for(cond, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _held_by(store, host):
+    return [x for x in engine.leases(store / "runs") if x["host"] == f"test-{host}"]
+
+
+def test_three_jobs_one_killed_holding_leases_the_others_finish_with_the_same_bits(
+    tmp_path, reference
+):
+    lease = 2.0
+    store = tmp_path / "store"
+    jobs = {
+        h: _job(reference["spec"], store, tmp_path / f"{h}.npz", lease=lease, host=h)
+        for h in ("a", "b", "victim")
+    }
+    assert _wait_for(lambda: _held_by(store, "victim") or jobs["victim"].poll() is not None)
+    held = {x["chunk"] for x in _held_by(store, "victim")}
+    jobs["victim"].send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    jobs["victim"].wait()
+    assert held, "the victim finished before it held a lease"
+    assert [jobs[h].wait(timeout=300) for h in ("a", "b")] == [0, 0]
+    # The victim's chunks were taken over once their leases expired: each marked done
+    # within the lease plus a chunk's time (a generous one: two processes share 2 cores).
+    marks = _marks(store)
+    assert sorted(map(int, marks)) == list(range(CHUNKS))
+    chunk_s = reference["seconds"] / CHUNKS * 2 + 1.0
+    for c in held:
+        assert marks[str(c)] / 1e9 <= killed_at + lease + chunk_s + 1.0, (c, held)
+    for h in ("a", "b"):
+        _same(_arrays(tmp_path / f"{h}.npz"), reference["arrays"])
+    loaded = sweep.load(store)
+    _same({f: getattr(loaded, f) for f in FIELDS}, reference["arrays"])
+
+
+def test_a_job_started_after_the_sweep_finished_returns_the_result_computing_nothing(
+    tmp_path, reference
+):
+    before = _marks(reference["store"])
+    files = {p: p.stat().st_mtime_ns for p in reference["store"].rglob("*") if p.is_file()}
+    assert _job(reference["spec"], reference["store"], tmp_path / "late.npz").wait(300) == 0
+    _same(_arrays(tmp_path / "late.npz"), reference["arrays"])
+    assert _marks(reference["store"]) == before
+    now = {p: p.stat().st_mtime_ns for p in reference["store"].rglob("*") if p.is_file()}
+    assert now == files  # nothing written, not even a lease
+
+
+def test_a_killed_single_job_started_again_resumes(tmp_path, reference):
+    store = tmp_path / "store"
+    p = _job(reference["spec"], store, tmp_path / "killed.npz")
+    done = store / "runs" / "done"
+    assert _wait_for(lambda: (done.is_dir() and len(os.listdir(done)) >= 2) or p.poll() is not None)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    before = _marks(store)
+    assert 2 <= len(before) < CHUNKS, "the kill came too late to test a resume"
+    # Started again on the same host: the dead process's leases are taken over at once.
+    assert _job(reference["spec"], store, tmp_path / "resumed.npz").wait(timeout=300) == 0
+    after = _marks(store)
+    assert len(after) == CHUNKS and all(after[c] == t for c, t in before.items())
+    _same(_arrays(tmp_path / "resumed.npz"), reference["arrays"])
+
+
+def _cli(capsys, *args):
+    """`python -m sandbox.sweep ARGS` in this process: (exit status, stdout, stderr)."""
+    from sandbox.sweep import __main__ as command
+
+    try:
+        command.main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_a_store_of_another_spec_is_refused_untouched(tmp_path, reference, capsys):
+    files = {p: p.read_bytes() for p in reference["store"].rglob("*") if p.is_file()}
+    other = _spec(tmp_path, steps=29_999)
+    code, out, err = _cli(capsys, "run", other, "--store", reference["store"])
+    assert code == 2 and out == ""
+    assert err.strip() == (
+        f"error: sweep store {str(reference['store'])!r} holds another sweep (spec key "
+        "`steps`: 30000 there, 29999 here); use another folder"
+    )
+    assert {p: p.read_bytes() for p in reference["store"].rglob("*") if p.is_file()} == files
+    # Another code version: a store whose sweep.json names another JAX.
+    meta = json.loads((reference["store"] / "sweep.json").read_text())
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    meta["versions"]["jax"] = "0.0.1"
+    (copy / "sweep.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"made by another code version \(jax '0.0.1' there"):
+        sweep.run(reference["spec"], copy)
+
+
+def test_status_and_show_of_a_finished_sweep(reference, capsys):
+    code, out, err = _cli(capsys, "status", reference["store"])
+    assert code == 0, err
+    assert "4096 runs (1024 starts x 4 combinations)" in out
+    assert f"chunks: {CHUNKS} / {CHUNKS} done (finished)" in out
+    # show's fractions against a count of the loaded arrays, done here independently
+    loaded = sweep.load(reference["store"])
+    x = loaded.by_axes(loaded.x)  # [S, A, 2]
+    minima = landscapes.get("himmelblau").minima
+    dist = np.linalg.norm(x[:, :, None, :] - minima[None, None], axis=-1)  # [S, A, 4]
+    want = (dist <= 0.01).mean(axis=0)  # [A, 4]
+    rows = sweep.jobs.summary(loaded)
+    np.testing.assert_allclose([row["basins"] for row in rows], want, rtol=0, atol=1e-12)
+    # every run converges at these rates: the four basins hold every start
+    np.testing.assert_allclose(want.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    code, out, err = _cli(capsys, "show", reference["store"])
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[1].split()[:2] == ["lr", "basin"] and len(lines) == 2 + 4
+    assert lines[2].split()[0] == "0.002"
+
+
+def test_status_of_a_running_sweep_names_the_leases(tmp_path, reference):
+    store = tmp_path / "store"
+    spec = reference["spec"]
+    specs_ = specs.read(spec)
+    sweep.jobs._open(store, specs_, spec.read_text())
+    (store / "runs").mkdir()
+    # A store with 3 chunks done and one leased, made by the engine's own parts.
+    runs = reference["store"] / "runs"
+    for name in ("engine.json", "arrays.zarr"):
+        src = runs / name
+        if src.is_dir():
+            shutil.copytree(src, store / "runs" / name)
+        else:
+            (store / "runs" / name).write_bytes(src.read_bytes())
+    (store / "runs" / "done").mkdir()
+    for c in (0, 1, 2):
+        (store / "runs" / "done" / str(c)).write_bytes((runs / "done" / str(c)).read_bytes())
+    (store / "runs" / "leases").mkdir()
+    info = {"owner": "node7:123:abcd", "host": "node7", "pid": 123, "lease_s": 60.0}
+    (store / "runs" / "leases" / "3.0").write_text(json.dumps(info))
+    text = sweep.status(store)
+    assert "chunks: 3 / 8 done" in text and "leased now: 1" in text
+    assert "chunk 3 by node7:123:abcd" in text and "runs/s; time left: about" in text
+    with pytest.raises(ValueError, match=r"is not finished \(3 of 8 chunks done\)"):
+        sweep.load(store)
+
+
+# ----------------------------------------------------------------------------- spec errors
+
+GOOD = {
+    "landscape": "himmelblau",
+    "optimizer": "sgd",
+    "steps": 100,
+    "tol": 1e-3,
+    "starts": {"grid": 8},
+    "axes": {"lr": {"logspace": [-3.0, -1.5], "num": 4}},
+}
+
+
+def _with(path, value):
+    out = json.loads(json.dumps(GOOD))
+    *parents, last = path.split(".")
+    d = out
+    for k in parents:
+        d = d.setdefault(k, {})
+    if value is KeyError:
+        d.pop(last)
+    else:
+        d[last] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    "path, value, match",
+    [
+        ("stpes", 3, r"spec key `stpes` is unknown; known keys: axes, "),
+        ("landscape", KeyError, r"spec key `landscape` is missing"),
+        ("landscape", "nope", r"spec key `landscape` must be one of .*himmelblau"),
+        ("landscape", "nomodule_xyz:f", r"spec key `landscape` must be an importable"),
+        ("landscape", "math:sin", r"spec key `bounds` is missing"),
+        ("bounds", [[1.0, -1.0], [0.0, 1.0]], r"spec key `bounds` must be \[\[lo, hi\], \.\.\.\]"),
+        ("bounds", [[-1.0, 1.0]], r"spec key `bounds` must be .* for 2 dimensions"),
+        ("minima", [[1.0]], r"spec key `minima` must be a list of points"),
+        ("optimizer", "sgdd", r"spec key `optimizer` must be one of adagrad"),
+        ("steps", KeyError, r"spec key `steps` is missing"),
+        ("steps", 0, r"spec key `steps` must be an integer >= 1"),
+        ("steps", 2.5, r"spec key `steps` must be an integer"),
+        ("steps", 2**40, r"spec key `steps` must be an integer >= 1 and <= 2147483647"),
+        ("tol", -1.0, r"spec key `tol` must be a positive number"),
+        ("basin_tol", 0, r"spec key `basin_tol` must be a positive number"),
+        ("bound", float("inf"), r"spec key `bound` must be a positive number"),
+        ("dtype", "float16", r"spec key `dtype` must be 'float32' or 'float64'"),
+        ("record_every", 101, r"spec key `record_every` must be an integer >= 0 and <= 100"),
+        ("chunk", 0, r"spec key `chunk` must be an integer >= 1"),
+        ("chunk", "big", r"spec key `chunk` must be an integer >= 1"),
+        ("starts", KeyError, r"spec table `\[starts\]` is missing"),
+        ("starts.grid", KeyError, r"exactly one of `grid` and `random`"),
+        ("starts.random", 10, r"exactly one of `grid` and `random`"),
+        ("starts.grid", [4, 4, 4], r"spec key `starts.grid` must be n or \[H, W\]"),
+        ("starts.grid", 0, r"spec key `starts.grid` must be an integer >= 1"),
+        ("starts.grid", 1 << 17, r"spec key `starts.grid` must be an integer >= 1 and <= 65536"),
+        ("starts.seed", 3, r"spec key `starts.seed` goes with `random`"),
+        ("starts.box", [[0.0, 0.0], [0.0, 1.0]], r"spec key `starts.box` must be"),
+        ("starts.where", 1, r"spec key `starts.where` is unknown"),
+        ("axes.lr", [0.1], r"spec key `axes.lr` must be \{ values"),
+        ("axes.lr", {"values": []}, r"spec key `axes.lr.values` must be a non-empty list"),
+        ("axes.lr", {"logspace": [-3.0]}, r"spec key `axes.lr.logspace` must be \[lo, hi\]"),
+        ("axes.lr", {"logspace": [-3.0, -1.0]}, r"spec key `axes.lr.num` is missing"),
+        ("axes.lr", {"linspace": [0.1, 0.2], "num": 0}, r"spec key `axes.lr.num` must be"),
+        ("axes.lr", {"values": [0.1], "num": 2}, r"spec key `axes.lr.num` goes with linspace"),
+        ("axes.lr", {"values": [0.1, -0.1]}, r"spec key `axes.lr`: `lr` must be positive"),
+        ("axes.momentum", {"values": [0.5]}, r"spec key `axes.momentum` is not a hyperpar"),
+        ("axes", KeyError, r"spec key `hyper.lr` \(or `axes.lr`\) is missing"),
+        ("hyper.lr", 0.1, r"spec key `axes.lr` is also in \[hyper\]"),
+        ("hyper.eps", "x", r"spec key `hyper.eps` must be a finite number"),
+        ("starts.grid", [65536, 65536], r"spec `\[starts\]` x `\[axes\]` make \d+ runs; at most"),
+    ],
+)
+def test_each_spec_error_is_one_line_naming_the_key(path, value, match):
+    raw = _with(path, value)
+    if path == "landscape" and value == "nomodule_xyz:f":
+        raw["bounds"] = [[0.0, 1.0], [0.0, 1.0]]
+    with pytest.raises(ValueError, match=match) as e:
+        specs.check(raw)
+    assert "\n" not in str(e.value)
+
+
+def test_a_spec_error_on_the_command_line_is_one_line_and_status_2(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('landscape = "himmelblau"\nsteps = "many"\n[starts]\ngrid = 4\n')
+    code, _, err = _cli(capsys, "run", bad, "--store", tmp_path / "store")
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: spec key `steps` must be an integer >= 1")
+    assert not (tmp_path / "store").exists()
+    (tmp_path / "broken.toml").write_text("landscape = \n")
+    code, _, err = _cli(capsys, "run", tmp_path / "broken.toml", "--store", tmp_path / "store")
+    assert code == 2 and "is not valid TOML" in err and err.count("\n") == 1
+    code, _, err = _cli(capsys, "run", ROOT / "examples" / "sweep.toml", "--store", bad)
+    assert code == 2 and err == f"error: sweep store {str(bad)!r} is a file, not a folder\n"
+    code, _, err = _cli(capsys, "status", tmp_path)
+    assert code == 2 and "is not a sweep store (no sweep.json)" in err
+
+
+def test_the_example_spec_is_valid_and_its_runs_are_start_major():
+    spec = specs.read(ROOT / "examples" / "sweep.toml")
+    assert spec["axes"]["lr"] == pytest.approx(np.logspace(-3.0, -1.5, 8).tolist(), rel=1e-15)
+    small = {**spec, "starts": {"grid": [2, 3], "box": [[0.0, 1.0], [0.0, 1.0]]}}
+    s = specs.starts(small)
+    np.testing.assert_array_equal(s.astype(np.float32), sweep.grid([[0, 1], [0, 1]], (2, 3)))
+    grid = specs.axis_grid({"axes": {"a": [1, 2], "b": [10, 20, 30]}})
+    np.testing.assert_array_equal(grid["a"], [1, 1, 1, 2, 2, 2])
+    np.testing.assert_array_equal(grid["b"], [10, 20, 30, 10, 20, 30])
