@@ -38,7 +38,7 @@ import numpy as np
 from matplotlib import animation, colors, ticker
 from matplotlib.patches import Patch
 
-from sandbox import basins, cli, landscapes, plotting, sweep
+from sandbox import basins, cli, config, landscapes, plotting, sweep
 
 NAME = "momentum"
 # Part 2 optimizers: name -> the hyperparameter that beta sets. GD is heavy ball at beta = 0.
@@ -52,59 +52,30 @@ PLATEAU_TOL = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    seed: int = 0
+class Config(config.Checked):
+    seed: int = config.seed()  # seed of the rate runs' starts
     # Part 1: heavy-ball rate on 0.5 (x^2 + kappa y^2).
-    kappa: float = 10.0
-    rate_num_lrs: int = 64  # lrs at the centres of rate_num_lrs equal cells of (0, rate_lr_max)
-    rate_lr_max: float = 0.42  # above the largest threshold, (2 + 2 * 0.95) / 10 = 0.39
-    rate_num_betas: int = 20  # betas evenly spaced in [0, rate_beta_max]
-    rate_beta_max: float = 0.95
-    rate_steps: int = 1000
-    # Part 2: escaping minima.
-    tilt: float = 0.3
-    escape_starts: int = 2048  # regular grid over each function's domain
-    escape_num_betas: int = 25  # 0, then 1 - beta log-spaced from 0.5 down to 1 - beta_max
-    escape_beta_max: float = 0.99
-    escape_steps: int = 3000
-    lr: float = 0.01  # GD, heavy ball, Nesterov
-    adam_lr: float = 0.03
-    tol: float = 0.01  # distance to a minimum that counts as reaching it
+    kappa: float = config.field(10.0, 1)  # condition number of the quadratic
+    rate_num_lrs: int = config.count(64, 4096, lo=2)  # lrs at the centres of equal cells
+    rate_lr_max: float = config.field(0.42, gt=0)  # of (0, rate_lr_max); (2 + 2 * 0.95) / 10 = 0.39
+    rate_num_betas: int = config.count(20, 4096, lo=2)  # betas evenly spaced in [0, beta_max]
+    rate_beta_max: float = config.field(0.95, 0, lt=1)  # the largest beta of the rate map
+    rate_steps: int = config.count(1000, 10**6, lo=2)  # steps per rate run
+    # Part 2: escaping minima. Three real critical points (two minima) need
+    # |tilt| < 8 / (3 sqrt 3) = 1.54; the left minimum is the global one for tilt > 0.
+    tilt: float = config.field(0.3, gt=0, lt=1.5)  # tilt of the tilted double well
+    escape_starts: int = config.count(2048, 2**20, lo=2)  # regular grid over each domain
+    # 0, then 1 - beta log-spaced from 0.5 down to 1 - escape_beta_max
+    escape_num_betas: int = config.count(25, 4096, lo=2)  # betas of the escape sweep
+    escape_beta_max: float = config.field(0.99, gt=0.5, lt=1)  # the largest beta of it
+    escape_steps: int = config.count(3000, 10**6, lo=2)  # steps per escape run
+    lr: float = config.field(0.01, gt=0)  # GD, heavy ball, Nesterov
+    adam_lr: float = config.field(0.03, gt=0)  # Adam's lr
+    tol: float = config.field(0.01, gt=0)  # distance to a minimum that counts as reaching it
     # The GIF: GD beside heavy ball at gif_beta on x^2 sin x.
-    gif_balls: int = 256
-    gif_beta: float = 0.98
-    gif_steps: int = 400
-
-    def __post_init__(self):
-        for name in (
-            "rate_num_lrs",
-            "rate_num_betas",
-            "rate_steps",
-            "escape_starts",
-            "escape_num_betas",
-            "escape_steps",
-            "gif_balls",
-            "gif_steps",
-        ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 2:
-                raise ValueError(f"`{name}` must be an integer >= 2, got {v!r}")
-        for name in ("kappa", "rate_lr_max", "lr", "adam_lr", "tol"):
-            v = getattr(self, name)
-            if not (np.isfinite(v) and v > 0):
-                raise ValueError(f"`{name}` must be a positive finite number, got {v!r}")
-        if self.kappa < 1:
-            raise ValueError(f"`kappa` must be >= 1, got {self.kappa}")
-        for name in ("rate_beta_max", "escape_beta_max", "gif_beta"):
-            v = getattr(self, name)
-            if not 0 <= v < 1:
-                raise ValueError(f"`{name}` must be in [0, 1), got {v!r}")
-        if not 0.5 < self.escape_beta_max:
-            raise ValueError(f"`escape_beta_max` must be above 0.5, got {self.escape_beta_max}")
-        # Three real critical points (two minima) need |tilt| < 8 / (3 sqrt 3) = 1.54; the
-        # left minimum is the global one for tilt > 0.
-        if not 0 < self.tilt < 1.5:
-            raise ValueError(f"`tilt` must be in (0, 1.5), got {self.tilt!r}")
+    gif_balls: int = config.count(256, 4096, lo=2)  # balls of the GIF
+    gif_beta: float = config.field(0.98, 0, lt=1)  # heavy ball's beta in the GIF
+    gif_steps: int = config.count(400, 100_000, lo=2)  # steps of the GIF
 
 
 QUICK = Config(

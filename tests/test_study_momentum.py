@@ -1,5 +1,6 @@
 """studies.momentum in --quick mode: heavy-ball rates against theory, escaping a shallow minimum."""
 
+import dataclasses
 import importlib
 
 import numpy as np
@@ -13,14 +14,16 @@ momentum = importlib.import_module("studies.momentum")
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("momentum")
-    momentum.main(["--quick", "--out", str(out)])
+    # One config field set from the command line (the preset's GIF has 32 balls).
+    momentum.main(["--quick", "--out", str(out), "--gif-balls", "16"])
     cfg, arrays, summary = results.load(out, momentum.Config)
     return out, cfg, arrays, summary
 
 
 def test_quick_run_writes_the_run_folder(quick):
-    out, cfg, _, summary = quick
-    assert cfg == momentum.QUICK
+    out, cfg, arrays, summary = quick
+    assert cfg == dataclasses.replace(momentum.QUICK, gif_balls=16)
+    assert arrays["gif/sgd/path_GxT"].shape == (16, cfg.gif_steps + 1)
     for name in ("config.json", "arrays.npz", "summary.json", "meta.json"):
         assert (out / name).is_file(), name
     for name in ("rate", "escape", "escape_map"):
