@@ -28,6 +28,7 @@ on 2 CPU cores, quick about 20 s)
 import dataclasses
 import functools
 import math
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -37,24 +38,34 @@ import optax
 from matplotlib import colors
 from matplotlib.lines import Line2D
 
-from sandbox import basins, cli, data, engine, landscapes, optim, plotting, sweep
+from sandbox import basins, cli, config, data, engine, landscapes, optim, plotting, sweep
 
 NAME = "initialization"
+
+
+def _two_d_with_minimum(name: str) -> bool:
+    land = landscapes.get(name)
+    return land.dim == 2 and len(land.global_minima) > 0
+
+
 TEST_FROM = 1437  # digits 1437..1796 (the last 20%) are the MLP's test set
+Landscape = Literal[tuple(n for n in landscapes.names() if _two_d_with_minimum(n))]
+Optimizer = Literal[tuple(optim.names())]
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    seed: int = 0
+class Config(config.Checked):
+    seed: int = config.seed()  # seed of the starts, the noise and the MLPs
     # Part 1: optimizers from many starts.
-    functions: tuple[str, ...] = (
+    functions: tuple[Landscape, ...] = (
         "himmelblau",
         "rosenbrock",
         "rastrigin",
         "ackley",
         "six_hump_camel",
     )
-    optimizers: tuple[str, ...] = (
+    """2-D landscapes with a global minimum"""
+    optimizers: tuple[Optimizer, ...] = (
         "sgd",
         "momentum",
         "nesterov",
@@ -65,77 +76,37 @@ class Config:
         "lion",
         "noisy_sgd",
     )
-    num_starts: int = 4096
-    steps: int = 2000
-    lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-    tol: float = 1e-2  # distance to a global minimum that counts as success
-    record_every: int = 10  # resolution of the steps to converge
-    map_optimizers: tuple[str, ...] = ("sgd", "momentum", "adam")  # rows of the start maps
+    """optimizers compared"""
+    num_starts: int = config.count(4096, 2**20)  # random starts per landscape
+    steps: int = config.count(2000, 10**6)  # steps per run
+    lrs: tuple[float, ...] = config.field((1e-3, 3e-3, 1e-2, 3e-2, 1e-1), gt=0)  # lrs tried
+    tol: float = config.field(1e-2, gt=0)  # distance to a global minimum that counts as success
+    record_every: int = config.count(10, 10**6)  # resolution of the steps to converge
+    map_optimizers: tuple[Optimizer, ...] = ("sgd", "momentum", "adam")  # rows of the start maps
     # Part 2: tanh MLP on digits against the initialization scale.
-    mlp_widths: tuple[int, ...] = (64, 32, 32, 32, 10)
-    mlp_log10_scale: tuple[float, float] = (-2.0, 2.0)
-    mlp_num_scales: int = 17
-    mlp_seeds: int = 2
-    mlp_steps: int = 300
-    mlp_lr: float = 0.5
-    mlp_train: int = 1437  # training set: the first mlp_train digits (at most TEST_FROM)
+    mlp_widths: tuple[int, ...] = config.field(
+        (64, 32, 32, 32, 10),
+        1,
+        4096,
+        min_len=2,
+        rule=(lambda w: w[0] == 64 and w[-1] == 10, "from 64 (8x8 pixels) to 10 (classes)"),
+    )
+    """layer widths of the MLP"""
+    mlp_log10_scale: tuple[float, float] = config.field((-2.0, 2.0), increasing=True)
+    """(lo, hi) of the log10 initialization scales"""
+    mlp_num_scales: int = config.count(17, 1000)  # initialization scales, log-spaced
+    mlp_seeds: int = config.count(2, 1000)  # MLPs per scale
+    mlp_steps: int = config.count(300, 10**6)  # full-batch GD steps per MLP
+    mlp_lr: float = config.field(0.5, gt=0)  # the MLPs' lr
+    mlp_train: int = config.count(1437, TEST_FROM)  # training set: the first mlp_train digits
 
-    def __post_init__(self):
-        for name in (
-            "num_starts",
-            "steps",
-            "record_every",
-            "mlp_num_scales",
-            "mlp_seeds",
-            "mlp_steps",
-            "mlp_train",
-        ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1, got {v!r}")
-        if self.steps % self.record_every:
-            raise ValueError(
-                f"`record_every` must divide `steps` ({self.steps}), got {self.record_every}"
-            )
-        if not self.functions:
-            raise ValueError("`functions` must name at least one landscape")
-        for f in self.functions:
-            if f not in landscapes.names():
-                raise ValueError(
-                    f"`functions`: unknown landscape {f!r}; known: {landscapes.names()}"
-                )
-            if landscapes.get(f).dim != 2:
-                raise ValueError(f"`functions` must be 2-D landscapes, got {f!r}")
-            if len(landscapes.get(f).global_minima) == 0:
-                raise ValueError(f"`functions` must have a global minimum, got {f!r}")
-        if not self.optimizers:
-            raise ValueError("`optimizers` must name at least one optimizer")
-        for name in ("optimizers", "map_optimizers"):
-            for o in getattr(self, name):
-                if o not in optim.names():
-                    raise ValueError(f"`{name}`: unknown optimizer {o!r}; known: {optim.names()}")
-        if not set(self.map_optimizers) <= set(self.optimizers):
-            raise ValueError(
-                f"`map_optimizers` must be among `optimizers`, got {self.map_optimizers}"
-            )
-        if not self.lrs or not all(math.isfinite(a) and a > 0 for a in self.lrs):
-            raise ValueError(f"`lrs` must be positive finite numbers, got {self.lrs}")
-        for name in ("tol", "mlp_lr"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"`{name}` must be a positive finite number, got {v!r}")
-        if len(self.mlp_widths) < 2 or min(self.mlp_widths) < 1:
-            raise ValueError(f"`mlp_widths` must be >= 2 positive widths, got {self.mlp_widths}")
-        if self.mlp_widths[0] != 64 or self.mlp_widths[-1] != 10:
-            raise ValueError(
-                f"`mlp_widths` must start at 64 (8x8 pixels) and end at 10 (classes), "
-                f"got {self.mlp_widths}"
-            )
-        lo, hi = self.mlp_log10_scale
-        if not lo < hi:
-            raise ValueError(f"`mlp_log10_scale` must be increasing, got {self.mlp_log10_scale}")
-        if not 1 <= self.mlp_train <= TEST_FROM:
-            raise ValueError(f"`mlp_train` must be in [1, {TEST_FROM}], got {self.mlp_train}")
+    RELATIONS = (
+        config.relation("record_every divides steps", lambda c: c.steps % c.record_every == 0),
+        config.relation(
+            "map_optimizers among optimizers",
+            lambda c: set(c.map_optimizers) <= set(c.optimizers),
+        ),
+    )
 
 
 QUICK = Config(

@@ -1,5 +1,6 @@
 """studies.initialization in --quick mode: success rates and steps checked against direct runs."""
 
+import dataclasses
 import importlib
 import math
 
@@ -25,14 +26,16 @@ DIRECT = {
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("initialization")
-    initialization.main(["--quick", "--out", str(out)])
+    # One config field set from the command line (the preset trains its MLPs 60 steps).
+    initialization.main(["--quick", "--out", str(out), "--mlp-steps", "40"])
     cfg, arrays, summary = results.load(out, initialization.Config)
     return out, cfg, arrays, summary
 
 
 def test_quick_run_writes_the_run_folder(quick):
-    out, cfg, _, summary = quick
-    assert cfg == initialization.QUICK
+    out, cfg, arrays, summary = quick
+    assert cfg == dataclasses.replace(initialization.QUICK, mlp_steps=40)
+    assert arrays["mlp_loss_SxMxT"].shape[-1] == 40
     for name in ("config.json", "arrays.npz", "summary.json", "meta.json"):
         assert (out / name).is_file(), name
     for name in ("success", "steps", "which_minimum", "how_fast", "mlp"):
