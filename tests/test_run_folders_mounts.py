@@ -4,11 +4,13 @@ read-only parent. Mounting needs root (as in CI); elsewhere these tests are skip
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from test_run_folders import TINY, _leftovers, _main, _one_run, _tiny
+from test_run_folders import TINY, _cleaned, _leftovers, _main, _one_run, _tiny
 
 
 @pytest.fixture
@@ -174,3 +176,25 @@ def test_a_read_only_parent(tmp_path, mount, capsys, monkeypatch):
         assert e.value.code == 2 and err.count("\n") == 1, err
         assert f"`--out` must be a writable folder, got '{bad}'" in err, err
     assert not (parent / "missing").exists() and not any((parent / "plain").iterdir())
+
+
+@pytest.mark.slow  # five runs of the tiny study; test_run_folders.py kills exchanged folders
+def test_a_run_into_a_mount_point_killed_at_any_moment_leaves_one_whole_run(tmp_path, mount):
+    out = mount(tmp_path / "mnt", size="256m")
+    assert _tiny(out, "--seed", 1).wait() == 0
+    start = time.monotonic()
+    assert _tiny(tmp_path / "timing", "--seed", 2).wait() == 0
+    total = time.monotonic() - start
+    seen = set()
+    for i in range(3):
+        p = _tiny(out, "--seed", 2)
+        time.sleep(total * (0.6 + 0.4 * i / 3))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        # A landing cut short by the kill is finished by the run's watcher (meanwhile
+        # results.load would refuse the mixed files by their digests).
+        assert _cleaned(out), _leftovers(out)
+        seen.add(_one_run(out))
+        assert seen <= {1, 2}
+    assert _tiny(out, "--seed", 3).wait() == 0
+    assert _one_run(out) == 3 and _leftovers(out) == []
