@@ -333,7 +333,13 @@ class RunFolder:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         staged = _size_of(self.stage) if self.stage is not None and not self.landed else 0
-        if self.stage is not None and self.stage.exists():
+        if (self.out / LANDING).exists():  # a landing in place began: it is carried out
+            try:
+                _recover(self.out)
+                self.landed = True
+            except OSError:
+                pass  # the stage stays for the watcher or the next run to finish
+        elif self.stage is not None and self.stage.exists():
             shutil.rmtree(self.stage, ignore_errors=True)
         watcher, self._watcher = self._watcher, None
         if watcher is not None:  # wakes up, waits for the lock, finds nothing left, exits

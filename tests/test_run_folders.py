@@ -465,6 +465,30 @@ def test_a_folder_whose_parent_cannot_be_written_lands_in_place(
     assert not (out / "stale.png").exists() and (out / "checkpoints").is_dir()
 
 
+def test_a_landing_in_place_that_fails_midway_is_carried_out(tmp_path, monkeypatch, run_of_seed_1):
+    """A rename that fails once while the files land in place: the run's error goes up, and
+    the landing, already committed by its journal, is carried out to its end."""
+    from sandbox import results
+
+    out = tmp_path / "run"
+    shutil.copytree(run_of_seed_1, out)
+    monkeypatch.setattr(results, "_can_build_beside", lambda folder: False)
+    replace, calls = os.replace, []
+
+    def fails_once(src, dst):
+        if Path(src).parent.name.startswith(".staging-") and Path(dst).parent == out:
+            calls.append(dst)  # a file landing
+            if len(calls) == 3:
+                raise OSError(5, "Input/output error", str(dst))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", fails_once)
+    with pytest.raises(OSError, match="Input/output error"):
+        _main(out, "--seed", 2, "--size", 1000)
+    monkeypatch.undo()
+    assert len(calls) > 3 and _one_run(out) == 2 and _leftovers(out) == []
+
+
 def _landing_left(tmp_path: Path, run_of_seed_1: Path, moved: int) -> tuple[Path, Path]:
     """A run folder as a run killed while landing in place leaves it: seed 1's files, the
     journal, and seed 2's staged files of which the first `moved` already landed."""
