@@ -27,7 +27,7 @@ default run takes 1 to 3 minutes on 2 CPU cores)
 """
 
 import dataclasses
-import math
+from typing import Annotated, Literal
 
 import jax
 import matplotlib.pyplot as plt
@@ -35,9 +35,13 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from sandbox import basins, calculus, cli, landscapes, optim, plotting, sweep
+from sandbox import basins, calculus, cli, config, landscapes, optim, plotting, sweep
 
 NAME = "local_minima"
+Landscape2D = Literal[tuple(n for n in landscapes.names() if landscapes.get(n).dim == 2)]
+Optimizer = Literal[tuple(optim.names())]
+PositiveLr = Annotated[float, config.bounds(gt=0)]
+Steps = Annotated[int, config.bounds(1, 10**6)]
 HIMMELBLAU = "himmelblau"
 # K-section of the sharp threshold: lrs tried per minimum and round (a whole vector block).
 THRESHOLD_LRS = 64
@@ -47,113 +51,68 @@ EXERCISE_COLORS = ("C3", "C1", "C6", "C0", "C2", "C4", "C5", "C8")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    seed: int = 0  # unused: the study has no randomness (grids of starts); kept for --seed
+class Config(config.Checked):
+    seed: int = config.seed()  # unused: the study has no randomness (grids of starts)
     # Basin maps: (landscape, optimizer, lr, steps) per panel.
     # The third is past 2/lambda_max of one minimum: its basin is gone, and "not converged"
     # (grey) and "diverged" (black) starts appear.
-    maps: tuple[tuple[str, str, float, int], ...] = (
-        ("himmelblau", "sgd", 0.01, 1000),
-        ("himmelblau", "adam", 0.02, 2000),
-        ("himmelblau", "sgd", 0.02, 1000),
-        ("six_hump_camel", "sgd", 0.003, 3000),
-        ("rastrigin", "sgd", 0.002, 500),
+    maps: tuple[tuple[Landscape2D, Optimizer, PositiveLr, Steps], ...] = config.field(
+        (
+            ("himmelblau", "sgd", 0.01, 1000),
+            ("himmelblau", "adam", 0.02, 2000),
+            ("himmelblau", "sgd", 0.02, 1000),
+            ("six_hump_camel", "sgd", 0.003, 3000),
+            ("rastrigin", "sgd", 0.002, 500),
+        ),
+        rule=(
+            lambda m: len({tuple(e[:3]) for e in m}) == len(m),
+            "no (landscape, optimizer, lr) twice",
+        ),
     )
-    map_n: int = 1024  # starts per side of each map
-    reach_tol: float = 1e-2  # an endpoint this close to a minimum reached it
+    """(landscape, optimizer, lr, steps) of each basin map"""
+    map_n: int = config.count(1024, 8192, lo=2)  # starts per side of each map
+    reach_tol: float = config.field(1e-2, gt=0)  # an endpoint this close to a minimum reached it
     # Himmelblau's basin fractions against the GD learning rate.
-    lr_min: float = 0.001
-    lr_max: float = 0.03
-    num_lrs: int = 117  # lr spacing (0.03 - 0.001) / 116 = 2.5e-4
-    sweep_n: int = 512  # starts per side, per lr
-    sweep_steps: int = 2000
+    lr_min: float = config.field(0.001, gt=0)  # the sweep's smallest lr
+    lr_max: float = config.field(0.03, gt=0)  # the sweep's largest lr
+    num_lrs: int = config.count(117, 10_000, lo=2)  # lr spacing (0.03 - 0.001) / 116 = 2.5e-4
+    sweep_n: int = config.count(512, 8192, lo=2)  # starts per side, per lr
+    sweep_steps: int = config.count(2000, 10**6)  # GD steps per run of the sweep
     # Then every run is kicked by `kick` along the top Hessian eigenvector of its nearest
     # minimum and runs `kick_steps` more: a minimum counts as reached only if the run comes
     # back. Without the kick, float32 rounding can hold a run at a minimum that is unstable
     # at its lr (the float32 gradient there is ~1e-4 of rounding noise, and a run that
     # arrives with no component along the top eigenvector has nothing to grow from).
-    kick: float = 1e-4
-    kick_steps: int = 1000
+    kick: float = config.field(1e-4, gt=0)  # the kick's length
+    kick_steps: int = config.count(1000, 10**6)  # steps after the kick
     # ... and |grad| at most this: a run circling a minimum on a period-2 orbit (lr just
     # above its threshold) stays within reach_tol but has not reached it.
-    grad_tol: float = 1e-3
+    grad_tol: float = config.field(1e-3, gt=0)  # reached also needs |grad| below this
     snapshot_lrs: tuple[float, ...] = (0.01, 0.016, 0.02, 0.0245)  # maps kept (nearest lr)
     # Sharp thresholds: float64 GD from minimum + offset * top eigenvector.
-    offset: float = 1e-6
-    threshold_steps: int = 500
-    threshold_rounds: int = 6  # each round narrows the bracket 63-fold
+    offset: float = config.field(1e-6, gt=0)  # offset along the top eigenvector
+    threshold_steps: int = config.count(500, 10**6)  # GD steps per threshold test
+    threshold_rounds: int = config.count(6, 100)  # each round narrows the bracket 63-fold
     # The course's exercise.
-    exercise_optimizer: str = "adam"
-    exercise_lr: float = 1e-3
-    exercise_steps: int = 20_000
+    exercise_optimizer: Optimizer = "adam"  # the exercise's optimizer
+    exercise_lr: float = config.field(1e-3, gt=0)  # the exercise's lr
+    exercise_steps: int = config.count(20_000, 10**6)  # the exercise's steps
     exercise_starts: tuple[tuple[float, float], ...] = (
         (0.0, 0.0),
         (1.0, 0.0),
         (-4.0, 0.0),
         (4.0, 0.0),
     )
-    exercise_record_every: int = 50
+    """(x, y) starts of the exercise"""
+    exercise_record_every: int = config.count(50, 10**6)  # steps between recorded points
 
-    def __post_init__(self):
-        if not self.maps:
-            raise ValueError("`maps` must list at least one (landscape, optimizer, lr, steps)")
-        if len({tuple(m[:3]) for m in self.maps}) != len(self.maps):
-            raise ValueError(
-                f"`maps` must not repeat a (landscape, optimizer, lr), got {self.maps}"
-            )
-        for m in self.maps:
-            if len(m) != 4:
-                raise ValueError(
-                    f"`maps` entries must be (landscape, optimizer, lr, steps), got {m}"
-                )
-            name, opt, lr, steps = m
-            if name not in landscapes.names():
-                raise ValueError(
-                    f"`maps` has unknown landscape {name!r}; known: {', '.join(landscapes.names())}"
-                )
-            if landscapes.get(name).dim != 2:
-                raise ValueError(f"`maps` landscapes must be 2-D, got {name!r}")
-            if opt not in optim.names():
-                raise ValueError(
-                    f"`maps` has unknown optimizer {opt!r}; known: {', '.join(optim.names())}"
-                )
-            if not (math.isfinite(lr) and lr > 0):
-                raise ValueError(f"`maps` learning rates must be positive, got {lr} for {name}")
-            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-                raise ValueError(f"`maps` steps must be integers >= 1, got {steps!r} for {name}")
-        for name in ("map_n", "sweep_n", "num_lrs"):
-            if getattr(self, name) < 2:
-                raise ValueError(f"`{name}` must be >= 2, got {getattr(self, name)}")
-        for name in (
-            "sweep_steps",
-            "kick_steps",
-            "threshold_steps",
-            "threshold_rounds",
-            "exercise_steps",
-            "exercise_record_every",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
-        if self.exercise_record_every > self.exercise_steps:
-            raise ValueError(
-                f"`exercise_record_every` must be at most `exercise_steps` "
-                f"({self.exercise_steps}), got {self.exercise_record_every}"
-            )
-        for name in ("reach_tol", "grad_tol", "kick", "offset", "lr_min", "exercise_lr"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"`{name}` must be a positive number, got {v}")
-        if not self.lr_min < self.lr_max:
-            raise ValueError(f"`lr_max` must be > `lr_min` ({self.lr_min}), got {self.lr_max}")
-        if self.exercise_optimizer not in optim.names():
-            raise ValueError(
-                f"`exercise_optimizer` must be one of {', '.join(optim.names())}, "
-                f"got {self.exercise_optimizer!r}"
-            )
-        if not self.exercise_starts or any(len(s) != 2 for s in self.exercise_starts):
-            raise ValueError(
-                f"`exercise_starts` must be a non-empty list of (x, y), got {self.exercise_starts}"
-            )
+    RELATIONS = (
+        config.relation("lr_min < lr_max", lambda c: c.lr_min < c.lr_max),
+        config.relation(
+            "exercise_record_every <= exercise_steps",
+            lambda c: c.exercise_record_every <= c.exercise_steps,
+        ),
+    )
 
 
 QUICK = Config(

@@ -22,7 +22,8 @@ ISSUE_THRESHOLDS = {
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("local_minima")
-    local_minima.main(["--quick", "--out", str(folder)])
+    # One config field set from the command line (the preset records every 50 steps).
+    local_minima.main(["--quick", "--out", str(folder), "--exercise-record-every", "100"])
     return folder, json.loads((folder / "summary.json").read_text())
 
 
@@ -51,6 +52,9 @@ def test_writes_the_run_folder_and_figures(run):
         "himmelblau_exercise.png",
     ):
         assert (folder / f).is_file(), f
+    assert json.loads((folder / "config.json").read_text())["exercise_record_every"] == 100
+    cfg, arrays, _ = results.load(folder, local_minima.Config)
+    assert arrays["exercise/path_NxTx2"].shape == (4, cfg.exercise_steps // 100 + 1, 2)
 
 
 def test_each_basin_map_is_also_a_full_resolution_png_of_its_labels(run):
@@ -199,7 +203,7 @@ def test_course_exercise_reaches_a_minimum_from_each_start(run):
         ({"num_lrs": -3}, "`num_lrs`"),
         ({"maps": ()}, "`maps`"),
         ({"maps": (("nope", "sgd", 0.01, 10),)}, "'nope'"),
-        ({"maps": (("himmelblau", "sgd", -0.01, 10),)}, "learning rates"),
+        ({"maps": (("himmelblau", "sgd", -0.01, 10),)}, "a finite number > 0"),
         ({"lr_min": 0.03, "lr_max": 0.001}, "`lr_max`"),
         ({"exercise_optimizer": "newton"}, "`exercise_optimizer`"),
     ],
