@@ -189,8 +189,12 @@ def _run_stored(one, items, shared, store_: "_Store", batch, finish, lease_s, ba
                     done, current = store_.done(), claims.current()
                     bar.n = sum(store_.rows(c) for c in done)
                     bar.set_postfix_str(f"{len(done)}/{chunks} chunks", refresh=False)
-                    for c in order:
-                        if c in done or c in claims.held or not claims.claim(c, current):
+                    # Every lease is looked at in every pass (so a dead job's leases are
+                    # seen to stop changing from the start), and expired ones come first.
+                    stale = claims.stale(current, done)
+                    free = [c for c in order if c not in current and c not in done]
+                    for c in [*sorted(stale), *free]:
+                        if c in claims.held or not claims.claim(c, current, stale):
                             continue
                         if store_.is_done(c):  # finished by another job since the listing
                             claims.release(c)
@@ -928,12 +932,22 @@ class _Claims:
             return False
         return now - first[1] > lease_s
 
-    def claim(self, c: int, current: dict) -> bool:
-        """Takes a lease on chunk c if it is free or expired; True if this process holds it."""
+    def stale(self, current: dict, done: set) -> set[int]:
+        """The chunks not done whose lease (not this process's) has expired."""
+        mine = set(self.held)
+        return {
+            c
+            for c, (_, name) in current.items()
+            if c not in done and c not in mine and self.expired(name)
+        }
+
+    def claim(self, c: int, current: dict, stale: set | None = None) -> bool:
+        """Takes a lease on chunk c if it is free or expired (`stale`: the expired ones, as
+        `stale` found them); True if this process holds it."""
         epoch = 0
         if c in current:
             e, name = current[c]
-            if not self.expired(name):
+            if not (c in stale if stale is not None else self.expired(name)):
                 return False
             epoch = e + 1
         path = self.folder / f"{c}.{epoch}"
