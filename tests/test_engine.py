@@ -1,10 +1,10 @@
 """The engine: one compilation per configuration, results independent of chunks, devices and
-processes, chunk stores that resume after a kill and refuse another computation."""
+processes, chunk stores that resume after a kill, refuse another computation and are shared
+by several processes (tests/test_store.py: damaged stores; tests/test_sweep_jobs.py: jobs)."""
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -248,38 +248,29 @@ def test_lazy_results_of_a_large_sweep_are_never_all_in_memory(tmp_path):
 
 # ----------------------------------------------------------------------------- processes
 
+# The library path of several jobs on one store (no jax.distributed: each process claims
+# chunks by leases; tests/test_sweep_jobs.py kills one while it holds leases).
 TWO_PROCESSES = """
 import sys
-import jax
-pid, port, store, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-if pid >= 0:  # pid -1: the same sweep in one process, for reference
-    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
-                               process_id=pid)
 import numpy as np
 from sandbox import landscapes, sweep
+store, out = sys.argv[1], sys.argv[2]
 x0 = sweep.grid(landscapes.get("himmelblau").bounds, 128)  # 16,384 runs, 16 chunks
 r = sweep.descend("himmelblau", x0, optimizer="adam", steps=1500, lr=0.05, tol=1e-4,
-                  chunk_size=1024, store=store, progress=False)
-np.savez(out, x=r.x, loss=r.loss, steps=r.steps_to_tol, count=jax.process_count())
+                  chunk_size=1024, store=store, progress=False, lease=float(sys.argv[3]))
+np.savez(out, x=r.x, loss=r.loss, steps=r.steps_to_tol)
 """
 ONE_DEVICE = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _two(store, out_dir, port):
+def _two(store, out_dir, lease=60.0):
     return [
         _python(
             TWO_PROCESSES,
-            i,
-            port,
             store,
             out_dir / f"p{i}.npz",
-            env=ONE_DEVICE,
+            lease,
+            env=dict(ONE_DEVICE, SANDBOX_HOST=f"test-{i}"),
             stderr=subprocess.DEVNULL,
         )
         for i in (0, 1)
@@ -287,16 +278,11 @@ def _two(store, out_dir, port):
 
 
 def _check_against_one_process(tmp_path, outs):
-    assert (
-        _python(TWO_PROCESSES, -1, 0, tmp_path / "ref", tmp_path / "ref.npz", env=ONE_DEVICE).wait(
-            timeout=300
-        )
-        == 0
-    )
+    p = _python(TWO_PROCESSES, tmp_path / "ref", tmp_path / "ref.npz", 60, env=ONE_DEVICE)
+    assert p.wait(timeout=300) == 0
     ref = np.load(tmp_path / "ref.npz")
     for name in outs:
         got = np.load(name)
-        assert int(got["count"]) == 2
         for field in ["x", "loss", "steps"]:
             np.testing.assert_array_equal(got[field], ref[field], err_msg=field)
 
@@ -307,30 +293,34 @@ def _marks(store):
 
 def test_two_processes_share_a_store_and_both_return_the_whole_result(tmp_path):
     store = tmp_path / "shared"
-    procs = _two(store, tmp_path, _free_port())
+    procs = _two(store, tmp_path)
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     _check_against_one_process(tmp_path, [tmp_path / "p0.npz", tmp_path / "p1.npz"])
     assert len(_marks(store)) == 16
 
 
-@pytest.mark.slow  # make test keeps the SIGKILL resume of one process and the two-process store
-def test_a_killed_process_started_again_computes_only_its_missing_chunks(tmp_path):
+@pytest.mark.slow  # make test keeps tests/test_sweep_jobs.py's three jobs with one killed
+def test_a_killed_process_costs_only_its_leased_chunks_and_a_restart_computes_nothing_done(
+    tmp_path,
+):
     store = tmp_path / "shared"
-    procs = _two(store, tmp_path, _free_port())
+    procs = _two(store, tmp_path, lease=2.0)
     deadline = time.monotonic() + 300
-    # Process 1 computes the odd chunks: kill it once it has finished one of them.
     while time.monotonic() < deadline and procs[1].poll() is None:
-        if (store / "done").is_dir() and any(int(c) % 2 for c in _marks(store)):
+        if (store / "done").is_dir() and len(_marks(store)) >= 2:
             break
         time.sleep(0.05)
     procs[1].send_signal(signal.SIGKILL)
     procs[1].wait()
-    procs[0].kill()  # its peer is gone: the coordination service would end it anyway
-    procs[0].wait()
     before = _marks(store)
-    assert 0 < len(before) < 16, "the kill came too late to test a resume"
-    procs = _two(store, tmp_path, _free_port())
-    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    assert 0 < len(before) < 16, "the kill came too late to test a takeover"
+    # The survivor does not wait on the dead one: it takes over its chunks once their
+    # leases expire and returns the whole result.
+    assert procs[0].wait(timeout=300) == 0
     after = _marks(store)
     assert len(after) == 16 and all(after[c] == t for c, t in before.items())
+    # Started again after the end: computes nothing, returns the same arrays.
+    again = _python(TWO_PROCESSES, store, tmp_path / "p1.npz", 2.0, env=ONE_DEVICE)
+    assert again.wait(timeout=300) == 0
+    assert _marks(store) == after
     _check_against_one_process(tmp_path, [tmp_path / "p0.npz", tmp_path / "p1.npz"])
