@@ -511,7 +511,8 @@ def steps_to_tol(a0_NxD, f_NxD, tol: float, budget: int) -> np.ndarray:
         raise ValueError(f"`tol` must be a finite number >= 0, got {tol!r}")
 
     def g(t):
-        return np.sum((a0 * f ** t[:, None]) ** 2, axis=1)
+        with np.errstate(over="ignore"):  # a growing mode's inf is "not reached", as it is
+            return np.sum((a0 * f ** t[:, None]) ** 2, axis=1)
 
     def first(pred, lo, hi):
         """Per row, the first t in (lo, hi] where `pred` holds (monotone there), else hi."""

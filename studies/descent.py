@@ -17,7 +17,7 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sandbox import cli, config, landscapes, plotting, sweep
+from sandbox import cli, config, descent, landscapes, plotting, sweep
 
 NAME = "descent"
 
@@ -63,15 +63,6 @@ class Config(config.Checked):
 QUICK = Config(num_lrs=256, starts_per_lr=2, sweep_steps=200, gif_balls=16)
 
 
-def _rate(norm_T: np.ndarray) -> float:
-    """Geometric-mean ratio of consecutive norms while they are representable."""
-    ok = (norm_T > 1e-30) & np.isfinite(norm_T)
-    n = int(np.argmin(ok)) if not ok.all() else len(norm_T)
-    if n < 2:  # reached 0 in one step (alpha = 0.5 exactly)
-        return 0.0
-    return float((norm_T[n - 1] / norm_T[0]) ** (1.0 / (n - 1)))
-
-
 def _contraction(cfg: Config, fn) -> tuple[dict, dict]:
     """Per-step contraction against |1 - 2 alpha|: (arrays, summary entries)."""
     # The geometric mean of |theta_t+1| / |theta_t| along a path.
@@ -85,7 +76,7 @@ def _contraction(cfg: Config, fn) -> tuple[dict, dict]:
         bound=1e30,
     )
     norm_CxT = np.linalg.norm(con.path.astype(np.float64), axis=-1)
-    measured_C = np.array([_rate(row) for row in norm_CxT])
+    measured_C = np.array([descent.geometric_rate(row) for row in norm_CxT])
     theory_C = np.abs(1 - 2 * lrs_C.astype(np.float64))
     arrays = {
         "contraction_lr_C": lrs_C,
@@ -120,9 +111,7 @@ def _divergence_threshold(cfg: Config, fn, box: np.ndarray, key: jax.Array) -> t
     ratio_LxS = (np.linalg.norm(run.x, axis=1) / np.linalg.norm(x0_Nx2, axis=1)).reshape(-1, s)
     ratio_LxS = np.where(run.diverged.reshape(-1, s), np.inf, ratio_LxS)
     converged_L = np.all(ratio_LxS < 1, axis=1)
-    last_ok = float(lr_L[converged_L].max()) if converged_L.any() else float("nan")
-    above = lr_L[~converged_L & (lr_L > last_ok)]
-    first_bad = float(above.min()) if above.size else float("nan")
+    last_ok, first_bad = descent.divergence_bracket(lr_L, converged_L)
     arrays = {"lr_L": lr_L, "ratio_LxS": ratio_LxS, "converged_L": converged_L}
     summary = {
         "measured": 0.5 * (last_ok + first_bad),

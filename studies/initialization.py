@@ -39,6 +39,7 @@ from matplotlib import colors
 from matplotlib.lines import Line2D
 
 from sandbox import basins, cli, config, data, engine, landscapes, optim, plotting, sweep
+from sandbox.models import fc
 
 NAME = "initialization"
 
@@ -310,22 +311,9 @@ def mlp_normals(key: jax.Array, widths: tuple[int, ...], num: int) -> list[np.nd
     ]
 
 
-def mlp_init(normals: list, scale) -> list:
-    """[(W, b)] from one network's normals [fan_in, fan_out]: W = z scale / sqrt(fan_in), b = 0."""
-    return [(z * (scale / math.sqrt(z.shape[0])), jnp.zeros(z.shape[1])) for z in normals]
-
-
-def mlp_apply(params: list, x):
-    """Logits [B, 10] of x [B, 64]: tanh hidden layers, linear output."""
-    for w, b in params[:-1]:
-        x = jnp.tanh(x @ w + b[None, :])
-    w, b = params[-1]
-    return x @ w + b[None, :]
-
-
-def mlp_loss(params: list, x, y):
+def mlp_loss(params, x, y):
     """Mean softmax cross-entropy of the logits of x [B, 64] against labels y [B]."""
-    return optax.softmax_cross_entropy_with_integer_labels(mlp_apply(params, x), y).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(fc.apply(params, x), y).mean()
 
 
 def _mlp_run(normals, scale, *, cfg: Config, train, test):
@@ -334,7 +322,7 @@ def _mlp_run(normals, scale, *, cfg: Config, train, test):
     Returns (init loss, final loss, test accuracy, [depth] gradient norms at init,
     [mlp_steps] losses along the way).
     """
-    params = mlp_init(normals, scale)
+    params = fc.scaled_init(normals, scale)
     loss0, grads = jax.value_and_grad(mlp_loss)(params, *train)
     gnorm_D = jnp.stack([jnp.linalg.norm(g_w) for g_w, _ in grads])
 
@@ -344,7 +332,7 @@ def _mlp_run(normals, scale, *, cfg: Config, train, test):
 
     params, loss_T = jax.lax.scan(step, params, None, length=cfg.mlp_steps)
     final = mlp_loss(params, *train)
-    acc = jnp.mean(jnp.argmax(mlp_apply(params, test[0]), axis=-1) == test[1])
+    acc = jnp.mean(jnp.argmax(fc.apply(params, test[0]), axis=-1) == test[1])
     # Diverged networks: inf, not NaN, so they sort and plot as "worst".
     final, loss_T = (jnp.where(jnp.isfinite(v), v, jnp.inf) for v in (final, loss_T))
     return loss0, final, acc, gnorm_D, loss_T
@@ -354,11 +342,8 @@ def _digits(cfg: Config) -> tuple[tuple, tuple]:
     """(train, test), each (x [B, 64], y [B]), standardized by the training set's pixels."""
     x, y = data.digits()
     xtr, ytr, xte, yte = x[: cfg.mlp_train], y[: cfg.mlp_train], x[TEST_FROM:], y[TEST_FROM:]
-    mean, std = xtr.mean(axis=0), xtr.std(axis=0)
-    std = np.where(std > 0, std, 1.0)  # border pixels are constant: leave them at 0
-    train = (jnp.asarray((xtr - mean) / std), jnp.asarray(ytr))
-    test = (jnp.asarray((xte - mean) / std), jnp.asarray(yte))
-    return train, test
+    xtr, xte = data.standardize_features(xtr, xte)
+    return (jnp.asarray(xtr), jnp.asarray(ytr)), (jnp.asarray(xte), jnp.asarray(yte))
 
 
 def _by_scale(scale_M: np.ndarray, v_M: np.ndarray) -> dict:

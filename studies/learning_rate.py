@@ -28,7 +28,7 @@ import numpy as np
 from matplotlib import colors
 from matplotlib.patches import Patch
 
-from sandbox import basins, calculus, cli, config, landscapes, plotting, sweep
+from sandbox import basins, calculus, cli, config, descent, landscapes, plotting, sweep
 
 NAME = "learning_rate"
 
@@ -86,23 +86,14 @@ PHASE_LINES = (("y0 = 0", (-6.0, 0.0), (6.0, 0.0)), ("x0 = 0", (0.0, -6.0), (0.0
 # ----------------------------------------------------------------------------- helpers
 
 
-def _bracket(lr_L: np.ndarray, ok_L: np.ndarray) -> tuple[float, float]:
-    """(largest lr with ok, the next lr of the grid above it); nan where there is none."""
-    if not ok_L.any():
-        return float("nan"), float(lr_L[0])
-    i = int(np.flatnonzero(ok_L).max())
-    return float(lr_L[i]), float(lr_L[i + 1]) if i + 1 < len(lr_L) else float("nan")
-
-
 def _steps_to_tol(lr_L: np.ndarray, kappa: float, cfg: Config) -> np.ndarray:
     """Exact updates until |grad| <= tol of GD on 0.5 (x^2 + kappa y^2); -1 if not by then."""
-    t = np.arange(cfg.quad_steps + 1)
-    lr = lr_L.astype(np.float64)[:, None]
+    lr = lr_L.astype(np.float64)
     x0, y0 = cfg.quad_start
-    with np.errstate(over="ignore"):  # modes that grow: inf is "not reached", as it should
-        g2 = ((1 - lr) ** t * x0) ** 2 + (kappa * (1 - lr * kappa) ** t * y0) ** 2
-    ok = g2 <= cfg.quad_tol**2
-    return np.where(ok.any(axis=1), ok.argmax(axis=1), -1).astype(np.int32)
+    # The gradient's components x and kappa y shrink by 1 - lr and 1 - lr kappa per step.
+    a0_Lx2 = np.tile([x0, kappa * y0], (len(lr), 1))
+    f_Lx2 = np.stack([1 - lr, 1 - lr * kappa], axis=1)
+    return descent.steps_to_tol(a0_Lx2, f_Lx2, cfg.quad_tol, cfg.quad_steps).astype(np.int32)
 
 
 def _fewest(lr_L: np.ndarray, steps_L: np.ndarray) -> list[float]:
@@ -110,19 +101,6 @@ def _fewest(lr_L: np.ndarray, steps_L: np.ndarray) -> list[float]:
     reached = steps_L >= 0
     fewest = reached & (steps_L == steps_L[reached].min())
     return [float(lr_L[fewest].min()), float(lr_L[fewest].max())]
-
-
-def _rate(norm_T: np.ndarray) -> float:
-    """Geometric-mean ratio |x_t+1| / |x_t| over the second half of a path.
-
-    The second half, once the fast modes have died out: the slowest mode sets the rate.
-    """
-    ok = (norm_T > 1e-30) & np.isfinite(norm_T)
-    n = int(np.argmin(ok)) if not ok.all() else len(norm_T)
-    if n < 3:
-        return 0.0
-    a = (n - 1) // 2
-    return float((norm_T[n - 1] / norm_T[a]) ** (1.0 / (n - 1 - a)))
 
 
 # ----------------------------------------------------------------------------- compute
@@ -155,7 +133,7 @@ def _quadratics(cfg: Config) -> tuple[dict, dict]:
         }
         # Converged: the loss went down. Below 2/L every mode contracts; above it the stiff
         # mode grows by |1 - lr L| > 1 per step.
-        lo, hi = _bracket(lr_L, r_L < 1)
+        lo, hi = descent.divergence_bracket(lr_L, r_L < 1)
         brackets[f"{kappa:g}"] = {
             "L": kappa,
             "measured": math.sqrt(lo * hi),
@@ -222,7 +200,7 @@ def _regimes(cfg: Config) -> tuple[dict, dict]:
             "lr_over_2_over_L": lr * kappa / 2,
             # The slowest mode sets the long-run rate: max_i |1 - lr lambda_i|.
             "rate_per_step": {
-                "measured": _rate(norm_RxT[r]),
+                "measured": descent.geometric_rate(norm_RxT[r], from_half=True),
                 "theory": max(abs(1 - lr), abs(1 - lr * kappa)),
             },
         }

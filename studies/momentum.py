@@ -38,7 +38,7 @@ import numpy as np
 from matplotlib import animation, colors, ticker
 from matplotlib.patches import Patch
 
-from sandbox import basins, cli, config, landscapes, plotting, sweep
+from sandbox import basins, cli, config, descent, landscapes, plotting, sweep
 
 NAME = "momentum"
 # Part 2 optimizers: name -> the hyperparameter that beta sets. GD is heavy ball at beta = 0.
@@ -97,31 +97,6 @@ def heavy_ball_rate(lr, beta, lam) -> np.ndarray:
     m[..., 0, 1] = -beta
     m[..., 1, 0] = 1
     return np.abs(np.linalg.eigvals(m)).max(axis=-1)
-
-
-def fitted_rate(norm_NxT: np.ndarray, valid_NxT: np.ndarray) -> np.ndarray:
-    """exp(least-squares slope of log norm) over the second half of each run's valid prefix.
-
-    Args:
-      norm_NxT: [N, T] positive norms.
-      valid_NxT: [N, T] bool; a run's fit stops at its first invalid step.
-
-    Returns:
-      [N] rates (NaN where fewer than 4 steps are valid).
-    """
-    t_T = np.arange(norm_NxT.shape[1], dtype=np.float64)
-    end_N = np.where(valid_NxT.all(axis=1), norm_NxT.shape[1], np.argmin(valid_NxT, axis=1))
-    w_NxT = (t_T >= end_N[:, None] // 2) & (t_T < end_N[:, None])
-    y_NxT = np.log(np.where(w_NxT, norm_NxT, 1.0))
-    n_N = w_NxT.sum(axis=1)
-    safe_N = np.maximum(n_N, 1)
-    tm_N = (w_NxT * t_T).sum(axis=1) / safe_N
-    ym_N = (w_NxT * y_NxT).sum(axis=1) / safe_N
-    dt_NxT = np.where(w_NxT, t_T - tm_N[:, None], 0.0)
-    slope_N = (dt_NxT * (y_NxT - ym_N[:, None])).sum(axis=1) / np.maximum(
-        (dt_NxT**2).sum(axis=1), 1e-300
-    )
-    return np.where(n_N >= 4, np.exp(slope_N), np.nan)
 
 
 def tilted_well(x, tilt: float):
@@ -216,10 +191,7 @@ def _thresholds(lr_L, beta_B, converges_BxL, kappa: float) -> dict:
     """Per beta: the bracket of grid lrs around the measured divergence threshold, and theory."""
     thresholds = {}
     for b, beta in enumerate(beta_B):
-        ok = converges_BxL[b]
-        last_ok = float(lr_L[ok].max()) if ok.any() else float("nan")
-        above = lr_L[~ok & (lr_L > last_ok)] if ok.any() else lr_L[~ok]
-        bracket = [last_ok, float(above.min()) if above.size else float("nan")]
+        bracket = list(descent.divergence_bracket(lr_L, converges_BxL[b]))
         theory = (2 + 2 * beta) / kappa
         thresholds[f"{beta:.4g}"] = {
             "bracket": bracket,
@@ -257,7 +229,7 @@ def _rates(cfg: Config, key: jax.Array) -> tuple[dict, dict]:
     lr_L = (np.arange(cfg.rate_num_lrs) + 0.5) * cfg.rate_lr_max / cfg.rate_num_lrs
     lr_BxL, beta_BxL = np.meshgrid(lr_L, beta_B)
     run = _rate_runs(cfg, key, lr_BxL.ravel(), beta_BxL.ravel())
-    measured_BxL = fitted_rate(*_state_norms(run, cfg.rate_steps)).reshape(beta_BxL.shape)
+    measured_BxL = descent.fitted_rate(*_state_norms(run, cfg.rate_steps)).reshape(beta_BxL.shape)
     theory_BxL = np.maximum(
         heavy_ball_rate(lr_BxL, beta_BxL, 1.0), heavy_ball_rate(lr_BxL, beta_BxL, cfg.kappa)
     )

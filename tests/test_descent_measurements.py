@@ -99,6 +99,8 @@ def test_steps_to_tol_of_one_mode_is_the_logarithm():
     assert descent.steps_to_tol(a0, f, 1e-3, 50)[1] == -1  # 73 steps: over the budget
     assert descent.steps_to_tol(a0, f, 1e-3, 100)[2] == -1  # a growing mode never gets there
     assert descent.steps_to_tol(a0, f, 1.0, 100)[2] == 0  # ... unless it starts there
+    # 3^1000 overflows float64: inf is "not reached", without a warning.
+    np.testing.assert_array_equal(descent.steps_to_tol(a0, f, 1e-3, 1000), [11, 73, -1])
     with pytest.raises(ValueError, match="`budget`"):
         descent.steps_to_tol(a0, f, 1e-3, -1)
     with pytest.raises(ValueError, match="`tol`"):
