@@ -15,14 +15,17 @@ Run: make optimizers   (about two minutes on 2 CPU cores; smoke: --quick, second
 
 import dataclasses
 from pathlib import Path
+from typing import Literal
 
 import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sandbox import cli, engine, landscapes, optim, plotting, results, sweep
+from sandbox import cli, config, engine, landscapes, optim, plotting, results, sweep
 
 NAME = "optimizers"
+Landscape2D = Literal[tuple(n for n in landscapes.names() if landscapes.get(n).dim == 2)]
+Optimizer = Literal[tuple(optim.names())]
 
 # The momentum-like hyperparameter of each optimizer that has one.
 BETA = {
@@ -36,9 +39,9 @@ BETA = {
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    seed: int = 0
-    functions: tuple[str, ...] = (
+class Config(config.Checked):
+    seed: int = config.seed()  # seed of the random starts
+    functions: tuple[Landscape2D, ...] = (
         "rosenbrock",
         "himmelblau",
         "rastrigin",
@@ -48,7 +51,8 @@ class Config:
         "styblinski_tang",
         "goldstein_price",
     )
-    optimizers: tuple[str, ...] = (
+    """2-D landscapes of the table"""
+    optimizers: tuple[Optimizer, ...] = (
         "sgd",
         "momentum",
         "nesterov",
@@ -58,38 +62,19 @@ class Config:
         "adamw",
         "lion",
     )
-    num_starts: int = 512
-    steps: int = 2000
-    lr_range: tuple[float, float] = (1e-6, 1.0)
-    num_lrs: int = 32
-    betas: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
-    success_tol: float = 1e-2  # distance to a global minimum that counts as success
-    grad_tol: float = 1e-3  # |grad f| that counts as converged, for the step counts
+    """optimizers of the table"""
+    num_starts: int = config.count(512, 2**20)  # random starts per landscape
+    steps: int = config.count(2000, 10**6)  # steps per run
+    lr_range: tuple[float, float] = config.field((1e-6, 1.0), gt=0, increasing=True)
+    """(lo, hi) of the log-spaced lrs tuned over"""
+    num_lrs: int = config.count(32, 4096)  # lrs tuned over
+    betas: tuple[float, ...] = config.field((0.5, 0.8, 0.9, 0.95), 0, lt=1)  # betas tuned over
+    success_tol: float = config.field(1e-2, gt=0)  # distance to a global minimum: success
+    grad_tol: float = config.field(1e-3, gt=0)  # |grad f| that counts as converged
     # The lecture's picture: every optimizer from one start on one surface.
-    picture_function: str = "rosenbrock"
+    picture_function: Landscape2D = "rosenbrock"  # the picture's surface
     picture_start: tuple[float, float] = (-1.2, 1.0)  # the classic Rosenbrock start
-    picture_steps: int = 600
-
-    def __post_init__(self):
-        if not self.functions:
-            raise ValueError("`functions` must not be empty")
-        for f in (*self.functions, self.picture_function):
-            if landscapes.get(f).dim != 2:
-                raise ValueError(f"`functions` must be 2-D landscapes, got {f!r}")
-        if not self.optimizers:
-            raise ValueError("`optimizers` must not be empty")
-        for o in self.optimizers:
-            optim.hyperparameters(o)  # ValueError naming the unknown optimizer
-        for name in ("num_starts", "steps", "num_lrs", "picture_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
-        lo, hi = self.lr_range
-        if not 0 < lo < hi:
-            raise ValueError(f"`lr_range` must satisfy 0 < lo < hi, got {self.lr_range}")
-        if not self.betas or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"`betas` must be non-empty values in [0, 1), got {self.betas}")
-        if not (self.success_tol > 0 and self.grad_tol > 0):
-            raise ValueError("`success_tol` and `grad_tol` must be positive")
+    picture_steps: int = config.count(600, 10**6)  # steps of each optimizer in the picture
 
 
 QUICK = Config(

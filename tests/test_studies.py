@@ -19,7 +19,13 @@ ROOT = Path(__file__).parents[1]
 OVERRIDES = {
     "gradient": (["--quiver-n", "11"], "quiver_n", 11, "quiver_x_Q", (121, 2)),
     "descent": (["--gif_balls", "8"], "gif_balls", 8, "gif_path_BxTx2", (8, 31, 2)),
-    "optimizers": (["--num-lrs", "16"], "num_lrs", 16, "himmelblau/sgd/lr_G", (16,)),
+    "optimizers": (
+        ["--picture-steps", "60"],
+        "picture_steps",
+        60,
+        "picture_path_OxTx2",
+        (4, 61, 2),
+    ),
 }
 
 
