@@ -179,12 +179,13 @@ def axis_values(box_: np.ndarray, nx: int, ny: int, names: tuple[str, str, str, 
     out = []
     for axis, n, lo_name, hi_name in ((0, nx, names[0], names[1]), (1, ny, names[2], names[3])):
         lo, hi = box_[axis]
-        v = 10.0 ** (lo + (np.arange(n) + 0.5) * (hi - lo) / n)
+        with np.errstate(over="ignore", under="ignore"):
+            v = 10.0 ** (lo + (np.arange(n) + 0.5) * (hi - lo) / n)
         if not (np.all(np.isfinite(v)) and np.all(v > 0)):
-            bad = lo_name if not (np.isfinite(v[0]) and v[0] > 0) else hi_name
+            bad, value = (lo_name, lo) if not (np.isfinite(v[0]) and v[0] > 0) else (hi_name, hi)
             raise BadRequest(
-                f"`{bad}` gives values 10^{box_[axis, 0 if bad == lo_name else 1]:g} that are "
-                "not finite and positive in float64 (log10 in [-300, 300] is)"
+                f"`{bad}` = {value:g} gives 10^{value:g}, not a finite positive float64 "
+                "(these maps take log10 values in about [-300, 300])"
             )
         out.append(v)
     return out[0], out[1]

@@ -46,6 +46,14 @@ function trainParams() {
   return p;
 }
 
+function viewParams() {
+  // The view's settings: those of its tiles, plus the finest trainability resolution.
+  if (mode() === "basins") return descentParams();
+  const p = trainParams();
+  p.set("tpx", $("tpx").value);
+  return p;
+}
+
 function status(text, isError) {
   $("status").textContent = text;
   $("status").className = isError ? "err" : "";
@@ -94,7 +102,7 @@ function newMap() {
   if (first && initial.get("cx") && initial.get("z")) {
     map.setView([parseFloat(initial.get("cy")), parseFloat(initial.get("cx"))], parseInt(initial.get("z")));
   }
-  map.on("moveend", () => { updateLink(); drawAxes(); measure(); });
+  map.on("moveend", () => { updateLink(); drawAxes(); measure(); progress(); });
   map.on("move", drawAxes);
   map.on("click", (e) => showPath(e.latlng));
   map.on("mousemove", (e) => cursor(e.latlng));
@@ -111,15 +119,12 @@ function tileLayer(url, coarse) {
   const w = world();
   const layer = L.tileLayer(url, { tileSize: 256, noWrap: true, maxZoom: maxZoom(),
     bounds: L.latLngBounds([[w[1][0], w[0][0]], [w[1][1], w[0][1]]]) });
-  layer.progress = { asked: 0, loaded: 0, failed: 0, coarse };
-  layer.on("loading", () => { layer.progress = { asked: 0, loaded: 0, failed: 0, coarse }; });
-  layer.on("tileloadstart", () => { layer.progress.asked += 1; progress(); });
-  layer.on("tileload", () => { layer.progress.loaded += 1; window.explorer.tilesLoaded += 1; progress(); });
-  layer.on("tileunload", (e) => {
-    if (e.tile && !e.tile.complete) { layer.progress.asked = Math.max(0, layer.progress.asked - 1); progress(); }
-  });
+  layer.coarse = coarse;
+  layer.on("tileloadstart tileload load", progress);
+  layer.on("tileload", () => { window.explorer.tilesLoaded += 1; });
   layer.on("tileerror", async (e) => {
-    layer.progress.failed += 1; progress();
+    e.tile.dataset.failed = "1";
+    progress();
     // The server says why in its JSON error; the image element cannot read it.
     let why = "no answer";
     try { const r = await fetch(e.tile.src); why = (await r.json()).error || r.statusText; } catch (err) { why = err.message; }
@@ -129,12 +134,16 @@ function tileLayer(url, coarse) {
 }
 
 function progress() {
-  const parts = state.layers.filter((l) => l.progress).map((l) => {
-    const p = l.progress;
-    const text = `${p.loaded} of ${p.asked} ${p.coarse ? "coarse " : ""}tiles`;
-    return p.failed ? `${text}, ${p.failed} failed` : text;
+  // The tiles each layer shows now (Leaflet's own record of them): loaded, failed, asked.
+  let done = true;
+  const parts = state.layers.map((l) => {
+    const tiles = Object.values(l._tiles || {}).filter((t) => t.current);
+    const failed = tiles.filter((t) => t.el.dataset.failed).length;
+    const loaded = tiles.filter((t) => t.loaded).length - failed;
+    if (loaded + failed < tiles.length) done = false;
+    const text = `${loaded} of ${tiles.length} ${l.coarse ? "coarse " : ""}tiles`;
+    return failed ? `${text}, ${failed} failed` : text;
   });
-  const done = state.layers.every((l) => !l.progress || l.progress.loaded + l.progress.failed >= l.progress.asked);
   $("progress").textContent = parts.length ? (done ? "all tiles shown: " : "computing: ") + parts.join("; ") : "";
   $("progress").className = done ? "" : "busy";
 }
@@ -162,9 +171,10 @@ function refresh() {
     info.saddles.forEach((s) => L.marker([s[1], s[0]], { icon: L.divIcon({ className: "saddle", iconSize: [8, 8] }) })
       .bindTooltip("saddle").addTo(state.marks));
   } else {
-    const px = state.config.trainability.px;
-    // Coarse tiles first (the server computes smaller tiles first), each finer layer on top.
-    const levels = [px[1], px[2], px[px.length - 1]];
+    // Coarse tiles first (the server computes smaller tiles first), each finer layer on top,
+    // up to the finest resolution chosen (fewer runs per tile on a slow machine).
+    const px = state.config.trainability.px.filter((n) => n <= parseInt($("tpx").value));
+    const levels = px.length > 2 ? [px[1], px[2], px[px.length - 1]] : px;
     const q = trainParams();
     levels.forEach((n, i) => {
       const coarse = i < levels.length - 1;
@@ -283,6 +293,7 @@ function dimensionText(d) {
 let measureSeq = 0, measureTimer = null;
 function measure() {
   clearTimeout(measureTimer);
+  $("measures").innerHTML = "<small>measuring the view…</small>";
   measureTimer = setTimeout(measureNow, 150);
 }
 
@@ -364,7 +375,7 @@ function drawCurve(steps, losses, fmin) {
 // ------------------------------------------------------------------ the view as a link, text, bookmark
 
 function viewQuery() {
-  const p = mode() === "basins" ? descentParams() : trainParams();
+  const p = viewParams();
   p.set("mode", mode());
   const c = state.map.getCenter();
   p.set("cx", c.lng); p.set("cy", c.lat); p.set("z", state.map.getZoom());
@@ -460,12 +471,13 @@ async function main() {
   if (initial.get("lr")) $("lr").value = Math.log10(parseFloat(initial.get("lr")));
   if (initial.get("steps")) (initial.get("mode") && initial.get("mode") !== "basins" ? $("tsteps") : $("steps")).value = initial.get("steps");
   if (initial.get("colour")) $("colour").value = initial.get("colour");
+  if (initial.get("tpx")) $("tpx").value = initial.get("tpx");
   buildHypers();
   $("mode").addEventListener("change", newMap);
   $("landscape").addEventListener("change", newMap);
   $("optimizer").addEventListener("change", () => { buildHypers(); refresh(); });
   $("lr").addEventListener("input", () => { $("lr-value").textContent = lr().toPrecision(4); });
-  for (const id of ["lr", "steps", "colour", "tsteps"]) $(id).addEventListener("change", refresh);
+  for (const id of ["lr", "steps", "colour", "tsteps", "tpx"]) $(id).addEventListener("change", refresh);
   showBookmarks();
   newMap();
   document.body.dataset.ready = "1";
