@@ -96,6 +96,8 @@ CRITICAL = 0.975
 # runs FIRST_ITERS single-vector Lanczos steps instead.
 NUM_BLOCKS = 2
 FIRST_ITERS = 40
+# Cone problems (with their eigen-solve and third derivatives) per unit of time.
+CONE_SOLVES = 1
 _HIGHEST = lax.Precision.HIGHEST
 
 
@@ -193,7 +195,9 @@ def run(
     key = jax.random.key(0) if key is None else key
     flat, unravel = ravel_pytree(w0)
     dtype = flat.dtype
-    compiled = _compiled(loss, unravel, flow, optimizer, steps, num_eigs)
+    leaves, treedef = jax.tree.flatten(w0)
+    structure = (treedef, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves))
+    compiled = _compiled(loss, structure, flow, optimizer, steps, num_eigs)
     trace = compiled(flat, jnp.asarray(lr, dtype), jnp.asarray(beta2, dtype),
                      jnp.asarray(eps, dtype), key)  # fmt: skip
     return trace._replace(params=unravel(trace.params))
@@ -419,18 +423,25 @@ def _safe_div(a, p):
 
 
 @functools.lru_cache(maxsize=16)  # each entry keeps its `loss`
-def _compiled(loss, unravel, flow, optimizer, steps, k) -> Callable:
+def _compiled(loss, structure, flow, optimizer, steps, k, cone_solves=None) -> Callable:
+    """The jitted program for one loss, parameter structure (treedef, leaf shapes and
+    dtypes) and static settings."""
+    cone_solves = CONE_SOLVES if cone_solves is None else cone_solves
+    treedef, leaves = structure
+    template = jax.tree.unflatten(treedef, [jnp.zeros(shape, dt) for shape, dt in leaves])
+    unravel = ravel_pytree(template)[1]
+
     def f(w):
         return loss(unravel(w))
 
     def go(w0, lr, beta2, eps, key):
         opt = _Opt(optimizer, lr, beta2, eps)
-        return _program(f, flow, opt, steps, k, w0, key)
+        return _program(f, flow, opt, steps, k, w0, key, cone_solves)
 
     return jax.jit(go)
 
 
-def _program(f, flow, opt: _Opt, steps, k, w0, key):
+def _program(f, flow, opt: _Opt, steps, k, w0, key, cone_solves):
     n = w0.shape[0]
     dtype = w0.dtype
     b = min(k + 1, n)
@@ -465,7 +476,6 @@ def _program(f, flow, opt: _Opt, steps, k, w0, key):
     v0 = jax.random.normal(key, (n,), dtype)
     _, Y0 = _lanczos_ritz(lambda v: mv0(v[:, None])[:, 0], v0, m0)
     Y0 = Y0[:, :b]
-    zeros_k = jnp.zeros(k, dtype)
     eig_cost = num_blocks * b
 
     if flow == "discrete":
@@ -536,62 +546,55 @@ def _program(f, flow, opt: _Opt, steps, k, w0, key):
             cnu = jnp.zeros((), dtype)
         return X, cw, cnu, jnp.any(mask)
 
+    def integrate(w, nu, g, span, theta, cw, cnu):
+        """RK4 over `span` time units with the frozen terms (cw, cnu); substeps sized to
+        the effective sharpness theta. Returns (w, nu, substeps)."""
+        # 1e-3 of slack: the central flow holds theta at 2 up to rounding
+        num_sub = jnp.ceil(theta * span / DT_THETA - 1e-3)
+        num_sub = jnp.clip(num_sub, 1, MAX_SUBSTEPS).astype(jnp.int32)
+        dt = span / num_sub.astype(dtype)
+
+        def sub(i, state):
+            w_, nu_, g_ = state
+            g_ = lax.cond(i == 0, lambda: g_, lambda: grad(w_))
+            w_, nu_ = rk4(w_, nu_, g_, dt, cw, cnu)
+            return w_, nu_, g_
+
+        w, nu, _ = lax.fori_loop(0, num_sub, sub, (w, nu, g))
+        return w, nu, num_sub
+
     def step(carry, _):
         w, nu, Y, X = carry
         L, g = value_and_grad(w)
         theta, Y = eig(w, nu, Y)
-        num_sub = jnp.clip(jnp.ceil(theta[0] / DT_THETA), 1, MAX_SUBSTEPS).astype(jnp.int32)
-        dt = 1 / num_sub.astype(dtype)
         if flow == "stable":
-            sub0 = (w, nu, g)
-
-            def sub(i, state):
-                w_, nu_, g_ = state
-                g_ = lax.cond(i == 0, lambda: g_, lambda: grad(w_))
-                w_, nu_ = rk4(w_, nu_, g_, dt, 0.0, 0.0)
-                return w_, nu_, g_
-
-            w_new, nu_new, _ = lax.fori_loop(0, num_sub, sub, sub0)
+            w_new, nu_new, num_sub = integrate(w, nu, g, 1.0, theta[0], 0.0, 0.0)
             sigma, X_new, Y_new = jnp.zeros((), dtype), X, Y
             matvecs = jnp.asarray(eig_cost, jnp.int32)
-            grads = 4 * num_sub
         else:
-            X0, cw0, cnu0, crit0 = oscillation(w, nu, g, theta, Y, X, dt)
-            sigma = 0.5 * jnp.sum(jnp.diag(X0) * theta[:k])
-
-            def sub(i, state):
-                w_, nu_, Y_, X_, count = state
-
-                def again():
-                    g_ = grad(w_)
-                    th_, Yn = eig(w_, nu_, Y_)
-                    Xn, cw, cnu, crit = oscillation(w_, nu_, g_, th_, Yn, X_, dt)
-                    return g_, Yn, Xn, cw, cnu, crit, jnp.asarray(eig_cost, jnp.int32)
-
-                def first():
-                    return g, Y_, X0, cw0, cnu0, crit0, jnp.zeros((), jnp.int32)
-
-                g_, Yn, Xn, cw, cnu, crit, cost = lax.cond(i == 0, first, again)
-                w_, nu_ = rk4(w_, nu_, g_, dt, cw, cnu)
-                count = count + cost + jnp.where(crit, n_pairs, 0)
-                return w_, nu_, Yn, Xn, count
-
-            state0 = (w, nu, Y, X, jnp.asarray(eig_cost, jnp.int32))
-            w_new, nu_new, Y_new, X_new, matvecs = lax.fori_loop(0, num_sub, sub, state0)
-            grads = 4 * num_sub
-        out = (L, L + sigma, _pad(theta, k, zeros_k), opt.lr_eff(nu), sigma, num_sub,
-               matvecs, grads)  # fmt: skip
+            # cone_solves cone problems per unit time, each followed by RK4 substeps with
+            # its oscillation terms frozen
+            span = 1.0 / cone_solves
+            X_new, cw, cnu, crit = oscillation(w, nu, g, theta, Y, X, span)
+            sigma = 0.5 * jnp.sum(jnp.diag(X_new) * theta[:k])
+            w_new, nu_new, num_sub = integrate(w, nu, g, span, theta[0], cw, cnu)
+            matvecs = eig_cost + jnp.where(crit, n_pairs, 0)
+            Y_new = Y
+            for _ in range(cone_solves - 1):
+                g_ = grad(w_new)
+                th_, Y_new = eig(w_new, nu_new, Y_new)
+                X_new, cw, cnu, crit = oscillation(w_new, nu_new, g_, th_, Y_new, X_new, span)
+                w_new, nu_new, m = integrate(w_new, nu_new, g_, span, th_[0], cw, cnu)
+                num_sub = num_sub + m
+                matvecs = matvecs + eig_cost + jnp.where(crit, n_pairs, 0)
+        grads = 4 * num_sub
+        out = (L, L + sigma, theta[:k], opt.lr_eff(nu), sigma, num_sub, matvecs, grads)
         return (w_new, nu_new, Y_new, X_new), out
 
     carry0 = (w0, nu0, Y0, jnp.zeros((k, k), dtype))
     (w, nu, _, _), outs = lax.scan(step, carry0, None, length=steps)
     L, pred, eigs, lr_eff, sigma, num_sub, matvecs, grads = outs
     return FlowTrace(L, pred, eigs, lr_eff, sigma, num_sub, matvecs, grads, w, nu)
-
-
-def _pad(theta, k, zeros_k):
-    del zeros_k
-    return theta[:k]
 
 
 def _nu_used(opt: _Opt, nu0, g0, flow):
@@ -622,7 +625,6 @@ def _discrete(f, opt: _Opt, steps, k, w0, nu0, Y0, eig, eig_cost):
     uses."""
     dtype = w0.dtype
     value_and_grad = jax.value_and_grad(f)
-    zeros_k = jnp.zeros(k, dtype)
     if opt.name == "gd":
         tx = optax.sgd(opt.lr)
         state0 = tx.init(w0)
@@ -649,7 +651,7 @@ def _discrete(f, opt: _Opt, steps, k, w0, nu0, Y0, eig, eig_cost):
             nu = state[0].nu if opt.name == "rmsprop" else jnp.zeros((), dtype)
         theta, Y = eig(w, nu, Y)
         nan = jnp.full((), jnp.nan, dtype)
-        out = (L, nan, _pad(theta, k, zeros_k), opt.lr_eff(nu), jnp.zeros((), dtype),
+        out = (L, nan, theta[:k], opt.lr_eff(nu), jnp.zeros((), dtype),
                jnp.ones((), jnp.int32), jnp.asarray(eig_cost, jnp.int32),
                jnp.ones((), jnp.int32))  # fmt: skip
         return (w_new, state, Y), out
