@@ -1,9 +1,10 @@
 """Derivatives of scalar functions: gradients, Hessians and critical points.
 
 `fn` is always a scalar function of a point x of shape [d], as in `landscapes`.
-`gradient`, `hessian`, `gradient_norm` and `hessian_eigenvalues` are pure and unjitted
-(callers jit). `critical_point_kind`, `newton_refine`, `check_grad` and `top_curvature`
-are host-side checks that return Python or numpy values and compute in float64.
+`gradient`, `hessian`, `gradient_norm`, `hessian_eigenvalues` and `hessian_eigenvalues_2d`
+are pure and unjitted (callers jit). `critical_point_kind`, `newton_refine`, `check_grad`
+and `top_curvature` are host-side checks that return Python or numpy values and compute in
+float64.
 """
 
 import functools
@@ -35,6 +36,16 @@ def gradient_norm(fn: ScalarFn, x: Array) -> Array:
 def hessian_eigenvalues(fn: ScalarFn, x: Array) -> Array:
     """Eigenvalues of the Hessian of `fn` at x [d], ascending, [d]."""
     return jnp.linalg.eigvalsh(jax.hessian(fn)(x))
+
+
+def hessian_eigenvalues_2d(fn: ScalarFn, x_Nx2: Array) -> tuple[Array, Array]:
+    """(lambda_min [N], lambda_max [N]) of the Hessian of a 2-D `fn` at each of N points, in
+    closed form: for [[a, b], [b, c]], (a + c) / 2 -+ hypot((a - c) / 2, b). Batched (one
+    vmapped Hessian, no eigensolver), for maps of the Hessian over a box."""
+    h_Nx2x2 = jax.vmap(jax.hessian(fn))(x_Nx2)
+    a, b, c = h_Nx2x2[:, 0, 0], h_Nx2x2[:, 0, 1], h_Nx2x2[:, 1, 1]
+    r = jnp.hypot(0.5 * (a - c), b)
+    return 0.5 * (a + c) - r, 0.5 * (a + c) + r
 
 
 def _as_point(x, name: str = "x") -> np.ndarray:

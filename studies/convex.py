@@ -18,6 +18,7 @@ mostly compilation)
 """
 
 import dataclasses
+import functools
 import math
 from typing import Literal
 
@@ -29,7 +30,7 @@ from matplotlib import colors
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from sandbox import basins, cli, config, landscapes, plotting, sweep
+from sandbox import basins, calculus, cli, config, landscapes, plotting, sweep
 
 NAME = "convex"
 # An eigenvalue down to this much below zero (relative to the largest |eigenvalue| on the
@@ -94,13 +95,7 @@ def _hessian_eigenvalues(
         cell = np.stack([jj, ii], axis=-1) + u_HxWx2
         x_Mx2 = (bounds[:, 0] + cell * (bounds[:, 1] - bounds[:, 0]) / n).reshape(-1, 2)
 
-        @jax.jit
-        def eig(x_Mx2):
-            h = jax.vmap(jax.hessian(fn))(x_Mx2)
-            a, b, c = h[:, 0, 0], h[:, 0, 1], h[:, 1, 1]
-            r = jnp.hypot(0.5 * (a - c), b)  # closed-form eigenvalues of a symmetric 2x2
-            return 0.5 * (a + c) - r, 0.5 * (a + c) + r
-
+        eig = jax.jit(functools.partial(calculus.hessian_eigenvalues_2d, fn))
         lo, hi = jax.device_get(eig(jnp.asarray(x_Mx2)))
     return np.asarray(lo).reshape(n, n), np.asarray(hi).reshape(n, n)
 

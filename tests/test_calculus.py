@@ -33,6 +33,19 @@ def test_gradient_and_hessian_closed_form():
         assert eig.shape == (2,) and eig[0] <= eig[1]
 
 
+def test_hessian_eigenvalues_2d_are_numpys_eigenvalues_of_the_closed_form_hessian():
+    # The Hessian of _poly is [[2y, 2x], [2x, -sin y]]: its eigenvalues by numpy's
+    # eigensolver at 50 points, in float64 (rtol 1e-12: both are exact to rounding).
+    with jax.enable_x64(True):
+        x_Nx2 = np.random.default_rng(0).uniform(-3, 3, (50, 2))
+        lo, hi = jax.jit(lambda x: calculus.hessian_eigenvalues_2d(_poly, x))(x_Nx2)
+        a, b = x_Nx2[:, 0], x_Nx2[:, 1]
+        h = np.stack([np.stack([2 * b, 2 * a], -1), np.stack([2 * a, -np.sin(b)], -1)], -2)
+        expected = np.linalg.eigvalsh(h)
+        np.testing.assert_allclose(lo, expected[:, 0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(hi, expected[:, 1], rtol=1e-12, atol=1e-12)
+
+
 def test_pure_functions_jit_in_float32():
     x = jnp.array([0.7, -1.3], dtype=jnp.float32)
     norm = jax.jit(lambda x: calculus.gradient_norm(_poly, x))(x)
