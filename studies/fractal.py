@@ -24,8 +24,6 @@ accelerator.
 
 import dataclasses
 import functools
-import math
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,68 +32,39 @@ import numpy as np
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from sandbox import cli, fractal, plotting, results
+from sandbox import cli, config, fractal, plotting
 
 NAME = "fractal"
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    seed: int = 0
+class Config(config.Checked):
+    seed: int = config.seed()  # seed of the MLP's initial weights and data
     # Per-layer learning rates of a width -> width -> 1 tanh MLP, float64.
-    width: int = 8
-    steps: int = 500
-    grid_n: int = 256
-    log10_lr1: tuple[float, float] = (-1.0, 7.0)
-    log10_lr2: tuple[float, float] = (0.0, 3.0)
-    zoom_levels: int = 3
-    zoom_grid_n: int = 128
+    width: int = config.count(8, 4096)  # the MLP's hidden width
+    steps: int = config.field(
+        500, fractal.WINDOW, 10**6
+    )  # GD steps per run (>= the score's window)
+    grid_n: int = config.count(256, 8192, lo=8)  # lrs per side of the full view
+    log10_lr1: tuple[float, float] = config.field((-1.0, 7.0), increasing=True)  # lr1 decades
+    log10_lr2: tuple[float, float] = config.field((0.0, 3.0), increasing=True)  # lr2 decades
+    zoom_levels: int = config.count(3, 20, lo=0)  # zooms into the boundary
+    zoom_grid_n: int = config.count(128, 8192, lo=8)  # lrs per side of each zoom
     zoom_target: tuple[float, float] = (1.0, 1.71)  # (log10 lr1, log10 lr2) to zoom near
-    zoom_half_width: float = 0.1  # decades, first zoom; each next one zoom_factor smaller
-    zoom_factor: float = 8.0
-    box_sizes: tuple[int, ...] = (2, 4, 8, 16)  # pixels: the fit range
+    zoom_half_width: float = config.field(0.1, gt=0)  # decades, first zoom; then / zoom_factor
+    zoom_factor: float = config.field(8.0, gt=1)  # each zoom this much smaller
+    box_sizes: tuple[int, ...] = config.field((2, 4, 8, 16), 1, min_len=2, distinct=True)
+    """pixels: the box-counting fit range"""
     # Runs vmapped together by lax.map, per device: small enough that a batch whose runs
     # all blew up early stops early (`fractal.train`), large enough to vectorize.
-    batch_size: int = 64
+    batch_size: int = config.count(64, 2**20)  # runs vmapped together
 
-    def __post_init__(self):
-        for name, lowest in (("width", 1), ("batch_size", 1), ("grid_n", 8), ("zoom_grid_n", 8)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lowest:
-                raise ValueError(f"`{name}` must be an integer >= {lowest}, got {v!r}")
-        if (
-            isinstance(self.steps, bool)
-            or not isinstance(self.steps, int)
-            or self.steps < fractal.WINDOW
-        ):
-            raise ValueError(
-                f"`steps` must be an integer >= {fractal.WINDOW} (the score's window), "
-                f"got {self.steps!r}"
-            )
-        if not isinstance(self.zoom_levels, int) or self.zoom_levels < 0:
-            raise ValueError(f"`zoom_levels` must be an integer >= 0, got {self.zoom_levels!r}")
-        if not (math.isfinite(self.zoom_half_width) and self.zoom_half_width > 0):
-            raise ValueError(
-                f"`zoom_half_width` must be a positive finite number, got {self.zoom_half_width}"
-            )
-        if not (math.isfinite(self.zoom_factor) and self.zoom_factor > 1):
-            raise ValueError(f"`zoom_factor` must be a finite number > 1, got {self.zoom_factor}")
-        for name in ("log10_lr1", "log10_lr2"):
-            lo, hi = getattr(self, name)
-            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-                raise ValueError(f"`{name}` must be (lo, hi) with lo < hi, got {(lo, hi)}")
-        if len(self.zoom_target) != 2 or not all(math.isfinite(c) for c in self.zoom_target):
-            raise ValueError(f"`zoom_target` must be two finite numbers, got {self.zoom_target}")
-        n_min = min(self.grid_n, self.zoom_grid_n)
-        if (
-            len(self.box_sizes) < 2
-            or len(set(self.box_sizes)) != len(self.box_sizes)
-            or not all(isinstance(s, int) and 1 <= s <= n_min // 2 for s in self.box_sizes)
-        ):
-            raise ValueError(
-                f"`box_sizes` must be >= 2 distinct integers in [1, {n_min // 2}] "
-                f"(half the smallest grid), got {self.box_sizes}"
-            )
+    RELATIONS = (
+        config.relation(
+            "box_sizes <= min(grid_n, zoom_grid_n) // 2 (half the smallest grid)",
+            lambda c: max(c.box_sizes) <= min(c.grid_n, c.zoom_grid_n) // 2,
+        ),
+    )
 
 
 QUICK = Config(
@@ -394,21 +363,12 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
 # ----------------------------------------------------------------------------- main
 
 
-def _parse(argv: Sequence[str] | None):
-    p = cli.study_parser(NAME, __doc__, quick_help="40 x 40 grids of 150 steps (seconds)")
-    cli.add_scale(p, "paper: width 16, four 1024 x 1024 grids of 1000 steps (an accelerator job)")
-    return p.parse_args(argv)
-
-
-@cli.command
-def main(argv: Sequence[str] | None = None) -> None:
-    args = _parse(argv)
-    cfg = cli.chosen_config(args, Config(), QUICK, PAPER)
-    out = None
-    if args.scale == "paper" and args.out is None:
-        out = results.check_writable(results.RESULTS_ROOT / f"{NAME}-paper")
-    out, cfg, arrays, summary = cli.run_study(NAME, args, cfg, compute, plot, out=out)
-    print(f"{NAME}: results in {out}")
+main = cli.study_main(
+    NAME, __doc__, Config(), QUICK, compute, plot, paper=PAPER,
+    quick_help="40 x 40 grids of 150 steps (seconds)",
+    paper_help="paper: width 16, four 1024 x 1024 grids of 1000 steps (an accelerator job)",
+    folder=lambda cfg, args: f"{NAME}-paper" if args.scale == "paper" else NAME,
+)  # fmt: skip
 
 
 if __name__ == "__main__":

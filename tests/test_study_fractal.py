@@ -16,7 +16,8 @@ FIGURES = ("trainability", "dimension")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fractal")
-    study.main(["--quick", "--out", str(folder)])
+    # One config field set from the command line (the preset fits boxes of 2, 4 and 8).
+    study.main(["--quick", "--out", str(folder), "--box-sizes", "2", "4"])
     summary = json.loads((folder / "summary.json").read_text())
     with np.load(folder / "arrays.npz") as z:
         arrays = {k: z[k] for k in z.files}
@@ -32,6 +33,7 @@ def test_run_folder_and_figures(run):
     assert sorted(p.stem for p in folder.glob("*.png")) == sorted(FIGURES)
     config = json.loads((folder / "config.json").read_text())
     assert config["grid_n"] == study.QUICK.grid_n
+    assert config["box_sizes"] == [2, 4]
 
 
 def test_scores_boundary_and_dimension(run):
@@ -47,6 +49,7 @@ def test_scores_boundary_and_dimension(run):
         assert 0.02 < e["trainable_fraction"] < 0.98, e["level"]
         # A boundary between a curve (1) and an area (2).
         assert 1.0 < e["dimension"] < 2.0, e["level"]
+        assert e["fit_range_px"] == [2, 4] and len(e["box_counts"]) == 2
     # Each zoom window is centred on a boundary pixel of the view before, inside it.
     win = arrays["window_Vx2x2"]
     for outer, inner in zip(win[:-1], win[1:], strict=True):
@@ -119,7 +122,7 @@ def test_bad_config_names_the_field(field, value):
 @pytest.mark.parametrize(
     "argv, match",
     [
-        (["--scale", "huge"], "invalid choice: 'huge'"),
+        (["--scale", "huge"], "`--scale` must be one of default, paper, got 'huge'"),
         (["--scale", "paper", "--quick"], "`--scale paper`"),
     ],
 )
