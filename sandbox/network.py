@@ -5,8 +5,10 @@ The one home of what training (`sandbox.train`), the landscape tools (`surface`,
 `sharpness`) and the network studies evaluate:
 
 - `point(params, coords, directions)`: params + coords[0] directions[0] + coords[1]
-  directions[1] + ..., leaf by leaf, summed in that order (a grid point of a line or a
-  plane, `surface`, `connect.plane`, `sharpness.on_plane`);
+  directions[1] + ..., leaf by leaf, summed in that order (a grid point of a plane:
+  `connect.plane`, `sharpness.on_plane`, the sharpness map's losses; `surface.evaluate`,
+  which carries its K directions stacked, adds their tensordot instead, the same point to
+  float32 rounding);
 - `masked_sums(logits, y, mask)`: the summed cross-entropy and the count of correct
   predictions over the rows of a padded batch that are real (the last batch of a data set);
 - `eval_loss(model, variables, x, y)`: params -> the mean cross-entropy in eval mode, the
@@ -43,7 +45,7 @@ def point(params: PyTree, coords: Array, directions: Sequence[PyTree]) -> PyTree
       directions: K pytrees like `params`.
 
     The sum runs in the order of the directions, ((params + c_0 d_0) + c_1 d_1) + ...: the
-    same arithmetic wherever a point is evaluated, so every tool gives the same numbers.
+    same arithmetic wherever it is used, so the tools built on it agree to the bit.
     """
 
     def leaf(w, *ds):

@@ -508,7 +508,15 @@ def _point_fn(model: Any, apply_items: tuple, unroll: int, precision: str) -> Ca
         c_K, origin, dirs = item["coords"], shared["parameters"], shared["directions"]
         x, y, mask = shared["data"]
         acc_dtype = jnp.promote_types(jnp.result_type(*jax.tree.leaves(origin)), jnp.float32)
-        v = network.point(origin, c_K, [_row(dirs, k) for k in range(len(c_K))])
+        # origin + (coords @ directions): the displacement summed over K first, as one
+        # tensordot over the stacked directions. `network.point` sums left to right
+        # ((p + c_0 d_0) + c_1 d_1); for K >= 2 the two differ by float32 rounding (1e-7),
+        # and this form keeps the landscape study's surfaces as they were computed.
+        v = jax.tree.map(
+            lambda o, d: o + jnp.tensordot(c_K.astype(d.dtype), d, axes=1).astype(o.dtype),
+            origin,
+            dirs,
+        )
 
         v_c = precisions.variables(v, precision)  # cast once per point, not per batch
 
@@ -525,11 +533,6 @@ def _point_fn(model: Any, apply_items: tuple, unroll: int, precision: str) -> Ca
         return s, n
 
     return point
-
-
-def _row(stacked: PyTree, k: int) -> PyTree:
-    """Direction k of directions stacked on a leading [K] axis (`_stack`)."""
-    return jax.tree.map(lambda d: d[k], stacked)
 
 
 def _check_memory(n_points: int, k: int) -> None:
