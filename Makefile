@@ -75,6 +75,7 @@ explore: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.sweep
+	$(PY) -m benchmarks.sweep_jobs
 	$(PY) -m benchmarks.resnet
 	$(PY) -m benchmarks.surface
 	$(PY) -m benchmarks.sharpness
