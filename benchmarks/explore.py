@@ -13,7 +13,13 @@ Workload: Himmelblau, plain GD, lr around 0.01, 1000 steps (the page's defaults)
 3. Trainability: a coarse (32 x 32) and a finer (64 x 64) tile of the fractal network, warm,
    against fractal.score_grid on the same learning rates.
 
-Run: make bench   (python -m benchmarks.explore [--steps T] [--rounds R])
+4. Memory (`--memory N`, not part of make bench: about 10 minutes on 2 CPU cores for N =
+   2000): the server's resident memory after N distinct requests, a quarter of them with a
+   step count not asked before (each a new compiled program), the rest new lrs on tiles, new
+   paths and new trainability views; printed every N/8 requests with the number of times the
+   compilation caches were cleared (`explore.explorer.PROGRAMS_MAX` programs kept).
+
+Run: make bench   (python -m benchmarks.explore [--steps T] [--rounds R] [--memory N])
 """
 
 import argparse
@@ -77,7 +83,10 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--train-steps", type=int, default=500)
+    p.add_argument("--memory", type=int, default=0, metavar="N", help="only the memory run")
     args = p.parse_args(argv)
+    if args.memory:
+        return _memory(args.memory)
 
     import jax
 
@@ -171,6 +180,38 @@ def main(argv=None) -> None:
             f"{t_tile:.2f} s, fractal.score_grid on the same lrs {t_grid:.2f} s, ratio "
             f"{t_grid / t_tile:.2f}x ({px * px / t_tile:.0f} runs/s through the server)"
         )
+    server.stop()
+
+
+def _memory(n: int) -> None:
+    """Resident memory of a server (memory tile cache of the default 64 MiB, no disk cache)
+    after n distinct requests; every 4th asks for a step count not asked before."""
+    import psutil
+
+    from sandbox import explore
+
+    ex = explore.Explorer(cache_dir=None)
+    server = explore.Server(ex)
+    url = server.start()
+    rss = lambda: psutil.Process().memory_info().rss / 2**20  # noqa: E731
+    print(f"explorer memory: resident {rss():.0f} MiB after start-up, {n} distinct requests")
+    box = "x0=0&x1=1&y0=0&y1=1"
+    t = time.perf_counter()
+    for i in range(n):
+        k = i // 4
+        url_i = (
+            f"{url}/api/basins?lr=0.01&steps={100 + k}&{box}&n=8",  # a new program
+            f"{url}/tile/2/{k % 4}/{(k // 4) % 4}.png?landscape=booth&lr={0.01 + 1e-6 * k}"
+            "&steps=20",
+            f"{url}/api/path?lr=0.01&steps=50&x={0.001 * k}&y=0.5",
+            f"{url}/api/trainability?x0={k * 1e-3}&x1=1&y0=0&y1=1&n=4&steps=20",
+        )[i % 4]
+        _get(url_i)
+        if (i + 1) % max(1, n // 8) == 0 or i + 1 == n:
+            print(
+                f"  {i + 1:5d} requests: resident {rss():6.0f} MiB, compiled-program caches "
+                f"cleared {ex.clears} times, {time.perf_counter() - t:.0f} s"
+            )
     server.stop()
 
 

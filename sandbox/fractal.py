@@ -492,12 +492,22 @@ def score_grid(
     return np.asarray(score_N, np.float64).reshape(len(b_H), len(a_W))
 
 
+def phase_point(params: mlp.Params, a: Array, b: Array, phase_space: str = "lr_vs_lr"):
+    """The run at point (a, b) of a phase space: (its initial params, lr1, lr2).
+
+    "lr_vs_lr": (params, a, b). "init_vs_lr": (`offset_init(params, a)`, b, b).
+    """
+    if phase_space == "init_vs_lr":
+        return offset_init(params, a), b, b
+    if phase_space != "lr_vs_lr":
+        raise ValueError(f"`phase_space` must be one of {PHASE_SPACES}, got {phase_space!r}")
+    return params, a, b
+
+
 @functools.lru_cache(maxsize=8)
 def _grid_point(steps: int, phase_space: str = "lr_vs_lr"):
     def one(item, shared):
-        a, b = item["lr"][0], item["lr"][1]
-        if phase_space == "init_vs_lr":
-            return train(offset_init(shared["params"], a), shared["data"], b, b, steps)
-        return train(shared["params"], shared["data"], a, b, steps)
+        p, lr1, lr2 = phase_point(shared["params"], item["lr"][0], item["lr"][1], phase_space)
+        return train(p, shared["data"], lr1, lr2, steps)
 
     return one

@@ -24,6 +24,7 @@ accelerator.
 
 import dataclasses
 import functools
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +49,10 @@ class Config(config.Checked):
     grid_n: int = config.count(256, 8192, lo=8)  # lrs per side of the full view
     log10_lr1: tuple[float, float] = config.field((-1.0, 7.0), increasing=True)  # lr1 decades
     log10_lr2: tuple[float, float] = config.field((0.0, 3.0), increasing=True)  # lr2 decades
+    # "init_vs_lr": the paper's second phase space (`fractal.phase_point`): log10_lr1 is then
+    # the log10 of an offset added to the input layer's initial weights, log10_lr2 that of
+    # the one lr of both layers (labels and summary keys keep the lr1 / lr2 names).
+    phase_space: Literal["lr_vs_lr", "init_vs_lr"] = "lr_vs_lr"
     zoom_levels: int = config.count(3, 20, lo=0)  # zooms into the boundary
     zoom_grid_n: int = config.count(128, 8192, lo=8)  # lrs per side of each zoom
     zoom_target: tuple[float, float] = (1.0, 1.71)  # (log10 lr1, log10 lr2) to zoom near
@@ -93,7 +98,12 @@ PAPER = Config(
 
 def _views(cfg: Config, params, data) -> tuple[list, list, list]:
     """The full view and its zooms: (score_HxW per level, (lim1, lim2) per level, sizes)."""
-    run = functools.partial(fractal.score_grid, steps=cfg.steps, batch_size=cfg.batch_size)
+    run = functools.partial(
+        fractal.score_grid,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        phase_space=cfg.phase_space,
+    )
     lims = [(tuple(cfg.log10_lr1), tuple(cfg.log10_lr2))]
     sizes = [cfg.grid_n]
     scores = []
@@ -136,9 +146,12 @@ def _neighbours(cfg: Config, params, data, deep_HxW, lim) -> tuple[np.ndarray, n
     l1 = np.logspace(a1, b1, n)
     l2 = np.logspace(a2, b2, n)
     pairs = np.array([[l1[j], l2[i]], [l1[nj], l2[ni]]])
-    curves = jax.jit(jax.vmap(lambda lr: fractal.losses(params, data, lr[0], lr[1], cfg.steps)))(
-        jnp.asarray(pairs)
-    )
+
+    def curve(ab):
+        p, lr1, lr2 = fractal.phase_point(params, ab[0], ab[1], cfg.phase_space)
+        return fractal.losses(p, data, lr1, lr2, cfg.steps)
+
+    curves = jax.jit(jax.vmap(curve))(jnp.asarray(pairs))
     return pairs, curves
 
 
