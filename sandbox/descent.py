@@ -11,6 +11,7 @@ time, for the same reason: reverse mode through the `x[i]` of a user function tu
 index into a pad, and pads split the fused loop (see docs/performance.md).
 """
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -216,6 +217,24 @@ def run(
         path=path,
         losses=losses,
     )
+
+
+def run_batched(fn: ScalarFn, x0_Nxd: Array, hyper: dict[str, Array], **kw) -> Run:
+    """`run` for N starts at once: vmapped over the starts and over each hyperparameter given
+    as an [N] array (scalars are shared), in one jitted call, without the engine's chunks.
+
+    For a few thousand runs whose every update must be checked and that mostly diverge
+    (escape times, exact step counts): `sweep.descend` runs them through its fast path
+    first and then again through `run`. `kw` are `run`'s keyword arguments (optimizer,
+    steps, record_every, tol, bound). Compiles once per call: pass the arrays in the dtype
+    wanted (float64 under `jax.enable_x64`).
+
+    Returns:
+      A `Run` with a leading [N] axis on every array.
+    """
+    in_axes = {k: 0 if jnp.ndim(v) else None for k, v in hyper.items()}
+    batched = jax.jit(jax.vmap(functools.partial(run, fn, **kw), in_axes=(0, in_axes)))
+    return batched(x0_Nxd, hyper)
 
 
 class FastRun(NamedTuple):

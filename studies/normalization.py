@@ -24,7 +24,6 @@ takes well under a minute on 2 cores, most of it the raw regression's 2.6 millio
 """
 
 import dataclasses
-import functools
 import math
 from typing import NamedTuple
 
@@ -221,23 +220,22 @@ def _quadratic_theory(grad0_KxSx2, curv_Kx2, lr_KxV, tol: float, budget: int) ->
 
 
 def _record_float64(X, y, x0_Nx2, lr_N, steps: int, record_every: int):
-    """Recorded GD runs on the least-squares loss, in float64: one pure `descent.run`, vmapped.
+    """Recorded GD runs on the least-squares loss, in float64 (`descent.run_batched`).
 
     float64 because at kappa ~ 1e6 a float32 step along the slow direction,
     lr lambda_min (w - w*) ~ 1e-8, falls below half an ulp of w ~ 1 and is lost: float32 GD
     stalls near the tolerance instead of following the theory.
     """
     with jax.enable_x64(True):
-        run = functools.partial(
-            descent.run,
+        run = descent.run_batched(
             least_squares(X, y, jnp.float64),
+            jnp.asarray(x0_Nx2, jnp.float64),
+            {"lr": jnp.asarray(lr_N, jnp.float64)},
             optimizer="sgd",
             steps=steps,
             record_every=record_every,
         )
-        batched = jax.jit(jax.vmap(run, in_axes=(0, {"lr": 0})))
-        x0 = jnp.asarray(x0_Nx2, jnp.float64)
-        return jax.device_get(batched(x0, {"lr": jnp.asarray(lr_N, jnp.float64)}))
+        return jax.device_get(run)
 
 
 def _agreement(measured, exact) -> dict:

@@ -24,7 +24,6 @@ figures.
 """
 
 import dataclasses
-import functools
 import math
 
 import jax
@@ -176,11 +175,11 @@ def fit_steps_per_decade(eps_E: np.ndarray, steps_E: np.ndarray) -> float:
 def _escape_steps(fn: str, x0_Nx2, cfg: Config, *, bound: float, optimizer="sgd", **hyper):
     """[N] updates until each run left the box |x|, |y| <= bound; inf if it never did.
 
-    One pure `descent.run`, which checks every update and keeps the one that crossed the
-    bound, vmapped over the runs. Nearly every run here leaves the box, that is diverges,
-    and sweep.descend would run it twice: its fast path hands diverged runs to this same
-    exact path, and compiles three programs for it (for noisy_sgd, whose threefry noise is
-    costly to compile, that is most of this study's time).
+    `descent.run_batched`: every update checked, the one that crossed the bound kept.
+    Nearly every run here leaves the box, that is diverges, and sweep.descend would run it
+    twice: its fast path hands diverged runs to this same exact path, and compiles three
+    programs for it (for noisy_sgd, whose threefry noise is costly to compile, that is most
+    of this study's time).
 
     Args:
       fn: a landscape name.
@@ -191,19 +190,14 @@ def _escape_steps(fn: str, x0_Nx2, cfg: Config, *, bound: float, optimizer="sgd"
       **hyper: its hyperparameters, each a scalar or an [N] array.
     """
     hyper = optim.resolve(optimizer, hyper)
-    run = functools.partial(
-        descent.run,
+    dtypes = {k: jnp.int32 if k in optim.INTEGER_HYPERS else jnp.float32 for k in hyper}
+    out = descent.run_batched(
         landscapes.as_fn(fn),
+        jnp.asarray(x0_Nx2, jnp.float32),
+        {k: jnp.asarray(v, dtypes[k]) for k, v in hyper.items()},
         optimizer=optimizer,
         steps=cfg.escape_steps,
         bound=bound,
-    )
-    in_axes = {k: 0 if np.ndim(v) else None for k, v in hyper.items()}
-    batched = jax.jit(jax.vmap(run, in_axes=(0, in_axes)))
-    dtypes = {k: jnp.int32 if k in optim.INTEGER_HYPERS else jnp.float32 for k in hyper}
-    out = batched(
-        jnp.asarray(x0_Nx2, jnp.float32),
-        {k: jnp.asarray(v, dtypes[k]) for k, v in hyper.items()},
     )
     diverged, step = jax.device_get((out.diverged, out.diverged_step))
     return np.where(diverged, step + 1.0, np.inf)

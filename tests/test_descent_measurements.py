@@ -1,5 +1,5 @@
-"""descent's measurements of finished runs against closed forms: rates, the divergence
-bracket and the exact step count of gradient descent on quadratics."""
+"""descent's measurements of finished runs and its batched runs against closed forms: rates, the
+divergence bracket, the exact step count of gradient descent on quadratics, escapes."""
 
 import numpy as np
 import pytest
@@ -105,3 +105,24 @@ def test_steps_to_tol_of_one_mode_is_the_logarithm():
         descent.steps_to_tol(a0, f, 1e-3, -1)
     with pytest.raises(ValueError, match="`tol`"):
         descent.steps_to_tol(a0, f, np.nan, 10)
+
+
+def test_run_batched_escapes_when_theory_says_and_equals_single_runs():
+    # GD on 2 |x|^2 (c = 4) from (1, 0): |x_t| = |1 - 4 lr|^t, so with bound 10 a run with
+    # |1 - 4 lr| > 1 leaves after ceil(log 10 / log |1 - 4 lr|) updates; lr < 0.5 converges.
+    import jax.numpy as jnp
+
+    def fn(x):
+        return 2.0 * jnp.sum(x**2)
+
+    lr_N = np.array([0.45, 0.55, 0.6], np.float32)
+    x0_Nx2 = np.tile(np.float32([1.0, 0.0]), (3, 1))
+    kw = {"optimizer": "sgd", "steps": 50, "bound": 10.0}
+    out = descent.run_batched(fn, jnp.asarray(x0_Nx2), {"lr": jnp.asarray(lr_N)}, **kw)
+    np.testing.assert_array_equal(out.diverged, [False, True, True])
+    factor = np.abs(1 - 4 * lr_N[1:].astype(np.float64))
+    np.testing.assert_array_equal(out.diverged_step[1:] + 1, np.ceil(np.log(10) / np.log(factor)))
+    for i in range(3):  # each run as `run` computes it alone
+        one = descent.run(fn, jnp.asarray(x0_Nx2[i]), {"lr": jnp.asarray(lr_N[i])}, **kw)
+        assert int(one.diverged_step) == int(out.diverged_step[i])
+        np.testing.assert_allclose(one.x, out.x[i], rtol=1e-6)
