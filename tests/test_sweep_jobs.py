@@ -379,3 +379,31 @@ def test_the_example_spec_is_valid_and_its_runs_are_start_major():
     grid = specs.axis_grid({"axes": {"a": [1, 2], "b": [10, 20, 30]}})
     np.testing.assert_array_equal(grid["a"], [1, 1, 1, 2, 2, 2])
     np.testing.assert_array_equal(grid["b"], [10, 20, 30, 10, 20, 30])
+
+
+# ----------------------------------------------------------------------------- launching
+
+
+@pytest.mark.slow  # two local worker processes through submitit (about 40 s on 2 loaded cores)
+def test_submit_runs_workers_through_submitit_local_executor(tmp_path, reference):
+    jobs = sweep.submit(
+        reference["spec"], tmp_path / "store", workers=2, executor="local", wait=True
+    )
+    assert len(jobs) == 2 and all("runs in" in j.result() for j in jobs)
+    loaded = sweep.load(tmp_path / "store")
+    _same({f: np.asarray(getattr(loaded, f)) for f in FIELDS}, reference["arrays"])
+
+
+def test_submit_refuses_bad_requests_before_queueing(tmp_path, reference, monkeypatch):
+    with pytest.raises(ValueError, match="`workers` must be an integer >= 1, got 0"):
+        sweep.submit(reference["spec"], tmp_path / "s", workers=0, executor="local")
+    with pytest.raises(ValueError, match="`executor` must be 'slurm' or 'local'"):
+        sweep.submit(reference["spec"], tmp_path / "s", workers=1, executor="ray")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('landscape = "nope"\nsteps = 1\n[starts]\ngrid = 2\n')
+    with pytest.raises(ValueError, match="spec key `landscape` must be one of"):
+        sweep.submit(bad, tmp_path / "s", workers=1, executor="local")
+    assert not (tmp_path / "s").exists()
+    if shutil.which("sbatch") is None:
+        with pytest.raises(ValueError, match="no Slurm here"):
+            sweep.submit(reference["spec"], tmp_path / "s", workers=2)
