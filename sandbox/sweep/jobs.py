@@ -224,7 +224,9 @@ def status(store: Path | str) -> str:
     lines = [
         f"sweep {str(store)!r}: {spec['landscape']}, {spec['optimizer']}, {runs} runs "
         f"({_num_starts(spec)} starts x {specs.combinations(spec)} combinations)",
-        f"chunks: {done} / {chunks} done" + (" (finished)" if done == chunks and p["n"] else ""),
+        f"chunks: {done} / {chunks} done" + (" (finished)" if done == chunks else "")
+        if p["n"]
+        else "chunks: none yet (no job has started computing)",
     ]
     held = [
         lease for lease in engine.leases(store / "runs") if lease["chunk"] not in set(p["done"])
@@ -237,11 +239,12 @@ def status(store: Path | str) -> str:
         )
     times = p["done_times"]
     if done >= 2 and done < chunks:
-        span = times[-1] - times[0]
-        rate = (done - 1) * p["chunk"] / span if span > 0 else float("inf")
+        k = min(done, 20)  # the last 20 chunks: a resumed sweep's old ones do not count
+        span = times[-1] - times[-k]
+        rate = (k - 1) * p["chunk"] / span if span > 0 else float("inf")
         left = (chunks - done) * p["chunk"] / rate
         lines.append(f"rate: {rate:,.0f} runs/s; time left: about {_duration(left)}")
-    elif done < 2 and done < chunks:
+    elif done < 2 and done < chunks and p["n"]:
         lines.append("rate: not known until two chunks are done")
     return "\n".join(lines)
 
