@@ -120,9 +120,10 @@ def parse(
     or `--num_runs`; tuples as `--escape-lrs 0.05 0.1`, or comma-separated). `options` is a
     dataclass of the study's flags that are not config fields (--data-dir, --no-progress).
     `aliases` maps another spelling of a field's flag to it (`{"--lrs": "--gd-lrs"}`). `args`
-    holds the common options, the study's own, `typed` ({field: flag as typed}) and
-    `preset`. Bad input: one line naming the flag as typed, exit status 2; a value outside a
-    field's constraint: ValueError naming the flag (`command` prints it, exit status 2).
+    holds the common options, the study's own, `typed` ({field: flag as typed}), `flags`
+    ({field: its flag}) and `preset`. Bad input: one line naming the flag as typed, exit
+    status 2; a value outside a field's constraint: ValueError naming the flag (`command`
+    prints it, exit status 2).
     """
     import tyro
 
@@ -139,11 +140,12 @@ def parse(
         parsed = tyro.cli(cls, args=argv, prog=prog, description=description)
     cfg = parsed.config
     typed = _typed(argv, cfg, aliases)
-    config.check(cfg, flags={f.name: typed.get(f.name, config.flag(f.name)) for f in _fields(cfg)})
+    flags = {f.name: typed.get(f.name, config.flag(f.name)) for f in _fields(cfg)}
+    config.check(cfg, flags=flags)
     values = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(parsed)}
     values.pop("config")
     values.setdefault("scale", "default")
-    args = argparse.Namespace(**values, seed=None, typed=typed, preset=preset)
+    args = argparse.Namespace(**values, seed=None, typed=typed, flags=flags, preset=preset)
     return args, cfg
 
 
@@ -249,8 +251,8 @@ def _option_type(options: type, f: dataclasses.Field) -> Any:
     import tyro
 
     tp = typing.get_type_hints(options, include_extras=True)[f.name]
-    help = f.metadata.get("help")
-    marks = [tyro.conf.FlagCreatePairsOff] + ([tyro.conf.arg(help=help)] if help else [])
+    arg = {k: f.metadata[k] for k in ("help", "metavar") if k in f.metadata}
+    marks = [tyro.conf.FlagCreatePairsOff] + ([tyro.conf.arg(**arg)] if arg else [])
     return Annotated[(tp, *marks)]
 
 
@@ -450,7 +452,7 @@ class _interrupts:
 def study_main(
     name: str,
     doc: str | None,
-    config: Any,
+    default: Any,
     quick: Any,
     compute: Callable[..., tuple[dict, dict]],
     plot: Callable[[dict, Any, dict], dict],
@@ -461,29 +463,38 @@ def study_main(
     quick_help: str = "small sizes (seconds)",
     paper_help: str | None = None,
     aliases: dict[str, str] | None = None,
+    prepare: Callable[[Any, argparse.Namespace], Any] | None = None,
     folder: Callable[[Any, argparse.Namespace], str] | None = None,
     report: Callable[[Any, dict], Sequence[str]] | None = None,
 ) -> Callable:
     """The `main(argv=None)` of a study, wrapped by `command`: `parse` (every Config field a
-    flag, on top of `quick` under --quick, `paper` under --scale paper, else `config`), then
-    `run_study`.
+    flag, on top of `quick` under --quick, `paper` under --scale paper, else `default`), then
+    `run_study`. `main.parse(argv)` gives its (args, cfg) without running.
 
     Args:
       compute: `compute(cfg)`; with `options` (a dataclass of the study's own flags, see
-        `parse`), `compute(cfg, out, args)`, for studies that keep files in their folder.
+        `parse`), `compute(cfg, out, args)`, for studies that read their options or keep
+        files in their folder.
+      prepare: `prepare(cfg, args)`, the config the study's own options imply (checked).
       folder: `folder(cfg, args)`, the default folder's name under results/ (`name`; with
         --quick, `-quick` is added).
       report: `report(cfg, summary)`, lines printed after the run.
     """
-    presets = {"default": config, "quick": quick} | ({"paper": paper} if paper else {})
+    presets = {"default": default, "quick": quick} | ({"paper": paper} if paper else {})
     if paper is not None and paper_help is None:
         paper_help = "paper-sized run"
 
-    def main(argv: Sequence[str] | None = None) -> None:
+    def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Any]:
         args, cfg = parse(
             name, doc, presets, argv, options=options, quick_help=quick_help,
             paper_help=paper_help, aliases=aliases,
         )  # fmt: skip
+        if prepare is not None:
+            cfg = config.check(prepare(cfg, args), flags=args.flags)
+        return args, cfg
+
+    def main(argv: Sequence[str] | None = None) -> None:
+        args, cfg = parse_args(argv)
         out = run_dir(args.out, folder(cfg, args) if folder else name, args.quick)
         run = (lambda c: compute(c, out, args)) if options is not None else compute
         out, cfg, _, summary = run_study(name, args, cfg, run, plot, out=out, artifacts=artifacts)
@@ -492,4 +503,6 @@ def study_main(
         print(f"{name}: results in {out}")
 
     main.__doc__ = f"Runs the {name} study (`python -m studies.{name} --help`)."
-    return command(main)
+    wrapped = command(main)
+    wrapped.parse = parse_args
+    return wrapped

@@ -32,13 +32,14 @@ cores busy (5.9 minutes of CPU time); --quick about 25 s.
 import dataclasses
 import time
 from collections.abc import Sequence
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sandbox import checks, cli, data, engine, sharpness
+from sandbox import cli, config, data, engine, sharpness
 from sandbox.models import fc
 
 NAME = "edge_of_stability"
@@ -47,59 +48,35 @@ OPTIMIZERS = ("gd", "momentum", "adam")  # gd brings the flow reference with it
 # few percent; the band below is what counts as "at the edge" here.
 PLATEAU_BAND = (0.9, 1.15)
 CIFAR_SUBSET = 5000
+DataSet = Literal[data.NAMES]
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    seed: int = 0
-    data: str = "digits"
+class Config(config.Checked):
+    seed: int = config.seed()  # seed of the network's initial weights
+    data: DataSet = "digits"  # the data set
     # The first N training images; None: all of the digits, or CIFAR-10's first 5000 (the
     # subset of Cohen et al.).
-    train_size: int | None = None
-    hidden: tuple[int, ...] = (200, 200)
-    gd_lrs: tuple[float, ...] = (0.05, 0.065, 0.08)  # 2 / lr = 40, 30.8, 25
-    steps: int = 2000
-    every: int = 20  # sharpness checks every `every` updates
-    flow_lr: float = 0.01  # lr x sharpness stays below 0.6: close to the flow
-    flow_steps: int = 5000  # flow time 50, past every GD run's threshold crossing
-    momentum_lr: float = 0.05  # threshold (2 + 2 beta) / lr = 76
-    beta: float = 0.9
-    adam_lr: float = 0.001  # threshold 38 / lr = 38,000
-    b1: float = 0.9
-    b2: float = 0.999
-    num_iters: int = 20  # Lanczos steps per check
-    optimizers: tuple[str, ...] = OPTIMIZERS
+    train_size: int | None = config.field(None, 1, 10**6)  # the first N training images
+    hidden: tuple[int, ...] = config.field((200, 200), 1, 8192)  # hidden widths of the MLP
+    gd_lrs: tuple[float, ...] = config.field((0.05, 0.065, 0.08), gt=0)  # 2 / lr = 40, 30.8, 25
+    steps: int = config.count(2000, 10**6)  # updates per run
+    every: int = config.count(20, 10**6)  # sharpness checks every `every` updates
+    flow_lr: float = config.field(0.01, gt=0)  # lr x sharpness stays below 0.6: the flow
+    flow_steps: int = config.count(5000, 10**6)  # flow time 50, past every GD run's crossing
+    momentum_lr: float = config.field(0.05, gt=0)  # threshold (2 + 2 beta) / lr = 76
+    beta: float = config.field(0.9, 0, lt=1)  # heavy-ball momentum
+    adam_lr: float = config.field(0.001, gt=0)  # threshold 38 / lr = 38,000
+    b1: float = config.field(0.9, 0, lt=1)  # Adam's b1
+    b2: float = config.field(0.999, 0, lt=1)  # Adam's b2
+    num_iters: int = config.count(20, 1000)  # Lanczos steps per check
+    optimizers: tuple[Literal[OPTIMIZERS], ...] = config.field(OPTIMIZERS, distinct=True)
+    """optimizers run (gd brings the flow reference with it)"""
 
-    def __post_init__(self):
-        if self.data not in data.NAMES:
-            raise ValueError(f"`data` must be one of {', '.join(data.NAMES)}, got {self.data!r}")
-        if self.train_size is not None:
-            checks.integer("train_size", self.train_size, minimum=1)
-        if not self.hidden:
-            raise ValueError("`hidden` must name at least one hidden width")
-        for w in self.hidden:
-            checks.integer("hidden", w, minimum=1)
-        steps = checks.integer("steps", self.steps, minimum=1)
-        checks.integer("every", self.every, minimum=1, maximum=steps)
-        flow_steps = checks.integer("flow_steps", self.flow_steps, minimum=1)
-        if self.every > flow_steps:
-            raise ValueError(f"`every` must be <= flow_steps ({flow_steps}), got {self.every}")
-        checks.integer("num_iters", self.num_iters, minimum=1)
-        if not self.gd_lrs:
-            raise ValueError("`gd_lrs` must hold at least one learning rate")
-        for lr in self.gd_lrs:
-            checks.positive("gd_lrs", lr)
-        for name in ("flow_lr", "momentum_lr", "adam_lr"):
-            checks.positive(name, getattr(self, name))
-        for name in ("beta", "b1", "b2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)!r}")
-        unknown = [o for o in self.optimizers if o not in OPTIMIZERS]
-        if unknown or not self.optimizers:
-            raise ValueError(
-                f"`optimizers` must be a non-empty subset of {', '.join(OPTIMIZERS)}, "
-                f"got {', '.join(self.optimizers) or 'none'}"
-            )
+    RELATIONS = (
+        config.relation("every <= steps", lambda c: c.every <= c.steps),
+        config.relation("every <= flow_steps", lambda c: c.every <= c.flow_steps),
+    )
 
 
 QUICK = Config(
@@ -313,55 +290,22 @@ def _plot_others(arrays: dict, cfg: Config, keys: Sequence[str]):
 # ----------------------------------------------------------------------------- command line
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(t) for t in text.split(","))
-    except ValueError:
-        raise ValueError(f"`--lrs` must be comma-separated numbers, got {text!r}") from None
-
-
-def parse_args(argv: Sequence[str] | None):
-    p = cli.study_parser(NAME, __doc__)
-    p.add_argument("--data", default=None, help=f"one of {', '.join(data.NAMES)}")
-    p.add_argument("--data-dir", default=None, help="a CIFAR-10 folder: train on CIFAR-10")
-    p.add_argument("--train-size", type=int, default=None, help="the first N training images")
-    p.add_argument("--lrs", default=None, help="GD learning rates, comma-separated")
-    p.add_argument("--steps", type=int, default=None, help="updates per run")
-    p.add_argument("--every", type=int, default=None, help="updates between sharpness checks")
-    p.add_argument(
-        "--optimizers", default=None, help=f"comma-separated subset of {', '.join(OPTIMIZERS)}"
+@dataclasses.dataclass(frozen=True)
+class Options:
+    data_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "a CIFAR-10 folder: train on CIFAR-10", "metavar": "DIR"}
     )
-    return p.parse_args(argv)
 
 
-def config_of(args) -> Config:
-    cfg = QUICK if args.quick else Config()
-    changes = {"data": "cifar10"} if args.data_dir is not None else {}
-    changes |= cli.given(args, ("data", "train_size", "steps", "every"))
-    if args.lrs is not None:
-        changes["gd_lrs"] = _floats(args.lrs)
-    if args.optimizers is not None:
-        changes["optimizers"] = tuple(args.optimizers.split(","))
-    try:
-        return dataclasses.replace(cfg, **changes)
-    except ValueError as e:  # name the command-line flag, not the config field
-        message = str(e)
-        for field in changes:
-            message = message.replace(f"`{field}`", f"`{_FLAGS[field]}`")
-        raise ValueError(message) from None
+def _prepare(cfg: Config, args) -> Config:
+    """A CIFAR-10 folder trains on CIFAR-10."""
+    return cfg if args.data_dir is None else dataclasses.replace(cfg, data="cifar10")
 
 
-_FLAGS = {"data": "--data", "train_size": "--train-size", "steps": "--steps",
-          "every": "--every", "gd_lrs": "--lrs", "optimizers": "--optimizers"}  # fmt: skip
-
-
-@cli.command
-def main(argv: Sequence[str] | None = None) -> None:
-    """Runs the edge-of-stability study (`python -m studies.edge_of_stability --help`)."""
-    args = parse_args(argv)
-    cfg = config_of(args)
-    out, *_ = cli.run_study(NAME, args, cfg, lambda c: compute(c, args.data_dir), plot)
-    print(f"{NAME}: results in {out}")
+main = cli.study_main(
+    NAME, __doc__, Config(), QUICK, lambda c, out, args: compute(c, args.data_dir), plot,
+    options=Options, aliases={"--lrs": "--gd-lrs"}, prepare=_prepare,
+)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ ROOT = Path(__file__).parents[1]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("eos")
-    eos.main(["--quick", "--out", str(folder)])
+    # One config field set from the command line (the preset checks every 10 updates).
+    eos.main(["--quick", "--out", str(folder), "--every", "20"])
     summary = json.loads((folder / "summary.json").read_text())
     with np.load(folder / "arrays.npz") as z:
         arrays = {k: z[k] for k in z.files}
@@ -26,7 +27,9 @@ def run(tmp_path_factory):
 
 
 def test_quick_run_writes_one_entry_per_run_and_the_figures(run):
-    folder, summary, _ = run
+    folder, summary, arrays = run
+    assert json.loads((folder / "config.json").read_text())["every"] == 20
+    np.testing.assert_array_equal(arrays["gd_steps"], np.arange(0, 301, 20))
     runs = {"gd_0.12", "gd_0.15", "flow", "momentum", "adam"}
     assert runs <= set(summary)
     for key in runs:
@@ -134,7 +137,7 @@ def test_config_refuses_bad_values():
 
 def test_a_cifar10_folder_switches_the_data_to_its_first_images(tiny_cifar):
     folder, _ = tiny_cifar
-    cfg = eos.config_of(eos.parse_args(["--quick", "--data-dir", str(folder)]))
+    _, cfg = eos.main.parse(["--quick", "--data-dir", str(folder)])
     assert cfg.data == "cifar10"
     _, params, n = eos.problem(cfg, str(folder))
     # The quick run's 512 images are more than the folder's 20: all of them, flattened to
