@@ -633,8 +633,12 @@ class _Store:
         arrays = [np.asarray(a) for a in jax.tree.leaves(outputs)]
         g = self.group()
         lo = c * self.chunk
-        for name, a in zip(self.names, arrays, strict=True):
-            g[name][lo : lo + len(a)] = a
+        try:
+            for name, a in zip(self.names, arrays, strict=True):
+                g[name][lo : lo + len(a)] = a
+        except OSError as e:  # a full disk: the command line names the store (cli.command)
+            e.filename = e.filename or str(self.path)
+            raise
         sums = _checksums(arrays)
         if _checksums(self.read_chunk(c)) != sums:
             raise ValueError(
