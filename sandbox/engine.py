@@ -40,7 +40,6 @@ import functools
 import hashlib
 import json
 import os
-import random
 import shutil
 import socket
 import sys
@@ -178,9 +177,8 @@ def _run_stored(one, items, shared, store_: "_Store", batch, finish, lease_s, ba
     if not missing:
         bar.update(n)
         return
+    # In order: jobs that start together and race for a chunk lose nothing but a failed link.
     order = list(range(chunks))
-    start = random.Random(os.getpid() ^ time.monotonic_ns()).randrange(chunks)
-    order = order[start:] + order[:start]  # jobs started together seldom race for a chunk
     for _attempt in range(3):
         with _Claims(store_, lease_s) as claims:
 
