@@ -1,0 +1,284 @@
+"""Central flows: where does gradient descent go at the edge of stability?
+
+The edge-of-stability study shows full-batch GD holding its sharpness at 2 / lr while the
+loss oscillates and still falls. Cohen, Damian, Talwalkar, Kolter and Lee (ICLR 2025) model
+the time-averaged trajectory by an ODE, the central flow: the gradient flow plus the
+implicit curvature penalty 1/2 grad <H, Sigma> of an oscillation whose covariance Sigma is
+the unique PSD matrix that keeps every effective eigenvalue of P^-1 H at or below 2
+(`sandbox.flows`). Its prediction of the oscillating optimizer's time-averaged loss is
+L(w) + 1/2 <H, Sigma>.
+
+Measured here, on the edge-of-stability study's network at a size the flows integrate in
+minutes (fc-tanh 64-32-32-10, PyTorch's init, square loss 0.5 |f(x) - onehot(y)|^2 on the
+first `train_size` digits training images, full batch), for GD at two learning rates and
+RMSProp (b2, eps of the config; state started at g_0^2): the discrete run, its centred
+running mean over `window` steps, the stable flow (gradient flow; preconditioned with the
+RMSProp state's ODE) and the central flow with its prediction, each with the top
+`num_eigs` eigenvalues of P^-1 H (threshold 2) at every step.
+
+summary.json, per run (`gd_<lr>`, `rmsprop`): the onset (first step at which the central
+flow's effective sharpness reaches 2, within 1e-3); before it, the largest relative gap of
+the discrete and central losses to the stable flow's (they agree); after it, how far and
+when the stable flow departs (its loss against the discrete running mean at the end, the
+first step at which the gap passes `depart_tol`, its final sharpness), the median and
+largest relative gap of the central prediction to the running mean (from `window` steps
+after onset, when the mean no longer reaches back before it), the largest |eig - 2| of the
+central flow after onset; for RMSProp the effective learning rate (geometric mean over
+parameters of lr / (sqrt(nu) + eps)) of the central flow against the discrete run's running
+mean. `claims` checks each against its stated tolerance.
+
+Heavy-ball momentum (v <- beta v + g, w <- w - lr v, threshold (2 + 2 beta) / lr) is left
+out. The derivation above fixes Sigma by the first time derivative of the effective
+sharpness, which must contain Sigma; with the momentum buffer as a state, dw/dt = -lr v
+holds no Sigma (it enters dv/dt), so the condition only appears one derivative later, a
+second-order (index-2) problem that the cone problem does not express. Eliminating v
+quasi-statically, v ~ E[g] / (1 - beta) (w changes little over the buffer's memory of
+1 / (1 - beta) steps), gives GD's central flow at lr / (1 - beta) whose eigenvalues are
+held at (2 + 2 beta) / lr, but that reduction also drops the buffer's lag, the very term
+that moves the threshold from 2 (1 - beta) / lr to (2 + 2 beta) / lr, so it is an ansatz
+rather than a derivation; it is not measured here.
+
+Run: make central_flows   (smoke: python -m studies.central_flows --quick).
+"""
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+
+from sandbox import cli, config, data, flows, plotting
+from sandbox.models import fc
+
+NAME = "central_flows"
+FLOWS = flows.FLOWS  # discrete, stable, central
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(config.Checked):
+    seed: int = config.seed()  # network init and the eigen-solves' start
+    train_size: int = config.count(256, 1797)  # the first N digits training images
+    hidden: tuple[int, ...] = config.field((32, 32), 1, 1024)  # hidden widths of the fc-tanh
+    gd_lrs: tuple[float, ...] = config.field((0.14, 0.16), gt=0, le=10, max_len=4)
+    """GD learning rates (thresholds 2 / lr above the initial sharpness, about 11)"""
+    rmsprop_lr: float = config.field(6e-4, gt=0, le=1)  # 0 to skip RMSProp
+    beta2: float = config.field(0.99, gt=0, lt=1)  # RMSProp's decay
+    eps: float = config.field(1e-3, ge=0, le=1)  # RMSProp's eps (outside the root)
+    steps: int = config.count(800, 100_000)  # steps (units of flow time) per run
+    num_eigs: int = config.count(3, 10)  # effective eigenvalues tracked (cone size)
+    window: int = config.count(20, 10_000)  # centred running mean of the discrete loss
+    agree_tol: float = config.field(0.03, gt=0, lt=1)  # before onset: max relative gap
+    track_tol: float = config.field(0.05, gt=0, lt=1)  # after onset: median relative gap
+    depart_tol: float = config.field(0.05, gt=0, lt=1)  # the stable flow has departed
+    hold_tol: float = config.field(1e-3, gt=0, lt=1)  # central flow: max |eig - 2|
+
+
+QUICK = Config(train_size=128, gd_lrs=(0.17,), rmsprop_lr=1e-3, steps=150, window=10)
+
+
+# ----------------------------------------------------------------------------- compute
+
+
+def problem(cfg: Config):
+    """(loss, initial params): the fc-tanh network on the first train_size digits."""
+    ds = data.load("digits", seed=cfg.seed)
+    n = min(cfg.train_size, len(ds.y_train))
+    x = jnp.asarray(ds.x_train[:n].reshape(n, -1))
+    y = jax.nn.one_hot(jnp.asarray(ds.y_train[:n]), ds.num_classes, dtype=x.dtype)
+
+    def loss(params):
+        return 0.5 * jnp.mean(jnp.sum((fc.apply(params, x) - y) ** 2, axis=-1))
+
+    params = fc.init(jax.random.key(cfg.seed), (x.shape[1], *cfg.hidden, ds.num_classes))
+    return loss, params
+
+
+def runs(cfg: Config) -> list[tuple[str, str, float]]:
+    """(key, optimizer, lr) of each run."""
+    out = [(f"gd_{lr:g}", "gd", lr) for lr in cfg.gd_lrs]
+    return out + ([("rmsprop", "rmsprop", cfg.rmsprop_lr)] if cfg.rmsprop_lr > 0 else [])
+
+
+def compute(cfg: Config) -> tuple[dict, dict]:
+    loss, params = problem(cfg)
+    key = jax.random.key(cfg.seed + 1)
+    arrays, seconds = {}, {}
+    for name, optimizer, lr in runs(cfg):
+        hyper = dict(beta2=cfg.beta2, eps=cfg.eps) if optimizer == "rmsprop" else {}
+        for flow in FLOWS:
+            start = time.perf_counter()
+            trace = flows.run(loss, params, flow=flow, optimizer=optimizer, lr=lr,
+                              steps=cfg.steps, num_eigs=cfg.num_eigs, key=key, **hyper)  # fmt: skip
+            trace = jax.device_get(trace)
+            seconds[f"{name}/{flow}"] = round(time.perf_counter() - start, 2)
+            for field in ("loss", "predicted", "eigs", "lr_eff", "matvecs", "grads"):
+                arrays[f"{name}/{flow}/{field}"] = np.asarray(getattr(trace, field))
+    summary = summarize(arrays, cfg)
+    summary["seconds_per_run"] = seconds  # compile included
+    summary["num_params"] = int(sum(np.size(p) for p in jax.tree.leaves(params)))
+    return arrays, summary
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def _gap(a, b) -> np.ndarray:
+    return np.abs(np.asarray(a) / np.asarray(b) - 1)
+
+
+def run_summary(arrays: dict, name: str, cfg: Config) -> dict:
+    get = lambda flow, field: arrays[f"{name}/{flow}/{field}"]  # noqa: E731
+    disc, stable, central = (get(f, "loss") for f in FLOWS)
+    mean = flows.running_mean(disc, cfg.window)
+    onset = flows.onset(get("central", "eigs"))
+    out = {"onset_step": onset, "window": cfg.window}
+    before = slice(0, onset if onset is not None else len(disc))
+    out["before_onset_max_gap"] = {
+        "discrete_vs_stable": float(_gap(disc[before], stable[before]).max()),
+        "central_vs_stable": float(_gap(central[before], stable[before]).max()),
+    }
+    out["matvecs_per_step"] = {f: float(np.mean(get(f, "matvecs"))) for f in FLOWS}
+    out["grads_per_step"] = {f: float(np.mean(get(f, "grads"))) for f in FLOWS}
+    if onset is None:
+        return out
+    after = slice(onset, None)
+    stable_gap = _gap(stable[after], mean[after])
+    departed = np.flatnonzero(stable_gap > cfg.depart_tol)
+    out["stable"] = {
+        "final_gap_to_running_mean": float(stable_gap[-1]),
+        "departs_at_step": int(onset + departed[0]) if len(departed) else None,
+        "final_sharpness": float(get("stable", "eigs")[-1, 0]),
+        "max_sharpness_after_onset": float(get("stable", "eigs")[after, 0].max()),
+    }
+    settled = slice(min(onset + cfg.window, len(disc) - 1), None)
+    pred_gap = _gap(get("central", "predicted")[settled], mean[settled])
+    loss_gap = _gap(central[settled], mean[settled])
+    out["central"] = {
+        "predicted_gap_median": float(np.median(pred_gap)),
+        "predicted_gap_max": float(pred_gap.max()),
+        "loss_gap_median": float(np.median(loss_gap)),  # L(w) alone, without Sigma's share
+        "max_abs_eig_minus_2": float(np.abs(get("central", "eigs")[onset + 1 :, 0] - 2).max()),
+        "final_loss": float(central[-1]),
+        "final_predicted": float(get("central", "predicted")[-1]),
+    }
+    out["discrete"] = {
+        "final_running_mean": float(mean[-1]),
+        "median_sharpness_after_onset": float(np.median(get("discrete", "eigs")[after, 0])),
+    }
+    if name == "rmsprop":
+        lr_mean = flows.running_mean(get("discrete", "lr_eff"), cfg.window)
+        lr_gap = _gap(get("central", "lr_eff")[settled], lr_mean[settled])
+        out["lr_eff"] = {
+            "central_final": float(get("central", "lr_eff")[-1]),
+            "discrete_running_mean_final": float(lr_mean[-1]),
+            "stable_final": float(get("stable", "lr_eff")[-1]),
+            "central_gap_median": float(np.median(lr_gap)),
+            "central_gap_max": float(lr_gap.max()),
+        }
+    return out
+
+
+def summarize(arrays: dict, cfg: Config) -> dict:
+    summary = {name: run_summary(arrays, name, cfg) for name, _, _ in runs(cfg)}
+    summary["claims"] = claims(summary, cfg)
+    return summary
+
+
+def claims(summary: dict, cfg: Config) -> dict:
+    """Each run against the central-flow picture, with the config's stated tolerances."""
+    out = {}
+    for name, _, _ in runs(cfg):
+        s = summary[name]
+        out[f"{name}_reaches_onset"] = s["onset_step"] is not None
+        out[f"{name}_three_agree_before_onset"] = bool(
+            max(s["before_onset_max_gap"].values()) <= cfg.agree_tol
+        )
+        if s["onset_step"] is None:
+            continue
+        c = s["central"]
+        out[f"{name}_central_tracks_running_mean"] = c["predicted_gap_median"] <= cfg.track_tol
+        out[f"{name}_central_holds_2"] = c["max_abs_eig_minus_2"] <= cfg.hold_tol
+        out[f"{name}_stable_sharpness_passes_2"] = s["stable"]["max_sharpness_after_onset"] > 2
+        if "lr_eff" in s:
+            out[f"{name}_lr_eff_predicted"] = s["lr_eff"]["central_gap_median"] <= cfg.track_tol
+    return out
+
+
+# ----------------------------------------------------------------------------- figures
+
+COLOURS = {"discrete": "C0", "stable": "C3", "central": "k"}
+
+
+def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
+    figs = {}
+    gd = [r for r in runs(cfg) if r[1] == "gd"]
+    if gd:
+        figs["gd"] = _plot_runs(arrays, cfg, summary, gd, lr_panel=False)
+    rms = [r for r in runs(cfg) if r[1] == "rmsprop"]
+    if rms:
+        figs["rmsprop"] = _plot_runs(arrays, cfg, summary, rms, lr_panel=True)
+    return figs
+
+
+def _plot_runs(arrays, cfg, summary, which, *, lr_panel: bool):
+    cols = 3 if lr_panel else 2
+    with plt.style.context(plotting.STYLE):
+        fig, axes = plt.subplots(
+            len(which), cols, figsize=(plotting.FULL, 2.6 * len(which) + 0.4),
+            layout="constrained", squeeze=False,
+        )  # fmt: skip
+        for row, (name, optimizer, lr) in zip(axes, which, strict=True):
+            _loss_panel(row[0], arrays, cfg, summary, name, f"{optimizer}, η = {lr:g}")
+            _eig_panel(row[1], arrays, summary, name)
+            if lr_panel:
+                _lr_panel(row[2], arrays, cfg, name)
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=5, frameon=False)
+    return fig
+
+
+def _loss_panel(ax, arrays, cfg, summary, name, title):
+    get = lambda flow, field: arrays[f"{name}/{flow}/{field}"]  # noqa: E731
+    t = np.arange(len(get("discrete", "loss")))
+    ax.plot(t, get("discrete", "loss"), color=COLOURS["discrete"], lw=0.6, alpha=0.3,
+            label="discrete")  # fmt: skip
+    ax.plot(t, flows.running_mean(get("discrete", "loss"), cfg.window), color="C0", lw=1.2,
+            label=f"discrete, mean of {cfg.window}")  # fmt: skip
+    ax.plot(t, get("stable", "loss"), color=COLOURS["stable"], ls="--", lw=1, label="stable flow")
+    ax.plot(t, get("central", "loss"), color="k", lw=1, label="central flow L(w)")
+    ax.plot(t, get("central", "predicted"), color="k", ls=":", lw=1.4,
+            label="central prediction")  # fmt: skip
+    onset = summary[name]["onset_step"]
+    if onset is not None:
+        ax.axvline(onset, color="0.6", lw=0.8)
+    ax.set(xlabel="step (flow time)", ylabel="training loss", yscale="log", title=title)
+
+
+def _eig_panel(ax, arrays, summary, name):
+    for flow in FLOWS:
+        eigs = arrays[f"{name}/{flow}/eigs"]
+        kw = dict(color=COLOURS[flow], lw=0.6 if flow == "discrete" else 1)
+        kw |= {"alpha": 0.4} if flow == "discrete" else {"ls": "--"} if flow == "stable" else {}
+        ax.plot(eigs[:, 0], **kw)
+        ax.plot(eigs[:, 1:], **(kw | {"lw": 0.5}))
+    ax.axhline(2, color="C2", lw=0.8)
+    ax.set(xlabel="step (flow time)", ylabel="eigenvalues of P⁻¹H", title="effective sharpness")
+
+
+def _lr_panel(ax, arrays, cfg, name):
+    get = lambda flow: arrays[f"{name}/{flow}/lr_eff"]  # noqa: E731
+    ax.plot(get("discrete"), color="C0", lw=0.6, alpha=0.3)
+    ax.plot(flows.running_mean(get("discrete"), cfg.window), color="C0", lw=1.2)
+    ax.plot(get("stable"), color=COLOURS["stable"], ls="--", lw=1)
+    ax.plot(get("central"), color="k", lw=1)
+    ax.set(xlabel="step (flow time)", ylabel="geometric mean of η / (√ν + ε)",
+           yscale="log", title="effective learning rate")  # fmt: skip
+
+
+main = cli.study_main(NAME, __doc__, Config(), QUICK, compute, plot)
+
+
+if __name__ == "__main__":
+    main()
