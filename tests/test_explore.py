@@ -592,3 +592,73 @@ def test_trainability_defaults_are_the_fractal_studys():
     )
     np.testing.assert_array_equal(explore.TRAIN_BOUNDS, [cfg.log10_lr1, cfg.log10_lr2])
     assert explore.TRAIN_GAP == study._GAP
+
+
+# ----------------------------------------------------------------------------- stored sweeps
+
+SWEEP_SPEC = """
+landscape = "himmelblau"
+optimizer = "sgd"
+steps = 30
+
+[starts]
+grid = 32
+
+[axes]
+lr = { values = [0.004, 0.02] }
+"""
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep")
+    (folder / "spec.toml").write_text(SWEEP_SPEC)
+    sweep.run(folder / "spec.toml", folder / "store", progress=False)
+    srv = explore.Server(explore.Explorer(cache_dir=None, sweep_dir=folder / "store"))
+    yield srv.start(), folder / "store"
+    srv.stop()
+
+
+def test_a_stored_sweep_is_its_basin_map_per_combination(stored):
+    url, _ = stored
+    status, body = get(url + "/api/config")
+    info = json.loads(body)["sweep"]
+    assert info["grid"] == [32, 32] and info["axes"] == {"lr": [0.004, 0.02]}
+    (xl, xh), (yl, yh) = H.bounds
+    dx = (xh - xl) / 31  # the starts are a linspace over the bounds, both ends included
+    np.testing.assert_allclose(
+        info["extent"], [[xl - dx / 2, xh + dx / 2], [yl - dx / 2, yh + dx / 2]]
+    )
+    # The starts as the spec defines them, run here by sweep.descend: pixel (row from the
+    # top r, column c) is the start at x = xl + c dx, y = yh - r dx.
+    xs, ys = np.linspace(xl, xh, 32), np.linspace(yl, yh, 32)
+    x0 = np.array([[x, y] for y in ys for x in xs], np.float32)
+    for index, lr in enumerate((0.004, 0.02)):
+        status, png = get(f"{url}/sweep.png?lr={index}")
+        assert status == 200
+        run = sweep.descend("himmelblau", x0, steps=30, lr=lr)
+        ref = basins.classify(run.x, H.minima, 1e-2, run.diverged).reshape(32, 32)
+        np.testing.assert_array_equal(decode(png, len(H.minima)), ref)
+        assert len(np.unique(ref)) >= 3
+        status, body = get(f"{url}/api/sweep?lr={index}")
+        r = json.loads(body)
+        assert r["combination"] == {"lr": lr}
+        assert r["fractions"]["diverged"] == pytest.approx(np.mean(ref == -2), abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "path,param", [("/sweep.png?lr=2", "lr"), ("/sweep.png?momentum=1", "momentum")]
+)
+def test_a_bad_stored_sweep_request_is_a_400(stored, server, path, param):
+    url, _ = stored
+    status, body = get(url + path)
+    assert status == 400 and f"`{param}`" in json.loads(body)["error"]
+    status, body = get(server[0] + "/sweep.png")  # a server without --sweep
+    assert status == 400 and "--sweep" in json.loads(body)["error"]
+
+
+def test_sweep_command_line_refuses_a_folder_that_is_no_sweep(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        explore.main(["--cache", "none", "--sweep", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "--sweep" in err

@@ -162,6 +162,7 @@ class Explorer:
         disk_bytes: int = 512 << 20,
         queue_max: int = jobs.QUEUE_MAX,
         version: str | None = None,
+        sweep_dir: Path | str | None = None,
     ):
         self.version = version or caches.code_version()
         self.surfaces = {
@@ -172,6 +173,18 @@ class Explorer:
         if fn is not None:
             s = load_fn(fn, bounds)
             self.surfaces[s.name] = s
+        # A stored sweep (`--sweep DIR`): its map, continued live on its own landscape.
+        self.stored = None
+        if sweep_dir is not None:
+            from sandbox.explore.stored import StoredSweep
+
+            self.stored = StoredSweep(sweep_dir)
+            name = self.stored.spec["landscape"]
+            if name not in self.surfaces:
+                if ":" not in name:
+                    raise ValueError(f"`--sweep`: landscape {name!r} is not 2-D")
+                s = load_fn(name, np.ravel(self.stored.spec["bounds"]))
+                self.surfaces[name] = s
         self.infos = [s.info() for s in self.surfaces.values()]  # (imports matplotlib now)
         self.memory = caches.MemoryCache(memory_bytes)
         self.disk = caches.DiskCache(Path(cache_dir), disk_bytes) if cache_dir else None

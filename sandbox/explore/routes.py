@@ -100,8 +100,29 @@ async def config(request, ex, q):
                 "max_zoom": tiles.max_zoom(params.TRAIN_BOUNDS),
             },
             "maps": maps,
+            "sweep": ex.stored.info() if ex.stored is not None else None,
         }
     )
+
+
+def _stored(ex):
+    if ex.stored is None:
+        raise params.BadRequest("no stored sweep: start the server with `--sweep DIR`")
+    return ex.stored
+
+
+async def sweep_info(request, ex, q):
+    """/api/sweep?AXIS=INDEX...: the stored combination's values and basin fractions."""
+    st = _stored(ex)
+    a = st.combination(q)
+    values = {k: float(v[int(q.get(k) or 0)]) for k, v in st.axes.items()}
+    return JSONResponse({"combination": values, "fractions": st.fractions(a)}, headers=NO_STORE)
+
+
+async def sweep_png(request, ex, q):
+    """/sweep.png?AXIS=INDEX...: the stored basin map of one combination, a pixel a start."""
+    st = _stored(ex)
+    return Response(st.png(st.combination(q)), media_type="image/png", headers=NO_STORE)
 
 
 async def basins_(request, ex, q):
@@ -197,6 +218,8 @@ def app(explorer) -> Starlette:
         Route("/api/trainability", guarded(trainability)),
         Route("/api/init_vs_lr", guarded(trainability)),
         Route("/view.png", guarded(view)),
+        Route("/api/sweep", guarded(sweep_info)),
+        Route("/sweep.png", guarded(sweep_png)),
         Route("/tile/{map}/{z}/{x}/{y}.png", guarded(train_tile)),
         Route("/tile/{z}/{x}/{y}.png", guarded(tile)),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),

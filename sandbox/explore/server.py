@@ -72,6 +72,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="disk cache of tiles ('none': memory only)",
     )
     p.add_argument("--cache-mb", type=int, default=512, help="disk cache size in MiB")
+    p.add_argument(
+        "--sweep",
+        default=None,
+        metavar="DIR",
+        help="a finished sweep store (python -m sandbox.sweep run SPEC --store DIR) to show",
+    )
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535:
         raise ValueError(f"`--port` must be in [0, 65535], got {args.port}")
@@ -84,13 +90,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         except OSError as e:
             raise ValueError(f"`--cache` folder {str(cache)!r} cannot be made ({e})") from None
     os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars per tile on the console
-    ex = Explorer(args.fn, bounds=args.bounds, cache_dir=cache, disk_bytes=args.cache_mb << 20)
+    ex = Explorer(
+        args.fn,
+        bounds=args.bounds,
+        cache_dir=cache,
+        disk_bytes=args.cache_mb << 20,
+        sweep_dir=args.sweep,
+    )
     server = Server(ex, args.host, args.port)
     try:
         url = server.start()
     except RuntimeError:
         raise ValueError(f"`--port` {args.port} on {args.host} cannot be bound") from None
-    print(f"explorer: {url}/  ({jax.device_count()} x {jax.devices()[0].device_kind})", flush=True)
+    page = f"{url}/?mode=sweep" if args.sweep else f"{url}/"
+    print(f"explorer: {page}  ({jax.device_count()} x {jax.devices()[0].device_kind})", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # `kill`: the same clean stop as ^C
     try:

@@ -14,7 +14,48 @@ const MAPS = {
   basins: { x: "x", y: "y", log: false },
   trainability: { x: "log10 lr1 (input layer)", y: "log10 lr2 (output layer)", log: true, xs: "lr1", ys: "lr2" },
   init_vs_lr: { x: "log10 offset of W1's init", y: "log10 lr (both layers)", log: true, xs: "offset", ys: "lr" },
+  sweep: { x: "x", y: "y", log: false },
 };
+
+// Basin maps: the live one, and a stored sweep (`--sweep DIR`) continued live past its grid.
+function basinLike() { return mode() === "basins" || mode() === "sweep"; }
+function landscape() { return mode() === "sweep" ? state.config.sweep.landscape : $("landscape").value; }
+
+function sweepParams() {
+  // The stored sweep's settings at the chosen combination of its axes (as /tile takes them).
+  const sw = state.config.sweep, p = new URLSearchParams();
+  p.set("landscape", sw.landscape);
+  p.set("optimizer", sw.optimizer);
+  for (const [k, v] of Object.entries(sw.hyper)) p.set(k, v);
+  for (const el of document.querySelectorAll("#sweep-axes select")) p.set(el.dataset.name, sw.axes[el.dataset.name][el.value]);
+  p.set("steps", sw.steps);
+  if (sw.tol) p.set("tol", sw.tol);
+  p.set("colour", "basin");
+  return p;
+}
+
+function sweepIndices() {
+  const p = new URLSearchParams();
+  for (const el of document.querySelectorAll("#sweep-axes select")) p.set(el.dataset.name, el.value);
+  return p;
+}
+
+function buildSweep() {
+  const sw = state.config.sweep, box = $("sweep-axes");
+  box.innerHTML = "";
+  for (const [name, values] of Object.entries(sw.axes)) {
+    const lab = document.createElement("label");
+    lab.textContent = name;
+    const sel = document.createElement("select");
+    sel.dataset.name = name;
+    values.forEach((v, i) => sel.add(new Option(String(v), String(i))));
+    sel.value = initial.get(`sweep_${name}`) ?? "0";
+    sel.addEventListener("change", refresh);
+    box.append(lab, sel);
+  }
+  $("sweep-about").textContent = `${sw.folder}: ${sw.landscape}, ${sw.optimizer}, ${sw.steps} steps, ` +
+    `${sw.grid[0]} × ${sw.grid[1]} starts (${sw.dtype}); past the stored resolution the map goes on live.`;
+}
 
 function mode() { return $("mode").value; }
 
@@ -30,6 +71,7 @@ function crsFor(b) {
 function lr() { return Math.pow(10, parseFloat($("lr").value)); }
 
 function descentParams() {
+  if (mode() === "sweep") return sweepParams();
   const p = new URLSearchParams();
   p.set("landscape", $("landscape").value);
   p.set("optimizer", $("optimizer").value);
@@ -48,6 +90,11 @@ function trainParams() {
 
 function viewParams() {
   // The view's settings: those of its tiles, plus the finest trainability resolution.
+  if (mode() === "sweep") {
+    const p = sweepParams();
+    for (const [k, v] of sweepIndices()) p.set(`sweep_${k}`, v);
+    return p;
+  }
   if (mode() === "basins") return descentParams();
   const p = trainParams();
   p.set("tpx", $("tpx").value);
@@ -86,11 +133,11 @@ function buildHypers() {
 }
 
 function world() {
-  return mode() === "basins" ? state.landscapes[$("landscape").value].bounds : state.config.maps[mode()].bounds;
+  return basinLike() ? state.landscapes[landscape()].bounds : state.config.maps[mode()].bounds;
 }
 
 function maxZoom() {
-  return mode() === "basins" ? state.landscapes[$("landscape").value].max_zoom : state.config.maps[mode()].max_zoom;
+  return basinLike() ? state.landscapes[landscape()].max_zoom : state.config.maps[mode()].max_zoom;
 }
 
 function newMap() {
@@ -108,6 +155,7 @@ function newMap() {
   map.on("mousemove", (e) => cursor(e.latlng));
   state.map = map;
   state.layers = [];
+  map.createPane("stored").style.zIndex = 150;  // below the live tiles (tilePane: 200)
   state.marks = L.layerGroup().addTo(map);
   state.path = L.layerGroup().addTo(map);
   refresh();
@@ -115,9 +163,9 @@ function newMap() {
 
 // ------------------------------------------------------------------ tiles and their progress
 
-function tileLayer(url, coarse) {
+function tileLayer(url, coarse, minZoom) {
   const w = world();
-  const layer = L.tileLayer(url, { tileSize: 256, noWrap: true, maxZoom: maxZoom(),
+  const layer = L.tileLayer(url, { tileSize: 256, noWrap: true, maxZoom: maxZoom(), minZoom: minZoom || 0,
     bounds: L.latLngBounds([[w[1][0], w[0][0]], [w[1][1], w[0][1]]]) });
   layer.coarse = coarse;
   layer.on("tileloadstart tileload load", progress);
@@ -136,7 +184,7 @@ function tileLayer(url, coarse) {
 function progress() {
   // The tiles each layer shows now (Leaflet's own record of them): loaded, failed, asked.
   let done = true;
-  const parts = state.layers.map((l) => {
+  const parts = state.layers.filter((l) => l._tiles).map((l) => {
     const tiles = Object.values(l._tiles || {}).filter((t) => t.current);
     const failed = tiles.filter((t) => t.el.dataset.failed).length;
     const loaded = tiles.filter((t) => t.loaded).length - failed;
@@ -154,14 +202,30 @@ function refresh() {
   state.layers = [];
   state.marks.clearLayers();
   state.path.clearLayers();
-  const basinsMode = mode() === "basins";
-  $("basin-controls").hidden = !basinsMode;
+  const basinsMode = basinLike();
+  $("basin-controls").hidden = mode() !== "basins";
+  $("sweep-controls").hidden = mode() !== "sweep";
   $("train-controls").hidden = basinsMode;
   $("path-box").hidden = !basinsMode;
   $("train-about").textContent = basinsMode ? "" : (mode() === "trainability"
     ? "lr1 on the input layer, lr2 on the output layer."
     : "An offset added to every initial weight of the input layer (x), one lr for both layers (y).");
-  if (basinsMode) {
+  if (mode() === "sweep") {
+    // The stored map, one pixel a start; live tiles on top once a tile's pixel is finer
+    // than the stored grid's.
+    const sw = state.config.sweep, e = sw.extent, w = world();
+    const img = L.imageOverlay("/sweep.png?" + sweepIndices(), [[e[1][0], e[0][0]], [e[1][1], e[0][1]]],
+      { className: "stored", pane: "stored" }).addTo(state.map);
+    img.on("load", () => { window.explorer.sweepShown = (window.explorer.sweepShown || 0) + 1; });
+    state.layers.push(img);
+    // The first zoom whose tile pixels are no coarser than the stored grid's.
+    const live = Math.max(0, Math.ceil(Math.log2((w[0][1] - w[0][0]) / (256 * sw.pixel[0])) - 1e-9));
+    state.liveZoom = live;
+    state.layers.push(tileLayer("/tile/{z}/{x}/{y}.png?" + descentParams(), false, live).addTo(state.map));
+    const info = state.landscapes[landscape()];
+    info.minima.forEach((m, i) => L.circleMarker([m[1], m[0]], { radius: 6, color: "#000", weight: 1.5,
+      fillColor: info.colours[i + 2], fillOpacity: 1 }).bindTooltip(`minimum ${i}: (${m[0].toFixed(3)}, ${m[1].toFixed(3)})`).addTo(state.marks));
+  } else if (basinsMode) {
     $("lr-value").textContent = lr().toPrecision(4);
     const info = state.landscapes[$("landscape").value];
     $("formula").firstElementChild.textContent = info.formula;
@@ -254,8 +318,8 @@ function bar(stops) { return `<span class="bar" style="background:linear-gradien
 function legend() {
   const lg = state.config.legends;
   let html = "";
-  if (mode() === "basins") {
-    const info = state.landscapes[$("landscape").value], colour = $("colour").value;
+  if (basinLike()) {
+    const info = state.landscapes[landscape()], colour = mode() === "sweep" ? "basin" : $("colour").value;
     if (colour === "basin") {
       html = info.minima.map((m, i) => `<div class="minimum"><span class="sw" style="background:${info.colours[i + 2]}"></span> minimum ${i} at (${m[0].toFixed(3)}, ${m[1].toFixed(3)})</div>`).join("") +
         `<div><span class="sw" style="background:${info.colours[1]}"></span> not converged</div>` +
@@ -302,7 +366,7 @@ async function measureNow() {
   const seq = ++measureSeq;
   const v = viewBox();
   if (!v) { $("measures").innerHTML = ""; return; }
-  const basinsMode = mode() === "basins";
+  const basinsMode = basinLike();
   const p = basinsMode ? descentParams() : trainParams();
   p.delete("colour");
   for (const [k, val] of Object.entries(v)) p.set(k, val);
@@ -314,7 +378,7 @@ async function measureNow() {
     if (seq !== measureSeq) return;
     let html = "";
     if (basinsMode) {
-      const info = state.landscapes[$("landscape").value];
+      const info = state.landscapes[landscape()];
       html = Object.entries(r.fractions).filter(([, f]) => f > 0).map(([k, f]) => {
         const c = k === "diverged" ? info.colours[0] : k === "not_converged" ? info.colours[1] : info.colours[parseInt(k) + 2];
         const name = /^\d+$/.test(k) ? `(${r.minima[k].map((a) => a.toFixed(2)).join(", ")})` : k.replace("_", " ");
@@ -335,7 +399,7 @@ async function measureNow() {
 // ------------------------------------------------------------------ paths
 
 async function showPath(latlng) {
-  if (mode() !== "basins") return;
+  if (!basinLike()) return;
   const p = descentParams();
   p.delete("colour");
   p.set("x", latlng.lng); p.set("y", latlng.lat); p.set("z", state.map.getZoom());
@@ -348,7 +412,7 @@ async function showPath(latlng) {
     L.circleMarker(pts[0], { radius: 4, color: "#000", fillColor: "#fff", fillOpacity: 1 }).addTo(state.path);
     const what = r.diverged ? "diverged" : r.label >= 0 ? `reached minimum ${r.label}` : "not converged";
     $("path-info").textContent = `from (${r.start[0].toFixed(4)}, ${r.start[1].toFixed(4)}): ${what}, loss ${r.final_loss.toPrecision(4)}`;
-    drawCurve(r.steps, r.losses, state.landscapes[$("landscape").value].f_min);
+    drawCurve(r.steps, r.losses, state.landscapes[landscape()].f_min);
     window.explorer.pathsShown += 1;
     document.body.dataset.paths = window.explorer.pathsShown;
   } catch (e) { status(e.message, true); }
@@ -444,7 +508,7 @@ $("save").addEventListener("click", () => {
   // The view within the bounds, at the screen's resolution, computed in one piece.
   const r = window.devicePixelRatio || 1;
   const v = viewBox();
-  if (mode() !== "basins") { status("saving is for basin maps; trainability tiles save one by one", true); return; }
+  if (!basinLike()) { status("saving is for basin maps; trainability tiles save one by one", true); return; }
   if (!v) { status("the view shows nothing of the landscape's bounds", true); return; }
   const px = (x, y) => state.map.latLngToContainerPoint([y, x]);
   const a0 = px(v.x0, v.y0), a1 = px(v.x1, v.y1);
@@ -465,6 +529,7 @@ async function main() {
   for (const l of await getJSON("/api/landscapes")) state.landscapes[l.name] = l;
   for (const name of Object.keys(state.landscapes)) $("landscape").add(new Option(name, name));
   for (const name of Object.keys(state.config.optimizers)) $("optimizer").add(new Option(name, name));
+  if (state.config.sweep) { $("mode").add(new Option("stored sweep", "sweep")); buildSweep(); }
   $("landscape").value = initial.get("landscape") || "himmelblau";
   $("optimizer").value = initial.get("optimizer") || "sgd";
   $("mode").value = MAPS[initial.get("mode")] ? initial.get("mode") : "basins";
