@@ -38,6 +38,7 @@ runs, loss-surface grid points and the fractal's learning-rate grid all go throu
 import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -67,6 +68,9 @@ POLL_S = 0.2
 # Seconds a chunk's lease lasts unless its holder renews it (every quarter of it): what a job
 # killed while computing costs the others in waiting, at most.
 LEASE_S = 60.0
+# A lease is renewed for at most this many lease lengths: a job hung inside one chunk (alive,
+# its renewal thread still running) does not hold that chunk from the others forever.
+RENEW_MAX = 100
 STORE_FORMAT = "sandbox.engine/2"
 
 
@@ -208,7 +212,11 @@ def _run_stored(one, items, shared, store_: "_Store", batch, finish, lease_s, ba
                 claims.release(c)
 
             while True:
-                _run(one, items, shared, claimed(), chunk, n, batch, finish, stored, bar)
+                todo = claimed()
+                first = next(todo, None)
+                if first is not None:  # (the shared inputs go to the devices only then)
+                    todo = itertools.chain([first], todo)
+                    _run(one, items, shared, todo, chunk, n, batch, finish, stored, bar)
                 if len(store_.done()) == chunks:
                     break
                 time.sleep(POLL_S)  # the rest is leased by live jobs (or soon expires)
@@ -878,6 +886,7 @@ class _Claims:
         self.lease_s = float(lease_s)
         self.owner = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.held: dict[int, Path] = {}
+        self.since: dict[int, float] = {}  # when each held lease was taken
         self.seen: dict[str, tuple[tuple, float]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -896,8 +905,11 @@ class _Claims:
 
     def _renew(self) -> None:
         while not self._stop.wait(self.lease_s / 4):
+            now = time.monotonic()
             with self._lock:
                 for c, p in list(self.held.items()):
+                    if now - self.since[c] > RENEW_MAX * self.lease_s:
+                        continue  # a chunk this slow is hung: let another job take it over
                     try:
                         os.utime(p)
                     except FileNotFoundError:  # taken over and cleared: no longer ours
@@ -965,6 +977,7 @@ class _Claims:
             os.unlink(tmp)
         with self._lock:
             self.held[c] = path
+            self.since[c] = time.monotonic()
         for old in range(epoch):  # the leases this one replaces
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.folder / f"{c}.{old}")
