@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sandbox import explore, fractal, landscapes
+from sandbox import explore, fractal, landscapes, sweep
 
 CHROMIUM = "/usr/bin/chromium"
 H = landscapes.get("himmelblau")
@@ -34,9 +34,27 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+# A stored sweep finer than a zoom-0 tile (300 starts a side over the bounds): stored at
+# zoom 0, live from zoom 1.
+SWEEP_SPEC = """
+landscape = "himmelblau"
+optimizer = "sgd"
+steps = 30
+
+[starts]
+grid = 300
+
+[axes]
+lr = { values = [0.004, 0.02] }
+"""
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    ex = explore.Explorer(cache_dir=tmp_path_factory.mktemp("tiles"))
+    folder = tmp_path_factory.mktemp("sweep")
+    (folder / "spec.toml").write_text(SWEEP_SPEC)
+    sweep.run(folder / "spec.toml", folder / "store", progress=False)
+    ex = explore.Explorer(cache_dir=tmp_path_factory.mktemp("tiles"), sweep_dir=folder / "store")
     srv = explore.Server(ex)
     url = srv.start()
     yield url, ex
@@ -299,3 +317,31 @@ def test_page_zooms_moves_the_lr_draws_a_path_and_saves(page, browser, shots, tm
     assert 100 <= w <= 2048 and 100 <= h <= 2048
     assert page.evaluate("window.explorer.errors") == []
     assert len(list(shots.glob("*.png"))) >= 3
+
+
+def test_a_stored_sweep_zooms_into_live_tiles_and_draws_paths(browser, server, shots):
+    url, _ = server
+    context = browser.new_context(viewport={"width": 900, "height": 650})
+    pg = context.new_page()
+    try:
+        pg.goto(f"{url}/?mode=sweep&sweep_lr=1")
+        pg.wait_for_selector("body[data-ready='1']", timeout=T)
+        pg.wait_for_function("window.explorer.sweepShown >= 1", timeout=T)
+        pg.evaluate("window.explorer.state.map.setZoom(0, {animate: false})")
+        settle(pg)
+        assert pg.evaluate("window.explorer.state.liveZoom") == 1
+        assert pg.locator(".leaflet-tile").count() == 0  # zoom 0: the stored map only
+        assert "lr" in pg.inner_text("#sweep-controls")
+        pg.screenshot(path=shots / "sweep-stored.png")
+        pg.evaluate("window.explorer.state.map.setView([2.0, 3.0], 3, {animate: false})")
+        settle(pg)
+        srcs = pg.eval_on_selector_all(".leaflet-tile", "els => els.map(e => e.src)")
+        assert srcs and all("lr=0.02&steps=30" in s for s in srcs), srcs[:2]
+        box = pg.eval_on_selector("#map", "e => e.getBoundingClientRect().toJSON()")
+        pg.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        pg.wait_for_function("window.explorer.pathsShown >= 1", timeout=T)
+        assert "from (" in pg.inner_text("#path-info")
+        assert pg.evaluate("window.explorer.errors") == []
+        pg.screenshot(path=shots / "sweep-live.png")
+    finally:
+        context.close()
