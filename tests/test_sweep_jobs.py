@@ -368,6 +368,12 @@ def test_a_spec_error_on_the_command_line_is_one_line_and_status_2(tmp_path, cap
     assert code == 2 and err == f"error: sweep store {str(bad)!r} is a file, not a folder\n"
     code, _, err = _cli(capsys, "status", tmp_path)
     assert code == 2 and "is not a sweep store (no sweep.json)" in err
+    code, _, err = _cli(capsys, "status", tmp_path / "missing")
+    assert code == 2 and err.endswith("does not exist\n")
+    spec = ROOT / "examples" / "sweep.toml"
+    code, _, err = _cli(capsys, "run", spec, "--store", tmp_path / "s", "--lease", "0")
+    assert code == 2 and err.startswith("error: `--lease` must be a number of seconds")
+    assert not (tmp_path / "s").exists()
 
 
 def test_the_example_spec_is_valid_and_its_runs_are_start_major():

@@ -43,6 +43,11 @@ def _main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)  # usage errors: argparse's usage line and exit 2
     from sandbox import sweep
 
+    lease = getattr(args, "lease", None)
+    if lease is not None and not 0 < lease < 1e6:
+        raise ValueError(f"`--lease` must be a number of seconds in (0, 1e6), got {lease}")
+    if getattr(args, "workers", 1) < 1:
+        raise ValueError(f"`--workers` must be an integer >= 1, got {args.workers}")
     if args.command == "run":
         r = sweep.run(args.spec, args.store, lease=args.lease, progress=not args.no_progress)
         print(f"sweep: {len(r.x)} runs in {args.store}")

@@ -73,6 +73,8 @@ def _open(store: Path, spec: dict | None, text: str | None = None) -> dict:
     where = f"sweep store {str(store)!r}"
     if store.exists() and not store.is_dir():
         raise ValueError(f"{where} is a file, not a folder")
+    if spec is None and not store.exists():
+        raise ValueError(f"{where} does not exist")
     meta_path = store / "sweep.json"
     if spec is not None and not meta_path.exists():
         if store.exists() and any(p.name != "spec.toml" for p in store.iterdir()):
