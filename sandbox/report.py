@@ -127,6 +127,32 @@ def _explorer_links(config: dict) -> str:
     return "<p>Zoom into these maps live (<code>make explore</code>): " + ", ".join(links) + "</p>"
 
 
+def _sweeps(results_dir: Path) -> str:
+    """The sweep stores found under the results folder (a `sweep.json` each): what each
+    computes, how far it is, and the commands that show it."""
+    from sandbox import sweep
+
+    items = []
+    for meta in sorted(results_dir.rglob("sweep.json")):
+        folder = meta.parent
+        try:
+            state = sweep.status(folder).splitlines()[:2]
+        except (OSError, ValueError) as e:  # a damaged store is listed with why
+            state = [f"cannot be read: {e}"]
+        where = html.escape(str(folder))
+        items.append(
+            f"<li><code>{where}</code>: {html.escape(' / '.join(state))}; open it with "
+            f"<code>python -m sandbox.explore --sweep {where}</code>, summarize with "
+            f"<code>python -m sandbox.sweep show {where}</code></li>"
+        )
+    if not items:
+        return (
+            '<section id="sweeps"><h2>Sweeps</h2><p>No sweep store under this folder '
+            "(<code>python -m sandbox.sweep run SPEC --store results/NAME</code>).</p></section>"
+        )
+    return '<section id="sweeps"><h2>Sweeps</h2><ul>' + "".join(items) + "</ul></section>"
+
+
 def build(results_dir: Path | str = results.RESULTS_ROOT, out: Path | str | None = None) -> Path:
     """Writes the gallery (default results/index.html) atomically; returns its path."""
     results_dir = Path(results_dir)
@@ -134,6 +160,7 @@ def build(results_dir: Path | str = results.RESULTS_ROOT, out: Path | str | None
         raise ValueError(f"`--results` must be a folder of study results, got {str(results_dir)!r}")
     out = Path(out) if out is not None else results_dir / "index.html"
     body = [_section(results_dir, name, title, out.parent) for name, title in STUDIES]
+    body.append(_sweeps(results_dir))
     toc = " · ".join(f'<a href="#{n}">{n}</a>' for n, _ in STUDIES)
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>gradient-sandbox results"
