@@ -662,3 +662,15 @@ def test_sweep_command_line_refuses_a_folder_that_is_no_sweep(tmp_path, capsys):
         explore.main(["--cache", "none", "--sweep", str(tmp_path)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "--sweep" in err
+
+
+def test_gallery_lists_the_sweeps_under_results(stored, tmp_path):
+    from sandbox import report
+
+    _, store = stored
+    text = report.build(store.parent, tmp_path / "index.html").read_text()
+    assert '<section id="sweeps">' in text and "1 / 1 done (finished)" in text
+    assert f"python -m sandbox.explore --sweep {store}" in text
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "No sweep store" in report.build(empty).read_text()
