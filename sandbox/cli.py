@@ -310,6 +310,22 @@ class _one_line_errors:
         raise SystemExit(2)
 
 
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """The own option of the studies that train networks: --no-progress."""
+
+    no_progress: bool = dataclasses.field(default=False, metadata={"help": "no progress bars"})
+
+
+@dataclasses.dataclass(frozen=True)
+class DataOptions(Progress):
+    """--no-progress and --data-dir, for the studies that load a data set."""
+
+    data_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "CIFAR-10 folder (else $CIFAR10_DIR)", "metavar": "DIR"}
+    )
+
+
 def refuse_other_config(out: Path, saved: Any, cfg: Any, typed: dict[str, str]) -> None:
     """--plot-only redraws the saved run: a flag asking for another value of a config field
     than the saved one is refused, in one line naming the fields."""
@@ -402,18 +418,38 @@ def command(main: Callable[[Sequence[str] | None], Any]) -> Callable:
                     raise
                 print(f"error: {results.disk_full_message(e)}", file=sys.stderr)
                 raise SystemExit(2) from None
+        runs = results.OPENED[opened:]
+        fate = "nothing written"
+        if runs:
+            fate = f"{runs[-1].given} {'landed whole' if runs[-1].landed else 'unchanged'}"
         if interrupted:
-            runs = results.OPENED[opened:]
-            fate = "nothing written"
-            if runs:
-                fate = f"{runs[-1].given} {'landed whole' if runs[-1].landed else 'unchanged'}"
             print(f"interrupted; {fate}", file=sys.stderr)
             raise SystemExit(130)
+        if argv is None:  # the command line: a Ctrl-C while the interpreter shuts down
+            _on_interrupt_exit(f"interrupted; {fate}")
         return value
 
     wrapped.__doc__ = main.__doc__
     wrapped.__wrapped__ = main
     return wrapped
+
+
+def _on_interrupt_exit(line: str) -> None:
+    """From now on a Ctrl-C prints `line` and ends the process with status 130 at once (for
+    the second or so JAX takes to shut down after a study has finished)."""
+    import os
+    import signal
+    import threading
+
+    def interrupted(signum, frame):
+        print(line, file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, interrupted)
 
 
 class _interrupts:
@@ -426,7 +462,10 @@ class _interrupts:
         import threading
 
         self.caught: list = []
-        self._active = threading.current_thread() is threading.main_thread()
+        # Not where Ctrl-C is ignored (a background job of a shell without job control).
+        self._active = threading.current_thread() is threading.main_thread() and (
+            signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+        )
         if self._active:
             self._handler = signal.signal(signal.SIGINT, self._interrupt)
             self._hook = sys.unraisablehook

@@ -25,63 +25,50 @@ a bfloat16 run is another run, in results/train_resnet-bfloat16 by default: its 
 never resume a float32 run's, nor the other way round).
 """
 
-import argparse
 import dataclasses
 import time
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated, Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sandbox import cli, data, optim, plotting, train
+from sandbox import cli, config, data, optim, plotting, precision, train
 from sandbox.models import resnet
 
 NAME = "train_resnet"
+DataSet = Literal[data.NAMES]
+Precision = Literal[precision.NAMES]
+Depth = Annotated[int, config.bounds(8, 1202, rule=(lambda d: (d - 2) % 6 == 0, "6n + 2"))]
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    seed: int = 0
-    data: str = "digits"  # digits | cifar10 | synthetic
+class Config(config.Checked):
+    seed: int = config.seed()  # seed of the initial weights and the batches
+    data: DataSet = "digits"  # the data set
     # The network.
-    depth: int = 56
-    shortcut: str = "A"  # A | B | none
-    norm: bool = True
+    depth: Depth = 56  # 6n + 2 layers
+    shortcut: Literal[resnet.SHORTCUTS] = "A"  # the skip connections
+    norm: bool = True  # batch norm
     pair: bool = True  # also train the same network with shortcut "none"
     # Training.
-    epochs: int = 30
-    batch_size: int = 128
-    optimizer: str = "nesterov"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | step | constant
-    warmup_epochs: int = 0
+    epochs: int = config.count(30, 10_000)  # epochs of training
+    batch_size: int = config.count(128, 2**16)  # images per SGD step
+    optimizer: Literal[tuple(optim.names())] = "nesterov"  # sandbox.optim's name
+    lr: float = config.field(0.1, gt=0)  # peak learning rate
+    momentum: float = config.field(0.9, 0, lt=1)  # for optimizers that have one
+    weight_decay: float = config.field(5e-4, 0)  # L2 coefficient added to the gradient
+    schedule: Literal[train.SCHEDULES] = "cosine"  # the learning-rate schedule
+    warmup_epochs: int = config.count(0, 10_000, lo=0)  # epochs of linear warm-up
     augment: bool | None = None  # random crop and flip; None: on for cifar10 only
-    precision: str = "float32"  # or "bfloat16": mixed precision (sandbox.precision)
+    precision: Precision = "float32"  # bfloat16: mixed precision (sandbox.precision)
     # Checkpoints kept for good: every keep_every-th epoch and epoch 0 (0: none of them); the
     # landscape study's PCA path reads every second one.
-    keep_every: int = 2
-    keep_last: int = 3
-    target_accuracy: float = 0.97  # test accuracy expected with shortcuts on the digits
+    keep_every: int = config.count(2, 10_000, lo=0)  # every keep_every-th epoch's checkpoint
+    keep_last: int = config.count(3, 10_000)  # the last checkpoints kept
+    target_accuracy: float = config.field(0.97, 0, 1)  # expected with shortcuts on the digits
 
-    def __post_init__(self):
-        if self.data not in data.NAMES:
-            raise ValueError(f"`data` must be one of {', '.join(data.NAMES)}, got {self.data!r}")
-        resnet.check_depth(self.depth)
-        resnet.check_shortcut(self.shortcut)
-        for name in ("keep_every", "keep_last"):
-            v = getattr(self, name)
-            if (
-                isinstance(v, bool)
-                or not isinstance(v, int)
-                or v < (1 if name == "keep_last" else 0)
-            ):
-                raise ValueError(f"`{name}` must be a non-negative integer, got {v!r}")
-        if not 0 <= self.target_accuracy <= 1:
-            raise ValueError(f"`target_accuracy` must be in [0, 1], got {self.target_accuracy}")
-        self.train_config()  # validates the training fields
+    RELATIONS = (config.relation("warmup_epochs < epochs", lambda c: c.warmup_epochs < c.epochs),)
 
     def train_config(self) -> train.TrainConfig:
         augment = self.data == "cifar10" if self.augment is None else self.augment
@@ -190,51 +177,23 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
     return figs
 
 
-def _parse(argv: Sequence[str] | None):
-    p = cli.study_parser(NAME, __doc__, quick_help="ResNet-8 for 2 epochs (seconds)")
-    p.add_argument(
-        "--pair",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="also train the network without shortcuts (default: on)",
-    )
-    p.add_argument("--data", default=None, help=f"one of {', '.join(data.NAMES)}")
-    p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (else $CIFAR10_DIR)")
-    p.add_argument("--depth", type=int, default=None, help="6n + 2: 20, 32, 44, 56, 110")
-    p.add_argument("--shortcut", default=None, help="A, B or none")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--optimizer", default=None, help=f"one of {', '.join(optim.names())}")
-    cli.add_precision(p, "training and evaluation")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
+def _report(cfg: Config, summary: dict) -> list[str]:
+    return [
+        f"ResNet-{cfg.depth} shortcut {s}: test accuracy {summary[s]['test_accuracy']:.4f} "
+        f"({summary[s]['params']:,} parameters, {summary[s]['train_wall_s']:.0f} s)"
+        for s in cfg.shortcuts()
+    ]
 
 
-@cli.command
-def main(argv: Sequence[str] | None = None) -> None:
-    args = _parse(argv)
-    cfg = QUICK if args.quick else Config()
-    names = ("seed", "data", "depth", "shortcut", "epochs", "batch_size", "optimizer", "pair",
-             "precision")  # fmt: skip
-    cfg = dataclasses.replace(cfg, **cli.given(args, names))
+main = cli.study_main(
+    NAME, __doc__, Config(), QUICK,
+    lambda c, out, args: compute(
+        c, out, data_dir=args.data_dir, progress=not args.no_progress
+    ),
+    plot, options=cli.DataOptions, quick_help="ResNet-8 for 2 epochs (seconds)", report=_report,
     # A bfloat16 run is another run (its checkpoints say so): by default a folder of its own.
-    folder = NAME if cfg.precision == "float32" else f"{NAME}-{cfg.precision}"
-    out = cli.run_dir(args.out, folder, args.quick)
-    out, cfg, arrays, summary = cli.run_study(
-        NAME,
-        args,
-        cfg,
-        lambda c: compute(c, out, data_dir=args.data_dir, progress=not args.no_progress),
-        plot,
-        out=out,
-    )
-    for shortcut in cfg.shortcuts():
-        s = summary[shortcut]
-        print(
-            f"{NAME}: ResNet-{cfg.depth} shortcut {shortcut}: test accuracy "
-            f"{s['test_accuracy']:.4f} ({s['params']:,} parameters, {s['train_wall_s']:.0f} s)"
-        )
-    print(f"{NAME}: results in {out}")
+    folder=lambda cfg, args: NAME if cfg.precision == "float32" else f"{NAME}-{cfg.precision}",
+)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -62,9 +62,14 @@ def _reference_test_metrics(run: Path, shortcut: str) -> tuple[float, float]:
 
 def test_running_again_resumes_and_gives_the_same_numbers(quick_run):
     _, before, _ = results.load(quick_run, study.Config)
-    study.main(["--quick", "--out", str(quick_run), "--no-progress"])
-    _, after, _ = results.load(quick_run, study.Config)
-    for k in before:
+    # One config field set from the command line: --no-pair resumes only the network with
+    # shortcuts (finished: nothing to train), and the run holds only it.
+    study.main(["--quick", "--out", str(quick_run), "--no-progress", "--no-pair"])
+    cfg, after, summary = results.load(quick_run, study.Config)
+    assert json.loads((quick_run / "config.json").read_text())["pair"] is False
+    assert cfg.shortcuts() == ("A",) and "A" in summary and "none" not in summary
+    assert set(after) == {k for k in before if k.startswith("A/")}
+    for k in after:
         if not k.endswith("epoch_s_E"):
             np.testing.assert_array_equal(before[k], after[k], err_msg=k)
 
@@ -78,12 +83,15 @@ def test_plot_only_redraws(quick_run):
 @pytest.mark.parametrize(
     "args, match",
     [
-        (["--depth", "57"], "`depth` must be 6n + 2"),
-        (["--shortcut", "C"], "`shortcut` must be one of A, B, none, got 'C'"),
-        (["--data", "mnist"], "`data` must be one of digits, cifar10, synthetic"),
+        (["--depth", "57"], "`--depth` must be an integer in [8, 1202], 6n + 2, got 57"),
+        (["--shortcut", "C"], "`--shortcut` must be one of A, B, none, got 'C'"),
+        (["--data", "mnist"], "`--data` must be one of digits, cifar10, synthetic"),
         (["--batch-size", "5000"], "`batch_size` 5000 is larger than the training set"),
-        (["--optimizer", "sgdd"], "unknown optimizer 'sgdd'"),
-        (["--epochs", "0"], "`epochs` must be an integer >= 1"),
+        (["--optimizer", "sgdd"], "`--optimizer` must be one of adagrad, adam"),
+        (["--epochs", "0"], "`--epochs` must be an integer in [1, 10000], got 0"),
+        # Every count has a bound a run can reach (this one once built a set of every epoch).
+        (["--epochs", "99999999999999999999"], "`--epochs` must be an integer in [1, 10000]"),
+        (["--keep_last", "-1"], "`--keep_last` must be an integer in [1, 10000], got -1"),
         (["--data", "cifar10", "--data-dir", "/no/such/folder"], "CIFAR-10 not found"),
     ],
 )
