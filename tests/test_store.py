@@ -416,3 +416,23 @@ def test_a_job_finishes_the_chunks_of_a_held_lease_once_it_expires(
 def test_bad_lease_is_named():
     with pytest.raises(ValueError, match="`lease` must be a positive finite number"):
         engine.map_chunks(_logistic, ITEMS, SHARED, lease=0)
+
+
+def test_a_damaged_sweep_store_gives_back_the_sweep_of_an_undamaged_one(tmp_path, capsys):
+    """The probe's case through `sweep.descend(..., store=)`: `loss/c/1` deleted and
+    `x/c/2/0` replaced by chunk 0's file give back exactly the sweep without a store."""
+    from sandbox import landscapes, sweep
+
+    x0 = sweep.grid(landscapes.get("himmelblau").bounds, 64)
+    kw = dict(optimizer="sgd", steps=300, lr=0.02, tol=1e-4, chunk_size=1024)
+    ref = sweep.descend("himmelblau", x0, **kw)
+    store = tmp_path / "s"
+    sweep.descend("himmelblau", x0, store=store, **kw)
+    (store / "arrays.zarr" / "loss" / "c" / "1").unlink()
+    shutil.copyfile(store / "arrays.zarr/x/c/0/0", store / "arrays.zarr/x/c/2/0")
+    got = sweep.descend("himmelblau", x0, store=store, **kw)
+    for f in ("x", "loss", "grad_norm", "diverged", "steps_to_tol"):
+        np.testing.assert_array_equal(getattr(got, f), getattr(ref, f), err_msg=f)
+    assert (
+        "chunk 1 (its bytes do not match its checksum (loss)) and 1 more" in capsys.readouterr().err
+    )

@@ -247,6 +247,21 @@ def test_status_and_show_of_a_finished_sweep(reference, capsys):
     assert lines[2].split()[0] == "0.001"
 
 
+def test_show_plot_draws_a_panel_per_combination_and_the_fractions(reference, tmp_path):
+    from PIL import Image
+
+    store = tmp_path / "store"
+    shutil.copytree(reference["store"], store)
+    text = sweep.show(store, plot=True)
+    assert text.splitlines()[-2:] == [
+        f"wrote {store / 'basins.png'}",
+        f"wrote {store / 'fractions.png'}",
+    ]
+    for name in ("basins.png", "fractions.png"):
+        with Image.open(store / name) as img:
+            assert img.size[0] > 300 and img.size[1] > 200
+
+
 def test_status_of_a_running_sweep_names_the_leases(tmp_path, reference):
     store = tmp_path / "store"
     spec = reference["spec"]
