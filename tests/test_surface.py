@@ -276,7 +276,7 @@ def test_an_interrupted_grid_resumes_where_it_stopped(mlp, tmp_path, monkeypatch
     monkeypatch.setattr(engine._Store, "write", write_then_die)
     with pytest.raises(KeyboardInterrupt):
         surface.line(model, v, d, alphas, x, y, chunk_size=2, store=path, progress=False)
-    assert sorted(p.name for p in (path / "done").iterdir()) == ["0", "1"]
+    assert sorted(int(p.name) for p in (path / "done").iterdir()) == sorted(calls)
     # Resumed: only the three chunks not yet written are computed (a store's chunks are
     # checked against their checksums, so a marked cell would be computed again instead).
     written = []
@@ -287,7 +287,7 @@ def test_an_interrupted_grid_resumes_where_it_stopped(mlp, tmp_path, monkeypatch
 
     monkeypatch.setattr(engine._Store, "write", counting_write)
     again = surface.line(model, v, d, alphas, x, y, chunk_size=2, store=path, progress=False)
-    assert sorted(written) == [2, 3, 4]
+    assert sorted(written) == sorted(set(range(5)) - set(calls))  # the other three
     np.testing.assert_array_equal(again.loss, full.loss)
     np.testing.assert_array_equal(again.accuracy, full.accuracy)
     assert len(list((path / "done").iterdir())) == 5
