@@ -450,6 +450,13 @@ def test_images_or_variables_that_do_not_fit_the_network_are_named(resnet8):
     with pytest.raises(ValueError, match=r"`x`: images of shape \(8, 8, 3\) do not fit") as e:
         surface.evaluate(model, v, [v["params"]], np.zeros((1, 1)), rgb, y, progress=False)
     assert "\n" not in str(e.value)
+    # ... and 1-channel images for a 3-channel network (its variables built abstractly).
+    shapes = jax.eval_shape(model.init, jax.random.key(0), rgb[:1])
+    v_rgb = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+    with pytest.raises(
+        ValueError, match=r"`x`: images of shape \(8, 8, 1\) do not fit .*\(3, 3, 3, 16\)"
+    ):
+        surface.evaluate(model, v_rgb, [v_rgb["params"]], np.zeros((1, 1)), x, y, progress=False)
     with pytest.raises(ValueError, match="`variables` lacks 'batch_stats'"):
         surface.evaluate(
             model, {"params": v["params"]}, [v["params"]], np.zeros((1, 1)), x, y, progress=False
