@@ -1,4 +1,5 @@
-"""Run folders: config.json, arrays.npz, meta.json, summary.json and figures, written atomically."""
+"""Run folders: config.json, arrays.npz, meta.json, summary.json and figures, written atomically
+and landed as a whole; meta.json ties every data file to its run by digest."""
 
 import dataclasses
 import datetime
@@ -289,7 +290,8 @@ class RunFolder:
       renamed into `out`; a run killed after the journal is finished by its watcher or by the
       next run, and one killed before it leaves `out` as it was.
 
-    Whatever moment a run is killed at, the folder holds the files of one run. Older
+    Whatever moment a run is killed at, the folder holds the files of one run (landing in
+    place, once the watcher has finished; until then `load` refuses the mix by digest). Older
     top-level run files (`RUN_FILE_SUFFIXES`) that the new run did not write are dropped.
     A symbolic link `out` stands for the folder it points to: the files land there and the
     link stays. A Ctrl-C during the landing is held back until the folder has landed; a full
