@@ -405,6 +405,34 @@ def test_ctrl_c_held_back_while_the_folder_lands(tmp_path, capsys, monkeypatch, 
     assert _one_run(out) == (1 if at == "save" else 2) and _cleaned(out), _leftovers(out)
 
 
+def test_a_ctrl_c_that_code_swallowed_is_still_reported(
+    tmp_path, capsys, monkeypatch, run_of_seed_1
+):
+    """A KeyboardInterrupt raised inside a finalizer (JAX's garbage-collection callback does
+    this during a save) is only reported as "Exception ignored" and the run goes on: it
+    lands, and the command still says so in one line, exit status 130."""
+    out = tmp_path / "run"
+    shutil.copytree(run_of_seed_1, out)
+    compute = TINY["compute"]
+
+    class Finalizer:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the KeyboardInterrupt comes here, inside __del__
+
+    def swallowing(cfg):
+        Finalizer()  # collected at once
+        return compute(cfg)
+
+    monkeypatch.setitem(TINY, "compute", swallowing)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        _main(out, "--seed", 2, "--size", 1000)
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and err == f"interrupted; {out} landed whole\n", err
+    assert _one_run(out) == 2 and _cleaned(out), _leftovers(out)
+
+
 # ----------------------------------------------------------------------------- --out
 
 
