@@ -11,7 +11,7 @@ export PYTHONPATH := $(CURDIR)
 
 STUDIES := gradient descent convex local_minima saddle normalization initialization learning_rate fractal momentum optimizers train_resnet resnet_landscape
 # Studies beyond the lecture, each up to about 10 minutes on 2 cores: `make research`.
-RESEARCH := edge_of_stability mode_connectivity sharpness_map
+RESEARCH := edge_of_stability mode_connectivity sharpness_map central_flows
 
 .PHONY: explore fractal-paper resnet56 setup test test-all test-x64 lint format studies research quick figures report bench clean $(STUDIES) $(RESEARCH)
 
@@ -80,6 +80,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.surface
 	$(PY) -m benchmarks.sharpness
 	$(PY) -m benchmarks.hessian
+	$(PY) -m benchmarks.flows
 	$(PY) -m benchmarks.explore
 
 clean:

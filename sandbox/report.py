@@ -36,6 +36,7 @@ STUDIES = (
     ("resnet_landscape", "The ResNet-56 loss landscape"),
     ("mode_connectivity", "Mode connectivity: a curve between two networks (Garipov et al. 2018)"),
     ("sharpness_map", "Sharpness maps over filter-normalized planes"),
+    ("central_flows", "Central flows: where GD goes at the edge of stability (Cohen et al. 2025)"),
 )
 
 # The explorer's default address (`make explore`): the gallery links to it.

@@ -1,0 +1,94 @@
+"""studies/central_flows in --quick mode: GD and RMSProp beside their stable and central flows."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from sandbox import hessian
+from studies import central_flows as cf
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("central_flows")
+    cf.main(["--quick", "--out", str(folder)])
+    summary = json.loads((folder / "summary.json").read_text())
+    with np.load(folder / "arrays.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    return folder, summary, arrays
+
+
+def test_quick_run_writes_every_run_flow_and_figure(run):
+    folder, summary, arrays = run
+    names = [name for name, _, _ in cf.runs(cf.QUICK)]
+    assert names == ["gd_0.17", "rmsprop"]
+    for name in names:
+        assert {"onset_step", "before_onset_max_gap", "matvecs_per_step"} <= set(summary[name])
+        for flow in cf.FLOWS:
+            assert arrays[f"{name}/{flow}/loss"].shape == (cf.QUICK.steps,)
+            assert arrays[f"{name}/{flow}/eigs"].shape == (cf.QUICK.steps, cf.QUICK.num_eigs)
+    for figure in ("gd.png", "rmsprop.png"):
+        assert (folder / figure).stat().st_size > 20_000, figure
+
+
+def test_effective_sharpness_at_the_start_is_lr_times_the_hessian_top_eigenvalues(run):
+    # An independent Lanczos run (hessian.top_eigenvalues, 60 steps, another start) at the
+    # initial parameters: the flows' first block eigen-solve agrees to float32 Lanczos
+    # accuracy (rtol 1e-4) for the top two.
+    _, _, arrays = run
+    loss, params = cf.problem(cf.QUICK)
+    lam = np.asarray(hessian.top_eigenvalues(loss, params, 2, key=jax.random.key(5), num_iters=60))
+    lr = cf.QUICK.gd_lrs[0]
+    for flow in cf.FLOWS:
+        np.testing.assert_allclose(arrays[f"gd_0.17/{flow}/eigs"][0, :2], lr * lam, rtol=1e-4)
+
+
+def test_gd_reaches_the_edge_and_the_central_flow_holds_it(run):
+    _, s, arrays = run
+    gd = s["gd_0.17"]
+    assert gd["onset_step"] is not None and gd["onset_step"] < cf.QUICK.steps // 2
+    # before onset the central flow is the stable flow (X = 0): the same float32 program up
+    # to rounding (1e-5); GD differs from both by its O(lr) discretization (config: 5%)
+    assert gd["before_onset_max_gap"]["central_vs_stable"] < 1e-5
+    assert gd["before_onset_max_gap"]["discrete_vs_stable"] < cf.QUICK.agree_tol
+    # after onset the central flow holds the effective sharpness at 2 (the cone problem's
+    # condition, to the one-step-ahead linearization: 1e-3), the stable flow passes it
+    assert gd["central"]["max_abs_eig_minus_2"] < cf.QUICK.hold_tol
+    assert gd["stable"]["max_sharpness_after_onset"] > 2.2
+    # GD itself hovers at the edge: its median top eigenvalue within 10% of 2
+    assert abs(gd["discrete"]["median_sharpness_after_onset"] - 2) < 0.2
+    # the prediction adds the oscillation's share, never negative (Sigma >= 0, Theta ~ 2)
+    pred, loss = arrays["gd_0.17/central/predicted"], arrays["gd_0.17/central/loss"]
+    assert np.all(pred >= loss - 1e-7) and np.any(pred > loss * 1.05)
+    # ... and tracks GD's running mean (median gap within the config's track_tol)
+    assert gd["central"]["predicted_gap_median"] < cf.QUICK.track_tol
+
+
+def test_rmsprop_flows_agree_before_onset(run):
+    _, s, arrays = run
+    rms = s["rmsprop"]
+    assert rms["before_onset_max_gap"]["central_vs_stable"] < 1e-5
+    assert rms["before_onset_max_gap"]["discrete_vs_stable"] < cf.QUICK.agree_tol
+    # the state nu starts at g_0^2 in every flow: the effective learning rates agree at 0
+    lr0 = [arrays[f"rmsprop/{flow}/lr_eff"][0] for flow in cf.FLOWS]
+    np.testing.assert_allclose(lr0, lr0[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["--gd-lrs", "0"], "--gd-lrs"),
+        (["--beta2", "1"], "--beta2"),
+        (["--num-eigs", "0"], "--num-eigs"),
+        (["--steps", "0"], "--steps"),
+    ],
+)
+def test_bad_command_line_is_one_line_and_exit_2(args, flag, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cf.main(["--quick", "--out", str(tmp_path), *args])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0], lines
+    assert not any(tmp_path.iterdir())
