@@ -29,8 +29,8 @@ The default took 8 min 47 s on a 2-core CPU (AVX-512, 13.2 CPU-minutes); --quick
 
 import dataclasses
 import time
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated, Literal
 
 import jax
 import jax.numpy as jnp
@@ -38,44 +38,31 @@ import matplotlib.pyplot as plt
 import numpy as np
 import optax
 
-from sandbox import checks, cli, connect, data, engine, network, train
+from sandbox import cli, config, connect, data, engine, network, train
 from sandbox.models import resnet
 
 NAME = "mode_connectivity"
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+DataSet = Literal[data.NAMES]
+Depth = Annotated[int, config.bounds(8, 1202, rule=(lambda d: (d - 2) % 6 == 0, "6n + 2"))]
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    seed: int = 0  # the pair is trained from seeds `seed` and `seed + 1`
-    data: str = "digits"
-    train_size: int | None = None  # the first N training (and N / 4 test) images; None: all
-    depth: int = 20
-    shortcuts: tuple[str, ...] = ("A", "none")
-    epochs: int = 15
-    batch_size: int = 128
-    bend_steps: int = 300
-    bend_lr: float = 0.05
-    num_t: int = 13
-    grid: int = 7  # the plane's grid is grid x grid points
-    margin: float = 0.25  # the plane extends this share of its span beyond the points
-    chunk: int = 4  # points per compiled evaluation
-
-    def __post_init__(self):
-        resnet.check_depth(self.depth)
-        if self.train_size is not None:
-            checks.integer("train_size", self.train_size, minimum=4)
-        if not self.shortcuts:
-            raise ValueError("`shortcuts` must name at least one shortcut")
-        for s in self.shortcuts:
-            resnet.check_shortcut(s)
-        for name in ("epochs", "batch_size", "bend_steps", "chunk"):
-            checks.integer(name, getattr(self, name), minimum=1)
-        checks.integer("num_t", self.num_t, minimum=3)
-        checks.integer("grid", self.grid, minimum=2)
-        checks.positive("bend_lr", self.bend_lr)
-        if not 0 <= self.margin <= 1:
-            raise ValueError(f"`margin` must be in [0, 1], got {self.margin!r}")
+class Config(config.Checked):
+    seed: int = config.field(0, 0, config.SEED_MAX - 1)  # the pair: seeds `seed`, `seed + 1`
+    data: DataSet = "digits"  # the data set
+    # the first N training (and N / 4 test) images; None: all
+    train_size: int | None = config.field(None, 4, 10**6)  # the first N training images
+    depth: Depth = 20  # 6n + 2 layers
+    shortcuts: tuple[Literal[resnet.SHORTCUTS], ...] = ("A", "none")  # one pair per shortcut
+    epochs: int = config.count(15, 10_000)  # epochs of each network's training
+    batch_size: int = config.count(128, 2**16)  # images per SGD step
+    bend_steps: int = config.count(300, 10**6)  # SGD steps of the bend
+    bend_lr: float = config.field(0.05, gt=0)  # the bend's learning rate
+    num_t: int = config.count(13, 1001, lo=3)  # points along the line and the curve
+    grid: int = config.count(7, 257, lo=2)  # the plane's grid is grid x grid points
+    margin: float = config.field(0.25, 0, 1)  # the plane's share beyond the points
+    chunk: int = config.count(4, 4096)  # points per compiled evaluation
 
     def train_config(self, seed: int) -> train.TrainConfig:
         return train.TrainConfig(epochs=self.epochs, batch_size=self.batch_size, seed=seed)
@@ -281,35 +268,20 @@ def _plot_plane(arrays, cfg):
 # ----------------------------------------------------------------------------- command line
 
 
-def _parse(argv: Sequence[str] | None):
-    p = cli.study_parser(NAME, __doc__, quick_help="ResNet-8 pairs on 512 images (about 25 s)")
-    p.add_argument("--data", default=None, help=f"one of {', '.join(data.NAMES)}")
-    p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (else $CIFAR10_DIR)")
-    p.add_argument("--depth", type=int, default=None, help="6n + 2: 20, 32, 44, 56, 110")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--bend-steps", type=int, default=None, help="SGD steps of the bend")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
+def _report(cfg: Config, summary: dict) -> list[str]:
+    return [
+        f"shortcut {s}: training-loss barrier {summary[s]['line']['train_loss_barrier']:.3f} "
+        f"along the line, {summary[s]['curve']['train_loss_barrier']:.3f} along the curve"
+        for s in cfg.shortcuts
+    ]
 
 
-@cli.command
-def main(argv: Sequence[str] | None = None) -> None:
-    args = _parse(argv)
-    cfg = QUICK if args.quick else Config()
-    cfg = dataclasses.replace(cfg, **cli.given(args, ("data", "depth", "epochs", "bend_steps")))
-    out = cli.run_dir(args.out, NAME, args.quick)
-    out, cfg, _, summary = cli.run_study(
-        NAME, args, cfg,
-        lambda c: compute(c, out, data_dir=args.data_dir, progress=not args.no_progress),
-        plot, out=out,
-    )  # fmt: skip
-    for s in cfg.shortcuts:
-        line, curve = summary[s]["line"], summary[s]["curve"]
-        print(
-            f"{NAME}: shortcut {s}: training-loss barrier {line['train_loss_barrier']:.3f} "
-            f"along the line, {curve['train_loss_barrier']:.3f} along the curve"
-        )
-    print(f"{NAME}: results in {out}")
+main = cli.study_main(
+    NAME, __doc__, Config(), QUICK,
+    lambda c, out, args: compute(c, out, data_dir=args.data_dir, progress=not args.no_progress),
+    plot, options=cli.DataOptions, report=_report,
+    quick_help="ResNet-8 pairs on 512 images (about 25 s)",
+)  # fmt: skip
 
 
 if __name__ == "__main__":

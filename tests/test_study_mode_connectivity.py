@@ -21,7 +21,8 @@ from studies import mode_connectivity as mc
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mc")
-    mc.main(["--quick", "--out", str(folder), "--no-progress"])
+    # One config field set from the command line (the preset's plane is 3 x 3).
+    mc.main(["--quick", "--out", str(folder), "--no-progress", "--grid", "2"])
     summary = json.loads((folder / "summary.json").read_text())
     with np.load(folder / "arrays.npz") as z:
         arrays = {k: z[k] for k in z.files}
@@ -34,10 +35,11 @@ def test_quick_run_writes_both_pairs_and_the_figures(run):
     for s in mc.QUICK.shortcuts:
         for part in ("ends", "line", "curve", "barrier_ratio_curve_to_line"):
             assert part in summary[s], (s, part)
-        assert arrays[f"{s}/plane_train_loss"].shape == (mc.QUICK.grid, mc.QUICK.grid)
+        assert arrays[f"{s}/plane_train_loss"].shape == (2, 2)
         assert (folder / "networks" / f"{s}-seed0" / "checkpoints").is_dir()
     for f in ("paths.png", "plane.png"):
         assert (folder / f).stat().st_size > 10_000, f
+    assert json.loads((folder / "config.json").read_text())["grid"] == 2
 
 
 @pytest.mark.slow
@@ -86,9 +88,12 @@ def test_recomputed_statistics_are_the_training_sets_own():
     np.testing.assert_allclose(got["train_loss"], want, rtol=1e-5)
 
 
-def test_bad_command_line_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("epochs", ["0", "99999999999999999999"])
+def test_bad_command_line_is_one_line(tmp_path, capsys, epochs):
+    # Every count has a bound a run can reach: 10^20 epochs once trained without end.
     with pytest.raises(SystemExit) as e:
-        mc.main(["--quick", "--out", str(tmp_path), "--epochs", "0"])
+        mc.main(["--quick", "--out", str(tmp_path), "--epochs", epochs])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "`epochs`" in err[0], err
+    assert len(err) == 1 and "`--epochs` must be an integer in [1, 10000]" in err[0], err
+    assert not any(tmp_path.iterdir())
