@@ -262,7 +262,7 @@ class Explorer:
         x0 = np.concatenate([j.payload[0] for j in js])
         # Blocks of one compiled shape (the last one padded by descend): a client that
         # goes away stops the job at the next block.
-        block = min(self.block_runs(d.steps), _pow2_below(len(x0)) * 2)
+        block = min(self.block_runs(d.steps), 1 << max(len(x0) - 1, 0).bit_length())
         tol = d.tol if d.colour == "steps" else None
         parts = []
         for lo in range(0, len(x0), block):
