@@ -517,12 +517,15 @@ def disk_full_message(
         free = shutil.disk_usage(probe).free
     except OSError:
         free = None
+    # What the failed run had written is removed by now, so it needed more than is free;
+    # at least its staged files and the write that failed, where that is known.
     needed = staged + getattr(exc, "needed", 0)
     line = "no space left on the device"
     line += f" of {str(where)!r}" if where is not None else ""
-    if needed:
-        line += f": the new run needs at least {_bytes(needed)}"
-        line += f", {_bytes(free)} free" if free is not None else ""
+    if free is not None and needed > free:
+        line += f": the new run needs at least {_bytes(needed)}, {_bytes(free)} free"
+    elif free is not None and given is not None:
+        line += f": the new run needs more than the {_bytes(free)} free"
     elif free is not None:
         line += f" ({_bytes(free)} free)"
     if inside is not None and where != inside and fate:

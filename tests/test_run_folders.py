@@ -595,6 +595,9 @@ def test_a_full_disk_elsewhere_names_that_folder(tmp_path, capsys, monkeypatch, 
         _main(out, "--seed", 2)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1, err
-    assert err.startswith(f"error: no space left on the device of '{store / 'x' / 'c'}' (")
-    assert err.endswith(f" free); the earlier run in '{out}' is unchanged\n"), err
+    assert err.startswith(
+        f"error: no space left on the device of '{store / 'x' / 'c'}': the new run needs more "
+        "than the "
+    ), err
+    assert err.endswith(f" free; the earlier run in '{out}' is unchanged\n"), err
     assert _one_run(out) == 1 and _leftovers(out) == []
