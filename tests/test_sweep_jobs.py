@@ -428,3 +428,28 @@ def test_submit_refuses_bad_requests_before_queueing(tmp_path, reference, monkey
     if shutil.which("sbatch") is None:
         with pytest.raises(ValueError, match="no Slurm here"):
             sweep.submit(reference["spec"], tmp_path / "s", workers=2)
+
+
+def test_a_spec_sweep_is_descend_on_starts_times_axes_in_start_major_order(tmp_path):
+    """Built here by hand: start s of the seeded random draws, axis values row-major, run
+    s * A + a; an integer hyperparameter (noisy_sgd's seed) swept as an axis."""
+    spec = tmp_path / "noisy.toml"
+    spec.write_text(
+        'landscape = "himmelblau"\noptimizer = "noisy_sgd"\nsteps = 50\n'
+        "[starts]\nrandom = 64\nseed = 3\n[hyper]\nlr = 0.01\neta = 0.05\n"
+        "[axes]\nseed = { values = [0, 1] }\ngamma = { linspace = [0.0, 0.5], num = 3 }\n"
+    )
+    got = sweep.run(spec, tmp_path / "store", progress=False)
+    bounds = landscapes.get("himmelblau").bounds
+    starts = np.random.default_rng(3).uniform(bounds[:, 0], bounds[:, 1], (64, 2))
+    x0 = np.repeat(starts.astype(np.float32), 6, axis=0)
+    seed = np.tile(np.repeat(np.array([0, 1], np.int32), 3), 64)
+    gamma = np.tile(np.array([0.0, 0.25, 0.5], np.float32), 2 * 64)
+    want = sweep.descend(
+        "himmelblau", x0, optimizer="noisy_sgd", steps=50, lr=0.01, eta=0.05, seed=seed, gamma=gamma
+    )
+    for f in ("x", "loss", "diverged"):
+        np.testing.assert_array_equal(getattr(got, f), getattr(want, f), err_msg=f)
+    assert got.by_axes(got.x).shape == (64, 2, 3, 2)
+    # the noise seed matters: the two seeds' endpoints differ
+    assert not np.array_equal(got.by_axes(got.x)[:, 0], got.by_axes(got.x)[:, 1])

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from sandbox import engine
+from sandbox import engine, optim
 from sandbox.sweep import spec as specs
 
 FORMAT = "sandbox.sweep/1"
@@ -135,8 +135,12 @@ def _compute(spec: dict, store: Path, *, lease: float | None, progress: bool | N
         grid = specs.axis_grid(spec)
         combos = specs.combinations(spec)
         x0 = np.repeat(starts, combos, axis=0)
-        hyper: dict[str, Any] = {k: np.asarray(v, dtype) for k, v in spec["hyper"].items()}
-        hyper.update({k: np.tile(v.astype(dtype), len(starts)) for k, v in grid.items()})
+
+        def typed(k):  # integer hyperparameters (a noise seed) stay integers
+            return np.int32 if k in optim.INTEGER_HYPERS else dtype
+
+        hyper: dict[str, Any] = {k: np.asarray(v, typed(k)) for k, v in spec["hyper"].items()}
+        hyper.update({k: np.tile(v.astype(typed(k)), len(starts)) for k, v in grid.items()})
         name = spec["landscape"]
         fn = specs.function(name) if ":" in name else name
         r = sweep.descend(
