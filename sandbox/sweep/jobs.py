@@ -68,8 +68,8 @@ def _flat(d: Any, prefix: str = "") -> dict:
 
 def _open(store: Path, spec: dict | None, text: str | None = None) -> dict:
     """The sweep.json of a store: made (atomically) when `spec` is given and DIR is new or
-    empty; otherwise checked against `spec`. A store of another spec or another version is
-    refused, untouched, naming what differs."""
+    empty, else checked against `spec`: a store of another spec or another code version is
+    refused, untouched, naming what differs. Without `spec` (reading) only its format."""
     where = f"sweep store {str(store)!r}"
     if store.exists() and not store.is_dir():
         raise ValueError(f"{where} is a file, not a folder")
@@ -92,7 +92,10 @@ def _open(store: Path, spec: dict | None, text: str | None = None) -> dict:
             finally:
                 os.unlink(tmp)
             if text is not None and not (store / "spec.toml").exists():
-                (store / "spec.toml").write_text(text)
+                fd, tmp = tempfile.mkstemp(dir=store, prefix=".spec.toml.")
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+                os.replace(tmp, store / "spec.toml")
         except OSError as e:
             raise ValueError(f"{where} cannot be written: {e.strerror or e}") from None
     try:
@@ -115,7 +118,7 @@ def _open(store: Path, spec: dict | None, text: str | None = None) -> dict:
                 + (f", and {len(differ) - 1} more" if len(differ) > 1 else "")
                 + "); use another folder"
             )
-    if meta.get("versions") != _versions():
+    if spec is not None and meta.get("versions") != _versions():  # (reading needs no match)
         had, has = _flat(meta.get("versions")), _flat(_versions())
         k = next(k for k in sorted({*had, *has}) if had.get(k) != has.get(k))
         raise ValueError(
