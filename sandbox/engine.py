@@ -256,7 +256,9 @@ def stores_in(root: Path | str | None):
 
     What a study's `--store DIR` does: a run killed and started again with the same DIR
     computes only the chunks that are not yet done, and another computation gets a store of
-    its own instead of being refused. `root=None` changes nothing.
+    its own instead of being refused. `root=None` changes nothing. A `root` that is a file or
+    cannot be written is refused on entry, before the block does any work (it is made if
+    missing).
     """
     if root is None:
         yield
@@ -264,6 +266,13 @@ def stores_in(root: Path | str | None):
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise ValueError(f"`store` {str(root)!r} is not a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=root, prefix=".probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"`store` {str(root)!r} cannot be written: {e.strerror or e}") from None
     _STORE_ROOTS.append(root)
     try:
         yield

@@ -216,6 +216,9 @@ sys.path.insert(0, "tests")
 from test_store import _logistic, ITEMS, SHARED, CHUNK
 engine._runner = lambda *a: sys.exit("computed before refusing")
 try:
+    if len(sys.argv) > 2:  # a study's --store: refused on entry
+        with engine.stores_in(sys.argv[1]):
+            sys.exit("entered")
     engine.map_chunks(_logistic, ITEMS, SHARED, chunk=CHUNK, store=sys.argv[1])
 except ValueError as e:
     print(e)
@@ -262,6 +265,10 @@ def test_an_unwritable_store_with_chunks_missing_is_refused_before_any_work(fini
         r = _as_other_user([str(base / "new")])
         assert r.returncode == 3 and "cannot be made" in r.stdout, r.stdout + r.stderr
         assert not (base / "new").exists()
+        # A study's --store folder that cannot be written: refused on entry.
+        r = _as_other_user([str(base), "stores_in"])
+        assert r.returncode == 3, r.stdout + r.stderr
+        assert r.stdout.strip() == f"`store` {str(base)!r} cannot be written: Permission denied"
     finally:
         for p in [base, *base.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
