@@ -38,31 +38,32 @@ The three `flow`s:
   and H Sigma H ~ 4 P Sigma P on the critical space (H U = 2 P U there). X is fixed by three
   conditions: X >= 0 (a covariance), the constraint matrix C = U^T (2P - H) U stays >= 0
   (no effective eigenvalue above 2) and X is zero where C is not (complementarity). With C
-  predicted one substep ahead, C + dt dC/dt = A + B[X], linear in X, this is the small
+  predicted dt ahead, C + dt dC/dt = A + B[X], linear in X, this is the small
   semidefinite complementarity problem
       X >= 0,   A + B[X] >= 0,   <X, A + B[X]> = 0
   (`complementarity`), solved inside JAX. Its B is positive semidefinite, so it is the
   optimality condition of min_{X >= 0} 1/2 <X, B[X]> + <A, X>.
   The time-averaged loss it predicts for the oscillating optimizer is
       predicted = L(w) + 1/2 <H, Sigma> = L(w) + 1/2 tr(X Theta)
-  (for GD: L(w) + tr(Sigma) / lr). Each substep recomputes U, freezes the oscillation terms
-  and takes one RK4 step of the rest, so below threshold (X = 0) it is the stable flow.
+  (for GD: L(w) + tr(Sigma) / lr). Each step solves the cone problem CONE_SOLVES times
+  (dt = 1 / CONE_SOLVES: one unit of time ahead by default; on the study's network four
+  solves per step gave the same losses and eigenvalues to four digits), freezes the
+  oscillation terms and integrates the rest by the stable flow's RK4 substeps, so below
+  threshold (X = 0) it is the stable flow.
 
 Eigenvectors come from a block Rayleigh-Ritz step warm-started from the last step's U: the
 central flow holds several eigenvalues at exactly 2, and a single-vector Lanczos run sees a
 repeated eigenvalue once, so the k + 1 previous Ritz vectors and NUM_BLOCKS - 1 Krylov blocks
 grown from them (each block one vmapped batch of HVPs) are projected at once. The first step
-starts from a longer single-vector Lanczos run (`hessian.lanczos`). Costs per step:
+takes FIRST_BLOCKS such steps from a random block; problems with n <= 2 (k + 1) parameters
+take the matrix itself from n matvecs. Costs per step:
 `FlowTrace.matvecs` counts the Hessian-vector and third-derivative products, `grads` the
 gradients.
 
-Heavy-ball momentum (v <- beta v + g, w <- w - lr v; threshold (2 + 2 beta) / lr) is not one
-of the optimizers: its state v does not enter the sharpness's first time derivative (dw/dt =
--lr v), so Sigma cannot be fixed by the first-order condition used above; it appears one
-derivative later. Eliminating v quasi-statically (v ~ E[g] / (1 - beta), valid when w moves
-slowly over the buffer's 1 / (1 - beta) steps) gives GD's central flow at lr / (1 - beta)
-with the threshold (2 + 2 beta) / lr in place of 2 (1 - beta) / lr, i.e. the GD flow with
-the effective sharpness lr lambda / (1 + beta); the study docstring discusses it.
+Heavy-ball momentum (threshold (2 + 2 beta) / lr) is not one of the optimizers: its buffer v
+does not enter the effective sharpness and dw/dt = -lr v holds no Sigma, so the condition
+that fixes Sigma appears only one time derivative later; studies/central_flows.py explains
+the quasi-static candidate and why it is left out.
 
     trace = flows.run(loss, params, flow="central", lr=0.05, steps=500)
     trace.loss, trace.predicted   # [500] L(w(t)) and the predicted time-averaged loss

@@ -62,15 +62,30 @@ def test_gd_reaches_the_edge_and_the_central_flow_holds_it(run):
     # the prediction adds the oscillation's share, never negative (Sigma >= 0, Theta ~ 2)
     pred, loss = arrays["gd_0.17/central/predicted"], arrays["gd_0.17/central/loss"]
     assert np.all(pred >= loss - 1e-7) and np.any(pred > loss * 1.05)
-    # ... and tracks GD's running mean (median gap within the config's track_tol)
-    assert gd["central"]["predicted_gap_median"] < cf.QUICK.track_tol
+    # ... and tracks GD's running mean better than the stable flow's loss does. The quick
+    # run's 270 steps after onset hold GD's first catapult, which a 10-step mean does not
+    # smooth: median gap within 10% here (the default run: 0.9% and 1.6%, its track_tol 5%).
+    assert gd["central"]["predicted_gap_median"] < 0.10
+    assert gd["central"]["predicted_gap_median"] < gd["stable"]["gap_median"]
 
 
-def test_rmsprop_flows_agree_before_onset(run):
+def test_rmsprop_at_the_edge_and_its_effective_learning_rate(run):
     _, s, arrays = run
     rms = s["rmsprop"]
+    assert rms["onset_step"] is not None and rms["onset_step"] < cf.QUICK.steps // 2
     assert rms["before_onset_max_gap"]["central_vs_stable"] < 1e-5
     assert rms["before_onset_max_gap"]["discrete_vs_stable"] < cf.QUICK.agree_tol
+    # the central flow holds the effective sharpness at 2; the preconditioner moves within
+    # a step too, so the one-step-ahead linearization drifts more than for GD (quick run,
+    # lr 2e-3: measured 1.2e-2, tolerance 3e-2; the default run 3.5e-4)
+    assert rms["central"]["max_abs_eig_minus_2"] < 3e-2
+    assert rms["stable"]["max_sharpness_after_onset"] > 3
+    # the effective learning rate nu(t) of the central flow predicts the discrete run's
+    # running mean (median gap within track_tol, measured 0.9%); the stable flow's does not
+    assert rms["lr_eff"]["central_gap_median"] < cf.QUICK.track_tol
+    lr_eff = rms["lr_eff"]
+    assert abs(lr_eff["stable_final"] / lr_eff["discrete_running_mean_final"] - 1) > 0.2
+    assert rms["central"]["predicted_gap_median"] < rms["stable"]["gap_median"]
     # the state nu starts at g_0^2 in every flow: the effective learning rates agree at 0
     lr0 = [arrays[f"rmsprop/{flow}/lr_eff"][0] for flow in cf.FLOWS]
     np.testing.assert_allclose(lr0, lr0[0], rtol=1e-6)
