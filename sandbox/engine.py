@@ -957,7 +957,8 @@ class _Claims:
 
     def stale(self, current: dict, done: set) -> set[int]:
         """The chunks not done whose lease (not this process's) has expired."""
-        mine = set(self.held)
+        with self._lock:  # (the renewal thread may drop a lease meanwhile)
+            mine = set(self.held)
         return {
             c
             for c, (_, name) in current.items()
