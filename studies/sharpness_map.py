@@ -28,8 +28,8 @@ Run: make sharpness_map   (smoke: python -m studies.sharpness_map --quick, about
 
 import dataclasses
 import time
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated
 
 import jax
 import jax.numpy as jnp
@@ -38,34 +38,27 @@ import numpy as np
 import optax
 from matplotlib import colors
 
-from sandbox import checks, cli, data, engine, hessian, network, sharpness, surface, train
+from sandbox import cli, config, data, engine, hessian, network, sharpness, surface, train
 from sandbox.models import fc, resnet
 
 NAME = "sharpness_map"
 NETWORKS = ("resnet", "mlp")
 CHUNK = 32  # points per compiled call of a batched map
+Depth = Annotated[int, config.bounds(8, 1202, rule=(lambda d: (d - 2) % 6 == 0, "6n + 2"))]
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    seed: int = 0
-    depth: int = 20
-    epochs: int = 20
-    resnet_grid: int = 11
-    resnet_images: int = 128  # the loss and its Hessian over the first N training images
-    mlp_hidden: int = 32
-    mlp_steps: int = 500  # full-batch Adam steps
-    mlp_grid: int = 41
-    extent: float = 1.0  # the plane spans [-extent, extent]^2 in filter-normalized units
-    num_iters: int = 10  # Lanczos steps per point
-
-    def __post_init__(self):
-        resnet.check_depth(self.depth)
-        for name in ("epochs", "resnet_images", "mlp_hidden", "mlp_steps", "num_iters"):
-            checks.integer(name, getattr(self, name), minimum=1)
-        for name in ("resnet_grid", "mlp_grid"):
-            checks.integer(name, getattr(self, name), minimum=2)
-        checks.positive("extent", self.extent)
+class Config(config.Checked):
+    seed: int = config.seed()  # seed of the networks and the plane's directions
+    depth: Depth = 20  # the ResNet's 6n + 2 layers
+    epochs: int = config.count(20, 10_000)  # the ResNet's epochs of training
+    resnet_grid: int = config.count(11, 257, lo=2)  # points per side of the ResNet's plane
+    resnet_images: int = config.count(128, 10**6)  # loss and Hessian over the first N images
+    mlp_hidden: int = config.count(32, 8192)  # the MLP's hidden width
+    mlp_steps: int = config.count(500, 10**6)  # full-batch Adam steps
+    mlp_grid: int = config.count(41, 1025, lo=2)  # points per side of the MLP's plane
+    extent: float = config.field(1.0, gt=0)  # the plane spans [-extent, extent]^2
+    num_iters: int = config.count(10, 1000)  # Lanczos steps per point
 
 
 QUICK = Config(depth=8, epochs=2, resnet_grid=3, resnet_images=32, mlp_steps=50, mlp_grid=5)
@@ -232,28 +225,21 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
 # ----------------------------------------------------------------------------- command line
 
 
-def _parse(argv: Sequence[str] | None):
-    p = cli.study_parser(NAME, __doc__, quick_help="ResNet-8, 3 x 3 and 5 x 5 grids (about 25 s)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
+def _report(cfg: Config, summary: dict) -> list[str]:
+    return [
+        f"{name}: λmax from {s['lambda_max_range'][0]:.4g} to {s['lambda_max_range'][1]:.4g}; "
+        f"{s['seconds_per_point']:.2f} s per point, "
+        f"{s['per_point_over_centre']:.2f}x one Lanczos at the centre"
+        for name, s in ((name, summary[name]) for name in NETWORKS)
+    ]
 
 
-@cli.command
-def main(argv: Sequence[str] | None = None) -> None:
-    args = _parse(argv)
-    cfg = QUICK if args.quick else Config()
-    out = cli.run_dir(args.out, NAME, args.quick)
-    out, cfg, _, summary = cli.run_study(
-        NAME, args, cfg, lambda c: compute(c, out, progress=not args.no_progress), plot, out=out
-    )
-    for name in NETWORKS:
-        s = summary[name]
-        print(
-            f"{NAME}: {name}: λmax from {s['lambda_max_range'][0]:.4g} to "
-            f"{s['lambda_max_range'][1]:.4g}; {s['seconds_per_point']:.2f} s per point, "
-            f"{s['per_point_over_centre']:.2f}x one Lanczos at the centre"
-        )
-    print(f"{NAME}: results in {out}")
+main = cli.study_main(
+    NAME, __doc__, Config(), QUICK,
+    lambda c, out, args: compute(c, out, progress=not args.no_progress),
+    plot, options=cli.Progress, report=_report,
+    quick_help="ResNet-8, 3 x 3 and 5 x 5 grids (about 25 s)",
+)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from studies import sharpness_map as sm
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sm")
-    sm.main(["--quick", "--out", str(folder), "--no-progress"])
+    # One config field set from the command line (the preset's MLP plane is 5 x 5).
+    sm.main(["--quick", "--out", str(folder), "--no-progress", "--mlp-grid", "3"])
     summary = json.loads((folder / "summary.json").read_text())
     with np.load(folder / "arrays.npz") as z:
         arrays = {k: z[k] for k in z.files}
@@ -21,7 +22,8 @@ def run(tmp_path_factory):
 @pytest.mark.slow
 def test_quick_maps_and_figure(run):
     folder, summary, arrays = run
-    for name, grid in (("resnet", sm.QUICK.resnet_grid), ("mlp", sm.QUICK.mlp_grid)):
+    assert json.loads((folder / "config.json").read_text())["mlp_grid"] == 3
+    for name, grid in (("resnet", sm.QUICK.resnet_grid), ("mlp", 3)):
         assert arrays[f"{name}/lambda_max"].shape == (grid, grid)
         assert arrays[f"{name}/loss"].shape == (grid, grid)
     assert (folder / "maps.png").stat().st_size > 10_000
@@ -56,4 +58,5 @@ def test_bad_command_line_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         sm.main(["--quick", "--out", str(tmp_path), "--seed", "-3"])
     assert e.value.code == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "`--seed` must be an integer in [0, 4294967295]" in err[0], err
