@@ -70,11 +70,12 @@ def tree_digest(tree: PyTree) -> str:
 
     Leaves on a device are fetched one at a time and hashed in slices of at most 16 MiB, so
     a large pytree never needs a second copy of itself on the host. The bytes hashed are
-    those of `str(dtype)` and the shape tuple, then the C-ordered data.
+    those of `str(dtype)` and the shape tuple, then the C-ordered data; a 0-d leaf counts as
+    shape (1,) (`np.ascontiguousarray`), as the checkpoints saved so far recorded it.
     """
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(tree):
-        a = np.asarray(jax.device_get(leaf))
+        a = np.ascontiguousarray(jax.device_get(leaf))
         h.update(f"{a.dtype}{a.shape}".encode())
         flat = a.reshape(-1)
         step = max(1, (1 << 24) // max(1, a.dtype.itemsize))

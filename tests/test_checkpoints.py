@@ -1,4 +1,5 @@
-"""checkpoints.tree_digest against hashlib over the same bytes, whole and in slices."""
+"""checkpoints.tree_digest against hashlib over the same bytes, whole and in slices, and
+against the digest a checkpoint of the state records."""
 
 import hashlib
 
@@ -9,11 +10,12 @@ from sandbox import checkpoints
 
 
 def _reference(leaves) -> str:
+    """The digest every saved checkpoint records: 0-d leaves as shape (1,)."""
     h = hashlib.sha256()
-    for a in leaves:
-        a = np.asarray(a)
+    for leaf in leaves:
+        a = np.ascontiguousarray(leaf)
         h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(np.ascontiguousarray(a).tobytes())
+        h.update(a.tobytes())
     return h.hexdigest()
 
 
@@ -22,6 +24,7 @@ def test_tree_digest_is_the_sha256_of_dtypes_shapes_and_bytes_in_tree_order():
     tree = {"a": jnp.ones((2, 3), jnp.bfloat16), "b": (np.int32(7), big), "c": np.zeros((0, 4))}
     leaves = [tree["a"], tree["b"][0], big, tree["c"]]
     assert checkpoints.tree_digest(tree) == _reference(leaves)
+    assert _reference([np.float32(1)]) == _reference([np.ones(1, np.float32)])  # 0-d as (1,)
     # Another dtype or shape of the same bytes is another digest.
     assert checkpoints.tree_digest({"x": np.zeros(4, np.float32)}) != checkpoints.tree_digest(
         {"x": np.zeros(4, np.int32)}
