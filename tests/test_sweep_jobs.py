@@ -155,7 +155,8 @@ def test_three_jobs_one_killed_holding_leases_the_others_finish_with_the_same_bi
             assert marks[str(c)] / 1e9 <= killed_at, (c, held)
             continue
         after = taken[c] - killed_at
-        assert lease - 0.5 <= after <= lease + 2 * chunk_s + 2.0, (c, after, chunk_s)
+        # (the victim renewed every lease / 4 until it died, give or take a loaded thread)
+        assert lease - 1.0 <= after <= lease + 2 * chunk_s + 3.0, (c, after, chunk_s)
     for h in ("a", "b"):
         _same(_arrays(tmp_path / f"{h}.npz"), reference["arrays"])
     loaded = sweep.load(store)
