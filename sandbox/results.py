@@ -474,7 +474,10 @@ def _can_build_beside(folder: Path) -> bool:
         probe = tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.next-")
     except OSError:
         return False
-    os.rmdir(probe)
+    try:
+        os.rmdir(probe)
+    except FileNotFoundError:
+        pass  # the cleanup of a run that holds the folder took it first (it is ours by name)
     return True
 
 
