@@ -196,6 +196,37 @@ def save(fig: Figure, path, *, dpi: float | None = None) -> pathlib.Path:
     return out
 
 
+def panel_grid(
+    n: int, max_cols: int, row_height: float, extra_height: float = 0.0
+) -> tuple[Figure, np.ndarray]:
+    """A page-wide figure of `n` panels in rows of at most `max_cols`, the cells past the
+    n-th switched off.
+
+    Args:
+        n: panels, >= 1.
+        max_cols: panels per row at the most, >= 1.
+        row_height: inches per row.
+        extra_height: inches added once (a legend or a title).
+
+    Returns:
+        (fig, axes [rows, cols]); the panels are `axes.flat[:n]`.
+    """
+    checks.integer("n", n, minimum=1)
+    checks.integer("max_cols", max_cols, minimum=1)
+    cols = min(max_cols, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(FULL, row_height * rows + extra_height),
+        layout="constrained",
+        squeeze=False,
+    )
+    for ax in axes.flat[n:]:
+        ax.set_axis_off()
+    return fig, axes
+
+
 # ------------------------------------------------------------------------- drawing
 
 

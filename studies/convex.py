@@ -387,21 +387,10 @@ def _legend_handles(cfg: Config) -> list:
 
 def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
     """Each landscape's contours with its non-PSD region shaded and GD's endpoints marked."""
-    n = len(cfg.functions)
-    cols = min(3, n)
-    rows = -(-n // cols)
     with plt.style.context(plotting.STYLE):
-        fig, axes = plt.subplots(
-            rows,
-            cols,
-            figsize=(plotting.FULL, 2.35 * rows + 0.35),
-            layout="constrained",
-            squeeze=False,
-        )
-        for ax, name in zip(axes.ravel(), cfg.functions, strict=False):
+        fig, axes = plotting.panel_grid(len(cfg.functions), 3, 2.35, 0.35)
+        for ax, name in zip(axes.flat, cfg.functions, strict=False):
             _panel(ax, name, arrays, cfg, summary)
-        for ax in axes.ravel()[n:]:
-            ax.set_visible(False)
         fig.legend(handles=_legend_handles(cfg), loc="outside lower center", ncols=2, frameon=False)
     return {"nonconvex_regions": fig}
 

@@ -268,15 +268,7 @@ def _trainability_figure(arrays: dict, cfg: Config, summary: dict):
     """The full view and its zooms, each zoom's window outlined in the view before."""
     lims = arrays["window_Vx2x2"]
     nv = len(lims)
-    ncols = 2 if nv > 1 else 1
-    nrows = -(-nv // ncols)
-    fig, axes = plt.subplots(
-        nrows,
-        ncols,
-        figsize=(plotting.FULL, 3.0 * nrows + 0.4),
-        layout="constrained",
-        squeeze=False,
-    )
+    fig, axes = plotting.panel_grid(nv, 2, 3.0, 0.4)
     levels = summary["trainability"]["levels"]
     for v in range(nv):
         ax = axes.flat[v]
@@ -294,8 +286,6 @@ def _trainability_figure(arrays: dict, cfg: Config, summary: dict):
             )
             if v == 0:  # a marker too: the first zoom window is small in the full view
                 ax.plot((a1 + b1) / 2, (a2 + b2) / 2, "k+", ms=10, mew=1.2, zorder=4)
-    for ax in axes.flat[nv:]:
-        ax.set_axis_off()
     cbar = fig.colorbar(image, ax=axes, shrink=0.6, aspect=30)
     ticks = np.array([-1, -0.5, -1e-9, 1e-9, 0.5, 1])
     cbar.set_ticks(_display(ticks))

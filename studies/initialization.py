@@ -492,11 +492,7 @@ def _plot_steps(arrays: dict, cfg: Config):
     """Per function: the share of the successful starts converged by step t, per optimizer."""
     steps = arrays["steps_FxOxN"]
     nf = len(cfg.functions)
-    ncol = min(3, nf + 1)
-    nrow = -(-(nf + 1) // ncol)
-    fig, axes = plt.subplots(
-        nrow, ncol, figsize=(plotting.FULL, 2.0 * nrow), layout="constrained", squeeze=False
-    )
+    fig, axes = plotting.panel_grid(nf + 1, 3, 2.0)  # the last panel holds the legend
     t_T = np.arange(cfg.record_every, cfg.steps + 1, cfg.record_every)
     for f, fname in enumerate(cfg.functions):
         ax = axes.flat[f]
@@ -519,8 +515,6 @@ def _plot_steps(arrays: dict, cfg: Config):
         Line2D([], [], color=f"C{o % 10}", label=opt) for o, opt in enumerate(cfg.optimizers)
     ]
     legend_ax.legend(handles=handles, loc="center", title="optimizer (its best lr)")
-    for ax in axes.flat[nf + 1 :]:
-        ax.set_axis_off()
     fig.suptitle(
         "steps to converge: share of the successful starts within tol of their global "
         "minimum from step t on (success rates: success.png)",

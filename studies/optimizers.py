@@ -242,13 +242,9 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
     for fname in cfg.functions:
         if not with_beta:
             break
-        cols = min(3, len(with_beta))
-        rows = -(-len(with_beta) // cols)
         with plt.style.context(plotting.STYLE):
-            fig, axes = plt.subplots(
-                rows, cols, figsize=(plotting.FULL, 2.2 * rows + 0.4), squeeze=False
-            )
-            for ax, oname in zip(axes.ravel(), with_beta, strict=False):
+            fig, axes = plotting.panel_grid(len(with_beta), 3, 2.2, 0.4)
+            for ax, oname in zip(axes.flat, with_beta, strict=False):
                 lr = arrays[f"{fname}/{oname}/lr_G"].reshape(cfg.num_lrs, -1)[:, 0]
                 success = arrays[f"{fname}/{oname}/success_G"].reshape(cfg.num_lrs, -1)
                 plotting.heatmap(
@@ -264,8 +260,6 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
                     vmax=1.0,
                 )
                 ax.set_title(oname)
-            for ax in axes.ravel()[len(with_beta) :]:
-                ax.set_visible(False)
             fig.suptitle(f"{fname}: success rate over lr x beta ({cfg.num_starts} starts)")
         figs[f"heatmap_{fname}"] = fig
 

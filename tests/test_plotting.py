@@ -101,6 +101,20 @@ def test_save_failure_leaves_no_temp_and_keeps_old_file(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- smoke
 
 
+@pytest.mark.parametrize("n, max_cols, shape", [(5, 3, (2, 3)), (1, 2, (1, 1)), (4, 2, (2, 2))])
+def test_panel_grid_rows_height_and_spare_cells(n, max_cols, shape):
+    fig, axes = plotting.panel_grid(n, max_cols, 2.0, 0.5)
+    try:
+        assert axes.shape == shape
+        # height = row height x rows + the extra, to the float
+        assert fig.get_size_inches() == pytest.approx((plotting.FULL, 2.0 * shape[0] + 0.5))
+        assert [ax.axison for ax in axes.flat] == [True] * n + [False] * (axes.size - n)
+    finally:
+        plt.close(fig)
+    with pytest.raises(ValueError, match="`n`"):
+        plotting.panel_grid(0, 3, 2.0)
+
+
 def test_contour_paths_smoke(tmp_path):
     fig, ax = small_fig()
     points = {"minimum": [[0.0, 0.0]], "saddle": np.zeros((0, 2)), "other": [[1, 1]]}
