@@ -266,22 +266,28 @@ def _entry(measured, theory, grid_theory=None) -> dict:
     return out
 
 
-class _Quadratics(NamedTuple):
-    """The quadratic problems, one row per kappa: raw (L = kappa, mu = 1) and rescaled (L = mu = 1).
+class _Problems(NamedTuple):
+    """One form of the quadratics, a row per kappa: the starts (x0 [K, S, 4]), their
+    gradients, the curvatures (mu, L) along the two axes and the lrs tried.
 
     The lr rows end with the formula lr (2 / (L + mu)) after the sweep's U lrs: V = U + 1.
     """
 
-    kappa_K: np.ndarray
-    u_U: np.ndarray
-    lr_KxU: np.ndarray
-    lr_formula_K: np.ndarray
     x0_KxSx4: np.ndarray
     grad0_KxSx2: np.ndarray
+    curv_Kx2: np.ndarray
     lr_KxV: np.ndarray
-    res_x0_KxSx4: np.ndarray
-    res_grad0_KxSx2: np.ndarray
-    res_lr_KxV: np.ndarray
+
+
+class _Quadratics(NamedTuple):
+    """The quadratic problems: raw (L = kappa, mu = 1) and rescaled (L = mu = 1)."""
+
+    kappa_K: np.ndarray
+    u_U: np.ndarray
+    lr_KxU: np.ndarray  # the raw form's swept lrs
+    lr_formula_K: np.ndarray
+    raw: _Problems
+    rescaled: _Problems
 
 
 def _quadratic_problems(cfg: Config) -> _Quadratics:
@@ -307,38 +313,28 @@ def _quadratic_problems(cfg: Config) -> _Quadratics:
     grad0_res = np.stack([cos_S + 0 * kap_KxS, sin_S / np.sqrt(kap_KxS)], -1)
     _, lr_res_KxU = _lr_grid(cfg, ones_K)
     lr_res_KxV = np.concatenate([lr_res_KxU, ones_K[:, None]], axis=1)
-    return _Quadratics(
-        kappa_K=kappa_K,
-        u_U=u_U,
-        lr_KxU=lr_KxU,
-        lr_formula_K=lr_formula_K,
-        x0_KxSx4=x0_KxSx4,
-        grad0_KxSx2=grad0_KxSx2,
-        lr_KxV=lr_KxV,
-        res_x0_KxSx4=x0_res,
-        res_grad0_KxSx2=grad0_res,
-        res_lr_KxV=lr_res_KxV,
-    )
+    raw = _Problems(x0_KxSx4, grad0_KxSx2, np.stack([ones_K, kappa_K], 1), lr_KxV)
+    rescaled = _Problems(x0_res, grad0_res, np.stack([ones_K, ones_K], 1), lr_res_KxV)
+    return _Quadratics(kappa_K, u_U, lr_KxU, lr_formula_K, raw, rescaled)
 
 
 def _quadratic_counts(cfg: Config, q: _Quadratics, budget: int) -> dict[str, np.ndarray]:
     """Measured and exact worst-case steps, [K, V] each, raw and rescaled, in one sweep."""
     both_KxV = _quadratic_steps(
         cfg,
-        np.concatenate([q.x0_KxSx4, q.res_x0_KxSx4]),
-        np.concatenate([q.lr_KxV, q.res_lr_KxV]),
+        np.concatenate([q.raw.x0_KxSx4, q.rescaled.x0_KxSx4]),
+        np.concatenate([q.raw.lr_KxV, q.rescaled.lr_KxV]),
         budget,
     )
-    ones_K = np.ones_like(q.kappa_K)
+
+    def exact(p: _Problems) -> np.ndarray:
+        return _quadratic_theory(p.grad0_KxSx2, p.curv_Kx2, p.lr_KxV, cfg.tol, budget)
+
     return {
         "steps": both_KxV[: len(q.kappa_K)],
         "rescaled": both_KxV[len(q.kappa_K) :],
-        "exact": _quadratic_theory(
-            q.grad0_KxSx2, np.stack([ones_K, q.kappa_K], 1), q.lr_KxV, cfg.tol, budget
-        ),
-        "rescaled_exact": _quadratic_theory(
-            q.res_grad0_KxSx2, np.stack([ones_K, ones_K], 1), q.res_lr_KxV, cfg.tol, budget
-        ),
+        "exact": exact(q.raw),
+        "rescaled_exact": exact(q.rescaled),
     }
 
 
