@@ -42,7 +42,9 @@ the cubic problem of tests/test_flows.py, heavy ball at lr = 0.5 (1 + beta) dive
 loss is unbounded below) instead of settling at its edge, so the candidate has no discrete
 reference yet, and a claim without one would not be honest.
 
-Run: make central_flows   (smoke: python -m studies.central_flows --quick).
+Run: make central_flows   (smoke: python -m studies.central_flows --quick). Measured on the
+shared 2-core CPU at a load average of 6 to 9 from other jobs: the default 145 s of wall
+time; --quick 35 s of CPU time (76 s of wall time at that load), mostly compilation.
 """
 
 import dataclasses
@@ -77,6 +79,8 @@ class Config(config.Checked):
     track_tol: float = config.field(0.05, gt=0, lt=1)  # after onset: median relative gap
     depart_tol: float = config.field(0.05, gt=0, lt=1)  # the stable flow has departed
     hold_tol: float = config.field(1e-3, gt=0, lt=1)  # central flow: max |eig - 2|
+
+    RELATIONS = (config.relation("window below steps", lambda c: c.window < c.steps),)
 
 
 QUICK = Config(train_size=128, gd_lrs=(0.17,), rmsprop_lr=2e-3, steps=300, window=10)
