@@ -37,10 +37,14 @@ that the cone problem does not express. Eliminating v quasi-statically instead (
 (1 - beta) while w moves little over the buffer's 1 / (1 - beta) steps) gives the candidate
     dw/dt = -lr / (1 - beta) [grad L + 1/2 grad <H, Sigma>],  lambda_max held at (2 + 2 beta) / lr
 (the slow drift sees the buffer's gain 1 / (1 - beta), the period-2 oscillation 1 / (1 + beta)):
-GD's central flow with the step and the threshold decoupled. It is not measured here: on
-the cubic problem of tests/test_flows.py, heavy ball at lr = 0.5 (1 + beta) diverged (that
-loss is unbounded below) instead of settling at its edge, so the candidate has no discrete
-reference yet, and a claim without one would not be honest.
+GD's central flow with the step and the threshold decoupled. It does not hold up, so it is
+not offered: heavy ball iterated on the cubic of tests/test_flows.py (0.5 (1 + y) x^2 +
+(mu / 2) (y - 4)^2, lr = 0.5 (1 + beta), so (2 + 2 beta) / lr = 4 and the candidate puts y
+at 3 with a time-averaged loss of 4.5 mu) settled at y = 3.7 with a mean loss of 0.111
+against 0.135 for beta = 0.1, mu = 0.03, and 0.143 at y = 2.4 for beta = 0.2; from beta =
+0.3 it diverged instead of settling at its edge (6000 steps each; GD, beta = 0, at lr = 0.5
+on the same cubic: 0.1325, 1.8% from GD's central flow). Near its threshold the
+heavy ball's unstable mode is not the clean period-2 oscillation the ansatz averages over.
 
 Run: make central_flows   (smoke: python -m studies.central_flows --quick). Measured on the
 shared 2-core CPU at a load average of 6 to 9 from other jobs: the default 145 s of wall
