@@ -76,7 +76,10 @@ def _points(rows, d: int) -> np.ndarray:
     return out
 
 
-def _landscape(name, fn, bounds, minima, saddles, maxima, formula, f_min) -> Landscape:
+def _landscape(
+    name, fn, bounds, minima, saddles=(), maxima=(), *, formula: str, f_min: float = 0.0
+) -> Landscape:
+    """A Landscape from lists of rows (empty lists of critical points may be left out)."""
     bounds = _points(bounds, 2)
     d = bounds.shape[0]
     return Landscape(
@@ -184,13 +187,13 @@ def _x2sinx(x: Array) -> Array:
 
 def bowl() -> Landscape:
     """The lecture's convex bowl J = theta1^2 + theta2^2."""
-    return _landscape("bowl", _bowl, [[-2, 2], [-2, 2]], [[0, 0]], [], [], "theta1^2 + theta2^2", 0)
+    return _landscape("bowl", _bowl, [[-2, 2], [-2, 2]], [[0, 0]], formula="theta1^2 + theta2^2")
 
 
 def saddle() -> Landscape:
     """The lecture's saddle z = y^2 - x^2: one saddle, no minimum (f_min = -inf)."""
     return _landscape(
-        "saddle", _saddle, [[-2, 2], [-2, 2]], [], [[0, 0]], [], "y^2 - x^2", -math.inf
+        "saddle", _saddle, [[-2, 2], [-2, 2]], [], [[0, 0]], formula="y^2 - x^2", f_min=-math.inf
     )
 
 
@@ -202,9 +205,8 @@ def monkey_saddle() -> Landscape:
         [[-2, 2], [-2, 2]],
         [],
         [[0, 0]],  # degenerate: calculus.critical_point_kind says "degenerate"
-        [],
-        "x^3 - 3 x y^2",
-        -math.inf,
+        formula="x^3 - 3 x y^2",
+        f_min=-math.inf,
     )
 
 
@@ -216,9 +218,7 @@ def double_well() -> Landscape:
         [[-2, 2], [-2, 2]],
         [[-1, 0], [1, 0]],
         [[0, 0]],
-        [],
-        "(x^2 - 1)^2 + y^2",
-        0,
+        formula="(x^2 - 1)^2 + y^2",
     )
 
 
@@ -241,10 +241,7 @@ def quadratic(kappa: float = 10.0) -> Landscape:
         fn,
         [[-2, 2], [-2, 2]],
         [[0, 0]],
-        [],
-        [],
-        f"0.5 (x^2 + {kappa:g} y^2)",
-        0,
+        formula=f"0.5 (x^2 + {kappa:g} y^2)",
     )
 
 
@@ -267,8 +264,7 @@ def himmelblau() -> Landscape:
             [-0.12796134673068005, -1.9537149802445766],  # f = 178.337
         ],
         [[-0.2708445906673476, -0.9230385564799815]],  # f = 181.617
-        "(x^2 + y - 11)^2 + (x + y^2 - 7)^2",
-        0,
+        formula="(x^2 + y - 11)^2 + (x + y^2 - 7)^2",
     )
 
 
@@ -285,7 +281,7 @@ def rosenbrock(dim: int = 2) -> Landscape:
     else:
         bounds = [[-2.048, 2.048]] * dim
         formula = "sum_i 100 (x_{i+1} - x_i^2)^2 + (1 - x_i)^2"
-    return _landscape("rosenbrock", _rosenbrock, bounds, [[1.0] * dim], [], [], formula, 0)
+    return _landscape("rosenbrock", _rosenbrock, bounds, [[1.0] * dim], formula=formula)
 
 
 def rastrigin(dim: int = 2) -> Landscape:
@@ -299,10 +295,7 @@ def rastrigin(dim: int = 2) -> Landscape:
         _rastrigin,
         [[-5.12, 5.12]] * dim,
         [[0.0] * dim],
-        [],
-        [],
-        "10 d + sum_i x_i^2 - 10 cos(2 pi x_i)",
-        0,
+        formula="10 d + sum_i x_i^2 - 10 cos(2 pi x_i)",
     )
 
 
@@ -319,10 +312,7 @@ def ackley(dim: int = 2) -> Landscape:
         _ackley,
         [[-5, 5]] * dim,
         [[0.0] * dim],
-        [],
-        [],
-        "-20 exp(-0.2 sqrt(mean_i x_i^2)) - exp(mean_i cos(2 pi x_i)) + 20 + e",
-        0,
+        formula="-20 exp(-0.2 sqrt(mean_i x_i^2)) - exp(mean_i cos(2 pi x_i)) + 20 + e",
     )
 
 
@@ -337,9 +327,7 @@ def beale() -> Landscape:
             [0.10053793732415828, -2.644513585023126],  # f = 9.86451
             [0.0, 1.0],  # f = 14.203125; f is constant along x = 0
         ],
-        [],
-        "(1.5 - x + xy)^2 + (2.25 - x + xy^2)^2 + (2.625 - x + xy^3)^2",
-        0,
+        formula="(1.5 - x + xy)^2 + (2.25 - x + xy^2)^2 + (2.625 - x + xy^3)^2",
     )
 
 
@@ -350,10 +338,7 @@ def booth() -> Landscape:
         _booth,
         [[-10, 10], [-10, 10]],
         [[1.0, 3.0]],
-        [],
-        [],
-        "(x + 2y - 7)^2 + (2x + y - 5)^2",
-        0,
+        formula="(x + 2y - 7)^2 + (2x + y - 5)^2",
     )
 
 
@@ -370,9 +355,11 @@ def goldstein_price() -> Landscape:
         [[0.0, -1.0], [-0.6, -0.4], [1.8, 0.2], [1.2, 0.8]],  # f = 3, 30, 84, 840
         [[-0.4, -0.6], [1.2, -0.2], [1.4, 0.6], [0.6, 0.4]],  # f = 35, 99, 980, 990
         [[0.8, 0.2]],  # f = 1155
-        "[1 + (x + y + 1)^2 (19 - 14x + 3x^2 - 14y + 6xy + 3y^2)]"
-        " [30 + (2x - 3y)^2 (18 - 32x + 12x^2 + 48y - 36xy + 27y^2)]",
-        3,
+        formula=(
+            "[1 + (x + y + 1)^2 (19 - 14x + 3x^2 - 14y + 6xy + 3y^2)]"
+            " [30 + (2x - 3y)^2 (18 - 32x + 12x^2 + 48y - 36xy + 27y^2)]"
+        ),
+        f_min=3,
     )
 
 
@@ -403,8 +390,8 @@ def six_hump_camel() -> Landscape:
         _with_mirrors(_CAMEL_MINIMA),
         [[0.0, 0.0], *_with_mirrors(_CAMEL_SADDLES)],
         _with_mirrors(_CAMEL_MAXIMA),
-        "(4 - 2.1 x^2 + x^4/3) x^2 + xy + (4 y^2 - 4) y^2",
-        -1.0316284534898774,
+        formula="(4 - 2.1 x^2 + x^4/3) x^2 + xy + (4 y^2 - 4) y^2",
+        f_min=-1.0316284534898774,
     )
 
 
@@ -435,8 +422,8 @@ def styblinski_tang(dim: int = 2) -> Landscape:
         [p for p, n in zip(points, n_up, strict=True) if n == 0] or [[_ST_ROOTS[0]] * dim],
         [p for p, n in zip(points, n_up, strict=True) if 0 < n < dim],
         [p for p, n in zip(points, n_up, strict=True) if n == dim],
-        "0.5 sum_i x_i^4 - 16 x_i^2 + 5 x_i",
-        dim * _st_1d(_ST_ROOTS[0]),
+        formula="0.5 sum_i x_i^4 - 16 x_i^2 + 5 x_i",
+        f_min=dim * _st_1d(_ST_ROOTS[0]),
     )
 
 
@@ -461,9 +448,8 @@ def mccormick() -> Landscape:
         [[-1.5, 4], [-3, 4]],
         [point(-third), point(2 * third)],  # f = -1.91322, 1.22837
         [point(third)],  # f = 1.91322
-        [],
-        "sin(x + y) + (x - y)^2 - 1.5 x + 2.5 y + 1",
-        value(-third),
+        formula="sin(x + y) + (x - y)^2 - 1.5 x + 2.5 y + 1",
+        f_min=value(-third),
     )
 
 
@@ -481,8 +467,8 @@ def x2sinx() -> Landscape:
         # x = 0 is degenerate (f ~ x^3, an inflection): neither minimum nor maximum.
         [[0.0]],
         [[2.2889297281034042], [-5.08698509410227]],  # f = 3.94530, 24.0830
-        "x^2 sin(x)",
-        -24.08296022306833,
+        formula="x^2 sin(x)",
+        f_min=-24.08296022306833,
     )
 
 
