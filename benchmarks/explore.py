@@ -13,7 +13,10 @@ Workload: Himmelblau, plain GD, lr around 0.01, 1000 steps (the page's defaults)
 3. Trainability: a coarse (32 x 32) and a finer (64 x 64) tile of the fractal network, warm,
    against fractal.score_grid on the same learning rates.
 
-4. Memory (`--memory N`, not part of make bench: about 10 minutes on 2 CPU cores for N =
+4. A dropped client: a 1024 x 1024 Adam map (1000 steps) whose client leaves 3 s into its
+   computation; the time from the drop to the answer of a small warm request, against that
+   request's time on an idle server.
+5. Memory (`--memory N`, not part of make bench: about 10 minutes on 2 CPU cores for N =
    2000): the server's resident memory after N distinct requests, a quarter of them with a
    step count not asked before (each a new compiled program), the rest new lrs on tiles, new
    paths and new trainability views; printed every N/8 requests with the number of times the
@@ -84,9 +87,16 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--train-steps", type=int, default=500)
     p.add_argument("--memory", type=int, default=0, metavar="N", help="only the memory run")
+    p.add_argument(
+        "--programs-max",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --memory: compiled settings kept before a clear (default the explorer's)",
+    )
     args = p.parse_args(argv)
     if args.memory:
-        return _memory(args.memory)
+        return _memory(args.memory, args.programs_max)
 
     import jax
 
@@ -180,16 +190,46 @@ def main(argv=None) -> None:
             f"{t_tile:.2f} s, fractal.score_grid on the same lrs {t_grid:.2f} s, ratio "
             f"{t_grid / t_tile:.2f}x ({px * px / t_tile:.0f} runs/s through the server)"
         )
+    _dropped(url, ex)
     server.stop()
 
 
-def _memory(n: int) -> None:
+def _dropped(url: str, ex) -> None:
+    """Seconds from a client leaving a long computation to a small request's answer."""
+    import socket
+
+    small = f"{url}/api/basins?optimizer=adam&lr=0.01&steps=1000&x0=0&x1=1&y0=0&y1=1&n=8"
+    _get(small)  # compiled
+    t = time.perf_counter()
+    _get(small.replace("x1=1", "x1=1.5"))
+    idle = time.perf_counter() - t
+    host, port = url.removeprefix("http://").split(":")
+    big = "optimizer=adam&lr=0.01&steps=1000&x0=-5&x1=5&y0=-5&y1=5&n=1024"
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(f"GET /api/basins?{big} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        while not ex.worker.running:
+            time.sleep(0.01)
+        time.sleep(3.0)
+    t = time.perf_counter()
+    _get(small.replace("x1=1", "x1=2"))
+    after = time.perf_counter() - t
+    print(
+        f"  a 1024 x 1024 Adam map dropped 3 s in: the next small request answered in "
+        f"{after:.2f} s (on an idle server {idle:.2f} s): the worker freed in about "
+        f"{after - idle:.2f} s"
+    )
+
+
+def _memory(n: int, programs_max: int = 0) -> None:
     """Resident memory of a server (memory tile cache of the default 64 MiB, no disk cache)
-    after n distinct requests; every 4th asks for a step count not asked before."""
+    after n distinct requests; every 4th asks for a step count not asked before.
+    `programs_max` > 0 replaces the explorer's bound on compiled settings (a huge one: none)."""
     import psutil
 
     from sandbox import explore
 
+    if programs_max:
+        explore.explorer.PROGRAMS_MAX = programs_max
     ex = explore.Explorer(cache_dir=None)
     server = explore.Server(ex)
     url = server.start()

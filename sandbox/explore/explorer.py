@@ -23,11 +23,14 @@ from sandbox.explore import caches, jobs, params, tiles
 from sandbox.explore.params import Descent, Training
 
 REACH_TOL = 1e-2  # an endpoint this close to a minimum reached it (as the local_minima study)
-# Work per block of a running job, in run-steps (starts x steps): about half a second on
-# 2 CPU cores (Adam on Himmelblau: 1M starts x 1000 steps in about 40 s), so a job whose
-# clients all went away frees the worker within about a second.
+# Blocks of a running job: a job whose clients all went away stops at the next block, so a
+# block should take about BLOCK_S seconds. The first block of a setting holds about
+# BLOCK_WORK run-steps (starts x steps; Adam on Himmelblau runs about 2.4e7 a second on 2
+# CPU cores, plain GD about 2e9); then the size (a power of two: few compiled shapes) grows
+# or shrinks, per setting, as blocks take under half or over twice BLOCK_S.
+BLOCK_S = 0.5
 BLOCK_WORK_CPU, BLOCK_WORK = 1 << 24, 1 << 30
-BLOCK_MIN = 1024  # runs per block at least (a power of two: few compiled shapes)
+BLOCK_MIN, BLOCK_MAX = 1024, 1 << 20
 # Fractal-network runs per block: one run of 500 steps costs about 1 CPU-ms.
 TRAIN_BLOCK_WORK_CPU, TRAIN_BLOCK_WORK = 1 << 19, 1 << 27
 # Compiled programs kept: past this many distinct settings (steps, optimizer, landscape,
@@ -203,6 +206,7 @@ class Explorer:
         # the compilation caches are cleared under it.
         self.compute_lock = threading.Lock()
         self.programs: set = set()
+        self.block_sizes: dict = {}  # (setting, dtype) -> runs per block, learned
         self.clears = 0  # times the compilation caches were cleared: tests count them
         self._problems: dict = {}
         self._train_lock = threading.Lock()
@@ -262,13 +266,19 @@ class Explorer:
         x0 = np.concatenate([j.payload[0] for j in js])
         # Blocks of one compiled shape (the last one padded by descend): a client that
         # goes away stops the job at the next block.
-        block = min(self.block_runs(d.steps), 1 << max(len(x0) - 1, 0).bit_length())
+        setting = (d.program(), x64)
+        block = self.block_sizes.get(setting, self.block_runs(d.steps))
+        block = min(block, 1 << max(len(x0) - 1, 0).bit_length())
         tol = d.tol if d.colour == "steps" else None
         parts = []
-        for lo in range(0, len(x0), block):
+        lo = 0
+        while lo < len(x0):
             jobs.Worker.check_wanted(js)
             with self.compute_lock, jax.enable_x64(x64):
-                self.program(("descend", d.program(), x64, block))
+                key = ("descend", d.program(), x64, block)
+                compiles = key not in self.programs
+                self.program(key)
+                t = time.perf_counter()
                 parts.append(
                     sweep.descend(
                         s.fn,
@@ -281,6 +291,18 @@ class Explorer:
                         **hyper,
                     )
                 )
+                took = time.perf_counter() - t
+            lo += block
+            if compiles:  # its time includes the compilation: says nothing of the size
+                continue
+            want = block
+            if took < BLOCK_S / 2:  # up to 16x at once: few sizes, so few compilations
+                want = min(block * min(_pow2_below(BLOCK_S / max(took, 1e-6)), 16), BLOCK_MAX)
+            elif took > 2 * BLOCK_S:
+                want = max(block // _pow2_below(took / BLOCK_S), BLOCK_MIN)
+            self.block_sizes[setting] = want  # for the next job of this setting
+            if want < block or lo + want <= len(x0):  # (not a larger shape for the rest)
+                block = want
         run = sweep.Sweep(
             **{
                 f: None if parts[0][i] is None else np.concatenate([p[i] for p in parts])
