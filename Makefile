@@ -43,8 +43,10 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# ARGS reach the study: `make saddle ARGS="--lr 0.05 --num-runs 4096"` (every Config field is
+# a flag, `python -m studies.saddle --help`); under `make quick` every study gets them.
 $(STUDIES) $(RESEARCH): $(STAMP)
-	$(PY) -m studies.$@
+	$(PY) -m studies.$@ $(ARGS)
 
 # The fractal at the paper's scale (width 16, 1024^2 runs x 1000 steps): an accelerator job.
 fractal-paper: $(STAMP)
@@ -57,7 +59,7 @@ research: $(RESEARCH)
 	$(PY) -m sandbox.report
 
 quick: $(STAMP)
-	@set -e; for s in $(STUDIES) $(RESEARCH); do echo "== $$s (quick)"; $(PY) -m studies.$$s --quick; done
+	@set -e; for s in $(STUDIES) $(RESEARCH); do echo "== $$s (quick)"; $(PY) -m studies.$$s --quick $(ARGS); done
 
 figures: $(STAMP)
 	@set -e; for s in $(STUDIES); do $(PY) -m studies.$$s --plot-only; done

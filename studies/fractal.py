@@ -58,7 +58,7 @@ class Config(config.Checked):
     zoom_target: tuple[float, float] = (1.0, 1.71)  # (log10 lr1, log10 lr2) to zoom near
     zoom_half_width: float = config.field(0.1, gt=0)  # decades, first zoom; then / zoom_factor
     zoom_factor: float = config.field(8.0, gt=1)  # each zoom this much smaller
-    box_sizes: tuple[int, ...] = config.field((2, 4, 8, 16), 1, min_len=2, distinct=True)
+    box_sizes: tuple[int, ...] = config.field((2, 4, 8, 16), 1, 4096, min_len=2, distinct=True)
     """pixels: the box-counting fit range"""
     # Runs vmapped together by lax.map, per device: small enough that a batch whose runs
     # all blew up early stops early (`fractal.train`), large enough to vectorize.

@@ -81,8 +81,8 @@ Run: make resnet_landscape (ResNet-56 pair on the digits, after make train_resne
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated, Literal
 
 import jax
 import jax.numpy as jnp
@@ -93,7 +93,9 @@ from matplotlib import colors
 from sandbox import (
     checkpoints,
     cli,
+    config,
     data,
+    engine,
     hessian,
     network,
     plotting,
@@ -107,73 +109,58 @@ from sandbox.models import resnet
 NAME = "resnet_landscape"
 CONVERGED = 0.1  # Ritz values that move less than this (relative) when the steps double
 SHORTCUTS = ("A", "none")
+DataSet = Literal[data.NAMES]
+Precision = Literal[precision.NAMES]
+Depth = Annotated[int, config.bounds(8, 1202, rule=(lambda d: (d - 2) % 6 == 0, "6n + 2"))]
+ODD = (lambda n: n % 2 == 1, "odd (the centre on the grid)")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    seed: int = 0
-    data: str = "digits"  # digits | cifar10 | synthetic
-    depth: int = 56
+class Config(config.Checked):
+    seed: int = config.seed()  # seed of the networks, the directions and the probes
+    data: DataSet = "digits"  # the data set
+    depth: Depth = 56  # 6n + 2 layers
     # Training (both networks alike).
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    checkpoint_every: int = 2  # epochs between the checkpoints of the PCA path
+    epochs: int = config.count(30, 10_000)  # epochs of training
+    batch_size: int = config.count(128, 2**16)  # images per SGD step
+    lr: float = config.field(0.1, gt=0)  # peak learning rate
+    weight_decay: float = config.field(5e-4, 0)  # L2 coefficient added to the gradient
+    checkpoint_every: int = config.count(2, 10_000)  # epochs between the PCA path's checkpoints
     # Surfaces.
-    grid: int = 11  # points per side of the main plane, odd so the centre is on it
-    extent: float = 1.0  # the plane is [-extent, extent]^2
-    pca_grid: int = 7
-    pca_margin: float = 1.3  # the PCA plane covers the path times this
-    interp_points: int = 11
-    interp_range: tuple[float, float] = (-0.5, 1.5)
-    surface_images: int = 0  # training images the surfaces average over; 0: all
-    eval_batch: int = 256
+    grid: int = config.field(11, 3, 1025, rule=ODD)  # points per side of the main plane
+    extent: float = config.field(1.0, gt=0)  # the plane is [-extent, extent]^2
+    pca_grid: int = config.field(7, 3, 1025, rule=ODD)  # points per side of the PCA plane
+    pca_margin: float = config.field(1.3, 1)  # the PCA plane covers the path times this
+    interp_points: int = config.field(11, 3, 10_001, rule=ODD)  # points on the line
+    # (start, end) of the line through init and trained, in units of their distance
+    interp_range: tuple[float, float] = config.field((-0.5, 1.5), increasing=True)
+    surface_images: int = config.count(0, 10**6, lo=0)  # images the surfaces average; 0: all
+    eval_batch: int = config.count(256, 2**16)  # images per evaluation batch
     # The surfaces' forward passes: "float32" or "bfloat16" (sandbox.precision). Training
     # and the Hessian stay float32, so the networks train_resnet trained are reused.
-    precision: str = "float32"
+    precision: Precision = "float32"  # the surfaces' forward passes
     # Hessian.
-    hessian_images: int = 256
-    lanczos_iters: int = 16  # the run takes twice as many: the second half checks convergence
+    hessian_images: int = config.count(256, 10**6)  # images of the Hessian's loss
+    lanczos_iters: int = config.count(16, 1000)  # doubled: the second half checks convergence
     # Per-stage (block) Hessians and the outlier spectrum, over the first `spectrum_images`
     # training images.
-    spectrum_images: int = 32
-    block_iters: int = 10  # Lanczos steps per block
-    block_probes: int = 8  # Hutchinson probes per block
-    outlier_iters: int = 48  # Lanczos steps for the top 2C eigenvalues (checked at half)
-    slq_probes: int = 2
-    slq_iters: int = 32
+    spectrum_images: int = config.count(32, 10**6)  # images of the spectra
+    block_iters: int = config.count(10, 1000)  # Lanczos steps per block
+    block_probes: int = config.count(8, 1000)  # Hutchinson probes per block
+    outlier_iters: int = config.count(48, 1000)  # Lanczos steps for the top 2C (checked at half)
+    slq_probes: int = config.count(2, 1000)  # probes of the spectral density
+    slq_iters: int = config.count(32, 1000)  # Lanczos steps per probe of the density
     # A closer view of the network without shortcuts: its plane over [-zoom, zoom]^2.
-    zoom_extent: float = 0.2
-    zoom_grid: int = 7
+    zoom_extent: float = config.field(0.2, gt=0)  # the zoom's half-width
+    zoom_grid: int = config.field(7, 3, 1025, rule=ODD)  # points per side of the zoom
 
-    def __post_init__(self):
-        if self.data not in data.NAMES:
-            raise ValueError(f"`data` must be one of {', '.join(data.NAMES)}, got {self.data!r}")
-        resnet.check_depth(self.depth)
-        for name in ("grid", "pca_grid", "interp_points", "zoom_grid"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 3 or v % 2 == 0:
-                raise ValueError(f"`{name}` must be an odd integer >= 3, got {v!r}")
-        for name in (
-            "epochs", "checkpoint_every", "hessian_images", "lanczos_iters", "spectrum_images",
-            "block_iters", "block_probes", "outlier_iters", "slq_probes", "slq_iters",
-        ):  # fmt: skip
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {v!r}")
-        if len(self.checkpoint_epochs()) < 3:
-            raise ValueError(
-                f"`checkpoint_every` ({self.checkpoint_every}) and `epochs` ({self.epochs}) "
-                "give fewer than 3 checkpoints: the PCA path needs at least 3 for 2 directions"
-            )
-        surface.axis(-self.extent, self.extent, self.grid, "extent")
-        surface.axis(-self.zoom_extent, self.zoom_extent, self.zoom_grid, "zoom_extent")
-        surface.axis(*self.interp_range, self.interp_points, "interp_range")
-        if not self.pca_margin >= 1:
-            raise ValueError(f"`pca_margin` must be >= 1, got {self.pca_margin}")
-        precision.check(self.precision)
-        self.train_config()
+    RELATIONS = (
+        config.relation(
+            "at least 3 checkpoints (every checkpoint_every-th epoch and the last) for the "
+            "PCA path's 2 directions",
+            lambda c: len({*range(0, c.epochs + 1, c.checkpoint_every), c.epochs}) >= 3,
+        ),
+    )
 
     def checkpoint_epochs(self) -> list[int]:
         """The epochs of the PCA path: every `checkpoint_every`-th and the last."""
@@ -790,67 +777,49 @@ def _finite(v: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(v), v, np.nan)
 
 
-def _parse(argv):
-    p = cli.study_parser(NAME, __doc__, quick_help="ResNet-8, 5 x 5 grid (under a minute)")
-    p.add_argument("--depth", type=int, default=None, help="6n + 2: 20, 32, 44, 56, 110")
-    cli.add_scale(p, "paper: Li et al.'s 51 x 51 plane (21 x 21 PCA plane, 41 points on the line)")
-    p.add_argument("--grid", type=int, default=None, help="points per side of the plane (odd)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--data", default=None, help=f"one of {', '.join(data.NAMES)}")
-    p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (else $CIFAR10_DIR)")
-    p.add_argument(
-        "--networks",
+@dataclasses.dataclass(frozen=True)
+class Options(cli.DataOptions):
+    networks: str | None = dataclasses.field(
         default=None,
-        help="a train_resnet run folder whose trained networks are reused when they are the "
-        "same runs (default results/train_resnet, or -quick; 'none': train here)",
+        metadata={
+            "help": "a train_resnet run folder whose trained networks are reused when they are "
+            "the same runs (default results/train_resnet, or -quick; 'none': train here)",
+            "metavar": "DIR",
+        },
     )
-    cli.add_precision(p, "the surfaces' forward passes (training and Hessian: float32)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
 
 
-@cli.command
-def main(argv: Sequence[str] | None = None) -> None:
-    args = _parse(argv)
-    cfg = cli.chosen_config(args, Config(), QUICK, PAPER)
-    overrides = {
-        "seed": args.seed,
-        "depth": args.depth,
-        "grid": args.grid,
-        "epochs": args.epochs,
-        "data": args.data,
-        "precision": args.precision,
-    }
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    name = NAME if cfg.depth == 56 or args.quick else f"{NAME}-resnet{cfg.depth}"
-    out = cli.run_dir(args.out, name, args.quick)
+def _compute(cfg: Config, out: Path, args) -> tuple[dict, dict]:
     networks = args.networks or results.RESULTS_ROOT / (
         "train_resnet-quick" if args.quick else "train_resnet"
     )
     networks = None if str(networks) == "none" else Path(networks)
-    if args.store is None:  # every surface resumes from its engine store in <out>/cells
-        args.store = out / "cells"
-    out, cfg, arrays, summary = cli.run_study(
-        NAME,
-        args,
-        cfg,
-        lambda c: compute(
-            c, out, data_dir=args.data_dir, progress=not args.no_progress, networks=networks
-        ),
-        plot,
-        out=out,
-    )
-    for s in SHORTCUTS:
-        t = summary[s]
-        print(
-            f"{NAME}: ResNet-{cfg.depth} {s}: test accuracy {t['test_accuracy']:.4f}, "
-            f"lambda_max {t['hessian']['lambda_max']:.4g}, |min/max| "
-            f"{_fmt(t['hessian']['abs_min_over_max'])}, area below ln(K) "
-            f"{t['surface']['below_level']:.3f}, local minima {t['surface']['local_minima']}"
+    # Without --store, every surface resumes from its engine store in <out>/cells.
+    with engine.stores_in(out / "cells" if args.store is None else None):
+        return compute(
+            cfg, out, data_dir=args.data_dir, progress=not args.no_progress, networks=networks
         )
+
+
+def _report(cfg: Config, summary: dict) -> list[str]:
+    lines = [
+        f"ResNet-{cfg.depth} {s}: test accuracy {t['test_accuracy']:.4f}, lambda_max "
+        f"{t['hessian']['lambda_max']:.4g}, |min/max| {_fmt(t['hessian']['abs_min_over_max'])}, "
+        f"area below ln(K) {t['surface']['below_level']:.3f}, local minima "
+        f"{t['surface']['local_minima']}"
+        for s, t in ((s, summary[s]) for s in SHORTCUTS)
+    ]
     holds = [k for k, v in summary["smoother_with_shortcuts"].items() if v["holds"]]
-    print(f"{NAME}: smoother with shortcuts on {len(holds)}/5 counts: {', '.join(holds)}")
-    print(f"{NAME}: results in {out}")
+    return [*lines, f"smoother with shortcuts on {len(holds)}/5 counts: {', '.join(holds)}"]
+
+
+main = cli.study_main(
+    NAME, __doc__, Config(), QUICK, _compute, plot, paper=PAPER, options=Options,
+    quick_help="ResNet-8, 5 x 5 grid (under a minute)",
+    paper_help="paper: Li et al.'s 51 x 51 plane (21 x 21 PCA plane, 41 points on the line)",
+    folder=lambda cfg, args: NAME if cfg.depth == 56 or args.quick else f"{NAME}-resnet{cfg.depth}",
+    report=_report,
+)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -24,7 +24,12 @@ def networks(resnet_pair):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, networks):
     out = tmp_path_factory.mktemp("resnet_landscape")
-    study.main(["--quick", "--out", str(out), "--no-progress", "--networks", str(networks)])
+    # One config field set from the command line (the preset's density takes 12 Lanczos
+    # steps per probe); the networks do not depend on it, so train_resnet's are reused.
+    study.main(
+        ["--quick", "--out", str(out), "--no-progress", "--networks", str(networks)]
+        + ["--slq-iters", "8"]
+    )
     cfg, arrays, summary = results.load(out, study.Config)
     return out, cfg, arrays, summary
 
@@ -39,7 +44,9 @@ def test_the_networks_train_resnet_trained_are_reused(run, networks):
 
 
 def test_the_run_folder_holds_every_figure(run):
-    out, _, _, _ = run
+    out, cfg, arrays, _ = run
+    assert json.loads((out / "config.json").read_text())["slq_iters"] == 8
+    assert cfg.slq_iters == 8 and arrays["A/slq_nodes_Pxm"].shape == (cfg.slq_probes, 8)
     for name in ("contours", "surface3d", "slices", "pca_path", "spectrum", "zoom_none"):
         assert (out / f"{name}.png").stat().st_size > 10_000, name
     stores = sorted((out / "cells").iterdir())  # every surface's store, for a resumed run
@@ -136,10 +143,11 @@ def test_plot_only_redraws(run):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--grid", "4"], "`grid` must be an odd integer >= 3"),
-        (["--depth", "9"], "`depth` must be 6n + 2"),
-        (["--epochs", "1"], "fewer than 3 checkpoints"),
-        (["--data", "mnist"], "`data` must be one of"),
+        (["--grid", "4"], "`--grid` must be an integer in [3, 1025], odd"),
+        (["--depth", "9"], "`--depth` must be an integer in [8, 1202], 6n + 2"),
+        (["--epochs", "1"], "at least 3 checkpoints"),
+        (["--data", "mnist"], "`--data` must be one of"),
+        (["--lanczos_iters", "0"], "`--lanczos_iters` must be an integer in [1, 1000]"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_status_2(args, message, tmp_path, capsys):
@@ -160,7 +168,7 @@ def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
         timeout=120,
     )
     assert p.returncode == 2
-    assert "`grid` must be an odd integer >= 3" in p.stderr
+    assert "`--grid` must be an integer in [3, 1025], odd" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
 
 
