@@ -29,8 +29,9 @@ class Parser(argparse.ArgumentParser):
 
 
 def study_parser(name: str, doc: str | None = None, quick_help: str = "small sizes (seconds)"):
-    """The common command line of every study (--quick, --out, --seed, --plot-only), for
-    studies that add options of their own."""
+    """An argparse command line with the common options (--quick, --out, --seed, --plot-only,
+    --store) for scripts whose config is not given field by field (tests' tiny studies); the
+    studies use `study_main`, where every Config field is a flag."""
     p = Parser(
         prog=f"python -m studies.{name}",
         description=(doc or "").strip().splitlines()[0] if doc else None,
@@ -62,44 +63,6 @@ def _seed(text: str) -> int:
     if value is None or not 0 <= value <= SEED_MAX:
         raise argparse.ArgumentTypeError(f"expected an integer in [0, {SEED_MAX}], got {text!r}")
     return value
-
-
-def add_scale(p: argparse.ArgumentParser, paper_help: str) -> None:
-    """`--scale default|paper`, for studies whose paper-sized run is one flag away."""
-    p.add_argument("--scale", choices=("default", "paper"), default="default", help=paper_help)
-
-
-def add_precision(p: argparse.ArgumentParser, what: str) -> None:
-    """`--precision float32|bfloat16` (sandbox.precision) for studies that evaluate or train
-    networks; another value is a one-line error naming the option (exit status 2)."""
-    from sandbox import precision
-
-    p.add_argument(
-        "--precision",
-        choices=precision.NAMES,
-        default=None,
-        help=f"{what} in float32 (default) or bfloat16 mixed precision",
-    )
-
-
-def chosen_config(args: argparse.Namespace, config: Any, quick: Any, paper: Any) -> Any:
-    """The config of --quick, of --scale paper, or the default; both flags: ValueError."""
-    if args.scale == "paper" and args.quick:
-        raise ValueError("give `--quick` or `--scale paper`, not both")
-    return quick if args.quick else paper if args.scale == "paper" else config
-
-
-def given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
-    """{name: value} for each option of `names` given on the command line (not None): the
-    config fields a study's flags override (`dataclasses.replace(cfg, **given(...))`)."""
-    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-
-
-def parse_study_args(
-    name: str, argv: Sequence[str] | None, doc: str | None = None
-) -> argparse.Namespace:
-    """The common command line of every study."""
-    return study_parser(name, doc).parse_args(argv)
 
 
 def parse(

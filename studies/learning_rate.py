@@ -72,11 +72,7 @@ class Config(config.Checked):
 
 
 QUICK = Config(
-    quad_num_lrs=256,
-    quad_steps=200,
-    phase_starts=64,
-    phase_num_lrs=48,
-    himmelblau_steps=500,
+    quad_num_lrs=256, quad_steps=200, phase_starts=64, phase_num_lrs=48, himmelblau_steps=500
 )
 
 # Lines of starts of the Himmelblau phase maps: (label, start, end).

@@ -177,23 +177,12 @@ class Config(config.Checked):
         )
 
 
+# hessian_images = spectrum_images: one compiled HVP per network.
 QUICK = Config(
-    depth=8,
-    epochs=2,
-    checkpoint_every=1,
-    grid=5,
-    pca_grid=3,
-    interp_points=5,
-    surface_images=256,
-    hessian_images=32,  # = spectrum_images: one compiled HVP per network
-    lanczos_iters=6,
-    spectrum_images=32,
-    block_iters=4,
-    block_probes=2,
-    outlier_iters=24,
-    slq_iters=12,
-    zoom_grid=3,
-)
+    depth=8, epochs=2, checkpoint_every=1, grid=5, pca_grid=3, interp_points=5, zoom_grid=3,
+    surface_images=256, hessian_images=32, spectrum_images=32, lanczos_iters=6, block_iters=4,
+    block_probes=2, outlier_iters=24, slq_iters=12,
+)  # fmt: skip
 
 
 # Li et al.'s resolution: 51 x 51 on the main plane (an accelerator job, `--scale paper`).
