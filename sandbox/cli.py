@@ -229,11 +229,11 @@ class _one_line_errors:
     def __enter__(self) -> None:
         import contextlib
 
-        from tyro import _errors  # tyro's parse-error hook (tyro >= 1.0; pinned < 1.1)
-
-        self._cm = getattr(_errors, "on_parse_error", lambda hook: contextlib.nullcontext())(
-            self._hook
-        )
+        try:  # tyro's parse-error hook (tyro >= 1.0; pinned < 1.1)
+            from tyro._errors import on_parse_error
+        except ImportError:  # tyro's own errors (boxes of several lines), exit status 2
+            on_parse_error = lambda hook: contextlib.nullcontext()  # noqa: E731
+        self._cm = on_parse_error(self._hook)
         self._cm.__enter__()
 
     def __exit__(self, *exc) -> None:

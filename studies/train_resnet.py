@@ -19,10 +19,11 @@ Run: make train_resnet (ResNet-56 with and without shortcuts on the digits, 30 e
                         cores, 425 s with other jobs on them; `make resnet56` is the
                         same run)
      smoke: python -m studies.train_resnet --quick (ResNet-8, 2 epochs; about 15 seconds)
-Options: --data, --data-dir, --depth, --shortcut, --epochs, --batch-size, --optimizer,
---pair/--no-pair, --precision float32|bfloat16 (bfloat16: mixed precision, sandbox.precision;
-a bfloat16 run is another run, in results/train_resnet-bfloat16 by default: its checkpoints
-never resume a float32 run's, nor the other way round).
+Options: every Config field (--data, --depth, --shortcut, --epochs, --batch-size, --optimizer,
+--pair/--no-pair, ...; `--help` lists them), --data-dir, --no-progress; --precision
+float32|bfloat16 (bfloat16: mixed precision, sandbox.precision; a bfloat16 run is another run,
+in results/train_resnet-bfloat16 by default: its checkpoints never resume a float32 run's, nor
+the other way round).
 """
 
 import dataclasses
