@@ -10,15 +10,19 @@ then the best of R runs of T steps (seconds per step):
 - discrete: `flows.run(flow="discrete")`: GD plus its effective eigenvalues every step;
 - stable, central: `flows.run` with that flow.
 
-Printed: seconds per step, each against the gd step (the ratio), and the Hessian-vector plus
-third-derivative products (matvecs) and gradients per step from the traces. The issue's
-target: a central-flow step at most 20 gd steps on CPU; the paper's public code spends about
-0.1 s per step on its host-side cone solver alone on a 433-parameter MLP.
+The four are timed in turns, R rounds, the best of each kept (the machine is shared).
 
-Run: make bench   (python -m benchmarks.flows [--steps T] [--repeats R] [--num-eigs k])
+Printed for k = 1 and 3 tracked eigenvalues: seconds per step, each against the gd step
+(the ratio), and the Hessian-vector plus third-derivative products (matvecs) and gradients
+per step from the traces. The target: a central-flow step at most 20 gd steps on CPU; the
+paper's public code spends about 0.1 s per step on its host-side cone solver alone on a
+433-parameter MLP. Measured numbers: docs/performance.md.
+
+Run: make bench   (python -m benchmarks.flows [--steps T] [--repeats R] [--num-eigs 1,3])
 """
 
 import argparse
+import functools
 import time
 
 import jax
@@ -29,6 +33,20 @@ from jax import lax
 
 from sandbox import devices, flows, hessian
 from studies import central_flows as cf
+
+
+def _interleaved(runs: dict, repeats: int) -> dict:
+    """Best of `repeats` seconds per run, the runs timed in turns (a shared machine's load
+    then weighs on all of them alike); each compiled first."""
+    for fn in runs.values():
+        jax.block_until_ready(fn())
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def _best(fn, repeats: int) -> float:
@@ -44,10 +62,11 @@ def _best(fn, repeats: int) -> float:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--num-eigs", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--num-eigs", default="1,3", help="k values, comma-separated")
     p.add_argument("--hidden", type=int, default=6)
     args = p.parse_args(argv)
+    num_eigs = [int(k) for k in args.num_eigs.split(",")]
     devices.use_all_cores()
     cfg = cf.Config(hidden=(args.hidden,), train_size=256)
     loss, params = cf.problem(cfg)
@@ -68,27 +87,29 @@ def main(argv=None) -> None:
 
     print(
         f"flows benchmark: fc-tanh 64-{args.hidden}-10, {n} parameters, 256 images, "
-        f"lr = 2.2 / {lam:.4g}, {T} steps, k = {args.num_eigs}, best of {args.repeats}"
+        f"lr = 2.2 / {lam:.4g}, {T} steps, best of {args.repeats}"
     )
-    base = _best(lambda: gd(params), args.repeats) / T
-    print(f"  gd (optax.sgd)   {base * 1e3:8.3f} ms/step   1.0 x")
-    for flow in flows.FLOWS:
-
-        def go(flow=flow):
-            return flows.run(loss, params, flow=flow, lr=lr, steps=T, num_eigs=args.num_eigs)
-
-        per_step = _best(go, args.repeats) / T
-        trace = jax.device_get(go())
-        onset = flows.onset(trace.eigs)
-        print(
-            f"  {flow:<16} {per_step * 1e3:8.3f} ms/step {per_step / base:6.1f} x   "
-            f"matvecs/step {np.mean(trace.matvecs[1:]):5.1f}   grads/step "
-            f"{np.mean(trace.grads):5.1f}   substeps {np.mean(trace.substeps):4.1f}   "
-            f"onset step {onset}"
-        )
+    for k in num_eigs:
+        runs = {"gd": lambda: gd(params)}
+        for flow in flows.FLOWS:
+            runs[flow] = functools.partial(
+                flows.run, loss, params, flow=flow, lr=lr, steps=T, num_eigs=k
+            )
+        per_step = _interleaved(runs, args.repeats)
+        base = per_step["gd"] / T
+        print(f"  k = {k}: gd (optax.sgd) {base * 1e3:8.3f} ms/step   1.0 x")
+        for flow in flows.FLOWS:
+            trace = jax.device_get(runs[flow]())
+            step = per_step[flow] / T
+            print(
+                f"  k = {k}: {flow:<14} {step * 1e3:8.3f} ms/step {step / base:6.1f} x   "
+                f"matvecs/step {np.mean(trace.matvecs[1:]):5.1f}   grads/step "
+                f"{np.mean(trace.grads):5.1f}   substeps {np.mean(trace.substeps):4.1f}   "
+                f"onset step {flows.onset(trace.eigs)}"
+            )
     # the cone problem alone, k x k from the central flow's sizes, warm and cold
     rng = np.random.default_rng(0)
-    k = args.num_eigs
+    k = max(num_eigs)
     G = rng.normal(size=(k * (k + 1), k, k))
     G = 0.5 * (G + G.transpose(0, 2, 1))
     B = jnp.asarray(np.einsum("lij,lab->ijab", G, G) / len(G), jnp.float32)
