@@ -107,6 +107,9 @@ def test_flow_sharpness_keeps_rising(run):
         (["--every", "0"], "--every"),
         (["--every", "100000"], "--every"),
         (["--optimizers", "sgd"], "--optimizers"),
+        (["--steps", "0"], "--steps"),  # the flag, not the field `steps`
+        (["--train_size", "0"], "--train_size"),  # as typed
+        (["--steps", "99999999999999999999"], "--steps"),
     ],
 )
 def test_bad_command_line_is_one_line_and_exit_2(args, flag, tmp_path, capsys):
