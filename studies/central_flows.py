@@ -73,12 +73,12 @@ class Config(config.Checked):
     hidden: tuple[int, ...] = config.field((32, 32), 1, 1024)  # hidden widths of the fc-tanh
     gd_lrs: tuple[float, ...] = config.field((0.14, 0.16), gt=0, le=10, max_len=4)
     """GD learning rates (thresholds 2 / lr above the initial sharpness, about 11)"""
-    rmsprop_lr: float = config.field(6e-4, gt=0, le=1)  # 0 to skip RMSProp
+    rmsprop_lr: float = config.field(6e-4, ge=0, le=1)  # RMSProp's lr (0: no RMSProp run)
     beta2: float = config.field(0.99, gt=0, lt=1)  # RMSProp's decay
     eps: float = config.field(1e-3, ge=0, le=1)  # RMSProp's eps (outside the root)
     steps: int = config.count(800, 100_000)  # steps (units of flow time) per run
     num_eigs: int = config.count(3, 10)  # effective eigenvalues tracked (cone size)
-    window: int = config.count(20, 10_000)  # centred running mean of the discrete loss
+    window: int = config.count(20, 10_000)  # steps in the discrete loss's running mean
     agree_tol: float = config.field(0.05, gt=0, lt=1)  # before onset: max relative gap
     track_tol: float = config.field(0.05, gt=0, lt=1)  # after onset: median relative gap
     depart_tol: float = config.field(0.05, gt=0, lt=1)  # the stable flow has departed
