@@ -34,7 +34,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-# A stored sweep finer than a zoom-0 tile (300 starts a side over the bounds): stored at
+# A stored sweep finer than a zoom-0 tile (260 starts a side over the bounds): stored at
 # zoom 0, live from zoom 1.
 SWEEP_SPEC = """
 landscape = "himmelblau"
@@ -42,7 +42,7 @@ optimizer = "sgd"
 steps = 30
 
 [starts]
-grid = 300
+grid = 260
 
 [axes]
 lr = { values = [0.004, 0.02] }
@@ -233,7 +233,10 @@ def test_a_failed_tile_says_why(browser, server, shots):
         pg.close()
 
 
-@pytest.mark.parametrize("mode", ["trainability", "init_vs_lr"])
+# init_vs_lr's tiles are checked against fractal.train in test_explore.py; its page run is slow.
+@pytest.mark.parametrize(
+    "mode", ["trainability", pytest.param("init_vs_lr", marks=pytest.mark.slow)]
+)
 def test_trainability_maps_show_progress_legend_and_share(page, shots, mode):
     # 20 steps, tiles of 16 and 32 runs a side (seconds, not minutes), set while hidden.
     page.evaluate("document.getElementById('tsteps').value = '20'")
