@@ -488,9 +488,15 @@ def study_main(
 
     def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Any]:
         args, cfg = parse(
-            name, doc, presets, argv, options=options, quick_help=quick_help,
-            paper_help=paper_help, aliases=aliases,
-        )  # fmt: skip
+            name,
+            doc,
+            presets,
+            argv,
+            options=options,
+            quick_help=quick_help,
+            paper_help=paper_help,
+            aliases=aliases,
+        )
         if prepare is not None:
             cfg = config.check(prepare(cfg, args), flags=args.flags)
         return args, cfg

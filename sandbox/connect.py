@@ -193,9 +193,15 @@ def along(
     if ts_T.ndim != 1 or len(ts_T) == 0 or not np.all(np.isfinite(ts_T)):
         raise ValueError(f"`ts` must be a non-empty 1-D array of finite values, got {ts!r}")
     return engine.map_chunks(
-        _along_one(metrics), ts_T, (w1, w2, bend), chunk=chunk, batch=batch, store=store,
-        desc="path", unit="point",
-    )  # fmt: skip
+        _along_one(metrics),
+        ts_T,
+        (w1, w2, bend),
+        chunk=chunk,
+        batch=batch,
+        store=store,
+        desc="path",
+        unit="point",
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -263,9 +269,15 @@ def plane(
     if xy_G.ndim != 2 or xy_G.shape[1] != 2 or not np.all(np.isfinite(xy_G)):
         raise ValueError(f"`xy` must have shape [G, 2] of finite values, got {xy_G.shape}")
     return engine.map_chunks(
-        _plane_one(metrics), xy_G, (w1, basis.u, basis.v), chunk=chunk, batch=batch,
-        store=store, desc="plane", unit="point",
-    )  # fmt: skip
+        _plane_one(metrics),
+        xy_G,
+        (w1, basis.u, basis.v),
+        chunk=chunk,
+        batch=batch,
+        store=store,
+        desc="plane",
+        unit="point",
+    )
 
 
 @functools.lru_cache(maxsize=8)

@@ -650,10 +650,12 @@ def blocks(
         per = list(zip(alpha_Bxm, beta_Bxm1, tr_B, se_B, strict=True))
     else:
         per = [
-            (*_tri_host(loss, params, key, num_iters, m),
-             *_trace_host(loss, params, key, num_probes, batch, m))
+            (
+                *_tri_host(loss, params, key, num_iters, m),
+                *_trace_host(loss, params, key, num_probes, batch, m),
+            )
             for _, m in sized.values()
-        ]  # fmt: skip
+        ]
     out = {}
     for (name, (size, _)), (alpha, beta, tr, se) in zip(sized.items(), per, strict=True):
         values = ritz_values(alpha, beta)

@@ -162,8 +162,19 @@ def track(
 @functools.lru_cache(maxsize=8)  # each entry keeps its `loss` (and the data it closes over)
 def _compiled(loss, optimizer, has_aux, steps, every, num_eigs, num_iters, hyper) -> Callable:
     def one(params, lr, key):
-        return _run(loss, params, lr, key, optimizer, has_aux, steps, every, num_eigs,
-                    num_iters, dict(hyper))  # fmt: skip
+        return _run(
+            loss,
+            params,
+            lr,
+            key,
+            optimizer,
+            has_aux,
+            steps,
+            every,
+            num_eigs,
+            num_iters,
+            dict(hyper),
+        )
 
     return jax.jit(jax.vmap(one, in_axes=(None, 0, None)))
 
@@ -372,9 +383,15 @@ def on_plane(
             out.append(hessian.ritz_values(alpha, beta)[0])
         return np.asarray(out, xy_G.dtype)
     return engine.map_chunks(
-        _plane_point(loss, num_iters), xy_G, (params, d1, d2, v0), chunk=chunk, batch=batch,
-        store=store, desc="sharpness", unit="point",
-    )  # fmt: skip
+        _plane_point(loss, num_iters),
+        xy_G,
+        (params, d1, d2, v0),
+        chunk=chunk,
+        batch=batch,
+        store=store,
+        desc="sharpness",
+        unit="point",
+    )
 
 
 @functools.lru_cache(maxsize=8)  # each entry keeps its `loss`

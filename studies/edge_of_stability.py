@@ -80,9 +80,17 @@ class Config(config.Checked):
 
 
 QUICK = Config(
-    train_size=512, hidden=(64, 64), gd_lrs=(0.12, 0.15), steps=300, every=10, flow_lr=0.05,
-    flow_steps=600, momentum_lr=0.15, adam_lr=0.004, num_iters=12,
-)  # fmt: skip
+    train_size=512,
+    hidden=(64, 64),
+    gd_lrs=(0.12, 0.15),
+    steps=300,
+    every=10,
+    flow_lr=0.05,
+    flow_steps=600,
+    momentum_lr=0.15,
+    adam_lr=0.004,
+    num_iters=12,
+)
 
 
 # ----------------------------------------------------------------------------- compute
@@ -128,10 +136,19 @@ def compute(cfg: Config, data_dir: str | None = None) -> tuple[dict, dict]:
     for key, optimizer, lrs, steps in engine.bar(_runs(cfg), desc=NAME, unit="run"):
         start = time.perf_counter()
         trace = sharpness.track(
-            loss, params, jnp.asarray(lrs), steps=steps, every=cfg.every, optimizer=optimizer,
-            key=jax.random.key(cfg.seed + 1), has_aux=True, num_iters=cfg.num_iters,
-            beta=cfg.beta, b1=cfg.b1, b2=cfg.b2,
-        )  # fmt: skip
+            loss,
+            params,
+            jnp.asarray(lrs),
+            steps=steps,
+            every=cfg.every,
+            optimizer=optimizer,
+            key=jax.random.key(cfg.seed + 1),
+            has_aux=True,
+            num_iters=cfg.num_iters,
+            beta=cfg.beta,
+            b1=cfg.b1,
+            b2=cfg.b2,
+        )
         trace = jax.device_get(trace)
         timing[key] = round(time.perf_counter() - start, 2)
         arrays[f"{key}_lrs"] = np.asarray(lrs)
@@ -179,9 +196,12 @@ def summarize(arrays: dict, cfg: Config) -> dict:
             threshold = _threshold(key, cfg, float(lr))
             entry = {"optimizer": "gd" if key == "flow" else key, "lr": float(lr)}
             entry |= run_summary(
-                arrays[f"{key}_losses"][i], arrays[f"{key}_accuracy"][i],
-                arrays[f"{key}_steps"], arrays[f"{key}_sharpness"][i], threshold,
-            )  # fmt: skip
+                arrays[f"{key}_losses"][i],
+                arrays[f"{key}_accuracy"][i],
+                arrays[f"{key}_steps"],
+                arrays[f"{key}_sharpness"][i],
+                threshold,
+            )
             if key == "gd":
                 gd_thresholds[name] = threshold
             summary[name] = entry
@@ -258,9 +278,12 @@ def _plot_flow(arrays: dict, cfg: Config):
         ax.axhline(2 / lr, color=c, ls="--", lw=1)
     flow_lr = float(arrays["flow_lrs"][0])
     ax.plot(
-        arrays["flow_steps"] * flow_lr, arrays["flow_sharpness"][0], color="k", lw=1.5,
+        arrays["flow_steps"] * flow_lr,
+        arrays["flow_sharpness"][0],
+        color="k",
+        lw=1.5,
         label=f"gradient flow (GD η = {flow_lr:g})",
-    )  # fmt: skip
+    )
     ax.set(xlabel="time (step × η)", ylabel="sharpness λmax", title="Sharpness: GD against flow")
     ax.legend(fontsize="small", loc="lower right")
     return fig
@@ -303,9 +326,16 @@ def _prepare(cfg: Config, args) -> Config:
 
 
 main = cli.study_main(
-    NAME, __doc__, Config(), QUICK, lambda c, out, args: compute(c, args.data_dir), plot,
-    options=Options, aliases={"--lrs": "--gd-lrs"}, prepare=_prepare,
-)  # fmt: skip
+    NAME,
+    __doc__,
+    Config(),
+    QUICK,
+    lambda c, out, args: compute(c, args.data_dir),
+    plot,
+    options=Options,
+    aliases={"--lrs": "--gd-lrs"},
+    prepare=_prepare,
+)
 
 
 if __name__ == "__main__":

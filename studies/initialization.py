@@ -58,11 +58,25 @@ Optimizer = Literal[tuple(optim.names())]
 class Config(config.Checked):
     seed: int = config.seed()  # seed of the starts, the noise and the MLPs
     # Part 1: optimizers from many starts.
-    functions: tuple[Landscape, ...] = ("himmelblau", "rosenbrock", "rastrigin", "ackley",
-                                        "six_hump_camel")  # fmt: skip
+    functions: tuple[Landscape, ...] = (
+        "himmelblau",
+        "rosenbrock",
+        "rastrigin",
+        "ackley",
+        "six_hump_camel",
+    )
     """2-D landscapes with a global minimum"""
-    optimizers: tuple[Optimizer, ...] = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop",
-                                         "adam", "adamw", "lion", "noisy_sgd")  # fmt: skip
+    optimizers: tuple[Optimizer, ...] = (
+        "sgd",
+        "momentum",
+        "nesterov",
+        "adagrad",
+        "rmsprop",
+        "adam",
+        "adamw",
+        "lion",
+        "noisy_sgd",
+    )
     """optimizers compared"""
     num_starts: int = config.count(4096, 2**20)  # random starts per landscape
     steps: int = config.count(2000, 10**6)  # steps per run
@@ -97,10 +111,16 @@ class Config(config.Checked):
 
 
 QUICK = Config(
-    functions=("himmelblau", "six_hump_camel"), optimizers=("sgd", "momentum", "adam"),
-    num_starts=512, steps=500, lrs=(3e-3, 1e-2, 3e-2), mlp_num_scales=5, mlp_seeds=1,
-    mlp_steps=60, mlp_train=512,
-)  # fmt: skip
+    functions=("himmelblau", "six_hump_camel"),
+    optimizers=("sgd", "momentum", "adam"),
+    num_starts=512,
+    steps=500,
+    lrs=(3e-3, 1e-2, 3e-2),
+    mlp_num_scales=5,
+    mlp_seeds=1,
+    mlp_steps=60,
+    mlp_train=512,
+)
 
 
 # ------------------------------------------------------------------ part 1: many starts

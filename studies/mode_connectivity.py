@@ -80,10 +80,14 @@ def networks(cfg: Config, ds: data.Dataset, shortcut: str, folder: Path, progres
     pair = []
     for seed in (cfg.seed, cfg.seed + 1):
         state, hist = train.fit(
-            model, ds, cfg.train_config(seed), workdir=folder / f"{shortcut}-seed{seed}",
-            keep_last=1, progress=progress,
+            model,
+            ds,
+            cfg.train_config(seed),
+            workdir=folder / f"{shortcut}-seed{seed}",
+            keep_last=1,
+            progress=progress,
             label=f"ResNet-{cfg.depth} shortcut {shortcut} seed {seed}: ",
-        )  # fmt: skip
+        )
         pair.append((train.variables(state), hist))
     return model, pair
 
@@ -125,10 +129,14 @@ def compute(cfg: Config, out: Path, *, data_dir: str | None = None, progress: bo
         w1, w2 = v1["params"], v2["params"]
         metrics = metrics_fn(model, ds)
         bend, hist = connect.train_bend(
-            minibatch_loss(model, ds, cfg.batch_size), w1, w2,
-            key=jax.random.key(cfg.seed + 2), steps=cfg.bend_steps, lr=cfg.bend_lr,
+            minibatch_loss(model, ds, cfg.batch_size),
+            w1,
+            w2,
+            key=jax.random.key(cfg.seed + 2),
+            steps=cfg.bend_steps,
+            lr=cfg.bend_lr,
             progress=progress,
-        )  # fmt: skip
+        )
         # Every point (line, curve, plane) as a point of the plane through w1, w2 and the
         # bend: one compiled evaluation for all of them.
         basis = connect.plane_basis(w1, w2, bend)
@@ -277,11 +285,16 @@ def _report(cfg: Config, summary: dict) -> list[str]:
 
 
 main = cli.study_main(
-    NAME, __doc__, Config(), QUICK,
+    NAME,
+    __doc__,
+    Config(),
+    QUICK,
     lambda c, out, args: compute(c, out, data_dir=args.data_dir, progress=not args.no_progress),
-    plot, options=cli.DataOptions, report=_report,
+    plot,
+    options=cli.DataOptions,
+    report=_report,
     quick_help="ResNet-8 pairs on 512 images (about 25 s)",
-)  # fmt: skip
+)
 
 
 if __name__ == "__main__":

@@ -79,9 +79,14 @@ class Config(config.Checked):
 
 
 QUICK = Config(
-    rate_num_lrs=24, rate_num_betas=6, escape_starts=256, escape_num_betas=7, escape_steps=2000,
-    gif_balls=32, gif_steps=60,
-)  # fmt: skip
+    rate_num_lrs=24,
+    rate_num_betas=6,
+    escape_starts=256,
+    escape_num_betas=7,
+    escape_steps=2000,
+    gif_balls=32,
+    gif_steps=60,
+)
 
 
 def heavy_ball_rate(lr, beta, lam) -> np.ndarray:

@@ -78,9 +78,14 @@ class Config(config.Checked):
 
 
 QUICK = Config(
-    kappa_max=1e3, num_kappas=7, num_starts=2, num_lrs=48, num_samples=100,
-    feature_scales=(1.0, 100.0), max_records=1000,
-)  # fmt: skip
+    kappa_max=1e3,
+    num_kappas=7,
+    num_starts=2,
+    num_lrs=48,
+    num_samples=100,
+    feature_scales=(1.0, 100.0),
+    max_records=1000,
+)
 
 
 def kappas(cfg: Config) -> np.ndarray:

@@ -41,12 +41,27 @@ BETA = {
 @dataclasses.dataclass(frozen=True)
 class Config(config.Checked):
     seed: int = config.seed()  # seed of the random starts
-    functions: tuple[Landscape2D, ...] = ("rosenbrock", "himmelblau", "rastrigin", "beale",
-                                          "ackley", "six_hump_camel", "styblinski_tang",
-                                          "goldstein_price")  # fmt: skip
+    functions: tuple[Landscape2D, ...] = (
+        "rosenbrock",
+        "himmelblau",
+        "rastrigin",
+        "beale",
+        "ackley",
+        "six_hump_camel",
+        "styblinski_tang",
+        "goldstein_price",
+    )
     """2-D landscapes of the table"""
-    optimizers: tuple[Optimizer, ...] = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop",
-                                         "adam", "adamw", "lion")  # fmt: skip
+    optimizers: tuple[Optimizer, ...] = (
+        "sgd",
+        "momentum",
+        "nesterov",
+        "adagrad",
+        "rmsprop",
+        "adam",
+        "adamw",
+        "lion",
+    )
     """optimizers of the table"""
     num_starts: int = config.count(512, 2**20)  # random starts per landscape
     steps: int = config.count(2000, 10**6)  # steps per run
@@ -63,9 +78,14 @@ class Config(config.Checked):
 
 
 QUICK = Config(
-    functions=("himmelblau", "rosenbrock"), optimizers=("sgd", "momentum", "adam", "lion"),
-    num_starts=64, steps=300, num_lrs=8, betas=(0.5, 0.9), picture_steps=100,
-)  # fmt: skip
+    functions=("himmelblau", "rosenbrock"),
+    optimizers=("sgd", "momentum", "adam", "lion"),
+    num_starts=64,
+    steps=300,
+    num_lrs=8,
+    betas=(0.5, 0.9),
+    picture_steps=100,
+)
 
 
 def _grid(cfg: Config, optimizer: str) -> tuple[np.ndarray, np.ndarray | None]:

@@ -179,10 +179,22 @@ class Config(config.Checked):
 
 # hessian_images = spectrum_images: one compiled HVP per network.
 QUICK = Config(
-    depth=8, epochs=2, checkpoint_every=1, grid=5, pca_grid=3, interp_points=5, zoom_grid=3,
-    surface_images=256, hessian_images=32, spectrum_images=32, lanczos_iters=6, block_iters=4,
-    block_probes=2, outlier_iters=24, slq_iters=12,
-)  # fmt: skip
+    depth=8,
+    epochs=2,
+    checkpoint_every=1,
+    grid=5,
+    pca_grid=3,
+    interp_points=5,
+    zoom_grid=3,
+    surface_images=256,
+    hessian_images=32,
+    spectrum_images=32,
+    lanczos_iters=6,
+    block_iters=4,
+    block_probes=2,
+    outlier_iters=24,
+    slq_iters=12,
+)
 
 
 # Li et al.'s resolution: 51 x 51 on the main plane (an accelerator job, `--scale paper`).
@@ -573,9 +585,12 @@ def _contours_figure(arrays, cfg, summary, titles, levels, capped):
     if capped:
         top = max(float(np.nanmax(_finite(arrays[f"{s}/loss_YxX"]))) for s in SHORTCUTS)
         fig.text(
-            0.01, 0.01, f"one scale for both; losses above {PLOT_CAP:g} drawn in the top colour "
-            f"(largest {top:.3g})", fontsize=7,
-        )  # fmt: skip
+            0.01,
+            0.01,
+            f"one scale for both; losses above {PLOT_CAP:g} drawn in the top colour "
+            f"(largest {top:.3g})",
+            fontsize=7,
+        )
     return fig
 
 
@@ -589,9 +604,11 @@ def _zoom_figure(arrays, cfg, summary, titles, levels, capped):
     cs = _contours(fig, ax, xs, xs, z, own)
     ax.plot(0, 0, "w*", ms=8, mec="k")
     ax.set(
-        xlabel="δ", ylabel="η", aspect="equal",
+        xlabel="δ",
+        ylabel="η",
+        aspect="equal",
         title=f"{titles['none']}, |δ|, |η| ≤ {cfg.zoom_extent:g}",
-    )  # fmt: skip
+    )
     _colorbar(fig, cs, ax, own, "training loss (own scale)")
     ax3 = fig.add_subplot(1, 2, 2, projection="3d")
     X, Y = np.meshgrid(xs, xs)
@@ -625,9 +642,11 @@ def _spectrum_figure(arrays, cfg, summary, titles, levels, capped):
         ax.set(title=title, yscale="symlog")
     fig.legend(*ax_l.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=7)
     ax_d.set(
-        xlabel="eigenvalue (symlog)", ylabel="SLQ density", ylim=(1e-12, None),
+        xlabel="eigenvalue (symlog)",
+        ylabel="SLQ density",
+        ylim=(1e-12, None),
         title="top 2C (ticks), bulk edge (dashed)",
-    )  # fmt: skip
+    )
     ax_d.set_xscale("symlog", linthresh=1e-2)  # both spectra, 1 and 1000 wide, visible
     # Ticks at every other decade: symlog's default labels of every decade overlap.
     lo, hi = ax_d.get_xlim()
@@ -803,12 +822,19 @@ def _report(cfg: Config, summary: dict) -> list[str]:
 
 
 main = cli.study_main(
-    NAME, __doc__, Config(), QUICK, _compute, plot, paper=PAPER, options=Options,
+    NAME,
+    __doc__,
+    Config(),
+    QUICK,
+    _compute,
+    plot,
+    paper=PAPER,
+    options=Options,
     quick_help="ResNet-8, 5 x 5 grid (under a minute)",
     paper_help="paper: Li et al.'s 51 x 51 plane (21 x 21 PCA plane, 41 points on the line)",
     folder=lambda cfg, args: NAME if cfg.depth == 56 or args.quick else f"{NAME}-resnet{cfg.depth}",
     report=_report,
-)  # fmt: skip
+)
 
 
 if __name__ == "__main__":

@@ -72,9 +72,14 @@ def resnet_problem(cfg: Config, ds: data.Dataset, folder: Path, progress: bool):
     model = resnet.ResNet(depth=cfg.depth, shortcut="A", num_classes=ds.num_classes)
     tcfg = train.TrainConfig(epochs=cfg.epochs, seed=cfg.seed)
     state, _ = train.fit(
-        model, ds, tcfg, workdir=folder / "resnet", keep_last=1, progress=progress,
+        model,
+        ds,
+        tcfg,
+        workdir=folder / "resnet",
+        keep_last=1,
+        progress=progress,
         label=f"ResNet-{cfg.depth}: ",
-    )  # fmt: skip
+    )
     v = train.variables(state)
     n = min(cfg.resnet_images, len(ds.y_train))
     x, y = jnp.asarray(ds.x_train[:n]), jnp.asarray(ds.y_train[:n])
@@ -235,11 +240,16 @@ def _report(cfg: Config, summary: dict) -> list[str]:
 
 
 main = cli.study_main(
-    NAME, __doc__, Config(), QUICK,
+    NAME,
+    __doc__,
+    Config(),
+    QUICK,
     lambda c, out, args: compute(c, out, progress=not args.no_progress),
-    plot, options=cli.Progress, report=_report,
+    plot,
+    options=cli.Progress,
+    report=_report,
     quick_help="ResNet-8, 3 x 3 and 5 x 5 grids (about 25 s)",
-)  # fmt: skip
+)
 
 
 if __name__ == "__main__":

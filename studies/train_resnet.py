@@ -187,14 +187,18 @@ def _report(cfg: Config, summary: dict) -> list[str]:
 
 
 main = cli.study_main(
-    NAME, __doc__, Config(), QUICK,
-    lambda c, out, args: compute(
-        c, out, data_dir=args.data_dir, progress=not args.no_progress
-    ),
-    plot, options=cli.DataOptions, quick_help="ResNet-8 for 2 epochs (seconds)", report=_report,
+    NAME,
+    __doc__,
+    Config(),
+    QUICK,
+    lambda c, out, args: compute(c, out, data_dir=args.data_dir, progress=not args.no_progress),
+    plot,
+    options=cli.DataOptions,
+    quick_help="ResNet-8 for 2 epochs (seconds)",
+    report=_report,
     # A bfloat16 run is another run (its checkpoints say so): by default a folder of its own.
     folder=lambda cfg, args: NAME if cfg.precision == "float32" else f"{NAME}-{cfg.precision}",
-)  # fmt: skip
+)
 
 
 if __name__ == "__main__":
