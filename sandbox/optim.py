@@ -50,6 +50,9 @@ _OPTIMIZERS: dict[str, tuple[Callable[..., optax.GradientTransformation], dict]]
 }
 
 
+# The deterministic optimizers in the order the studies tabulate them (noisy_sgd aside).
+DETERMINISTIC = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "lion")
+
 # Hyperparameters that are integers (everything else is a float of the run's dtype).
 INTEGER_HYPERS = frozenset({"seed"})
 

@@ -66,17 +66,7 @@ class Config(config.Checked):
         "six_hump_camel",
     )
     """2-D landscapes with a global minimum"""
-    optimizers: tuple[Optimizer, ...] = (
-        "sgd",
-        "momentum",
-        "nesterov",
-        "adagrad",
-        "rmsprop",
-        "adam",
-        "adamw",
-        "lion",
-        "noisy_sgd",
-    )
+    optimizers: tuple[Optimizer, ...] = (*optim.DETERMINISTIC, "noisy_sgd")
     """optimizers compared"""
     num_starts: int = config.count(4096, 2**20)  # random starts per landscape
     steps: int = config.count(2000, 10**6)  # steps per run

@@ -52,16 +52,7 @@ class Config(config.Checked):
         "goldstein_price",
     )
     """2-D landscapes of the table"""
-    optimizers: tuple[Optimizer, ...] = (
-        "sgd",
-        "momentum",
-        "nesterov",
-        "adagrad",
-        "rmsprop",
-        "adam",
-        "adamw",
-        "lion",
-    )
+    optimizers: tuple[Optimizer, ...] = optim.DETERMINISTIC
     """optimizers of the table"""
     num_starts: int = config.count(512, 2**20)  # random starts per landscape
     steps: int = config.count(2000, 10**6)  # steps per run
