@@ -19,8 +19,9 @@ RMSProp state's ODE) and the central flow with its prediction, each with the top
 summary.json, per run (`gd_<lr>`, `rmsprop`): the onset (first step at which the central
 flow's effective sharpness reaches 2, within 1e-3); before it, the largest relative gap of
 the discrete and central losses to the stable flow's (they agree); after it, how far and
-when the stable flow departs (its loss against the discrete running mean at the end, the
-first step at which the gap passes `depart_tol`, its final sharpness), the median and
+when the stable flow departs (the median and final gap of its loss to the discrete running
+mean, the step from which that gap stays above `depart_tol`, the first step at which its
+top effective eigenvalue passes 2 (1 + depart_tol), its final sharpness), the median and
 largest relative gap of the central prediction to the running mean (from `window` steps
 after onset, when the mean no longer reaches back before it), the largest |eig - 2| of the
 central flow after onset; for RMSProp the effective learning rate (geometric mean over
@@ -140,6 +141,11 @@ def _gap(a, b) -> np.ndarray:
     return np.abs(np.asarray(a) / np.asarray(b) - 1)
 
 
+def _first(mask) -> int | None:
+    hit = np.flatnonzero(mask)
+    return int(hit[0]) if len(hit) else None
+
+
 def run_summary(arrays: dict, name: str, cfg: Config) -> dict:
     get = lambda flow, field: arrays[f"{name}/{flow}/{field}"]  # noqa: E731
     disc, stable, central = (get(f, "loss") for f in FLOWS)
@@ -166,6 +172,8 @@ def run_summary(arrays: dict, name: str, cfg: Config) -> dict:
         "gap_median": float(np.median(stable_gap[settled])),
         "final_gap_to_running_mean": float(stable_gap[-1]),
         "departs_at_step": int(max(start, onset)) if start < len(disc) else None,
+        # ... and its top effective eigenvalue first passes 2 (1 + depart_tol)
+        "sharpness_departs_at_step": _first(get("stable", "eigs")[:, 0] > 2 * (1 + cfg.depart_tol)),
         "final_sharpness": float(get("stable", "eigs")[-1, 0]),
         "max_sharpness_after_onset": float(get("stable", "eigs")[after, 0].max()),
     }

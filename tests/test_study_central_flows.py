@@ -57,6 +57,7 @@ def test_gd_reaches_the_edge_and_the_central_flow_holds_it(run):
     # condition, to the one-step-ahead linearization: 1e-3), the stable flow passes it
     assert gd["central"]["max_abs_eig_minus_2"] < cf.QUICK.hold_tol
     assert gd["stable"]["max_sharpness_after_onset"] > 2.2
+    assert gd["onset_step"] < gd["stable"]["sharpness_departs_at_step"] < cf.QUICK.steps
     # GD itself hovers at the edge: its median top eigenvalue within 10% of 2
     assert abs(gd["discrete"]["median_sharpness_after_onset"] - 2) < 0.2
     # the prediction adds the oscillation's share, never negative (Sigma >= 0, Theta ~ 2)
