@@ -9,16 +9,18 @@ are the registry's 2-D ones, plus the one function given with `--fn` at start-up
 
 Endpoints (README.md, "Explorer", lists every parameter): `/api/landscapes`, `/api/config`,
 `/api/basins`, `/api/path`, `/tile/{z}/{x}/{y}.png`, `/view.png`, `/api/trainability`,
-`/api/init_vs_lr`, `/tile/{trainability|init_vs_lr}/{z}/{x}/{y}.png`, and the page at `/`.
+`/api/init_vs_lr`, `/tile/{trainability|init_vs_lr}/{z}/{x}/{y}.png`, `/api/sweep`,
+`/sweep.png`, and the page at `/`.
 A bad request (an unknown parameter included) gets HTTP 400 with `{"error": "..."}` naming it.
 
 One module per concern: `params` (query parsing), `tiles` (tile geometry and rendering),
 `caches` (memory and disk LRUs, the code version in every key), `jobs` (the queue and its
-compute threads), `explorer` (the state and the computations), `routes` (the handlers),
-`server` (uvicorn and the command line).
+compute threads), `explorer` (the state and the computations), `stored` (a finished sweep
+store as a map, `--sweep DIR`), `routes` (the handlers), `server` (uvicorn and the command
+line).
 
 Run: make explore   (python -m sandbox.explore [--host 127.0.0.1] [--port 8765]
-[--fn MODULE:FUNCTION] [--cache DIR])
+[--fn MODULE:FUNCTION] [--cache DIR] [--sweep DIR])
 """
 
 from sandbox.explore.caches import DiskCache, MemoryCache, code_version
