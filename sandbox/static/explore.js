@@ -279,12 +279,14 @@ function drawAxes() {
   xs.innerHTML = ""; ys.innerHTML = "";
   const w = b.getEast() - b.getWest(), h = b.getNorth() - b.getSouth();
   for (const t of ticks(b.getWest(), b.getEast(), Math.max(2, Math.floor(size.x / 110)))) {
+    if (((t.v - b.getWest()) / w) * size.x < 50) continue;  // under the y axis's labels
     const el = document.createElement("span");
     el.className = "tick tick-x"; el.dataset.value = t.v; el.textContent = t.text;
     el.style.left = `${((t.v - b.getWest()) / w) * size.x}px`;
     xs.append(el);
   }
   for (const t of ticks(b.getSouth(), b.getNorth(), Math.max(2, Math.floor(size.y / 70)))) {
+    if (((b.getNorth() - t.v) / h) * size.y > size.y - 24) continue;  // on the x axis's row
     const el = document.createElement("span");
     el.className = "tick tick-y"; el.dataset.value = t.v; el.textContent = t.text;
     el.style.top = `${((b.getNorth() - t.v) / h) * size.y}px`;
