@@ -63,6 +63,8 @@ from sandbox import checks
 PyTree = Any
 # Progress bars appear once a map has run this many seconds.
 PROGRESS_AFTER_S = 3.0
+# Every bar of the engine: on stderr, gone once its work is done.
+_tqdm = functools.partial(tqdm, file=sys.stderr, leave=False)
 # How often a job whose remaining chunks are all leased by other jobs looks at the store again.
 POLL_S = 0.2
 # Seconds a chunk's lease lasts unless its holder renews it (every quarter of it): what a job
@@ -133,12 +135,10 @@ def map_chunks(
     )
     out_spec = _out_spec(one, items, shared)
     bar = functools.partial(
-        tqdm,
+        _tqdm,
         total=n,
         unit=unit,
         desc=desc,
-        file=sys.stderr,
-        leave=False,
         disable=not progress if progress is not None else _OUTER_BARS > 0,
         delay=0 if progress else PROGRESS_AFTER_S,
     )
@@ -336,15 +336,7 @@ def bar(iterable, *, desc: str, unit: str = "cell", total: int | None = None):
     global _OUTER_BARS
     _OUTER_BARS += 1
     try:
-        yield from tqdm(
-            iterable,
-            desc=desc,
-            unit=unit,
-            total=total,
-            file=sys.stderr,
-            leave=False,
-            delay=PROGRESS_AFTER_S,
-        )
+        yield from _tqdm(iterable, desc=desc, unit=unit, total=total, delay=PROGRESS_AFTER_S)
     finally:
         _OUTER_BARS -= 1
 
