@@ -42,6 +42,7 @@ LONGEST_FIRST = (
     "tests/test_precision.py",
     "tests/test_hessian.py",
     "tests/test_study_edge_of_stability.py",
+    "tests/test_study_central_flows.py",
     "tests/test_explore.py",
 )
 
