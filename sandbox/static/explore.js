@@ -372,7 +372,7 @@ async function measureNow() {
   const p = basinsMode ? descentParams() : trainParams();
   p.delete("colour");
   for (const [k, val] of Object.entries(v)) p.set(k, val);
-  const n = basinsMode ? 64 : 48;
+  const n = 64;
   p.set("n", n);
   $("measures").innerHTML = "<small>measuring the view…</small>";
   try {
