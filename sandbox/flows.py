@@ -489,7 +489,6 @@ def _program(f, flow, opt: _Opt, steps, k, w0, key, cone_solves):
         return _discrete(f, opt, steps, k, w0, nu0, Y0, eig)
 
     third = _third_derivatives(f, k)
-    n_pairs = k * (k + 1) // 2
 
     def rhs(w_, nu_, cw, cnu, g0=None, first=False):
         # the first stage is at the step's start, whose gradient the step already has
@@ -506,7 +505,7 @@ def _program(f, flow, opt: _Opt, steps, k, w0, key, cone_solves):
         mask = th > 2 * CRITICAL
 
         def solve(_):
-            N = third(w, U)  # [k, k, n]: grad(u_i^T H u_j)
+            N = third(w, U, mask)  # [k, k, n]: grad(u_i^T H u_j)
             p = jnp.broadcast_to(opt.p(nu), (n,))
             pinv = _safe_div(1, p)
             # d/dt U^T H U = N . dw/dt,  dw/dt = -pinv (g + 1/2 sum_ab X_ab N_ab)
@@ -541,7 +540,8 @@ def _program(f, flow, opt: _Opt, steps, k, w0, key, cone_solves):
             cnu = 4 * p[0] ** 2 * jnp.vdot(X, jnp.matmul(U.T, U, precision=_HIGHEST))
         else:
             cnu = jnp.zeros((), dtype)
-        return X, cw, cnu, jnp.any(mask)
+        m = jnp.sum(mask).astype(jnp.int32)  # critical directions: a prefix of theta
+        return X, cw, cnu, m * (m + 1) // 2
 
     def integrate(w, nu, g, span, theta, cw, cnu):
         """RK4 over `span` time units with the frozen terms (cw, cnu); substeps sized to
@@ -587,7 +587,7 @@ def _program(f, flow, opt: _Opt, steps, k, w0, key, cone_solves):
             X_new, cw, cnu, crit = oscillation(w, nu, g, theta, Y, X, span)
             sigma = 0.5 * jnp.sum(jnp.diag(X_new) * theta[:k])
             w_new, nu_new, num_sub = integrate(w, nu, g, span, theta[0], cw, cnu)
-            matvecs = eig_mv + jnp.where(crit, n_pairs, 0)
+            matvecs = eig_mv + crit
             Y_new = Y
             for _ in range(cone_solves - 1):
                 g_ = grad(w_new)
@@ -595,7 +595,7 @@ def _program(f, flow, opt: _Opt, steps, k, w0, key, cone_solves):
                 X_new, cw, cnu, crit = oscillation(w_new, nu_new, g_, th_, Y_new, X_new, span)
                 w_new, nu_new, m = integrate(w_new, nu_new, g_, span, th_[0], cw, cnu)
                 num_sub = num_sub + m
-                matvecs = matvecs + more + jnp.where(crit, n_pairs, 0)
+                matvecs = matvecs + more + crit
         grads = 4 * num_sub  # the step's first gradient serves RK4's first stage
         out = (L, L + sigma, theta[:k], opt.lr_eff(nu), sigma, num_sub, matvecs, grads)
         return (w_new, nu_new, Y_new, X_new), out
@@ -607,18 +607,26 @@ def _program(f, flow, opt: _Opt, steps, k, w0, key, cone_solves):
 
 
 def _third_derivatives(f: Callable, k: int) -> Callable:
-    """(w, U [n, k]) -> N [k, k, n], N_ij = grad_w (u_i^T H(w) u_j) = D^3 f[u_i, u_j, .]:
-    the jvp along u_j of the Hessian-vector product with u_i, over the k (k + 1) / 2 pairs."""
+    """(w, U [n, k], mask [k]) -> N [k, k, n], N_ij = grad_w (u_i^T H(w) u_j) = D^3 f[u_i,
+    u_j, .]: the jvp along u_j of the Hessian-vector product with u_i, for the pairs of
+    critical directions (mask); zero for the others. One pair at a time through one loop
+    body, skipped where not needed (under vmap a skipped pair is computed and dropped)."""
     grad = jax.grad(f)
-    iu, ju = np.triu_indices(k)
+    iu, ju = (jnp.asarray(a) for a in np.triu_indices(k))
 
     def d3(w, u, v):
         return jax.jvp(lambda x: jax.jvp(grad, (x,), (u,))[1], (w,), (v,))[1]
 
-    def third(w, U):
-        pairs = jax.vmap(d3, in_axes=(None, 1, 1))(w, U[:, iu], U[:, ju])  # [pairs, n]
-        N = jnp.zeros((k, k, w.shape[0]), w.dtype).at[iu, ju].set(pairs)
-        return N.at[ju, iu].set(pairs)
+    def third(w, U, mask):
+        def pair(p, N):
+            i, j = iu[p], ju[p]
+            vec = lax.cond(
+                mask[i] & mask[j], lambda: d3(w, U[:, i], U[:, j]), lambda: jnp.zeros_like(w)
+            )
+            return N.at[i, j].set(vec).at[j, i].set(vec)
+
+        N = jnp.zeros((k, k, w.shape[0]), w.dtype)
+        return lax.fori_loop(0, len(iu), pair, N)
 
     return third
 
