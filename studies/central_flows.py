@@ -48,8 +48,8 @@ on the same cubic: 0.1325, 1.8% from GD's central flow). Near its threshold the
 heavy ball's unstable mode is not the clean period-2 oscillation the ansatz averages over.
 
 Run: make central_flows   (smoke: python -m studies.central_flows --quick). Measured on the
-shared 2-core CPU at a load average of 5 to 6 from other jobs: the default 78 s of wall time
-(60 s of CPU time); --quick 36 s (34 s of CPU time), mostly compilation.
+shared 2-core CPU at a load average of 5 to 6 from other jobs: the default 58 to 78 s of
+wall time (about 60 s of CPU time); --quick 36 s (34 s of CPU time), mostly compilation.
 """
 
 import dataclasses
