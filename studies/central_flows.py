@@ -39,13 +39,15 @@ that the cone problem does not express. Eliminating v quasi-statically instead (
     dw/dt = -lr / (1 - beta) [grad L + 1/2 grad <H, Sigma>],  lambda_max held at (2 + 2 beta) / lr
 (the slow drift sees the buffer's gain 1 / (1 - beta), the period-2 oscillation 1 / (1 + beta)):
 GD's central flow with the step and the threshold decoupled. It does not hold up, so it is
-not offered: heavy ball iterated on the cubic of tests/test_flows.py (0.5 (1 + y) x^2 +
-(mu / 2) (y - 4)^2, lr = 0.5 (1 + beta), so (2 + 2 beta) / lr = 4 and the candidate puts y
-at 3 with a time-averaged loss of 4.5 mu) settled at y = 3.7 with a mean loss of 0.111
-against 0.135 for beta = 0.1, mu = 0.03, and 0.143 at y = 2.4 for beta = 0.2; from beta =
-0.3 it diverged instead of settling at its edge (6000 steps each; GD, beta = 0, at lr = 0.5
-on the same cubic: 0.1325, 1.8% from GD's central flow). Near its threshold the
-heavy ball's unstable mode is not the clean period-2 oscillation the ansatz averages over.
+not offered: heavy ball iterated on 0.5 (1 + y) x^2 + (mu / 2) (y - 4)^2 with mu = 0.03 from
+(0.1, 2), at lr = 0.5 (1 + beta) so that (2 + 2 beta) / lr = 4 (the candidate puts y at 3
+with a time-averaged loss of 4.5 mu = 0.135), settles at y = 3.69 with a mean loss of 0.114
+over its last 2000 of 6000 steps for beta = 0.1, and at y = 2.42 with 0.147 for beta = 0.2;
+from beta = 0.3 it diverges instead of settling at its edge (GD, beta = 0, on the same
+function: 0.134, 0.9% from the candidate, which is then GD's central flow). These are the
+numbers tests/test_flows.py::test_heavy_ball_departs_from_the_quasi_static_candidate_flow
+measures. Near its threshold the heavy ball's unstable mode is not the clean period-2
+oscillation the ansatz averages over.
 
 Run: make central_flows   (smoke: python -m studies.central_flows --quick). Measured on the
 shared 2-core CPU at a load average of 5 to 6 from other jobs: the default 58 to 78 s of

@@ -387,3 +387,36 @@ def test_rmsprop_central_flow_predicts_the_settled_edge(optimizer, lr):
     np.testing.assert_allclose(central.lr_eff[-1], discrete.lr_eff[-1000:].mean(), rtol=lr_tol)
     # the oscillation carries most of the loss there: L(w) alone is far below the mean
     assert central.loss[-1] < 0.01 * central.predicted[-1]
+
+
+def _heavy_ball_mean_loss(beta, mu=0.03, steps=6000, window=2000):
+    """Heavy ball (v <- beta v + g, w <- w - lr v) at lr = 0.5 (1 + beta), so that its
+    threshold (2 + 2 beta) / lr is 4, on 0.5 (1 + y) x^2 + (mu / 2) (y - 4)^2 from (0.1, 2),
+    in plain NumPy: the mean loss over the last `window` steps and the final y, or None
+    where it diverged."""
+    lr = 0.5 * (1 + beta)
+    x, y, vx, vy = 0.1, 2.0, 0.0, 0.0
+    loss = np.empty(steps)
+    for t in range(steps):
+        loss[t] = 0.5 * (1 + y) * x * x + 0.5 * mu * (y - 4) ** 2
+        vx, vy = beta * vx + (1 + y) * x, beta * vy + 0.5 * x * x + mu * (y - 4)
+        x, y = x - lr * vx, y - lr * vy
+        if not abs(x) < 1e6:
+            return None
+    return float(loss[-window:].mean()), y
+
+
+def test_heavy_ball_departs_from_the_quasi_static_candidate_flow():
+    """The measurement behind studies/central_flows.py's reason for leaving momentum out: the
+    candidate flow (GD's central flow at threshold (2 + 2 beta) / lr = 4) puts y at 3 with a
+    time-averaged loss of 4.5 mu = 0.135 whatever beta. GD (beta = 0) agrees (measured 0.134,
+    tolerance 2%); heavy ball settles elsewhere (measured 0.114 at y = 3.69 for beta = 0.1,
+    0.147 at y = 2.42 for beta = 0.2: more than 5% off) and diverges at beta = 0.3."""
+    candidate = 4.5 * 0.03
+    gd, _ = _heavy_ball_mean_loss(0.0)
+    assert abs(gd / candidate - 1) < 0.02, gd
+    for beta, y_expected in ((0.1, 3.69), (0.2, 2.42)):
+        mean, y = _heavy_ball_mean_loss(beta)
+        assert abs(mean / candidate - 1) > 0.05, (beta, mean)
+        assert abs(y - y_expected) < 0.05, (beta, y)
+    assert _heavy_ball_mean_loss(0.3) is None
