@@ -116,8 +116,10 @@ def main(argv=None) -> None:
     A = jnp.asarray(np.diag(np.linspace(-1, 1, k)), jnp.float32)
     solve = jax.jit(flows.complementarity)
     cone = _best(lambda: solve(A, B), 20)
-    print(f"  cone problem alone (k = {k}, cold start): {cone * 1e3:.3f} ms "
-          f"({cone / base:.1f} gd steps)")  # fmt: skip
+    print(
+        f"  cone problem alone (k = {k}, cold start): {cone * 1e3:.3f} ms "
+        f"({cone / base:.1f} gd steps)"
+    )
 
 
 if __name__ == "__main__":

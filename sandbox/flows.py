@@ -202,8 +202,9 @@ def run(
     leaves, treedef = jax.tree.flatten(w0)
     structure = (treedef, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves))
     compiled = _compiled(loss, structure, flow, optimizer, steps, num_eigs)
-    trace = compiled(flat, jnp.asarray(lr, dtype), jnp.asarray(beta2, dtype),
-                     jnp.asarray(eps, dtype), key)  # fmt: skip
+    trace = compiled(
+        flat, jnp.asarray(lr, dtype), jnp.asarray(beta2, dtype), jnp.asarray(eps, dtype), key
+    )
     return trace._replace(params=unravel(trace.params))
 
 
@@ -662,9 +663,16 @@ def _discrete(f, opt: _Opt, steps, k, w0, nu0, Y0, eig):
             nu = state[0].nu if opt.name == "rmsprop" else jnp.zeros((), dtype)
         theta, Y, eig_mv = eig(w, nu, Y, t == 0)
         nan = jnp.full((), jnp.nan, dtype)
-        out = (L, nan, theta[:k], opt.lr_eff(nu), jnp.zeros((), dtype),
-               jnp.ones((), jnp.int32), eig_mv,
-               jnp.ones((), jnp.int32))  # fmt: skip
+        out = (
+            L,
+            nan,
+            theta[:k],
+            opt.lr_eff(nu),
+            jnp.zeros((), dtype),
+            jnp.ones((), jnp.int32),
+            eig_mv,
+            jnp.ones((), jnp.int32),
+        )
         return (w_new, state, Y), out
 
     (w, state, _), outs = lax.scan(step, (w0, state0, Y0), jnp.arange(steps))

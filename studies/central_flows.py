@@ -124,8 +124,17 @@ def compute(cfg: Config) -> tuple[dict, dict]:
         hyper = dict(beta2=cfg.beta2, eps=cfg.eps) if optimizer == "rmsprop" else {}
         for flow in FLOWS:
             start = time.perf_counter()
-            trace = flows.run(loss, params, flow=flow, optimizer=optimizer, lr=lr,
-                              steps=cfg.steps, num_eigs=cfg.num_eigs, key=key, **hyper)  # fmt: skip
+            trace = flows.run(
+                loss,
+                params,
+                flow=flow,
+                optimizer=optimizer,
+                lr=lr,
+                steps=cfg.steps,
+                num_eigs=cfg.num_eigs,
+                key=key,
+                **hyper,
+            )
             trace = jax.device_get(trace)
             seconds[f"{name}/{flow}"] = round(time.perf_counter() - start, 2)
             for field in ("loss", "predicted", "eigs", "lr_eff", "matvecs", "grads"):
@@ -255,9 +264,12 @@ def _plot_runs(arrays, cfg, summary, which, *, lr_panel: bool):
     cols = 3 if lr_panel else 2
     with plt.style.context(plotting.STYLE):
         fig, axes = plt.subplots(
-            len(which), cols, figsize=(plotting.FULL, 2.6 * len(which) + 0.4),
-            layout="constrained", squeeze=False,
-        )  # fmt: skip
+            len(which),
+            cols,
+            figsize=(plotting.FULL, 2.6 * len(which) + 0.4),
+            layout="constrained",
+            squeeze=False,
+        )
         for row, (name, optimizer, lr) in zip(axes, which, strict=True):
             _loss_panel(row[0], arrays, cfg, summary, name, f"{optimizer}, η = {lr:g}")
             _eig_panel(row[1], arrays, summary, name)
@@ -271,14 +283,19 @@ def _plot_runs(arrays, cfg, summary, which, *, lr_panel: bool):
 def _loss_panel(ax, arrays, cfg, summary, name, title):
     get = lambda flow, field: arrays[f"{name}/{flow}/{field}"]  # noqa: E731
     t = np.arange(len(get("discrete", "loss")))
-    ax.plot(t, get("discrete", "loss"), color=COLOURS["discrete"], lw=0.6, alpha=0.3,
-            label="discrete")  # fmt: skip
-    ax.plot(t, flows.running_mean(get("discrete", "loss"), cfg.window), color="C0", lw=1.2,
-            label=f"discrete, mean of {cfg.window}")  # fmt: skip
+    ax.plot(
+        t, get("discrete", "loss"), color=COLOURS["discrete"], lw=0.6, alpha=0.3, label="discrete"
+    )
+    ax.plot(
+        t,
+        flows.running_mean(get("discrete", "loss"), cfg.window),
+        color="C0",
+        lw=1.2,
+        label=f"discrete, mean of {cfg.window}",
+    )
     ax.plot(t, get("stable", "loss"), color=COLOURS["stable"], ls="--", lw=1, label="stable flow")
     ax.plot(t, get("central", "loss"), color="k", lw=1, label="central flow L(w)")
-    ax.plot(t, get("central", "predicted"), color="k", ls=":", lw=1.4,
-            label="central prediction")  # fmt: skip
+    ax.plot(t, get("central", "predicted"), color="k", ls=":", lw=1.4, label="central prediction")
     onset = summary[name]["onset_step"]
     if onset is not None:
         ax.axvline(onset, color="0.6", lw=0.8)
@@ -302,8 +319,12 @@ def _lr_panel(ax, arrays, cfg, name):
     ax.plot(flows.running_mean(get("discrete"), cfg.window), color="C0", lw=1.2)
     ax.plot(get("stable"), color=COLOURS["stable"], ls="--", lw=1)
     ax.plot(get("central"), color="k", lw=1)
-    ax.set(xlabel="step (flow time)", ylabel="geometric mean of η / (√ν + ε)",
-           yscale="log", title="effective learning rate")  # fmt: skip
+    ax.set(
+        xlabel="step (flow time)",
+        ylabel="geometric mean of η / (√ν + ε)",
+        yscale="log",
+        title="effective learning rate",
+    )
 
 
 main = cli.study_main(NAME, __doc__, Config(), QUICK, compute, plot)

@@ -44,9 +44,15 @@ def test_trained_bend_has_a_lower_barrier_than_the_line():
     # From a bend just off the line (the midpoint itself is a saddle of E_t L by symmetry).
     start = {"a": jnp.array([0.0]), "b": jnp.array(0.1)}
     bend, hist = connect.train_bend(
-        _minibatch_loss, W1, W2, key=jax.random.key(0), steps=400, lr=0.05, bend=start,
+        _minibatch_loss,
+        W1,
+        W2,
+        key=jax.random.key(0),
+        steps=400,
+        lr=0.05,
+        bend=start,
         progress=False,
-    )  # fmt: skip
+    )
     curve = connect.along(_metrics, W1, W2, ts, bend=bend)
     assert len(hist.loss_S) == 400 and np.all((hist.t_S >= 0) & (hist.t_S <= 1))
     # A quadratic Bezier cannot follow the circle exactly and leaves a ripple: measured
@@ -98,9 +104,11 @@ def test_mismatched_networks_are_one_line_naming_them(other):
         ("`w2`", lambda: connect.train_bend(_minibatch_loss, W1, other, key=key, steps=1, lr=0.1)),
         ("`w2`", lambda: connect.plane_basis(W1, other, bend)),
         ("`bend`", lambda: connect.plane_basis(W1, W2, other)),
-        ("`w1`", lambda: connect.plane(_metrics, other, connect.plane_basis(W1, W2, bend),
-                                       [[0.0, 0.0]])),
-    ]  # fmt: skip
+        (
+            "`w1`",
+            lambda: connect.plane(_metrics, other, connect.plane_basis(W1, W2, bend), [[0.0, 0.0]]),
+        ),
+    ]
     for name, call in calls:
         with pytest.raises(ValueError, match=name) as e:
             call()

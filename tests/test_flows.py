@@ -103,8 +103,12 @@ def test_cone_solver_k2_matches_exhaustive_search():
     problems = [_random_problem(rng, 2) for _ in range(24)]
     with jax.enable_x64(True):
         solve = jax.jit(jax.vmap(flows.complementarity))
-        X = np.asarray(solve(jnp.asarray(np.stack([p[0] for p in problems])),
-                             jnp.asarray(np.stack([p[1] for p in problems]))))  # fmt: skip
+        X = np.asarray(
+            solve(
+                jnp.asarray(np.stack([p[0] for p in problems])),
+                jnp.asarray(np.stack([p[1] for p in problems])),
+            )
+        )
     ranks = []
     for (A, B), X_i in zip(problems, X, strict=True):
         ref = _exhaustive_2x2(A, B)
@@ -124,8 +128,11 @@ def test_cone_solver_meets_the_complementarity_conditions_to_1e8(k):
         A = jnp.asarray(np.stack([p[0] for p in problems]))
         B = jnp.asarray(np.stack([p[1] for p in problems]))
         X = np.asarray(jax.jit(jax.vmap(flows.complementarity))(A, B))
-        Xm = np.asarray(jax.jit(jax.vmap(lambda a, b, m: flows.complementarity(a, b, mask=m)))(
-            A, B, jnp.asarray(masks)))  # fmt: skip
+        Xm = np.asarray(
+            jax.jit(jax.vmap(lambda a, b, m: flows.complementarity(a, b, mask=m)))(
+                A, B, jnp.asarray(masks)
+            )
+        )
     for (A_i, B_i), X_i, Xm_i, m in zip(problems, X, Xm, masks, strict=True):
         Z = A_i + _apply(B_i, X_i)
         assert np.linalg.eigvalsh(X_i).min() >= -1e-8
@@ -189,8 +196,9 @@ def _rmsprop_flow_reference(optimizer, lr, beta2, steps):
 
     g0 = D * W0
     nu0 = g0 * g0 if optimizer == "rmsprop" else np.array([g0 @ g0])
-    sol = integrate.solve_ivp(rhs, (0, steps), np.concatenate([W0, nu0]), method="DOP853",
-                              rtol=1e-12, atol=1e-14)  # fmt: skip
+    sol = integrate.solve_ivp(
+        rhs, (0, steps), np.concatenate([W0, nu0]), method="DOP853", rtol=1e-12, atol=1e-14
+    )
     return sol.y[:4, -1], sol.y[4:, -1]
 
 
@@ -264,8 +272,11 @@ def test_central_flow_holds_the_effective_sharpness_at_2_and_predicts_gd(eos):
 def test_below_onset_central_and_stable_flows_agree(eos):
     central, _ = eos
     with jax.enable_x64(True):
-        stable = jax.device_get(flows.run(_cubic, jnp.array([0.1, 2.0, 1.0]), flow="stable",
-                                          lr=LR, steps=300, num_eigs=2))  # fmt: skip
+        stable = jax.device_get(
+            flows.run(
+                _cubic, jnp.array([0.1, 2.0, 1.0]), flow="stable", lr=LR, steps=300, num_eigs=2
+            )
+        )
     onset = flows.onset(central.eigs)
     np.testing.assert_allclose(central.loss[:onset], stable.loss[:onset], rtol=1e-9)
     # after onset the stable flow's sharpness keeps rising to 1 + 4 = 5 (effective 2.5)
@@ -287,16 +298,20 @@ def test_vmapped_over_two_learning_rates_equals_two_runs(eos):
         each = jax.device_get([one(lr) for lr in lrs])
     for i, trace in enumerate(each):
         for name in ("loss", "predicted", "eigs", "params", "substeps", "matvecs"):
-            np.testing.assert_allclose(getattr(both, name)[i], getattr(trace, name), rtol=1e-9,
-                                       atol=1e-12, err_msg=name)  # fmt: skip
+            np.testing.assert_allclose(
+                getattr(both, name)[i], getattr(trace, name), rtol=1e-9, atol=1e-12, err_msg=name
+            )
 
 
 def test_program_is_not_unrolled_in_steps():
     w0 = jnp.array([0.1, 2.0, 1.0])
 
     def program(steps):
-        text = str(jax.make_jaxpr(lambda w: flows.run(_cubic, w, flow="central", lr=LR,
-                                                      steps=steps, num_eigs=2))(w0))  # fmt: skip
+        text = str(
+            jax.make_jaxpr(
+                lambda w: flows.run(_cubic, w, flow="central", lr=LR, steps=steps, num_eigs=2)
+            )(w0)
+        )
         return re.sub(r"\s+", "", re.sub(r"\d+", "#", text))
 
     assert program(3) == program(300)
@@ -355,7 +370,7 @@ def test_block_eigensolver_finds_the_preconditioned_spectrum():
                 steps=30,
                 num_eigs=3,
                 eps=eps,
-            )  # fmt: skip
+            )
         )
     exact = np.sort(lr * d / (np.sqrt(trace.nu) + eps))[::-1][:3]
     np.testing.assert_allclose(trace.eigs[-1], exact, rtol=1e-9)

@@ -400,9 +400,14 @@ def test_block_spectrum_equals_eigh_of_the_sub_matrix(name, loop, key):
             _mlp_loss, params, 2, key=key, num_iters=len(idx), loop=loop, mask=_BLOCKS[name]
         )
         nodes, weights = hessian.density(
-            _mlp_loss, params, key=key, num_probes=2, num_iters=len(idx), loop=loop,
+            _mlp_loss,
+            params,
+            key=key,
+            num_probes=2,
+            num_iters=len(idx),
+            loop=loop,
             mask=_BLOCKS[name],
-        )  # fmt: skip
+        )
     # A Lanczos run as long as the block is a complete basis of it: the extreme Ritz values
     # are H_BB's extreme eigenvalues to float64 rounding (1e-9 of the spectrum's scale), and
     # no eigenvalue of the rest of H (or a spurious 0) appears.
@@ -423,9 +428,13 @@ def test_block_trace_is_the_sub_matrix_trace_within_its_error(key):
     exact = np.trace(H_nxn[np.ix_(idx, idx)])
     with jax.enable_x64(True):
         est, se = hessian.trace(
-            _mlp_loss, _params64(), key=key, num_probes=400, batch=50,
+            _mlp_loss,
+            _params64(),
+            key=key,
+            num_probes=400,
+            batch=50,
             mask=_BLOCKS["layer 1 weights"],
-        )  # fmt: skip
+        )
     # Hutchinson is unbiased: within 4 standard errors (a 6e-5 chance of failing by bad luck
     # for a normal mean), and the error is small next to the trace of the whole H.
     assert abs(float(est) - exact) < 4 * float(se)

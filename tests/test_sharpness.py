@@ -29,9 +29,15 @@ def _quadratic(eigs=EIGS, seed=0):
 def test_quadratic_sharpness_is_its_top_eigenvalues_at_every_check(optimizer):
     loss, x0 = _quadratic()
     trace = sharpness.track(
-        loss, x0, jnp.array([0.1, 0.3]), steps=30, every=5, key=jax.random.key(0),
-        optimizer=optimizer, num_eigs=3,
-    )  # fmt: skip
+        loss,
+        x0,
+        jnp.array([0.1, 0.3]),
+        steps=30,
+        every=5,
+        key=jax.random.key(0),
+        optimizer=optimizer,
+        num_eigs=3,
+    )
     assert trace.sharpness.shape == (2, 7, 3)
     np.testing.assert_array_equal(trace.steps[0], np.arange(0, 31, 5))
     # The Hessian is the constant A: each check's top three Ritz values of an 8-step
@@ -133,9 +139,15 @@ def test_threshold_separates_convergence_from_divergence_on_a_quadratic(optimize
     below = sharpness.threshold(optimizer, lr, beta=beta) / lam * 0.98
     above = sharpness.threshold(optimizer, lr, beta=beta) / lam * 1.02
     trace = sharpness.track(
-        lambda x: 0.5 * lam * jnp.sum(x**2), jnp.ones(1), jnp.array([below, above]),
-        steps=400, every=200, key=jax.random.key(0), optimizer=optimizer, beta=beta,
-    )  # fmt: skip
+        lambda x: 0.5 * lam * jnp.sum(x**2),
+        jnp.ones(1),
+        jnp.array([below, above]),
+        steps=400,
+        every=200,
+        key=jax.random.key(0),
+        optimizer=optimizer,
+        beta=beta,
+    )
     assert trace.losses[0, -1] < 1e-3 * trace.losses[0, 0]
     assert np.nanmax(trace.losses[1]) > 1e3 * trace.losses[1, 0]  # or overflowed to inf
     np.testing.assert_allclose(trace.sharpness, lam, rtol=1e-6)

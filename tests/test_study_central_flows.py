@@ -13,7 +13,8 @@ from studies import central_flows as cf
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("central_flows")
-    cf.main(["--quick", "--out", str(folder)])
+    # one field set from the command line, found in config.json and in the result
+    cf.main(["--quick", "--out", str(folder), "--window", "12"])
     summary = json.loads((folder / "summary.json").read_text())
     with np.load(folder / "arrays.npz") as z:
         arrays = {k: z[k] for k in z.files}
@@ -24,6 +25,8 @@ def test_quick_run_writes_every_run_flow_and_figure(run):
     folder, summary, arrays = run
     names = [name for name, _, _ in cf.runs(cf.QUICK)]
     assert names == ["gd_0.17", "rmsprop"]
+    assert json.loads((folder / "config.json").read_text())["window"] == 12
+    assert all(summary[name]["window"] == 12 for name in names)
     for name in names:
         assert {"onset_step", "before_onset_max_gap", "matvecs_per_step"} <= set(summary[name])
         for flow in cf.FLOWS:

@@ -66,9 +66,16 @@ def test_exact_values_agree_with_closed_forms(run):
 
 
 @pytest.mark.parametrize(
-    "name, minima", [("bowl", 1), ("quadratic", 1), ("himmelblau", 4), ("rosenbrock", 1),
-                     ("six_hump_camel", 6), ("rastrigin", 121)]
-)  # fmt: skip
+    "name, minima",
+    [
+        ("bowl", 1),
+        ("quadratic", 1),
+        ("himmelblau", 4),
+        ("rosenbrock", 1),
+        ("six_hump_camel", 6),
+        ("rastrigin", 121),
+    ],
+)
 def test_gd_reaches_one_endpoint_per_local_minimum(run, name, minima):
     s = run[1][name]
     assert s["distinct_endpoints"]["theory"] == minima

@@ -33,8 +33,15 @@ def test_quick_run_writes_one_entry_per_run_and_the_figures(run):
     runs = {"gd_0.12", "gd_0.15", "flow", "momentum", "adam"}
     assert runs <= set(summary)
     for key in runs:
-        for field in ("threshold", "first_crossing_step", "sharpness_plateau", "plateau_ratio",
-                      "loss_rise_share", "final_loss", "final_accuracy"):  # fmt: skip
+        for field in (
+            "threshold",
+            "first_crossing_step",
+            "sharpness_plateau",
+            "plateau_ratio",
+            "loss_rise_share",
+            "final_loss",
+            "final_accuracy",
+        ):
             assert field in summary[key], (key, field)
     for f in ("gd.png", "flow.png", "momentum_adam.png"):
         assert (folder / f).stat().st_size > 10_000, f

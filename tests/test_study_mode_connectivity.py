@@ -81,9 +81,11 @@ def test_recomputed_statistics_are_the_training_sets_own():
     params = jax.tree.map(lambda a: a + 0.05, v["params"])  # any point, not the init
     got = jax.jit(mc.metrics_fn(model, ds))(params)
     logits, _ = model.apply(
-        {"params": params, "batch_stats": v["batch_stats"]}, jnp.asarray(ds.x_train),
-        train=True, mutable=["batch_stats"],
-    )  # fmt: skip
+        {"params": params, "batch_stats": v["batch_stats"]},
+        jnp.asarray(ds.x_train),
+        train=True,
+        mutable=["batch_stats"],
+    )
     want = optax.softmax_cross_entropy_with_integer_labels(logits, ds.y_train).mean()
     np.testing.assert_allclose(got["train_loss"], want, rtol=1e-5)
 

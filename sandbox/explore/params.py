@@ -31,33 +31,31 @@ class BadRequest(ValueError):
     """A request parameter that is missing, malformed or out of range (HTTP 400)."""
 
 
-def number(q: dict, name: str, default: float | None = None) -> float:
-    """A finite float from the query; `default` when absent (None: required)."""
+def _read(q: dict, name: str, default, convert: type, what: str):
+    """`convert(q[name])`; `default` when absent (None: required); a BadRequest naming `name`
+    and `what` was expected when it does not convert."""
     raw = q.get(name)
     if raw is None or raw == "":
         if default is None:
             raise BadRequest(f"`{name}` is required")
         return default
     try:
-        v = float(raw)
+        return convert(raw)
     except ValueError:
-        raise BadRequest(f"`{name}` must be a number, got {raw!r}") from None
+        raise BadRequest(f"`{name}` must be {what}, got {raw!r}") from None
+
+
+def number(q: dict, name: str, default: float | None = None) -> float:
+    """A finite float from the query; `default` when absent (None: required)."""
+    v = _read(q, name, default, float, "a number")
     if not math.isfinite(v):
-        raise BadRequest(f"`{name}` must be finite, got {raw!r}")
+        raise BadRequest(f"`{name}` must be finite, got {q.get(name)!r}")
     return v
 
 
 def integer(q: dict, name: str, default: int | None, lo: int, hi: int) -> int:
     """An integer in [lo, hi] from the query; `default` when absent (None: required)."""
-    raw = q.get(name)
-    if raw is None or raw == "":
-        if default is None:
-            raise BadRequest(f"`{name}` is required")
-        return default
-    try:
-        v = int(raw)
-    except ValueError:
-        raise BadRequest(f"`{name}` must be an integer, got {raw!r}") from None
+    v = _read(q, name, default, int, "an integer")
     if not lo <= v <= hi:
         raise BadRequest(f"`{name}` must be an integer in [{lo}, {hi}], got {v}")
     return v
