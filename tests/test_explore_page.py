@@ -233,10 +233,10 @@ def test_a_failed_tile_says_why(browser, server, shots):
         pg.close()
 
 
-# init_vs_lr's tiles are checked against fractal.train in test_explore.py; its page run is slow.
-@pytest.mark.parametrize(
-    "mode", ["trainability", pytest.param("init_vs_lr", marks=pytest.mark.slow)]
-)
+# Slow (6 s each): both maps' tiles are checked against fractal.train server-side in
+# test_explore.py; here the page's progress count, legend and share.
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["trainability", "init_vs_lr"])
 def test_trainability_maps_show_progress_legend_and_share(page, shots, mode):
     # 20 steps, tiles of 16 and 32 runs a side (seconds, not minutes), set while hidden.
     page.evaluate("document.getElementById('tsteps').value = '20'")
@@ -322,6 +322,7 @@ def test_page_zooms_moves_the_lr_draws_a_path_and_saves(page, browser, shots, tm
     assert len(list(shots.glob("*.png"))) >= 3
 
 
+@pytest.mark.slow  # 7 s; the stored map's pixels are checked server-side in test_explore.py
 def test_a_stored_sweep_zooms_into_live_tiles_and_draws_paths(browser, server, shots):
     url, _ = server
     context = browser.new_context(viewport={"width": 900, "height": 650})
