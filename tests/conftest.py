@@ -80,6 +80,7 @@ with contextlib.suppress(ImportError):  # xdist is a dev dependency; plain pytes
 FAST_COMPILE = {
     "test_calculus",
     "test_explore",
+    "test_flows",
     "test_fractal",
     "test_hessian",
     "test_landscapes",
