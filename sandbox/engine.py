@@ -58,7 +58,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from sandbox import checks
+from sandbox import checkpoints, checks
 
 PyTree = Any
 # Progress bars appear once a map has run this many seconds.
@@ -431,20 +431,8 @@ def _runner(one: Callable, num_devices: int, batch: int | None) -> Callable:
 
 
 def _digest(tree: PyTree) -> str:
-    """SHA-256 of the dtypes, shapes and bytes of every leaf (read chunk by chunk)."""
-    h = hashlib.sha256()
-    for leaf in jax.tree.leaves(tree):
-        shape = tuple(np.shape(leaf))
-        dtype = np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
-        h.update(f"{dtype.str}{shape}".encode())
-        if isinstance(leaf, jax.Array):
-            leaf = np.asarray(jax.device_get(leaf))
-        step = max(1, (1 << 24) // max(1, dtype.itemsize * int(np.prod(shape[1:], dtype=int))))
-        rows = shape[0] if shape else 1
-        for lo in range(0, rows, step):
-            a = np.ascontiguousarray(leaf[lo : lo + step] if shape else leaf)
-            h.update(memoryview(a).cast("B"))
-    return h.hexdigest()[:16]
+    """The first 16 hex digits of the pytree digest that checkpoints also use."""
+    return checkpoints.tree_digest(tree)[:16]
 
 
 def _identity(one, items, shared, out_spec, extra) -> dict[str, str]:
