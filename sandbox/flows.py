@@ -180,7 +180,7 @@ def run(
     if not isinstance(lr, jax.core.Tracer):
         lr = checks.positive("lr", _plain(lr))
     steps = checks.integer("steps", steps, minimum=1, maximum=checks.INT32_MAX)
-    n = _dimension(w0)
+    n = hessian.dimension(w0, "w0")
     num_eigs = checks.integer("num_eigs", num_eigs, minimum=1, maximum=n)
     if optimizer == "gd":
         if beta2 is not None:
@@ -213,16 +213,6 @@ def _plain(x: Any) -> Any:
     if isinstance(x, np.ndarray | jax.Array) and np.ndim(x) == 0:
         return np.asarray(x).item()
     return x
-
-
-def _dimension(w0: PyTree) -> int:
-    leaves = jax.tree.leaves(w0)
-    if not leaves or not all(jnp.issubdtype(jnp.result_type(x), jnp.floating) for x in leaves):
-        raise ValueError("`w0` must be a pytree of floating-point arrays with at least one leaf")
-    n = sum(int(np.prod(jnp.shape(x))) for x in leaves)
-    if n == 0:
-        raise ValueError("`w0` must hold at least one parameter, got 0")
-    return n
 
 
 # ----------------------------------------------------------------------------- the cone problem

@@ -133,17 +133,18 @@ def hvp(loss: Loss, params: PyTree, v: PyTree) -> PyTree:
     return jax.jvp(jax.grad(loss), (params,), (v,))[1]
 
 
-def dimension(params: PyTree) -> int:
-    """The number of parameters n of `params`; ValueError naming `params` for an empty pytree,
-    a pytree of no parameters, or one with a leaf that is not floating point."""
+def dimension(params: PyTree, name: str = "params") -> int:
+    """The number of parameters n of `params`; ValueError naming `name` (the caller's argument)
+    for an empty pytree, a pytree of no parameters, or one with a leaf that is not floating
+    point."""
     leaves = jax.tree.leaves(params)
     if not leaves:
-        raise ValueError("`params` must have at least one leaf, got an empty pytree")
+        raise ValueError(f"`{name}` must have at least one leaf, got an empty pytree")
     if not all(jnp.issubdtype(jnp.result_type(x), jnp.floating) for x in leaves):
-        raise ValueError("`params` must have floating-point leaves only")
+        raise ValueError(f"`{name}` must have floating-point leaves only")
     n = sum(math.prod(jnp.shape(x)) for x in leaves)
     if n == 0:
-        raise ValueError("`params` must have at least one parameter, got 0")
+        raise ValueError(f"`{name}` must have at least one parameter, got 0")
     return n
 
 
