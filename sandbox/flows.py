@@ -416,10 +416,9 @@ def _safe_div(a, p):
 
 
 @functools.lru_cache(maxsize=16)  # each entry keeps its `loss`
-def _compiled(loss, structure, flow, optimizer, steps, k, cone_solves=None) -> Callable:
+def _compiled(loss, structure, flow, optimizer, steps, k) -> Callable:
     """The jitted program for one loss, parameter structure (treedef, leaf shapes and
     dtypes) and static settings."""
-    cone_solves = CONE_SOLVES if cone_solves is None else cone_solves
     treedef, leaves = structure
     template = jax.tree.unflatten(treedef, [jnp.zeros(shape, dt) for shape, dt in leaves])
     unravel = ravel_pytree(template)[1]
@@ -429,7 +428,7 @@ def _compiled(loss, structure, flow, optimizer, steps, k, cone_solves=None) -> C
 
     def go(w0, lr, beta2, eps, key):
         opt = _Opt(optimizer, lr, beta2, eps)
-        return _program(f, flow, opt, steps, k, w0, key, cone_solves)
+        return _program(f, flow, opt, steps, k, w0, key, CONE_SOLVES)
 
     return jax.jit(go)
 

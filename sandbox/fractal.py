@@ -242,7 +242,6 @@ def train(
     checks.integer("block", block, minimum=1, maximum=1 << 20)
     checks.integer("steps", steps, minimum=1, maximum=checks.INT32_MAX - block - 1)
     checks.integer("window", window, minimum=1, maximum=steps)
-    _check_score_args(steps, window)
     loss0 = loss_and_grad(params, data)[0]  # = loss_T[0], as `score` normalizes
     zero = jnp.zeros((), loss0.dtype)
     never = jnp.array(steps + 1, jnp.int32)

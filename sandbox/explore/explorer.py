@@ -348,9 +348,7 @@ class Explorer:
         j.future.set_result(png)
 
     def _basins_json(self, s: Surface, lab: np.ndarray) -> bytes:
-        frac = basins.fractions(lab, len(s.minima))
-        fr = {str(i): float(f) for i, f in enumerate(frac[:-2])}
-        fr["not_converged"], fr["diverged"] = float(frac[-2]), float(frac[-1])
+        fr = tiles.fractions(lab, len(s.minima))
         body = {
             "labels": lab.tolist(),
             "minima": s.minima.tolist(),

@@ -52,10 +52,7 @@ class StoredSweep:
         return tiles.render_basins(self.labels_SxA[:, a].reshape(self.h, self.w), len(self.minima))
 
     def fractions(self, a: int) -> dict:
-        frac = basins.fractions(self.labels_SxA[:, a], len(self.minima))
-        out = {str(i): float(f) for i, f in enumerate(frac[:-2])}
-        out["not_converged"], out["diverged"] = float(frac[-2]), float(frac[-1])
-        return out
+        return tiles.fractions(self.labels_SxA[:, a], len(self.minima))
 
     def info(self) -> dict:
         """What the page needs: the grid, the image's extent (the starts are the centres of

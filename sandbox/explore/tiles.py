@@ -5,6 +5,7 @@ import io
 
 import numpy as np
 
+from sandbox import basins
 from sandbox.explore.params import RESOLVE_ULPS, BadRequest
 
 TILE = 256  # pixels per tile side
@@ -93,6 +94,15 @@ def _cmap_table(name: str, n: int = 254) -> np.ndarray:
     import matplotlib as mpl
 
     return np.round(mpl.colormaps[name](np.linspace(0, 1, n))[:, :3] * 255).astype(np.uint8)
+
+
+def fractions(labels, k: int) -> dict:
+    """A basin map's share per minimum ("0", "1", ...), not converged and diverged, as the
+    API reports them."""
+    frac = basins.fractions(labels, k)
+    out = {str(i): float(f) for i, f in enumerate(frac[:-2])}
+    out["not_converged"], out["diverged"] = float(frac[-2]), float(frac[-1])
+    return out
 
 
 def render_basins(labels_HxW, k: int) -> bytes:
