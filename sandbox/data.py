@@ -21,7 +21,7 @@ horizontal flip) in JAX, so it runs on the device inside a jitted training step.
 import os
 import pickle
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,7 @@ from sandbox import checks
 from sandbox.types import Array, Key
 
 NAMES = ("digits", "cifar10", "synthetic")
+Name = Literal[NAMES]  # a config field naming a data set
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))

@@ -14,12 +14,13 @@
   2^-8 = 3.9e-3 per value, which is what the tests bound (tests/test_precision.py).
 """
 
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 
 NAMES = ("float32", "bfloat16")
+Name = Literal[NAMES]  # a config field naming a precision
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 PyTree = Any

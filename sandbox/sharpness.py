@@ -143,8 +143,7 @@ def track(
     _check_optimizer(optimizer)
     steps = checks.integer("steps", steps, minimum=1, maximum=checks.INT32_MAX)
     every = checks.integer("every", every, minimum=1, maximum=steps)
-    n = hessian.dimension(params)
-    check_loss(loss, params, has_aux=has_aux)
+    n = check_loss(loss, params, has_aux=has_aux)
     num_eigs = checks.integer("num_eigs", num_eigs, minimum=1, maximum=n)
     num_iters = min(max(DEFAULT_ITERS, num_eigs), n) if num_iters is None else num_iters
     num_iters = checks.integer("num_iters", num_iters, minimum=num_eigs, maximum=n)
@@ -253,11 +252,11 @@ def _top(scalar: Callable, params: PyTree, scale, v0_n, num_eigs: int, num_iters
     return hessian.top_ritz_values(tri.alpha, tri.beta, num_eigs)
 
 
-def check_loss(loss: Callable, params: PyTree, *, has_aux: bool = False) -> None:
-    """ValueError, before any work, unless `params` has floating leaves of one dtype and
-    `loss(params)` is a real scalar (or a pair (scalar, aux) with `has_aux`); traced
-    abstractly (`jax.eval_shape`), nothing computed."""
-    hessian.dimension(params)
+def check_loss(loss: Callable, params: PyTree, *, has_aux: bool = False) -> int:
+    """The number of parameters; ValueError, before any work, unless `params` has floating
+    leaves of one dtype and `loss(params)` is a real scalar (or a pair (scalar, aux) with
+    `has_aux`); traced abstractly (`jax.eval_shape`), nothing computed."""
+    n = hessian.dimension(params)
     dtypes = sorted({str(jnp.result_type(a)) for a in jax.tree.leaves(params)})
     if len(dtypes) > 1:
         raise ValueError(
@@ -284,6 +283,7 @@ def check_loss(loss: Callable, params: PyTree, *, has_aux: bool = False) -> None
             f"`loss` must return a real scalar{aux}, got {_describe(out)}"
             + ("" if has_aux or not isinstance(out, tuple) else "; a pair needs `has_aux=True`")
         )
+    return n
 
 
 def _describe(out) -> str:
@@ -365,8 +365,7 @@ def on_plane(
     Returns:
       [G] lambda_max at each point (NumPy).
     """
-    n = hessian.dimension(params)
-    check_loss(loss, params)
+    n = check_loss(loss, params)
     surface.check_like(d1, params, "d1")
     surface.check_like(d2, params, "d2")
     num_iters = checks.integer("num_iters", num_iters, minimum=1, maximum=n)

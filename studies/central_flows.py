@@ -263,13 +263,7 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
 def _plot_runs(arrays, cfg, summary, which, *, lr_panel: bool):
     cols = 3 if lr_panel else 2
     with plt.style.context(plotting.STYLE):
-        fig, axes = plt.subplots(
-            len(which),
-            cols,
-            figsize=(plotting.FULL, 2.6 * len(which) + 0.4),
-            layout="constrained",
-            squeeze=False,
-        )
+        fig, axes = plotting.panel_grid(len(which) * cols, cols, 2.6, 0.4)
         for row, (name, optimizer, lr) in zip(axes, which, strict=True):
             _loss_panel(row[0], arrays, cfg, summary, name, f"{optimizer}, η = {lr:g}")
             _eig_panel(row[1], arrays, summary, name)

@@ -43,12 +43,12 @@ from sandbox import cli, config, data, engine, sharpness
 from sandbox.models import fc
 
 NAME = "edge_of_stability"
+DataSet = data.Name  # a field named `data` hides the module in the class body
 OPTIMIZERS = ("gd", "momentum", "adam")  # gd brings the flow reference with it
 # Theory: the plateau sits at or just above the threshold. Cohen et al. report it within a
 # few percent; the band below is what counts as "at the edge" here.
 PLATEAU_BAND = (0.9, 1.15)
 CIFAR_SUBSET = 5000
-DataSet = Literal[data.NAMES]
 
 
 @dataclasses.dataclass(frozen=True)

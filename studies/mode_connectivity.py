@@ -30,7 +30,7 @@ The default took 8 min 47 s on a 2-core CPU (AVX-512, 13.2 CPU-minutes); --quick
 import dataclasses
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -42,9 +42,8 @@ from sandbox import cli, config, connect, data, engine, network, train
 from sandbox.models import resnet
 
 NAME = "mode_connectivity"
+DataSet = data.Name  # a field named `data` hides the module in the class body
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
-DataSet = Literal[data.NAMES]
-Depth = Annotated[int, config.bounds(8, 1202, rule=(lambda d: (d - 2) % 6 == 0, "6n + 2"))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +52,7 @@ class Config(config.Checked):
     data: DataSet = "digits"  # the data set
     # the first N training (and N / 4 test) images; None: all
     train_size: int | None = config.field(None, 4, 10**6)  # the first N training images
-    depth: Depth = 20  # 6n + 2 layers
+    depth: resnet.Depth = 20  # 6n + 2 layers
     shortcuts: tuple[Literal[resnet.SHORTCUTS], ...] = ("A", "none")  # one pair per shortcut
     epochs: int = config.count(15, 10_000)  # epochs of each network's training
     batch_size: int = config.count(128, 2**16)  # images per SGD step

@@ -82,7 +82,6 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Annotated, Literal
 
 import jax
 import jax.numpy as jnp
@@ -107,11 +106,10 @@ from sandbox import (
 from sandbox.models import resnet
 
 NAME = "resnet_landscape"
+DataSet = data.Name  # a field named `data` hides the module in the class body
+Precision = precision.Name
 CONVERGED = 0.1  # Ritz values that move less than this (relative) when the steps double
 SHORTCUTS = ("A", "none")
-DataSet = Literal[data.NAMES]
-Precision = Literal[precision.NAMES]
-Depth = Annotated[int, config.bounds(8, 1202, rule=(lambda d: (d - 2) % 6 == 0, "6n + 2"))]
 ODD = (lambda n: n % 2 == 1, "odd (the centre on the grid)")
 
 
@@ -119,7 +117,7 @@ ODD = (lambda n: n % 2 == 1, "odd (the centre on the grid)")
 class Config(config.Checked):
     seed: int = config.seed()  # seed of the networks, the directions and the probes
     data: DataSet = "digits"  # the data set
-    depth: Depth = 56  # 6n + 2 layers
+    depth: resnet.Depth = 56  # 6n + 2 layers
     # Training (both networks alike).
     epochs: int = config.count(30, 10_000)  # epochs of training
     batch_size: int = config.count(128, 2**16)  # images per SGD step
@@ -158,7 +156,7 @@ class Config(config.Checked):
         config.relation(
             "at least 3 checkpoints (every checkpoint_every-th epoch and the last) for the "
             "PCA path's 2 directions",
-            lambda c: len({*range(0, c.epochs + 1, c.checkpoint_every), c.epochs}) >= 3,
+            lambda c: len(c.checkpoint_epochs()) >= 3,
         ),
     )
 

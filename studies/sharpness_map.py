@@ -29,7 +29,6 @@ Run: make sharpness_map   (smoke: python -m studies.sharpness_map --quick, about
 import dataclasses
 import time
 from pathlib import Path
-from typing import Annotated
 
 import jax
 import jax.numpy as jnp
@@ -44,13 +43,12 @@ from sandbox.models import fc, resnet
 NAME = "sharpness_map"
 NETWORKS = ("resnet", "mlp")
 CHUNK = 32  # points per compiled call of a batched map
-Depth = Annotated[int, config.bounds(8, 1202, rule=(lambda d: (d - 2) % 6 == 0, "6n + 2"))]
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(config.Checked):
     seed: int = config.seed()  # seed of the networks and the plane's directions
-    depth: Depth = 20  # the ResNet's 6n + 2 layers
+    depth: resnet.Depth = 20  # the ResNet's 6n + 2 layers
     epochs: int = config.count(20, 10_000)  # the ResNet's epochs of training
     resnet_grid: int = config.count(11, 257, lo=2)  # points per side of the ResNet's plane
     resnet_images: int = config.count(128, 10**6)  # loss and Hessian over the first N images

@@ -29,7 +29,7 @@ the other way round).
 import dataclasses
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -38,9 +38,8 @@ from sandbox import cli, config, data, optim, plotting, precision, train
 from sandbox.models import resnet
 
 NAME = "train_resnet"
-DataSet = Literal[data.NAMES]
-Precision = Literal[precision.NAMES]
-Depth = Annotated[int, config.bounds(8, 1202, rule=(lambda d: (d - 2) % 6 == 0, "6n + 2"))]
+DataSet = data.Name  # a field named `data` hides the module in the class body
+Precision = precision.Name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +47,7 @@ class Config(config.Checked):
     seed: int = config.seed()  # seed of the initial weights and the batches
     data: DataSet = "digits"  # the data set
     # The network.
-    depth: Depth = 56  # 6n + 2 layers
+    depth: resnet.Depth = 56  # 6n + 2 layers
     shortcut: Literal[resnet.SHORTCUTS] = "A"  # the skip connections
     norm: bool = True  # batch norm
     pair: bool = True  # also train the same network with shortcut "none"

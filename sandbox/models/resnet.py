@@ -37,12 +37,14 @@ element in a strided order: quadratic work, and 80% of the plain step's time.
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from sandbox import config
 
 SHORTCUTS = ("A", "B", "none")
 IMPLS = ("fast", "plain")
@@ -51,6 +53,10 @@ BN_MOMENTUM = 0.9  # running average: new = 0.9 old + 0.1 batch, as PyTorch's 0.
 BN_EPSILON = 1e-5
 
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # He et al. 2015
+
+
+# A study config's depth field: the depths `check_depth` accepts, up to 1202 layers.
+Depth = Annotated[int, config.bounds(8, 1202, rule=(lambda d: (d - 2) % 6 == 0, "6n + 2"))]
 
 
 def check_depth(depth: Any) -> int:
