@@ -167,14 +167,15 @@ def _run_stored(one, items, shared, store_: "_Store", batch, finish, lease_s, ba
     every one is done, waiting on other jobs' chunks only while their leases are live."""
     n, chunk, chunks = store_.n, store_.chunk, store_.chunks
     why_not = None
-    bad = store_.check(store_.done())
-    missing = bad or len(store_.done()) < chunks
+    done = store_.done()
+    bad = store_.check(done)
+    missing = bad or len(done) < chunks
     if missing:
         why_not = store_.writable()
         if why_not is not None and not bad:
             raise ValueError(
                 f"`store` {str(store_.path)!r} cannot be written ({why_not}) and "
-                f"{chunks - len(store_.done())} of its {chunks} chunks are not computed"
+                f"{chunks - len(done)} of its {chunks} chunks are not computed"
             )
     if bad:
         store_.unmark(bad, why_not is None)

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from sandbox import engine, optim
+from sandbox import checks, engine, optim
 from sandbox.sweep import spec as specs
 
 FORMAT = "sandbox.sweep/1"
@@ -229,17 +229,16 @@ def status(store: Path | str) -> str:
     spec = meta["spec"]
     p = _progress(store)
     done, chunks = len(p["done"]), p["chunks"]
-    runs = _num_starts(spec) * specs.combinations(spec)
+    starts, combinations = _num_starts(spec), specs.combinations(spec)
     lines = [
-        f"sweep {str(store)!r}: {spec['landscape']}, {spec['optimizer']}, {runs} runs "
-        f"({_num_starts(spec)} starts x {specs.combinations(spec)} combinations)",
+        f"sweep {str(store)!r}: {spec['landscape']}, {spec['optimizer']}, "
+        f"{starts * combinations} runs ({starts} starts x {combinations} combinations)",
         f"chunks: {done} / {chunks} done" + (" (finished)" if done == chunks else "")
         if p["n"]
         else "chunks: none yet (no job has started computing)",
     ]
-    held = [
-        lease for lease in engine.leases(store / "runs") if lease["chunk"] not in set(p["done"])
-    ]
+    finished = set(p["done"])
+    held = [lease for lease in engine.leases(store / "runs") if lease["chunk"] not in finished]
     lines.append(f"leased now: {len(held)}")
     for lease in held:
         lines.append(
@@ -427,8 +426,7 @@ def submit(
     spec never reaches the queue. Returns submitit's jobs (waited for with `wait`)."""
     import submitit
 
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"`workers` must be an integer >= 1, got {workers!r}")
+    checks.integer("workers", workers, minimum=1)
     if executor not in ("slurm", "local"):
         raise ValueError(f"`executor` must be 'slurm' or 'local', got {executor!r}")
     spec_path, store = Path(spec_path).resolve(), Path(store).resolve()
