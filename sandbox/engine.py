@@ -269,9 +269,7 @@ def stores_in(root: Path | str | None):
         raise ValueError(f"`store` {str(root)!r} is not a folder")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=root, prefix=".probe.")
-        os.close(fd)
-        os.unlink(probe)
+        _probe(root)
     except OSError as e:
         raise ValueError(f"`store` {str(root)!r} cannot be written: {e.strerror or e}") from None
     _STORE_ROOTS.append(root)
@@ -431,6 +429,13 @@ def _runner(one: Callable, num_devices: int, batch: int | None) -> Callable:
 # ----------------------------------------------------------------------------- the store
 
 
+def _probe(folder: Path) -> None:
+    """Writes and removes an empty file in `folder`: OSError unless files can be made there."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".probe.")
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def _digest(tree: PyTree) -> str:
     """The first 16 hex digits of the pytree digest that checkpoints also use."""
     return checkpoints.tree_digest(tree)[:16]
@@ -587,12 +592,8 @@ class _Store:
         try:
             for sub in ("done", "leases"):
                 (self.path / sub).mkdir(exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=self.path / sub, prefix=".probe.")
-                os.close(fd)
-                os.unlink(tmp)
-            fd, tmp = tempfile.mkstemp(dir=self.path / "arrays.zarr", prefix=".probe.")
-            os.close(fd)
-            os.unlink(tmp)
+                _probe(self.path / sub)
+            _probe(self.path / "arrays.zarr")
         except OSError as e:
             return e.strerror or str(e)
         return None
