@@ -452,14 +452,10 @@ class _interrupts:
 
 
 def study_main(
-    name: str,
-    doc: str | None,
-    default: Any,
-    quick: Any,
+    module: str,
     compute: Callable[..., tuple[dict, dict]],
     plot: Callable[[dict, Any, dict], dict],
     *,
-    paper: Any = None,
     artifacts: Callable[[dict, Any, dict, Path], None] | None = None,
     options: type | None = None,
     quick_help: str = "small sizes (seconds)",
@@ -469,20 +465,27 @@ def study_main(
     folder: Callable[[Any, argparse.Namespace], str] | None = None,
     report: Callable[[Any, dict], Sequence[str]] | None = None,
 ) -> Callable:
-    """The `main(argv=None)` of a study, wrapped by `command`: `parse` (every Config field a
-    flag, on top of `quick` under --quick, `paper` under --scale paper, else `default`), then
-    `run_study`. `main.parse(argv)` gives its (args, cfg) without running.
+    """The `main(argv=None)` of the study module named `module` (its `__name__`), wrapped by
+    `command`: `parse` (every field of the module's `Config` a flag, on top of its `QUICK`
+    under --quick, its `PAPER`, where it has one, under --scale paper, else `Config()`), then
+    `run_study` into results/`NAME`. `main.parse(argv)` gives its (args, cfg) without running.
+
+    A study module defines, before calling this, `NAME`, a docstring (the `--help` text), the
+    dataclass `Config`, the preset `QUICK` and optionally `PAPER`.
 
     Args:
       compute: `compute(cfg)`; with `options` (a dataclass of the study's own flags, see
         `parse`), `compute(cfg, out, args)`, for studies that read their options or keep
         files in their folder.
       prepare: `prepare(cfg, args)`, the config the study's own options imply (checked).
-      folder: `folder(cfg, args)`, the default folder's name under results/ (`name`; with
+      folder: `folder(cfg, args)`, the default folder's name under results/ (`NAME`; with
         --quick, `-quick` is added).
       report: `report(cfg, summary)`, lines printed after the run.
     """
-    presets = {"default": default, "quick": quick} | ({"paper": paper} if paper else {})
+    study = sys.modules[module]
+    name, doc, paper = study.NAME, study.__doc__, getattr(study, "PAPER", None)
+    presets = {"default": study.Config(), "quick": study.QUICK}
+    presets |= {"paper": paper} if paper is not None else {}
     if paper is not None and paper_help is None:
         paper_help = "paper-sized run"
 

@@ -321,7 +321,7 @@ def _lr_panel(ax, arrays, cfg, name):
     )
 
 
-main = cli.study_main(NAME, __doc__, Config(), QUICK, compute, plot)
+main = cli.study_main(__name__, compute, plot)
 
 
 if __name__ == "__main__":

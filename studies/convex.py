@@ -395,7 +395,7 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
     return {"nonconvex_regions": fig}
 
 
-main = cli.study_main(NAME, __doc__, Config(), QUICK, compute, plot)
+main = cli.study_main(__name__, compute, plot)
 
 
 if __name__ == "__main__":

@@ -268,7 +268,7 @@ def animate(arrays: dict, cfg: Config, summary: dict, folder: Path) -> None:
     )
 
 
-main = cli.study_main(NAME, __doc__, Config(), QUICK, compute, plot, artifacts=animate)
+main = cli.study_main(__name__, compute, plot, artifacts=animate)
 
 
 if __name__ == "__main__":

@@ -326,10 +326,7 @@ def _prepare(cfg: Config, args) -> Config:
 
 
 main = cli.study_main(
-    NAME,
-    __doc__,
-    Config(),
-    QUICK,
+    __name__,
     lambda c, out, args: compute(c, args.data_dir),
     plot,
     options=Options,

@@ -367,13 +367,9 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
 
 
 main = cli.study_main(
-    NAME,
-    __doc__,
-    Config(),
-    QUICK,
+    __name__,
     compute,
     plot,
-    paper=PAPER,
     quick_help="40 x 40 grids of 150 steps (seconds)",
     paper_help="paper: width 16, four 1024 x 1024 grids of 1000 steps (an accelerator job)",
     folder=lambda cfg, args: f"{NAME}-paper" if args.scale == "paper" else NAME,

@@ -690,7 +690,7 @@ def _plot_mlp(arrays: dict, cfg: Config, summary: dict):
     return fig
 
 
-main = cli.study_main(NAME, __doc__, Config(), QUICK, compute, plot)
+main = cli.study_main(__name__, compute, plot)
 
 
 if __name__ == "__main__":

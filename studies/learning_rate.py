@@ -400,7 +400,7 @@ def _edges(v: np.ndarray, log: bool = False) -> np.ndarray:
 # ----------------------------------------------------------------------------- main
 
 
-main = cli.study_main(NAME, __doc__, Config(), QUICK, compute, plot)
+main = cli.study_main(__name__, compute, plot)
 
 
 if __name__ == "__main__":

@@ -578,7 +578,7 @@ def full_resolution_maps(arrays: dict, cfg: Config, summary: dict, folder) -> No
         results.atomic_write_bytes(folder / map_file(name, optimizer, lr), png)
 
 
-main = cli.study_main(NAME, __doc__, Config(), QUICK, compute, plot, artifacts=full_resolution_maps)
+main = cli.study_main(__name__, compute, plot, artifacts=full_resolution_maps)
 
 
 if __name__ == "__main__":

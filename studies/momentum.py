@@ -605,10 +605,7 @@ def animate_balls(arrays: dict, cfg: Config, path: Path, max_frames: int = 120) 
 
 
 main = cli.study_main(
-    NAME,
-    __doc__,
-    Config(),
-    QUICK,
+    __name__,
     compute,
     plot,
     artifacts=lambda a, c, s, f: animate_balls(a, c, f / "balls.gif"),

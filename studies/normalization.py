@@ -633,7 +633,7 @@ def plot(arrays: dict, cfg: Config, summary: dict) -> dict:
     return figs
 
 
-main = cli.study_main(NAME, __doc__, Config(), QUICK, compute, plot)
+main = cli.study_main(__name__, compute, plot)
 
 
 if __name__ == "__main__":

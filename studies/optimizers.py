@@ -298,7 +298,7 @@ def artifacts(arrays: dict, cfg: Config, summary: dict, folder: Path) -> None:
     )
 
 
-main = cli.study_main(NAME, __doc__, Config(), QUICK, compute, plot, artifacts=artifacts)
+main = cli.study_main(__name__, compute, plot, artifacts=artifacts)
 
 
 if __name__ == "__main__":

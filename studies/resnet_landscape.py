@@ -820,13 +820,9 @@ def _report(cfg: Config, summary: dict) -> list[str]:
 
 
 main = cli.study_main(
-    NAME,
-    __doc__,
-    Config(),
-    QUICK,
+    __name__,
     _compute,
     plot,
-    paper=PAPER,
     options=Options,
     quick_help="ResNet-8, 5 x 5 grid (under a minute)",
     paper_help="paper: Li et al.'s 51 x 51 plane (21 x 21 PCA plane, 41 points on the line)",

@@ -238,10 +238,7 @@ def _report(cfg: Config, summary: dict) -> list[str]:
 
 
 main = cli.study_main(
-    NAME,
-    __doc__,
-    Config(),
-    QUICK,
+    __name__,
     lambda c, out, args: compute(c, out, progress=not args.no_progress),
     plot,
     options=cli.Progress,

@@ -174,7 +174,7 @@ def test_failed_run_keeps_earlier_results(tmp_path):
     def boom(cfg):
         raise ValueError("`grid_n` broke")
 
-    failing = cli.study_main(study.NAME, None, study.Config(), study.QUICK, boom, study.plot)
+    failing = cli.study_main(study.__name__, boom, study.plot)
     with pytest.raises(SystemExit) as e:
         failing(["--quick", "--out", str(tmp_path)])
     assert e.value.code == 2
