@@ -189,25 +189,38 @@ def along(
       name -> [T] float arrays.
     """
     _check_pair(w1, w2, bend)
-    ts_T = np.asarray(ts, dtype=np.asarray(jax.tree.leaves(w1)[0]).dtype)
-    if ts_T.ndim != 1 or len(ts_T) == 0 or not np.all(np.isfinite(ts_T)):
-        raise ValueError(f"`ts` must be a non-empty 1-D array of finite values, got {ts!r}")
+    ts_T = _points("ts", ts, w1, "a non-empty 1-D array of finite values", ndim=1)
+    return _map(metrics, path, ts_T, (w1, w2, bend), chunk, batch, store, "path")
+
+
+def _points(name: str, points: Any, w1: PyTree, expected: str, ndim: int) -> np.ndarray:
+    """`points` as an array in w1's dtype, checked: `ndim` axes (a last axis of 2 for a
+    plane's [G, 2]), at least one point, all finite."""
+    p = np.asarray(points, dtype=np.asarray(jax.tree.leaves(w1)[0]).dtype)
+    if p.ndim != ndim or len(p) == 0 or p.shape[1:] not in ((), (2,)) or not np.isfinite(p).all():
+        raise ValueError(f"`{name}` must be {expected}, got shape {p.shape}: {points!r:.80}")
+    return p
+
+
+def _map(metrics, point, points, shared, chunk, batch, store, desc) -> dict[str, np.ndarray]:
+    """`metrics(point(x, *shared))` for every x of `points`, one chunked computation."""
     return engine.map_chunks(
-        _along_one(metrics),
-        ts_T,
-        (w1, w2, bend),
+        _metrics_at(metrics, point),
+        points,
+        shared,
         chunk=chunk,
         batch=batch,
         store=store,
-        desc="path",
+        desc=desc,
         unit="point",
     )
 
 
 @functools.lru_cache(maxsize=8)
-def _along_one(metrics: Callable) -> Callable:
-    def one(t, shared):
-        return metrics(path(t, *shared))  # shared: (w1, w2, bend or None)
+def _metrics_at(metrics: Callable, point: Callable) -> Callable:
+    # One function object per (metrics, point): the engine's compiled cache keys on it.
+    def one(x, shared):
+        return metrics(point(x, *shared))
 
     return one
 
@@ -265,25 +278,9 @@ def plane(
     """`metrics(w1 + x u + y v)` at every point of `xy` [G, 2], one chunked computation
     (`chunk`, `batch` as in `along`)."""
     surface.check_like(w1, basis.u, "w1")
-    xy_G = np.asarray(xy, dtype=np.asarray(jax.tree.leaves(w1)[0]).dtype)
-    if xy_G.ndim != 2 or xy_G.shape[1] != 2 or not np.all(np.isfinite(xy_G)):
-        raise ValueError(f"`xy` must have shape [G, 2] of finite values, got {xy_G.shape}")
-    return engine.map_chunks(
-        _plane_one(metrics),
-        xy_G,
-        (w1, basis.u, basis.v),
-        chunk=chunk,
-        batch=batch,
-        store=store,
-        desc="plane",
-        unit="point",
-    )
+    xy_G = _points("xy", xy, w1, "a non-empty [G, 2] array of finite values", ndim=2)
+    return _map(metrics, _on_plane, xy_G, (w1, basis.u, basis.v), chunk, batch, store, "plane")
 
 
-@functools.lru_cache(maxsize=8)
-def _plane_one(metrics: Callable) -> Callable:
-    def one(xy, shared):
-        w1, u, v = shared
-        return metrics(network.point(w1, xy, (u, v)))
-
-    return one
+def _on_plane(xy: Array, w1: PyTree, u: PyTree, v: PyTree) -> PyTree:
+    return network.point(w1, xy, (u, v))
