@@ -485,6 +485,7 @@ def _as_variables(directions: Sequence[PyTree], variables: dict) -> list[dict]:
     return out
 
 
+@jax.jit  # one program per parameter structure (eagerly: one per leaf shape)
 def _stack(dirs: list[dict]) -> dict:
     return jax.tree.map(lambda *a: jnp.stack(a), *dirs)
 
