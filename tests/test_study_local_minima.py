@@ -8,7 +8,6 @@ import pytest
 from sandbox import landscapes, results, sweep
 from studies import local_minima
 
-CFG = local_minima.QUICK
 MINIMA = landscapes.get("himmelblau").minima
 # 2 / lambda_max of each Himmelblau minimum, as the issue states them (float64 Hessians).
 ISSUE_THRESHOLDS = {
@@ -17,14 +16,25 @@ ISSUE_THRESHOLDS = {
     (-3.779, -3.283): 0.01495,
     (3.584, -1.848): 0.01897,
 }
+# The preset's basin maps but Adam's.
+MAPS = [m for m in local_minima.QUICK.maps if m[1] != "adam"]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("local_minima")
     # One config field set from the command line (the preset records every 50 steps).
-    local_minima.main(["--quick", "--out", str(folder), "--exercise-record-every", "100"])
-    return folder, json.loads((folder / "summary.json").read_text())
+    argv = ["--quick", "--out", str(folder), "--exercise-record-every", "100"]
+    # Smaller than the preset: the lr sweep spans only the four thresholds (0.01495 to
+    # 0.02483) on the preset's own lrs (0.0145 to 0.0255, spacing 5e-4), from 32 x 32
+    # starts per lr (each basin still holds 200+ of them just below its threshold); the
+    # maps keep the preset's size (the fractions' tolerance is for 128 x 128) but drop
+    # Adam's, which no test checks.
+    argv += ["--lr-min", "0.0145", "--lr-max", "0.0255", "--num-lrs", "23", "--sweep-n", "32"]
+    argv += ["--maps", *(str(v) for m in MAPS for v in m)]
+    local_minima.main(argv)
+    cfg, _, summary = results.load(folder, local_minima.Config)
+    return folder, summary, cfg
 
 
 def _entry(table: dict, point) -> dict:
@@ -40,7 +50,7 @@ def _hand_lambda_max(x, y):
 
 
 def test_writes_the_run_folder_and_figures(run):
-    folder, _ = run
+    folder, _, _ = run
     for f in (
         "config.json",
         "arrays.npz",
@@ -62,14 +72,14 @@ def test_each_basin_map_is_also_a_full_resolution_png_of_its_labels(run):
 
     from sandbox import plotting
 
-    folder, _ = run
+    folder, _, cfg = run
     arrays = dict(np.load(folder / "arrays.npz"))
-    for name, optimizer, lr, _ in local_minima.QUICK.maps:
+    for name, optimizer, lr, _ in cfg.maps:
         key = f"{name}/{optimizer}/lr={lr:g}"
         labels = arrays[f"map/{key}/labels_HxW"]
         k = len(arrays[f"map/{key}/minima_Kx2"])
         img = Image.open(folder / local_minima.map_file(name, optimizer, lr))
-        assert img.size == (local_minima.QUICK.map_n, local_minima.QUICK.map_n)
+        assert img.size == (cfg.map_n, cfg.map_n)
         rgb = np.asarray(img.convert("RGB")).astype(int)[::-1]  # row 0 of the labels: bottom
         table = [plotting.DIVERGED_COLOR, plotting.NOT_CONVERGED_COLOR, *plotting.basin_palette(k)]
         table = np.round(np.array(table)[:, :3] * 255).astype(int)
@@ -85,11 +95,11 @@ def _hand_grad(p):
 
 @pytest.mark.parametrize("lr", [0.01, 0.02])
 def test_himmelblau_gd_map_matches_a_float64_numpy_loop(run, lr):
-    arrays = results.load(run[0])[1]
+    arrays, cfg = results.load(run[0])[1], run[2]
     key = local_minima._map_key("himmelblau", "sgd", lr)
     labels_HxW, minima = arrays[f"map/{key}/labels_HxW"], arrays[f"map/{key}/minima_Kx2"]
-    steps = {tuple(m[:3]): m[3] for m in CFG.maps}[("himmelblau", "sgd", lr)]
-    starts = np.asarray(sweep.grid(landscapes.get("himmelblau").bounds, CFG.map_n), np.float64)
+    steps = {tuple(m[:3]): m[3] for m in cfg.maps}[("himmelblau", "sgd", lr)]
+    starts = np.asarray(sweep.grid(landscapes.get("himmelblau").bounds, cfg.map_n), np.float64)
     # 400 starts whose four grid neighbours share their label: float64 against float32 may
     # move a start that sits on the edge between two outcomes.
     c = labels_HxW[1:-1, 1:-1]
@@ -107,7 +117,7 @@ def test_himmelblau_gd_map_matches_a_float64_numpy_loop(run, lr):
             x = x - lr * _hand_grad(x)
     dist = np.linalg.norm(x[:, None] - minima[None], axis=-1)
     finite = np.all(np.isfinite(x) & (np.abs(x) <= 1e6), axis=1)
-    reached = np.where(dist.min(axis=1) <= CFG.reach_tol, dist.argmin(axis=1), -1)
+    reached = np.where(dist.min(axis=1) <= cfg.reach_tol, dist.argmin(axis=1), -1)
     expected = np.where(finite, reached, -2)
     # Identical in the quick run; allow 2 of 400 for rounding on a chaotic path.
     assert np.sum(expected != labels_HxW.ravel()[pick]) <= 2
@@ -158,8 +168,9 @@ def test_theory_threshold_is_two_over_lambda_max(run, point, issue):
 
 @pytest.mark.parametrize("point", ISSUE_THRESHOLDS)
 def test_basin_vanishes_at_the_first_lr_past_its_threshold(run, point):
+    cfg = run[2]
     v = _entry(run[1]["vanishing_lr"], point)["from_basin_fraction"]
-    spacing = (CFG.lr_max - CFG.lr_min) / (CFG.num_lrs - 1)
+    spacing = (cfg.lr_max - cfg.lr_min) / (cfg.num_lrs - 1)
     # Resolution one lr spacing (5e-4 here). No basin survives past 2/lambda_max; just below
     # it the basin shrinks to a sliver that may not hold a kicked run, so the measured lr
     # (where the fraction first drops to 0) is within one spacing of the threshold.
@@ -172,7 +183,7 @@ def test_offset_start_brackets_the_threshold_sharply(run, point):
     v = _entry(run[1]["vanishing_lr"], point)["from_offset_start"]
     lo, hi = v["bracket"]
     # float64 GD, offset 1e-6: the linear regime, where the crossing is 2/lambda_max to
-    # ~1e-12; four rounds narrow the bracket to (0.03 - 0.001) / 63^4 = 1.8e-9.
+    # ~1e-12; four rounds narrow the bracket to (0.0255 - 0.0145) / 63^4 = 7e-10.
     assert lo - 1e-12 <= v["theory"] <= hi + 1e-12
     assert hi - lo < 2e-9
     assert abs(v["measured"] - v["theory"]) / v["theory"] < 1e-7
