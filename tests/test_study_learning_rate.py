@@ -5,24 +5,27 @@ import json
 import numpy as np
 import pytest
 
+from sandbox import results
 from studies import learning_rate as study
 
 FIGURES = ("quadratic_lr", "regimes", "himmelblau_phase")
+# On top of --quick: two quadratics (kappa 4 and 16: 2/L and 2/(mu + L) still move with L)
+# of 128 steps (kappa 16's fewest, 76, within them). Each quadratic is its own compiled
+# programs, and 128 steps need no re-run horizon beyond the sweep's 16 and 128.
+SHRINK = ["--kappas", "4", "16", "--quad-steps", "128"]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("learning_rate")
     # One config field set from the command line (the preset has 64 starts per line).
-    study.main(["--quick", "--out", str(folder), "--phase-starts", "32"])
-    summary = json.loads((folder / "summary.json").read_text())
-    with np.load(folder / "arrays.npz") as z:
-        arrays = {k: z[k] for k in z.files}
-    return folder, summary, arrays
+    study.main(["--quick", "--out", str(folder), "--phase-starts", "32", *SHRINK])
+    cfg, arrays, summary = results.load(folder, study.Config)
+    return folder, summary, arrays, cfg
 
 
 def test_run_folder_and_figures(run):
-    folder, _, arrays = run
+    folder, _, arrays, _ = run
     for f in ("config.json", "arrays.npz", "meta.json", "summary.json"):
         assert (folder / f).is_file(), f
     for name in FIGURES:
@@ -34,29 +37,31 @@ def test_run_folder_and_figures(run):
 
 
 def test_divergence_boundary_on_quadratics_is_2_over_L(run):
-    _, s, arrays = run
+    _, s, arrays, cfg = run
     lr_L = arrays["quad_lr_L"].astype(np.float64)
     step = lr_L[1] / lr_L[0]  # neighbouring lrs of the log grid, 3.2% apart in --quick
-    for kappa in study.QUICK.kappas:
+    assert set(s["divergence_boundary"]) == {f"{k:g}" for k in cfg.kappas}
+    for kappa in cfg.kappas:
         b = s["divergence_boundary"][f"{kappa:g}"]
         lo, hi = b["bracket"]
         # Below 2/L every mode contracts, above it the stiff one grows: the last lr that
         # converged and the first that did not enclose 2/L (one grid step of slack for lrs
-        # within a fraction of a percent of 2/L, where 200 steps barely tell).
+        # within a fraction of a percent of 2/L, where the run's steps barely tell).
         assert b["theory"] == pytest.approx(2 / kappa, rel=1e-12)
         assert lo / step < 2 / kappa < hi * step
         assert abs(b["measured"] / b["theory"] - 1) < step - 1
 
 
 def test_steps_to_tolerance_follow_the_exact_rates(run):
-    _, s, arrays = run
+    _, s, _, cfg = run
     st = s["steps_to_tol"]
     # Measured (float32 GD) against the exact count of updates until |grad| <= tol: equal
     # but for float32 rounding right at tol (one step), and the same lrs reach it at all
     # (but for at most one lr per quadratic at the margin of the step budget).
     assert st["max_abs_error_steps"] <= 1
-    assert st["reached_mismatches"] <= len(study.QUICK.kappas)
-    for kappa in study.QUICK.kappas:
+    assert st["reached_mismatches"] <= len(cfg.kappas)
+    assert set(st["best_lr"]) == {f"{k:g}" for k in cfg.kappas}
+    for kappa in cfg.kappas:
         best = st["best_lr"][f"{kappa:g}"]
         lo, hi = best["measured"]
         # The lrs with the fewest steps: among those of the exact count (the same grid),
@@ -68,7 +73,7 @@ def test_steps_to_tolerance_follow_the_exact_rates(run):
 
 
 def test_too_small_right_too_large_rates(run):
-    _, s, _ = run
+    _, s, _, _ = run
     reg = s["regimes"]
     kappa = reg["kappa"]
     # The optimal constant step 2/(mu + L) contracts both modes by (kappa - 1)/(kappa + 1).
@@ -87,7 +92,7 @@ def test_too_small_right_too_large_rates(run):
 
 
 def test_himmelblau_phase_maps_too_small_right_too_large(run):
-    _, s, arrays = run
+    _, s, arrays, _ = run
     labels = arrays["phase_labels_AxHxW"]
     lr_H = arrays["phase_lr_H"].astype(np.float64)
     # Too small, right, too large along the phase maps: the smallest lr leaves most starts
@@ -128,17 +133,19 @@ def test_bad_config_names_the_field(field, value):
 
 
 def test_plot_only_redraws(run):
-    folder, _, _ = run
+    folder, _, _, _ = run
     (folder / "himmelblau_phase.png").unlink()
-    study.main(["--quick", "--out", str(folder), "--plot-only", "--phase_starts", "32"])
+    study.main(["--quick", "--out", str(folder), "--plot-only", "--phase_starts", "32", *SHRINK])
     assert (folder / "himmelblau_phase.png").is_file()
 
 
 def test_plot_only_refuses_flags_the_saved_run_differs_from(run, capsys):
-    folder, _, _ = run
+    folder, _, _, _ = run
     before = sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir())
     with pytest.raises(SystemExit) as e:
-        study.main(["--quick", "--out", str(folder), "--plot-only", "--phase_starts", "16"])
+        study.main(
+            ["--quick", "--out", str(folder), "--plot-only", "--phase_starts", "16", *SHRINK]
+        )
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1
     assert "phase_starts = 32" in err and "--phase_starts 16" in err
