@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from sandbox import hessian
+from sandbox import hessian, results
 from studies import edge_of_stability as eos
 
 ROOT = Path(__file__).parents[1]
@@ -18,19 +18,22 @@ ROOT = Path(__file__).parents[1]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("eos")
-    # One config field set from the command line (the preset checks every 10 updates).
-    eos.main(["--quick", "--out", str(folder), "--every", "20"])
-    summary = json.loads((folder / "summary.json").read_text())
-    with np.load(folder / "arrays.npz") as z:
-        arrays = {k: z[k] for k in z.files}
-    return folder, summary, arrays
+    # One config field set from the command line (the preset checks every 10 updates). The
+    # run is four XLA compiles (GD, flow, momentum, Adam), each several times its compute: one
+    # GD learning rate (the preset's larger, 0.15) over the flow's 600 steps gives GD the
+    # flow's shapes, so the two share one compiled program.
+    eos.main(
+        ["--quick", "--out", str(folder), "--every", "20", "--gd-lrs", "0.15", "--steps", "600"]
+    )
+    cfg, arrays, summary = results.load(folder, eos.Config)
+    return folder, cfg, summary, arrays
 
 
 def test_quick_run_writes_one_entry_per_run_and_the_figures(run):
-    folder, summary, arrays = run
+    folder, cfg, summary, arrays = run
     assert json.loads((folder / "config.json").read_text())["every"] == 20
-    np.testing.assert_array_equal(arrays["gd_steps"], np.arange(0, 301, 20))
-    runs = {"gd_0.12", "gd_0.15", "flow", "momentum", "adam"}
+    np.testing.assert_array_equal(arrays["gd_steps"], np.arange(0, cfg.steps + 1, 20))
+    runs = {f"gd_{lr:g}" for lr in cfg.gd_lrs} | {"flow", "momentum", "adam"}
     assert runs <= set(summary)
     for key in runs:
         for field in (
@@ -48,8 +51,7 @@ def test_quick_run_writes_one_entry_per_run_and_the_figures(run):
 
 
 def test_thresholds_are_those_of_the_papers(run):
-    _, s, _ = run
-    cfg = eos.QUICK
+    _, cfg, s, _ = run
     # Cohen et al. 2021: 2 / lr; heavy ball (2 + 2 beta) / lr; Cohen et al. 2022, Adam with
     # b1 = 0.9: 38 / lr.
     assert s["gd_0.15"]["threshold"] == pytest.approx(2 / 0.15)
@@ -58,11 +60,11 @@ def test_thresholds_are_those_of_the_papers(run):
 
 
 def test_initial_sharpness_is_the_hessian_top_eigenvalue_and_below_every_threshold(run):
-    _, s, arrays = run
+    _, cfg, s, arrays = run
     # An independent computation of lambda_max at the initial parameters: hessian.top_eigenvalues
     # (its own Lanczos run, 40 steps, another start) agrees with the tracked value at step 0
     # to float32 Lanczos accuracy (rtol 1e-4).
-    loss, params, _ = eos.problem(eos.QUICK)
+    loss, params, _ = eos.problem(cfg)
     lam = hessian.top_eigenvalues(
         lambda p: loss(p)[0], params, 1, key=jax.random.key(7), num_iters=40
     )
@@ -71,9 +73,9 @@ def test_initial_sharpness_is_the_hessian_top_eigenvalue_and_below_every_thresho
 
 
 def test_gd_and_adam_hover_at_their_thresholds(run):
-    _, s, arrays = run
+    _, cfg, s, arrays = run
     lo, hi = eos.PLATEAU_BAND
-    # The largest GD step and Adam reach the edge within the quick run's 300 steps, and then
+    # The largest GD step and Adam reach the edge within the run's steps, and then
     # stay within [0.9, 1.15] of the threshold (Cohen et al.: at or just above it).
     for key in ("gd_0.15", "adam"):
         assert s[key]["first_crossing_step"] is not None, key
@@ -82,27 +84,28 @@ def test_gd_and_adam_hover_at_their_thresholds(run):
     assert s["gd_0.15"]["loss_rise_share"] > 0.02
     assert s["flow"]["loss_rise_share"] == 0
     # ... and still falls overall: at least halved over the run.
-    assert s["gd_0.15"]["final_loss"] < 0.5 * arrays["gd_losses"][1, 0]
+    i = list(cfg.gd_lrs).index(0.15)
+    assert s["gd_0.15"]["final_loss"] < 0.5 * arrays["gd_losses"][i, 0]
 
 
 def test_no_run_stays_far_above_its_threshold(run):
     # Above the threshold the top direction grows by |1 - lr lambda| > 1 per step, so the
     # sharpness cannot settle there: every run's plateau is at most 1.15 x its threshold.
-    _, s, _ = run
+    _, _, s, _ = run
     for key, v in s.items():
         if isinstance(v, dict) and "threshold" in v:
             assert v["plateau_ratio"] <= eos.PLATEAU_BAND[1], key
 
 
 def test_flow_sharpness_keeps_rising(run):
-    _, _, arrays = run
+    _, cfg, _, arrays = run
     flow_K = arrays["flow_sharpness"][0]
     # Progressive sharpening: after a dip in the first checks the flow's sharpness rises by
     # half, never falling by more than the 12-step Lanczos noise (1% per check) after the
     # first, and ends above the threshold of the largest GD step.
     assert np.all(np.diff(flow_K[1:]) > -1e-2 * flow_K[1:-1])
     assert flow_K[-1] > 1.5 * flow_K.min()
-    assert flow_K[-1] > 2 / max(eos.QUICK.gd_lrs)
+    assert flow_K[-1] > 2 / max(cfg.gd_lrs)
 
 
 @pytest.mark.parametrize(
