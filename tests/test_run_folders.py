@@ -108,11 +108,11 @@ def _cleaned(out: Path, within_s: float = 10.0) -> bool:
 @pytest.mark.parametrize("first", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_a_run_killed_at_any_moment_leaves_one_whole_run(tmp_path, first):
     out = tmp_path / "run"
-    if not first:
-        assert _tiny(out, "--seed", 1).wait() == 0
-    # How long a whole run takes here, then kills spread over that time.
+    # How long a whole run takes here, then kills spread over that time: timed on the earlier
+    # run the kills must leave whole, or where `out` must stay empty, on a run of its own.
     start = time.monotonic()
-    assert _tiny(tmp_path / "timing", "--seed", 2).wait() == 0
+    timed = _tiny(tmp_path / "timing", "--seed", 2) if first else _tiny(out, "--seed", 1)
+    assert timed.wait() == 0
     total = time.monotonic() - start
     seen = set()
     kills = 2 if first else 3
@@ -141,8 +141,12 @@ def test_a_run_killed_at_any_moment_leaves_one_whole_run(tmp_path, first):
 
 def test_a_second_run_into_a_busy_folder_is_refused_in_one_line(tmp_path):
     out = tmp_path / "run"
-    first = _tiny(out, "--seed", 5, "--wait", 6)
-    time.sleep(4)  # the first run holds the folder (it computes for 6 s)
+    # The first run holds the folder from the moment its staging folder exists until it has
+    # landed: 3 s of compute, then saving 32 MiB of arrays and a figure (about 3.5 s more
+    # here). The second run reaches the lock at most 2 s after it starts here: a 3x margin,
+    # whatever the machine's speed.
+    first = _tiny(out, "--seed", 5, "--wait", 3)
+    _stage(out)
     second = _tiny(out, "--seed", 6, capture=True)
     _, err = second.communicate()
     assert second.returncode == 2
