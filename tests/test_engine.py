@@ -188,6 +188,7 @@ def _python(script, *args, **kw):
     return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], cwd=ROOT, **kw)
 
 
+@pytest.mark.slow  # make test keeps tests/test_sweep_jobs.py's killed job started again
 def test_a_sweep_killed_with_sigkill_resumes_and_matches_an_uninterrupted_run(tmp_path):
     store = tmp_path / "store"
     p = _python(KILLED_SWEEP, store, tmp_path / "killed.npz")
@@ -291,6 +292,7 @@ def _marks(store):
     return {p.name: p.stat().st_mtime_ns for p in (store / "done").iterdir()}
 
 
+@pytest.mark.slow  # make test keeps tests/test_sweep_jobs.py's three jobs on one store
 def test_two_processes_share_a_store_and_both_return_the_whole_result(tmp_path):
     store = tmp_path / "shared"
     procs = _two(store, tmp_path)

@@ -179,6 +179,7 @@ def test_cursor_readout_at_a_pixel_matches_the_tile_geometry(page, shots):
     page.screenshot(path=shots / "cursor.png")
 
 
+@pytest.mark.slow  # the legend's minima and scales are checked server-side in test_explore.py
 def test_legend_lists_the_minima_and_the_colour_bars(page, shots):
     items = page.eval_on_selector_all("#legend .minimum", "els => els.map(e => e.textContent)")
     minima = landscapes.local_minima(H)
@@ -218,6 +219,7 @@ def test_dimension_readout_equals_box_counting_of_the_same_pixels(page, shots):
     page.screenshot(path=shots / "dimension.png")
 
 
+@pytest.mark.slow  # a page of its own; the failed tile's reply is checked in test_explore.py
 def test_a_failed_tile_says_why(browser, server, shots):
     url, _ = server
     pg = browser.new_page(viewport={"width": 800, "height": 600})
@@ -262,6 +264,7 @@ def test_trainability_maps_show_progress_legend_and_share(page, shots, mode):
     page.screenshot(path=shots / f"{mode}.png")
 
 
+@pytest.mark.slow  # make test keeps the page's zoom, pan, path and saved view
 def test_bookmarks_and_the_view_as_text(page, shots):
     page.select_option("#mode", "basins")
     page.evaluate("window.explorer.state.map.setView([2.0, 3.0], 5, {animate: false})")

@@ -117,7 +117,9 @@ def test_cone_solver_k2_matches_exhaustive_search():
     assert set(ranks) == {0, 1, 2}, ranks  # every face of the cone was exercised
 
 
-@pytest.mark.parametrize("k", [3, 6, pytest.param(10, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "k", [3, pytest.param(6, marks=pytest.mark.slow), pytest.param(10, marks=pytest.mark.slow)]
+)
 def test_cone_solver_meets_the_complementarity_conditions_to_1e8(k):
     # X >= 0, Z = A + B[X] >= 0 and <X, Z> = 0, each to 1e-8 in float64 (A and B of unit
     # size), with and without a mask of rows and columns.

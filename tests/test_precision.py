@@ -51,6 +51,7 @@ def _logits(model, v, x, p):
     return precision.logits(out, p)
 
 
+@pytest.mark.slow  # make test keeps the surface losses of the same forward pass
 def test_bfloat16_logits_stay_within_a_few_roundings_of_float32(cnn):
     model, v, x, y = cnn
     z32, z16 = _logits(model, v, x, "float32"), _logits(model, v, x, "bfloat16")
@@ -82,6 +83,7 @@ def test_bfloat16_surface_losses_are_within_one_rounding_of_float32(cnn):
     assert np.max(np.abs(m16.accuracy - m32.accuracy)) <= 4 / 64
 
 
+@pytest.mark.slow  # make test keeps the surface losses within one rounding
 def test_bfloat16_surface_sums_losses_in_float32():
     # 320 copies of one image in 5 batches of 64: every per-image loss is the same value l,
     # so a float32 sum gives 320 l / 320 = l to float32 rounding; a bfloat16 sum of 64 or

@@ -168,6 +168,7 @@ def test_centre_equals_the_trained_models_loss(resnet8):
     assert np.all(m.loss[[0, 0, 2, 2], [0, 2, 0, 2]] != m.loss[1, 1])
 
 
+@pytest.mark.slow  # make test keeps its float32 twin (test_evaluate_matches_a_plain_loop...)
 def test_evaluate_in_float64_matches_a_plain_loop(mlp):
     model, v, x, y = mlp
     with jax.enable_x64(True):
