@@ -17,30 +17,35 @@ FIGURES = ("trainability", "dimension")
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fractal")
     # One config field set from the command line (the preset fits boxes of 2, 4 and 8).
-    study.main(["--quick", "--out", str(folder), "--box-sizes", "2", "4"])
+    argv = ["--quick", "--out", str(folder), "--box-sizes", "2", "4"]
+    # Smaller than the preset: zooms of 16 x 16 (four boxes of 4 a side), not 40 x 40. The
+    # full view keeps its 40 x 40 (its dimension is 1.07 there, 1.0 at 20 x 20), and the
+    # three zooms and 150 steps stay: fewer zooms leave the deepest pixels > 1e-3 apart.
+    study.main([*argv, "--zoom-grid-n", "16"])
     summary = json.loads((folder / "summary.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
     with np.load(folder / "arrays.npz") as z:
         arrays = {k: z[k] for k in z.files}
-    return folder, summary, arrays
+    return folder, summary, arrays, config
 
 
 def test_run_folder_and_figures(run):
-    folder, _, _ = run
+    folder, _, _, _ = run
     for f in ("config.json", "arrays.npz", "meta.json", "summary.json"):
         assert (folder / f).is_file(), f
     for name in FIGURES:
         assert (folder / f"{name}.png").stat().st_size > 10_000, name
     assert sorted(p.stem for p in folder.glob("*.png")) == sorted(FIGURES)
     config = json.loads((folder / "config.json").read_text())
-    assert config["grid_n"] == study.QUICK.grid_n
+    assert config["grid_n"] == study.QUICK.grid_n and config["zoom_grid_n"] == 16
     assert config["box_sizes"] == [2, 4]
 
 
 def test_scores_boundary_and_dimension(run):
-    _, s, arrays = run
+    _, s, arrays, config = run
     assert s["trainability"]["dtype"] == "float64"
     levels = s["trainability"]["levels"]
-    assert len(levels) == study.QUICK.zoom_levels + 1
+    assert len(levels) == config["zoom_levels"] + 1
     for e in levels:
         score = arrays[f"score_{e['level']}_HxW"]
         assert score.shape == tuple(e["grid"])
@@ -57,8 +62,8 @@ def test_scores_boundary_and_dimension(run):
     bd = s["boundary_dimension"]
     assert 1.0 < bd["measured"] < 2.0
     assert bd["theory"] == [1.17, 1.98]
-    # Two neighbouring pixels of the deepest zoom, 1.8e-4 apart in --quick: one trains, the
-    # other not.
+    # Two neighbouring pixels of the deepest zoom, 4.8e-4 apart here (1.8e-4 in --quick's
+    # 40 x 40 zooms): one trains, the other not.
     nb = s["neighbours"]
     assert nb["relative_distance"] < 1e-3
     assert nb["scores"][0] > 0 > nb["scores"][1]
@@ -135,7 +140,7 @@ def test_bad_scale_is_one_line_and_exit_status_2(argv, match, capsys, tmp_path):
 
 
 def test_plot_only_redraws(run):
-    folder, _, _ = run
+    folder, _, _, _ = run
     (folder / "trainability.png").unlink()
     study.main(["--quick", "--out", str(folder), "--plot-only"])
     assert (folder / "trainability.png").is_file()
