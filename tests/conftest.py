@@ -86,12 +86,14 @@ FAST_COMPILE = {
     "test_landscapes",
     "test_mlp",
     "test_optim",
+    "test_precision",
     "test_sharpness",
     "test_studies",
     "test_study_initialization",
     "test_study_learning_rate",
     "test_study_normalization",
     "test_study_saddle",
+    "test_surface",
 }
 
 
