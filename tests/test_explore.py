@@ -539,6 +539,7 @@ def test_bad_command_line_is_one_line_and_status_2(argv, word, capsys):
     assert len(err.strip().splitlines()) == 1 and word in err
 
 
+@pytest.mark.slow  # make test keeps the command line served on 127.0.0.1 and the in-process errors
 def test_bad_command_line_from_the_shell_has_no_traceback():
     r = subprocess.run(
         [sys.executable, "-m", "sandbox.explore", "--cache", "none", "--fn", "nope"],

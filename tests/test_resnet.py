@@ -192,6 +192,7 @@ def test_fast_stores_the_residual_stream_on_cpu_and_is_plain_elsewhere():
     np.testing.assert_array_equal(out, z)
 
 
+@pytest.mark.slow  # make test keeps test_surface's ResNet-8 plane (parameter sets vmapped)
 def test_runs_inside_vmap_over_parameter_sets(key, quick_compile):
     model = ResNet(depth=8)
     x = jax.random.normal(key, (3, 8, 8, 1))

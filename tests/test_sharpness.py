@@ -153,6 +153,7 @@ def test_threshold_separates_convergence_from_divergence_on_a_quadratic(optimize
     np.testing.assert_allclose(trace.sharpness, lam, rtol=1e-6)
 
 
+@pytest.mark.slow  # make test keeps the per-run checks against eigh
 def test_vmapped_learning_rates_equal_separate_runs():
     loss, x0 = _quadratic()
     both = sharpness.track(
@@ -207,7 +208,7 @@ def test_bad_arguments_are_named(kwargs, name):
         sharpness.track(loss, x0, **args)
 
 
-@pytest.mark.parametrize("loop", ["lax", "host"])
+@pytest.mark.parametrize("loop", ["lax", pytest.param("host", marks=pytest.mark.slow)])
 def test_sharpness_map_equals_eigh_at_every_point(loop):
     with jax.enable_x64(True):
         loss, params = _tiny_problem()

@@ -131,6 +131,7 @@ def test_bad_command_line_is_one_line_and_exit_2(args, flag, tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # make test keeps test_config's and test_studies' shell checks
 def test_bad_command_line_from_the_shell_has_no_traceback(tmp_path):
     p = subprocess.run(
         [sys.executable, "-m", "studies.edge_of_stability", "--lrs", "-1", "--out", str(tmp_path)],

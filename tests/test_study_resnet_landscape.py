@@ -34,6 +34,7 @@ def run(tmp_path_factory, networks):
     return out, cfg, arrays, summary
 
 
+@pytest.mark.slow  # the run: about 40 s, nearly all XLA compiles (make quick runs the study)
 def test_the_networks_train_resnet_trained_are_reused(run, networks):
     out, _, arrays, summary = run
     assert not (out / "train").exists()  # nothing trained here
@@ -43,6 +44,7 @@ def test_the_networks_train_resnet_trained_are_reused(run, networks):
         np.testing.assert_array_equal(arrays[f"{s}/test_acc_E"], saved[f"{s}/test_acc_E"])
 
 
+@pytest.mark.slow  # the run: about 40 s, nearly all XLA compiles (make quick runs the study)
 def test_the_run_folder_holds_every_figure(run):
     out, cfg, arrays, _ = run
     assert json.loads((out / "config.json").read_text())["slq_iters"] == 8
@@ -56,6 +58,7 @@ def test_the_run_folder_holds_every_figure(run):
         assert len(list((store / "done").iterdir())) == -(-meta["n"] // meta["chunk"])
 
 
+@pytest.mark.slow  # the run: about 40 s, nearly all XLA compiles (make quick runs the study)
 def test_surface_centres_equal_the_trained_networks_loss(run):
     _, cfg, arrays, summary = run
     c = cfg.grid // 2
@@ -75,6 +78,7 @@ def test_surface_centres_equal_the_trained_networks_loss(run):
         assert np.allclose(arrays[f"{s}/pca_path_Tx2"][-1], 0, atol=1e-6)
 
 
+@pytest.mark.slow  # the run: about 40 s, nearly all XLA compiles (make quick runs the study)
 def test_summary_compares_the_two_networks(run):
     _, _, arrays, summary = run
     claims = summary["smoother_with_shortcuts"]
@@ -120,6 +124,7 @@ def test_summary_compares_the_two_networks(run):
         assert abs(summary[s]["directions_cosine"]) < 0.05  # random directions in 75k dims
 
 
+@pytest.mark.slow  # the run: about 40 s, nearly all XLA compiles (make quick runs the study)
 def test_checkpoint_path_reads_the_training_checkpoints(run, networks):
     out, cfg, arrays, _ = run
     folder = networks / "A" / "checkpoints"
@@ -133,6 +138,7 @@ def test_checkpoint_path_reads_the_training_checkpoints(run, networks):
         surface.checkpoint_path(out / "nowhere")
 
 
+@pytest.mark.slow  # the run: about 40 s, nearly all XLA compiles (make quick runs the study)
 def test_plot_only_redraws(run):
     out, _, _, _ = run
     (out / "contours.png").unlink()
@@ -159,6 +165,7 @@ def test_bad_input_is_one_line_and_exit_status_2(args, message, tmp_path, capsys
     assert not list(tmp_path.iterdir())  # refused before any work
 
 
+@pytest.mark.slow  # make test keeps test_config's and test_studies' shell checks
 def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
     p = subprocess.run(
         [sys.executable, "-m", "studies.resnet_landscape", "--out", str(tmp_path), "--grid", "4"],
@@ -172,6 +179,7 @@ def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
 
 
+@pytest.mark.slow  # the run: about 40 s, nearly all XLA compiles (make quick runs the study)
 def test_stage_blocks_interlace_with_the_whole_hessian(run):
     # Cauchy interlacing: a principal sub-matrix's largest eigenvalue is at most the whole
     # matrix's (the top of the 2C run over the same images); Lanczos values approach both
@@ -197,6 +205,7 @@ def test_stage_blocks_interlace_with_the_whole_hessian(run):
         assert verdict["holds"] == (not verdict["count_capped"] and 9 <= out["count"] <= 11)
 
 
+@pytest.mark.slow  # the run: about 40 s, nearly all XLA compiles (make quick runs the study)
 def test_the_zoom_is_the_main_plane_near_its_centre(run):
     # The zoomed plane shares the main plane's directions: its centre is the same point,
     # the trained network (equal to float32 rounding of two compiled programs, rtol 1e-5).

@@ -143,7 +143,14 @@ def test_any_optimizer_of_sandbox_optim(tiny, tmp_path):
     assert int(state["step"]) == 2 and np.isfinite(hist.train_loss_E).all()
 
 
-@pytest.mark.parametrize("epoch, step", [(1, 0), (2, 2), (3, 3)])
+@pytest.mark.parametrize(
+    "epoch, step",
+    [
+        (1, 0),
+        pytest.param(2, 2, marks=pytest.mark.slow),
+        pytest.param(3, 3, marks=pytest.mark.slow),
+    ],
+)
 def test_an_interrupted_run_resumes_to_the_same_parameters(reference, tiny, tmp_path, epoch, step):
     _, ref_state, ref_hist = reference
     with pytest.raises(Interrupt):
