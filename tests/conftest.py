@@ -34,7 +34,7 @@ SHARED = {
     "tests/test_study_resnet_landscape.py": "resnet pair",
 }
 LONGEST_FIRST = (
-    "resnet pair",
+    "resnet pair",  # under `make test-all`; `make test` keeps only its one-line error checks
     "tests/test_engine.py",
     "tests/test_run_folders.py",
     "tests/test_surface.py",

@@ -22,6 +22,7 @@ def quick_run(resnet_pair, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # the quick pair: about 20 s (make quick trains it; train.fit is in test_train)
 def test_quick_run_writes_the_run_folder_for_both_networks(quick_run):
     for f in ("config.json", "arrays.npz", "meta.json", "summary.json", "curves.png"):
         assert (quick_run / f).is_file(), f
@@ -60,6 +61,7 @@ def _reference_test_metrics(run: Path, shortcut: str) -> tuple[float, float]:
     return float(np.mean(logits.argmax(1) == y)), float(-np.mean(logp[np.arange(len(y)), y]))
 
 
+@pytest.mark.slow  # the quick pair: about 20 s (make quick trains it; train.fit is in test_train)
 def test_running_again_resumes_and_gives_the_same_numbers(quick_run):
     _, before, _ = results.load(quick_run, study.Config)
     # One config field set from the command line: --no-pair resumes only the network with
@@ -74,6 +76,7 @@ def test_running_again_resumes_and_gives_the_same_numbers(quick_run):
             np.testing.assert_array_equal(before[k], after[k], err_msg=k)
 
 
+@pytest.mark.slow  # the quick pair: about 20 s (make quick trains it; train.fit is in test_train)
 def test_plot_only_redraws(quick_run):
     (quick_run / "curves.png").unlink()
     study.main(["--quick", "--out", str(quick_run), "--plot-only"])
@@ -104,6 +107,7 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, args, match):
     assert not (tmp_path / "arrays.npz").exists()
 
 
+@pytest.mark.slow  # the quick pair: about 20 s (make quick trains it; train.fit is in test_train)
 def test_checkpoint_of_another_network_is_one_line_and_kept(quick_run, tmp_path, capsys):
     before = (quick_run / "A" / "checkpoints" / "2" / "sandbox_sha256.json").read_bytes()
     with pytest.raises(SystemExit) as e:
