@@ -59,11 +59,17 @@ TINY = {}
 exec(TINY_STUDY, TINY)  # the same study in this process, for the fast tests
 
 
+# Ctrl-C as from a terminal: a test session started in the background (`cmd &` in a script)
+# ignores SIGINT, which its commands inherit; Python then never raises KeyboardInterrupt.
+AS_FROM_A_TERMINAL = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
+
 def _tiny(out, *args, capture=False):
     """The tiny study into `out`; with `capture`, read its output with `communicate()`."""
     pipe = subprocess.PIPE if capture else subprocess.DEVNULL
     return subprocess.Popen(
-        [sys.executable, "-c", TINY_STUDY + "main()", "--out", str(out), *map(str, args)],
+        [sys.executable, "-c", AS_FROM_A_TERMINAL + TINY_STUDY + "main()", "--out", str(out)]
+        + list(map(str, args)),
         cwd=ROOT,
         env=dict(os.environ, MPLBACKEND="agg"),
         stdout=pipe,
