@@ -34,6 +34,7 @@ def full_run(tmp_path_factory):
     return _quick_run(tmp_path_factory.mktemp("central_flows_full"))
 
 
+@pytest.mark.slow  # the run, about 15 s: make quick runs it, test_flows has the flow at the edge
 def test_quick_run_writes_every_run_flow_and_figure(run):
     folder, summary, arrays = run
     saved = json.loads((folder / "config.json").read_text())
@@ -50,6 +51,7 @@ def test_quick_run_writes_every_run_flow_and_figure(run):
         assert (folder / figure).stat().st_size > 20_000, figure
 
 
+@pytest.mark.slow  # the run, about 15 s: make quick runs it, test_flows has the flow at the edge
 def test_effective_sharpness_at_the_start_is_lr_times_the_hessian_top_eigenvalues(run):
     # An independent Lanczos run (hessian.top_eigenvalues, 60 steps, another start) at the
     # initial parameters: the flows' first block eigen-solve agrees to float32 Lanczos
@@ -62,6 +64,7 @@ def test_effective_sharpness_at_the_start_is_lr_times_the_hessian_top_eigenvalue
         np.testing.assert_allclose(arrays[f"gd_0.17/{flow}/eigs"][0, :2], lr * lam, rtol=1e-4)
 
 
+@pytest.mark.slow  # the run, about 15 s: make quick runs it, test_flows has the flow at the edge
 def test_gd_reaches_the_edge_and_the_central_flow_holds_it(run):
     _, s, arrays = run
     gd = s["gd_0.17"]

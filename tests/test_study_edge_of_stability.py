@@ -29,6 +29,7 @@ def run(tmp_path_factory):
     return folder, cfg, summary, arrays
 
 
+@pytest.mark.slow  # the run, about 16 s: make quick runs it; test_sharpness, test_flows stay
 def test_quick_run_writes_one_entry_per_run_and_the_figures(run):
     folder, cfg, summary, arrays = run
     assert json.loads((folder / "config.json").read_text())["every"] == 20
@@ -50,6 +51,7 @@ def test_quick_run_writes_one_entry_per_run_and_the_figures(run):
         assert (folder / f).stat().st_size > 10_000, f
 
 
+@pytest.mark.slow  # the run, about 16 s: make quick runs it; test_sharpness, test_flows stay
 def test_thresholds_are_those_of_the_papers(run):
     _, cfg, s, _ = run
     # Cohen et al. 2021: 2 / lr; heavy ball (2 + 2 beta) / lr; Cohen et al. 2022, Adam with
@@ -59,6 +61,7 @@ def test_thresholds_are_those_of_the_papers(run):
     assert s["adam"]["threshold"] == pytest.approx(38 / cfg.adam_lr)
 
 
+@pytest.mark.slow  # the run, about 16 s: make quick runs it; test_sharpness, test_flows stay
 def test_initial_sharpness_is_the_hessian_top_eigenvalue_and_below_every_threshold(run):
     _, cfg, s, arrays = run
     # An independent computation of lambda_max at the initial parameters: hessian.top_eigenvalues
@@ -72,6 +75,7 @@ def test_initial_sharpness_is_the_hessian_top_eigenvalue_and_below_every_thresho
     assert s["claims"]["initial_sharpness_below_threshold"]
 
 
+@pytest.mark.slow  # the run, about 16 s: make quick runs it; test_sharpness, test_flows stay
 def test_gd_and_adam_hover_at_their_thresholds(run):
     _, cfg, s, arrays = run
     lo, hi = eos.PLATEAU_BAND
@@ -88,6 +92,7 @@ def test_gd_and_adam_hover_at_their_thresholds(run):
     assert s["gd_0.15"]["final_loss"] < 0.5 * arrays["gd_losses"][i, 0]
 
 
+@pytest.mark.slow  # the run, about 16 s: make quick runs it; test_sharpness, test_flows stay
 def test_no_run_stays_far_above_its_threshold(run):
     # Above the threshold the top direction grows by |1 - lr lambda| > 1 per step, so the
     # sharpness cannot settle there: every run's plateau is at most 1.15 x its threshold.
@@ -97,6 +102,7 @@ def test_no_run_stays_far_above_its_threshold(run):
             assert v["plateau_ratio"] <= eos.PLATEAU_BAND[1], key
 
 
+@pytest.mark.slow  # the run, about 16 s: make quick runs it; test_sharpness, test_flows stay
 def test_flow_sharpness_keeps_rising(run):
     _, cfg, _, arrays = run
     flow_K = arrays["flow_sharpness"][0]
