@@ -35,15 +35,19 @@ SHARED = {
 }
 LONGEST_FIRST = (
     "resnet pair",  # under `make test-all`; `make test` keeps only its one-line error checks
-    "tests/test_engine.py",
     "tests/test_run_folders.py",
-    "tests/test_surface.py",
-    "tests/test_studies.py",
-    "tests/test_precision.py",
     "tests/test_hessian.py",
-    "tests/test_study_edge_of_stability.py",
-    "tests/test_study_central_flows.py",
     "tests/test_explore.py",
+    "tests/test_sweep.py",
+    "tests/test_landscapes.py",
+    "tests/test_surface.py",
+    "tests/test_train.py",
+    "tests/test_study_initialization.py",
+    "tests/test_sharpness.py",
+    "tests/test_resnet.py",
+    "tests/test_explore_page.py",
+    "tests/test_sweep_jobs.py",
+    "tests/test_studies.py",
 )
 
 
