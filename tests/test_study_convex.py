@@ -35,14 +35,13 @@ def cfg(run):
     return json.loads((run[0] / "config.json").read_text())
 
 
-def test_writes_the_run_folder_and_figure(run):
+def test_writes_the_run_folder_and_figure(run, cfg):
     folder, summary, _ = run
     for f in ("config.json", "arrays.npz", "meta.json", "summary.json", "nonconvex_regions.png"):
         assert (folder / f).is_file(), f
     assert set(summary) == set(FUNCTIONS)
-    config = json.loads((folder / "config.json").read_text())
-    assert config["kappa"] == KAPPA
-    assert config["num_starts"] == NUM_STARTS
+    assert cfg["kappa"] == KAPPA
+    assert cfg["num_starts"] == NUM_STARTS
     assert all(summary[name]["gd"]["starts"] == NUM_STARTS for name in FUNCTIONS)
 
 

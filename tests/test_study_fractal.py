@@ -30,13 +30,12 @@ def run(tmp_path_factory):
 
 
 def test_run_folder_and_figures(run):
-    folder, _, _, _ = run
+    folder, _, _, config = run
     for f in ("config.json", "arrays.npz", "meta.json", "summary.json"):
         assert (folder / f).is_file(), f
     for name in FIGURES:
         assert (folder / f"{name}.png").stat().st_size > 10_000, name
     assert sorted(p.stem for p in folder.glob("*.png")) == sorted(FIGURES)
-    config = json.loads((folder / "config.json").read_text())
     assert config["grid_n"] == study.QUICK.grid_n and config["zoom_grid_n"] == 16
     assert config["box_sizes"] == [2, 4]
 

@@ -11,25 +11,27 @@ from sandbox import landscapes, results, sweep
 momentum = importlib.import_module("studies.momentum")
 
 
+# Smaller than the preset: a 4 x 12 (beta, lr) rate grid (beta 0 and both sides of the
+# complex-pair regime, a threshold inside every row), 4 escape betas (0, 0.5, 0.93, 0.99) and
+# a GIF of 5 steps. The escape keeps its 256 starts: the margins below are counted in them.
+SMALL = {"rate_num_betas": 4, "rate_num_lrs": 12, "escape_num_betas": 4, "gif_steps": 5}
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("momentum")
     # One config field set from the command line (the preset's GIF has 32 balls).
     argv = ["--quick", "--out", str(out), "--gif-balls", "16"]
-    # Smaller than the preset: a 4 x 12 (beta, lr) rate grid (beta 0 and both sides of the
-    # complex-pair regime, a threshold inside every row), 4 escape betas (0, 0.5, 0.93,
-    # 0.99) and a GIF of 5 steps. The escape keeps its 256 starts: the margins below are
-    # counted in them.
-    argv += ["--rate-num-betas", "4", "--rate-num-lrs", "12", "--escape-num-betas", "4"]
-    momentum.main([*argv, "--gif-steps", "5"])
+    for field, value in SMALL.items():
+        argv += [f"--{field.replace('_', '-')}", str(value)]
+    momentum.main(argv)
     cfg, arrays, summary = results.load(out, momentum.Config)
     return out, cfg, arrays, summary
 
 
 def test_quick_run_writes_the_run_folder(quick):
     out, cfg, arrays, summary = quick
-    small = dict(rate_num_betas=4, rate_num_lrs=12, escape_num_betas=4, gif_steps=5)
-    assert cfg == dataclasses.replace(momentum.QUICK, gif_balls=16, **small)
+    assert cfg == dataclasses.replace(momentum.QUICK, gif_balls=16, **SMALL)
     assert arrays["gif/sgd/path_GxT"].shape == (16, cfg.gif_steps + 1)
     for name in ("config.json", "arrays.npz", "summary.json", "meta.json"):
         assert (out / name).is_file(), name
