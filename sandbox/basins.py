@@ -5,8 +5,6 @@ from typing import Any
 
 import numpy as np
 
-from sandbox import sweep
-
 NOT_CONVERGED = -1
 DIVERGED = -2
 
@@ -113,6 +111,8 @@ def basin_map(
     Returns:
       labels_HxW int32 (row i is the i-th y value, column j the j-th x value).
     """
+    from sandbox import sweep  # JAX only here: labelling and drawing saved runs need none
+
     starts = sweep.grid(bounds, n)
     h, w = (n, n) if np.isscalar(n) else n
     run = sweep.descend(fn, starts, **descend_kwargs)

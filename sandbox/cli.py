@@ -10,6 +10,7 @@ into a run folder that lands as a whole (`results.RunFolder`); `command` wraps a
 """
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import time
@@ -342,10 +343,8 @@ def run_study(
             results.load(out, type(cfg), study=name)  # one clear line if the saved run is unusable
             rf.link_data()
         else:
-            from sandbox import engine
-
             start = time.perf_counter()
-            with engine.stores_in(getattr(args, "store", None)):
+            with _stores_in(getattr(args, "store", None)):
                 arrays, summary = compute(cfg)
             results.save(stage, cfg, arrays, summary, time.perf_counter() - start, study=name)
         cfg, arrays, summary = results.load(stage, type(cfg), study=name)
@@ -355,6 +354,15 @@ def run_study(
             artifacts(arrays, cfg, summary, stage)
         rf.commit()
     return Path(out), cfg, arrays, summary
+
+
+def _stores_in(root: str | None):
+    """`engine.stores_in(root)`: JAX is imported here only when --store was given."""
+    if root is None:
+        return contextlib.nullcontext()
+    from sandbox import engine
+
+    return engine.stores_in(root)
 
 
 def command(main: Callable[[Sequence[str] | None], Any]) -> Callable:

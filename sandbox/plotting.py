@@ -1,12 +1,16 @@
-"""Figures: contours and paths, surfaces, gradient fields, basin maps, curves, GIFs."""
+"""Figures: contours and paths, surfaces, gradient fields, basin maps, curves, GIFs.
+
+Drawing a saved run needs no JAX: it is imported only where a figure evaluates a function.
+"""
+
+from __future__ import annotations
 
 import os
 import pathlib
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import jax
-import jax.numpy as jnp
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
@@ -17,8 +21,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from sandbox import checks, types
+from sandbox import checks
 from sandbox.basins import DIVERGED
+
+if TYPE_CHECKING:
+    from sandbox import types
 
 ONE_COL = 3.25  # inches: one column of a two-column page
 FULL = 6.75  # inches: full page width
@@ -95,6 +102,8 @@ def _check_points_dict(points) -> dict[str, np.ndarray]:
 
 def _evaluate(fn: types.ScalarFn, x_Mxd: np.ndarray) -> np.ndarray:
     """fn at each row of x_Mxd as float numpy [M] (one jit of the vmapped fn)."""
+    import jax
+    import jax.numpy as jnp
 
     def scalar_fn(x):
         return jnp.reshape(fn(x), ())  # also accepts fns that return shape [1]
@@ -129,6 +138,9 @@ def evaluate_grid(
 
 def _grad_field(fn: types.ScalarFn, bounds, n: int) -> tuple[np.ndarray, ...]:
     """(X_HxW, Y_HxW, U_HxW, V_HxW) with (U, V) = jax.grad(fn) on an n x n grid."""
+    import jax
+    import jax.numpy as jnp
+
     X, Y = _mesh(bounds, n)
     pts = jnp.asarray(np.stack([X.ravel(), Y.ravel()], axis=-1))
     G = np.asarray(jax.jit(jax.vmap(jax.grad(fn)))(pts), dtype=float)

@@ -6,6 +6,7 @@ import datetime
 import errno
 import fcntl
 import hashlib
+import importlib.metadata
 import io
 import json
 import os
@@ -109,32 +110,35 @@ def check_writable(path: Path | str, argument: str = "--out") -> Path:
 
 
 def meta(wall_s: float, seed: int | None = None) -> dict[str, Any]:
-    """Provenance: git commit, library versions, backend and devices, x64 flag, timing."""
-    import flax
-    import jax
-    import matplotlib
-    import optax
+    """Provenance: git commit, library versions, backend and devices, x64 flag, timing.
 
+    The backend, devices and x64 flag are those of the JAX the run computed with; a run that
+    never imported JAX (one that only draws saved arrays) gets None, [] and None rather than
+    importing it and starting a backend here.
+    """
+    jax = sys.modules.get("jax")
+    packages = ("jax", "jaxlib", "optax", "flax", "numpy", "matplotlib")
     return {
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-        "versions": {
-            "python": platform.python_version(),
-            "jax": jax.__version__,
-            "optax": optax.__version__,
-            "flax": flax.__version__,
-            "numpy": np.__version__,
-            "matplotlib": matplotlib.__version__,
-        },
-        "backend": jax.default_backend(),
-        "devices": [str(d.device_kind) for d in jax.devices()],
-        "num_devices": jax.device_count(),
-        "x64": bool(jax.config.jax_enable_x64),
+        "versions": {"python": platform.python_version()} | {p: _version(p) for p in packages},
+        "backend": jax.default_backend() if jax else None,
+        "devices": [str(d.device_kind) for d in jax.devices()] if jax else [],
+        "num_devices": jax.device_count() if jax else 0,
+        "x64": bool(jax.config.jax_enable_x64) if jax else None,
         "seed": seed,
         "wall_s": round(wall_s, 3),
         "utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
+
+
+def _version(package: str) -> str | None:
+    """The installed version of `package` (None if it is not installed), without importing it."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _git(*args: str) -> str | None:

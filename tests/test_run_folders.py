@@ -148,8 +148,8 @@ def test_a_run_killed_at_any_moment_leaves_one_whole_run(tmp_path, first):
 def test_a_second_run_into_a_busy_folder_is_refused_in_one_line(tmp_path):
     out = tmp_path / "run"
     # The first run holds the folder from the moment its staging folder exists until it has
-    # landed: 3 s of compute, then saving 32 MiB of arrays and a figure (about 3.5 s more
-    # here). The second run reaches the lock at most 2 s after it starts here: a 3x margin,
+    # landed: 3 s of compute, then saving 32 MiB of arrays and a figure (about 1.5 s more
+    # here). The second run reaches the lock under 1 s after it starts here: a 3x margin,
     # whatever the machine's speed.
     first = _tiny(out, "--seed", 5, "--wait", 3)
     _stage(out)
