@@ -17,11 +17,14 @@ RESEARCH := edge_of_stability mode_connectivity sharpness_map central_flows
 
 setup: $(STAMP)
 
-# uv installs the same packages as pip about 4x faster (cold caches, 2 cores: 9.7 s against
-# 39 s); pip does it where uv cannot be had or fails.
+# uv installs the same packages as pip in 2.5x less time (cold caches, 2 cores: 15.7 s
+# against 39 s), compiling their bytecode as pip does (with PYTHONDONTWRITEBYTECODE set,
+# as here, every process would otherwise compile what it imports: 7.3 s against 3.5 s to
+# import jax, flax, optax and the rest). pip does it where uv cannot be had or fails.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet uv && $(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[dev]' \
+	$(PY) -m pip install --quiet uv \
+	  && $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -e '.[dev]' \
 	  || { $(PY) -m pip install --quiet --upgrade pip && $(PY) -m pip install --quiet -e '.[dev]'; }
 	touch $(STAMP)
 
