@@ -340,14 +340,16 @@ def run_study(
     rf = results.RunFolder(out)
     with rf as stage:
         if args.plot_only:
-            results.load(out, type(cfg), study=name)  # one clear line if the saved run is unusable
+            # Read under the folder's lock (one clear line if the saved run is unusable); the
+            # stage then holds these very files.
+            cfg, arrays, summary = results.load(out, type(cfg), study=name)
             rf.link_data()
         else:
             start = time.perf_counter()
             with _stores_in(getattr(args, "store", None)):
                 arrays, summary = compute(cfg)
             results.save(stage, cfg, arrays, summary, time.perf_counter() - start, study=name)
-        cfg, arrays, summary = results.load(stage, type(cfg), study=name)
+            cfg, arrays, summary = results.load(stage, type(cfg), study=name)
         for fig_name, fig in plot(arrays, cfg, summary).items():
             plotting.save(fig, stage / f"{fig_name}.png")
         if artifacts is not None:
