@@ -383,12 +383,21 @@ def test_ctrl_c_during_the_save_is_one_line_and_the_folder_whole_either_way(
     assert _cleaned(out), _leftovers(out)
 
 
+@pytest.fixture
+def ctrl_c_as_from_a_terminal():
+    """This process takes Ctrl-C as from a terminal during the test (see AS_FROM_A_TERMINAL)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 def _sigint_self(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(5)  # the KeyboardInterrupt comes first
 
 
 @pytest.mark.parametrize("at", ["save", "landing"])
+@pytest.mark.usefixtures("ctrl_c_as_from_a_terminal")
 def test_ctrl_c_held_back_while_the_folder_lands(tmp_path, capsys, monkeypatch, run_of_seed_1, at):
     """A Ctrl-C while the new folder lands waits until it has landed; one during the save
     leaves the earlier run."""
@@ -415,6 +424,7 @@ def test_ctrl_c_held_back_while_the_folder_lands(tmp_path, capsys, monkeypatch, 
     assert _one_run(out) == (1 if at == "save" else 2) and _cleaned(out), _leftovers(out)
 
 
+@pytest.mark.usefixtures("ctrl_c_as_from_a_terminal")
 def test_a_ctrl_c_that_code_swallowed_is_still_reported(
     tmp_path, capsys, monkeypatch, run_of_seed_1
 ):
