@@ -209,37 +209,44 @@ def test_a_store_of_another_layout_is_refused(finished, tmp_path, monkeypatch):
 
 
 UNWRITABLE = """
-import sys
-import numpy as np
+import json, sys
 from sandbox import engine
 sys.path.insert(0, "tests")
 from test_store import _logistic, ITEMS, SHARED, CHUNK
 engine._runner = lambda *a: sys.exit("computed before refusing")
-try:
-    if len(sys.argv) > 2:  # a study's --store: refused on entry
-        with engine.stores_in(sys.argv[1]):
-            sys.exit("entered")
-    engine.map_chunks(_logistic, ITEMS, SHARED, chunk=CHUNK, store=sys.argv[1])
-except ValueError as e:
-    print(e)
-    sys.exit(3)
+
+def refusal(path, study):
+    try:
+        if study:  # a study's --store: refused on entry
+            with engine.stores_in(path):
+                return "entered"
+        engine.map_chunks(_logistic, ITEMS, SHARED, chunk=CHUNK, store=path)
+        return "not refused"
+    except ValueError as e:
+        return str(e)
+
+for path, study in json.loads(sys.argv[1]):
+    print(json.dumps(refusal(path, study)))
 """
 
 
-def _as_other_user(args):
-    """Runs Python without write access to what this process made (as nobody when root)."""
+def _as_other_user(cases: list[tuple[str, bool]]) -> list[str]:
+    """What each (store, as a study's --store) case says, from one Python without write
+    access to what this process made (as nobody when root)."""
     pre = []
     if os.getuid() == 0:
         pre = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    return subprocess.run(
-        [*pre, sys.executable, "-c", UNWRITABLE, *args],
+    r = subprocess.run(
+        [*pre, sys.executable, "-c", UNWRITABLE, json.dumps(cases)],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines()]
 
 
 def test_an_unwritable_store_with_chunks_missing_is_refused_before_any_work(finished):
@@ -256,19 +263,17 @@ def test_an_unwritable_store_with_chunks_missing_is_refused_before_any_work(fini
         for p in [base, path, *path.rglob("*")]:
             p.chmod(mode[0] if p.is_dir() else mode[1])
         before = _files(path)
-        r = _as_other_user([str(path)])
-        assert r.returncode == 3, r.stderr
-        assert r.stdout.strip().startswith(f"`store` {str(path)!r} cannot be written")
-        assert "2 of its 5 chunks are not computed" in r.stdout
+        # The store, a new store in a folder that cannot be written, and a study's --store
+        # folder that cannot be written (refused on entry): each refused before any work.
+        stored, new, study = _as_other_user(
+            [(str(path), False), (str(base / "new"), False), (str(base), True)]
+        )
+        assert stored.startswith(f"`store` {str(path)!r} cannot be written"), stored
+        assert "2 of its 5 chunks are not computed" in stored
         assert _files(path) == before
-        # A new store in a folder that cannot be written: refused, nothing made.
-        r = _as_other_user([str(base / "new")])
-        assert r.returncode == 3 and "cannot be made" in r.stdout, r.stdout + r.stderr
+        assert "cannot be made" in new, new
         assert not (base / "new").exists()
-        # A study's --store folder that cannot be written: refused on entry.
-        r = _as_other_user([str(base), "stores_in"])
-        assert r.returncode == 3, r.stdout + r.stderr
-        assert r.stdout.strip() == f"`store` {str(base)!r} cannot be written: Permission denied"
+        assert study == f"`store` {str(base)!r} cannot be written: Permission denied"
     finally:
         for p in [base, *base.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
