@@ -4,6 +4,7 @@ every bad, missing or foreign saved file is one line; a linked --out lands in it
 
 import hashlib
 import importlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -164,6 +165,25 @@ def test_a_second_run_into_a_busy_folder_is_refused_in_one_line(tmp_path):
 def _main(out, *args) -> None:
     """Runs the tiny study in this process."""
     TINY["main"](["--out", str(out), *map(str, args)])
+
+
+def test_a_study_that_computes_without_jax_saves_and_draws_without_loading_it(tmp_path):
+    """The tiny study computes with NumPy: its run and its --plot-only load no JAX (and
+    start no backend), so its meta.json names none; the library versions are still there."""
+    out = tmp_path / "run"
+    loaded = TINY_STUDY + "try:\n    main()\nfinally:\n    print('jax' in sys.modules)\n"
+    for args in (["--size", "1000"], ["--plot-only"]):
+        r = subprocess.run(
+            [sys.executable, "-c", loaded, "--out", str(out), *args],
+            cwd=ROOT,
+            env=dict(os.environ, MPLBACKEND="agg"),
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0 and r.stdout.splitlines()[-1] == "False", r.stdout + r.stderr
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["backend"] is None and meta["devices"] == [] and meta["x64"] is None
+    assert meta["versions"]["jax"] == importlib.metadata.version("jax")
 
 
 def test_files_of_a_run_folder_share_one_mode(tmp_path):
