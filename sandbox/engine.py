@@ -58,7 +58,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from sandbox import checkpoints, checks
+from sandbox import checkpoints, checks, results
 
 PyTree = Any
 # Progress bars appear once a map has run this many seconds.
@@ -958,15 +958,8 @@ class _Claims:
             epoch = e + 1
         path = self.folder / f"{c}.{epoch}"
         info = {"owner": self.owner, "host": HOST, "pid": os.getpid(), "lease_s": self.lease_s}
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{c}.")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(info))
-            os.link(tmp, path)
-        except FileExistsError:
+        if not results.create_new(path, json.dumps(info).encode()):
             return False
-        finally:
-            os.unlink(tmp)
         with self._lock:
             self.held[c] = path
             self.since[c] = time.monotonic()

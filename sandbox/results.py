@@ -61,6 +61,24 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
     return path
 
 
+def create_new(path: Path | str, data: bytes) -> bool:
+    """Writes `data` to `path`, whole, unless a file is already there: of processes that race
+    for `path` (on one machine or a shared folder), exactly one makes it. True if this call
+    made it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, FILE_MODE)
+        os.link(tmp, path)  # fails if `path` exists, where a rename would replace it
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
 def write_json(path: Path | str, obj: Any) -> Path:
     text = json.dumps(_jsonable(obj), indent=2, sort_keys=False, allow_nan=True)
     return atomic_write_bytes(path, (text + "\n").encode())

@@ -44,6 +44,17 @@ def test_failed_write_keeps_the_old_file(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["s.json"]
 
 
+def test_create_new_makes_a_file_once_and_keeps_the_first(tmp_path):
+    """Two processes (here, two calls) racing for one lease or sweep.json: the first makes it
+    whole with its data, the second finds it there and changes nothing; no temp file stays."""
+    path = tmp_path / "3.0"
+    assert results.create_new(path, b"first")
+    assert not results.create_new(path, b"second")
+    assert path.read_bytes() == b"first"
+    assert os.stat(path).st_mode & 0o777 == results.FILE_MODE
+    assert [p.name for p in tmp_path.iterdir()] == ["3.0"]
+
+
 def test_unwritable_folder_is_a_one_line_value_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -15,8 +15,6 @@ submitit (Slurm job arrays, or local processes).
 """
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,7 +22,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from sandbox import checks, engine, optim
+from sandbox import checks, engine, optim, results
 from sandbox.sweep import spec as specs
 
 FORMAT = "sandbox.sweep/1"
@@ -82,20 +80,10 @@ def _open(store: Path, spec: dict | None, text: str | None = None) -> dict:
         try:
             store.mkdir(parents=True, exist_ok=True)
             meta = {"format": FORMAT, "versions": _versions(), "spec": spec}
-            fd, tmp = tempfile.mkstemp(dir=store, prefix=".sweep.json.")
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(meta, indent=2) + "\n")
-            try:  # of several jobs starting at once, one makes it, the others compare
-                os.link(tmp, meta_path)
-            except FileExistsError:
-                pass
-            finally:
-                os.unlink(tmp)
+            # Of several jobs starting at once, one makes it; the others compare below.
+            results.create_new(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
             if text is not None and not (store / "spec.toml").exists():
-                fd, tmp = tempfile.mkstemp(dir=store, prefix=".spec.toml.")
-                with os.fdopen(fd, "w") as f:
-                    f.write(text)
-                os.replace(tmp, store / "spec.toml")
+                results.atomic_write_bytes(store / "spec.toml", text.encode())
         except OSError as e:
             raise ValueError(f"{where} cannot be written: {e.strerror or e}") from None
     try:
