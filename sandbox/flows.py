@@ -342,12 +342,6 @@ def _orthonormal(W: Array, scale: Array) -> Array:
     return U * keep[None, :]
 
 
-def _project_out(W: Array, Q: Array) -> Array:
-    for _ in range(2):  # twice is enough (classical Gram-Schmidt)
-        W = W - jnp.matmul(Q, jnp.matmul(Q.T, W, precision=_HIGHEST), precision=_HIGHEST)
-    return W
-
-
 def _block_ritz(mv: Callable, Y0: Array, num_blocks: int) -> tuple[Array, Array]:
     """Rayleigh-Ritz on span{Y0, M Y0, .., M^(q-1) Y0} for symmetric M (mv: [n, b] -> M
     [n, b]), each block orthogonalized against the earlier ones. Returns (theta [q b]
@@ -362,8 +356,8 @@ def _block_ritz(mv: Callable, Y0: Array, num_blocks: int) -> tuple[Array, Array]
         Q, Q_all, W_all = state
         W = mv(Q)
         W_all = lax.dynamic_update_slice(W_all, W, (0, j * b))
-        Q = _orthonormal(_project_out(W, Q_all), jnp.linalg.norm(W, axis=0).max() + 1e-30)
-        Q = _orthonormal(_project_out(Q, Q_all), 1.0)
+        Q = _orthonormal(hessian.project_out(W, Q_all.T), jnp.linalg.norm(W, axis=0).max() + 1e-30)
+        Q = _orthonormal(hessian.project_out(Q, Q_all.T), 1.0)
         more = j + 1 < num_blocks  # after the last block there is nothing to append
         at = jnp.minimum((j + 1) * b, m - b)
         Q_all = jnp.where(more, lax.dynamic_update_slice(Q_all, Q, (0, at)), Q_all)

@@ -190,12 +190,17 @@ def _block(params: PyTree, mask: PyTree | None) -> tuple[int, Array | None]:
     return size, jnp.asarray(mask_np, dtype)
 
 
-def _orthogonalize(w_n: Array, V_mxn: Array) -> Array:
-    """w minus its projection on the rows of V (orthonormal or zero), done twice."""
-    for _ in range(2):  # classical Gram-Schmidt twice: orthogonal to rounding
-        coef_m = jnp.matmul(V_mxn, w_n, precision=_HIGHEST)
-        w_n = w_n - jnp.matmul(coef_m, V_mxn, precision=_HIGHEST)
-    return w_n
+def project_out(w: Array, V_mxn: Array) -> Array:
+    """w minus its projection on the span of the rows of V (orthonormal, or zero rows), done
+    twice: classical Gram-Schmidt twice is orthogonal to rounding. w is a vector [n] (the
+    Lanczos steps) or a block of columns [n, b] (the block eigensolver of `flows`)."""
+    for _ in range(2):
+        coef = jnp.matmul(V_mxn, w, precision=_HIGHEST)  # [m] or [m, b]
+        if w.ndim == 1:
+            w = w - jnp.matmul(coef, V_mxn, precision=_HIGHEST)
+        else:
+            w = w - jnp.matmul(V_mxn.T, coef, precision=_HIGHEST)
+    return w
 
 
 def lanczos(
@@ -269,13 +274,13 @@ def _lanczos_update(m: int, n: int, dtype, tol: float, mask_n: Array | None = No
         scale = jnp.maximum(scale, jnp.linalg.norm(w_n))
         # Removes alpha v_i and beta v_{i-1}, as the three-term recurrence would, and the
         # rounding-error components along all earlier vectors.
-        w_n = _orthogonalize(w_n, V_mxn)
+        w_n = project_out(w_n, V_mxn)
         beta = jnp.linalg.norm(w_n)
 
         def restart(_):
             r_n = jax.random.normal(jax.random.fold_in(restart_key, i), (n,), dtype)
             r_n = r_n if mask_n is None else r_n * mask_n
-            r_n = _orthogonalize(r_n, V_mxn)
+            r_n = project_out(r_n, V_mxn)
             norm = jnp.linalg.norm(r_n)
             return r_n / jnp.where(norm > 0, norm, 1), jnp.zeros((), dtype)
 
