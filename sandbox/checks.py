@@ -1,5 +1,6 @@
 """Argument checks shared by the library: each failure is one ValueError naming the argument."""
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -22,3 +23,16 @@ def positive(name: str, value: Any) -> float:
     if isinstance(value, bool) or not (np.isscalar(value) and np.isfinite(value) and value > 0):
         raise ValueError(f"`{name}` must be a positive finite number, got {value!r}")
     return float(value)
+
+
+def step_size(name: str, value: Any) -> Any:
+    """A learning rate: a concrete one (a number or a 0-d array) as a positive, finite float;
+    a traced one (under jit or vmap) unchanged, for the caller to check."""
+    jax = sys.modules.get("jax")  # without JAX loaded nothing is traced
+    if jax is not None and isinstance(value, jax.core.Tracer):
+        return value
+    if isinstance(value, np.ndarray) or (jax is not None and isinstance(value, jax.Array)):
+        value = value.item() if np.ndim(value) == 0 else value
+    if not isinstance(value, int | float | np.integer | np.floating) or isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}")
+    return positive(name, value)

@@ -177,8 +177,7 @@ def run(
         raise ValueError(f"`flow` must be one of {', '.join(FLOWS)}, got {flow!r}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"`optimizer` must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-    if not isinstance(lr, jax.core.Tracer):
-        lr = checks.positive("lr", _plain(lr))
+    lr = checks.step_size("lr", lr)
     steps = checks.integer("steps", steps, minimum=1, maximum=checks.INT32_MAX)
     n = hessian.dimension(w0, "w0")
     num_eigs = checks.integer("num_eigs", num_eigs, minimum=1, maximum=n)
@@ -206,13 +205,6 @@ def run(
         flat, jnp.asarray(lr, dtype), jnp.asarray(beta2, dtype), jnp.asarray(eps, dtype), key
     )
     return trace._replace(params=unravel(trace.params))
-
-
-def _plain(x: Any) -> Any:
-    """A 0-d array as a Python scalar (for the checks); anything else unchanged."""
-    if isinstance(x, np.ndarray | jax.Array) and np.ndim(x) == 0:
-        return np.asarray(x).item()
-    return x
 
 
 # ----------------------------------------------------------------------------- the cone problem

@@ -129,18 +129,6 @@ def _check_problem(params, data: Data) -> tuple[Array, Array]:
     return w1, w2
 
 
-def _check_lr(name: str, lr) -> None:
-    """A concrete learning rate must be a positive finite scalar (a traced one, under vmap,
-    is the caller's to check)."""
-    if isinstance(lr, jax.core.Tracer):
-        return
-    a = np.asarray(lr)
-    if a.ndim != 0 or not np.issubdtype(a.dtype, np.number) or np.iscomplexobj(a):
-        raise ValueError(f"`{name}` must be a real scalar, got {lr!r}")
-    if not (np.isfinite(a) and a > 0):
-        raise ValueError(f"`{name}` must be a positive finite number, got {lr!r}")
-
-
 def losses(params: mlp.Params, data: Data, lr1: Array, lr2: Array, steps: int) -> Array:
     """Full-batch GD with lr1 on W1 and lr2 on W2; the loss before each update and at the end.
 
@@ -155,8 +143,8 @@ def losses(params: mlp.Params, data: Data, lr1: Array, lr2: Array, steps: int) -
       inf or NaN; `score` handles them.
     """
     params = _check_problem(params, data)
-    _check_lr("lr1", lr1)
-    _check_lr("lr2", lr2)
+    checks.step_size("lr1", lr1)
+    checks.step_size("lr2", lr2)
     checks.integer("steps", steps, minimum=1, maximum=checks.INT32_MAX - 1)
 
     def body(p, _):
@@ -237,8 +225,8 @@ def train(
       A scalar: > 0 trainable, < 0 not (see `score`).
     """
     params = _check_problem(params, data)
-    _check_lr("lr1", lr1)
-    _check_lr("lr2", lr2)
+    checks.step_size("lr1", lr1)
+    checks.step_size("lr2", lr2)
     checks.integer("block", block, minimum=1, maximum=1 << 20)
     checks.integer("steps", steps, minimum=1, maximum=checks.INT32_MAX - block - 1)
     checks.integer("window", window, minimum=1, maximum=steps)

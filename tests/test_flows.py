@@ -327,6 +327,8 @@ def test_program_is_not_unrolled_in_steps():
         (dict(lr=0.0), "`lr`"),
         (dict(lr=-1.0), "`lr`"),
         (dict(lr=float("nan")), "`lr`"),
+        (dict(lr=np.array([0.1, 0.2])), "`lr`"),  # one rate per call (vmap for more)
+        (dict(lr=True), "`lr`"),
         (dict(num_eigs=4), "`num_eigs`"),
         (dict(num_eigs=0), "`num_eigs`"),
         (dict(steps=0), "`steps`"),

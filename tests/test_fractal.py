@@ -220,6 +220,9 @@ def _bad_inputs(params, data):
         (dict(lr2=nan), "`lr2`"),
         (dict(lr2=-0.5), "`lr2`"),
         (dict(lr2=float("inf")), "`lr2`"),
+        (dict(lr1=jnp.array([1.0, 2.0])), "`lr1`"),  # one rate per call (vmap for more)
+        (dict(lr1=1j), "`lr1`"),
+        (dict(lr2=True), "`lr2`"),
         (dict(steps=1.5), "`steps`"),
         (dict(steps=2**40), "`steps`"),
         (dict(steps=0), "`steps`"),
