@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from sandbox import checks, engine, network, surface
+from sandbox import checks, engine, hessian, network, surface
 from sandbox.types import Array, Key, PyTree
 
 # Steps per compiled call of `train_bend` (the progress bar moves once per block).
@@ -72,18 +72,10 @@ def _check_pair(
     structure and shapes with floating-point leaves (and, with `finite`, finite values)."""
     named = {"w1": w1, "w2": w2} if bend is None else {"w1": w1, "w2": w2, "bend": bend}
     for name, tree in named.items():
-        leaves = jax.tree.leaves(tree)
-        if not leaves:
-            raise ValueError(f"`{name}` must be a pytree of parameter arrays, got no leaves")
-        kinds = sorted({str(jnp.result_type(a)) for a in leaves})
-        if not all(jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves):
-            raise ValueError(
-                f"`{name}` must have floating-point leaves (points between networks are not "
-                f"integers), got {', '.join(kinds)}"
-            )
+        hessian.dimension(tree, name)  # floating-point parameters: t is never rounded
         if name != "w1":
             surface.check_like(tree, w1, name)
-        if finite and not all(bool(jnp.all(jnp.isfinite(a))) for a in leaves):
+        if finite and not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(tree)):
             raise ValueError(f"`{name}` must be finite, got NaN or inf in its parameters")
 
 

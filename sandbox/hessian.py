@@ -141,7 +141,8 @@ def dimension(params: PyTree, name: str = "params") -> int:
     if not leaves:
         raise ValueError(f"`{name}` must have at least one leaf, got an empty pytree")
     if not all(jnp.issubdtype(jnp.result_type(x), jnp.floating) for x in leaves):
-        raise ValueError(f"`{name}` must have floating-point leaves only")
+        kinds = ", ".join(sorted({str(jnp.result_type(x)) for x in leaves}))
+        raise ValueError(f"`{name}` must have floating-point leaves only, got {kinds}")
     n = sum(math.prod(jnp.shape(x)) for x in leaves)
     if n == 0:
         raise ValueError(f"`{name}` must have at least one parameter, got 0")
