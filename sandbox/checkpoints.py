@@ -173,12 +173,16 @@ class Checkpoints:
             )
         return meta
 
-    def restore(self, epoch: int, like: dict, identity: dict | None = None) -> dict:
-        """The state saved at `epoch` (structured like `like`), checked against its hash."""
+    def restore(self, epoch: int, like: dict | None, identity: dict | None = None) -> dict:
+        """The state saved at `epoch` (structured like `like`; None: as saved, numpy arrays),
+        checked against its files' digests and its arrays' hash."""
+        return self._restore(epoch, like, identity)[0]
+
+    def _restore(self, epoch: int, like: dict | None, identity: dict | None) -> tuple[dict, dict]:
         ocp = self._ocp
         where = self.folder / str(epoch)
         meta = self.meta(epoch, identity)
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        abstract = None if like is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         try:
             state = self.manager.restore(
                 epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
@@ -190,7 +194,7 @@ class Checkpoints:
                 f"checkpoint {str(where)!r} is corrupt: its arrays do not match their SHA-256; "
                 "delete it to resume from the one before"
             )
-        return state
+        return state, meta
 
     def close(self) -> None:
         self.manager.close()
@@ -214,26 +218,23 @@ def _reason(e: Exception) -> str:
 
 
 def load_checkpoint(folder: Path | str, epoch: int | None = None) -> tuple[dict, dict]:
-    """(state as nested dicts of numpy arrays, meta) of a saved epoch (default the last).
+    """(state as nested dicts of numpy arrays, meta) of a saved epoch (default the last),
+    checked as a resume checks it (its files' digests, its arrays' hash); writes nothing.
 
     For readers that do not have the model at hand (e.g. the landscape study's PCA path).
     """
-    import orbax.checkpoint as ocp
-
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"no checkpoints in {str(folder)!r}")
-    # Not read_only (which logs warnings) but it writes nothing: no save, no cleanup.
-    options = ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False)
-    with ocp.CheckpointManager(folder.resolve(), options=options) as m:
-        epochs = sorted(m.all_steps())
+    ckpts = Checkpoints(folder, read_only=True)
+    try:
+        epochs = ckpts.epochs()
         if not epochs:
             raise ValueError(f"no checkpoints in {str(folder)!r}")
         epoch = epochs[-1] if epoch is None else epoch
         if epoch not in epochs:
             raise ValueError(f"no checkpoint for epoch {epoch} in {str(folder)!r}; have {epochs}")
-        out = m.restore(
-            epoch,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
-        )
-    return jax.device_get(out["state"]), out["meta"]
+        state, meta = ckpts._restore(epoch, None, None)
+    finally:
+        ckpts.close()
+    return jax.device_get(state), meta

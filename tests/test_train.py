@@ -274,6 +274,10 @@ def test_a_corrupt_checkpoint_is_never_loaded_and_never_overwritten(
     with pytest.raises(ValueError, match=r"checkpoint '.*checkpoints/2' is corrupt") as e:
         train.fit(MODEL, tiny, CFG, workdir=tmp_path, progress=False)
     assert "\n" not in str(e.value)
+    # A reader without the model (the landscape study's PCA path) is refused alike.
+    with pytest.raises(ValueError, match=r"checkpoint '.*checkpoints/2' is corrupt") as e:
+        checkpoints.load_checkpoint(tmp_path / "checkpoints", 2)
+    assert "\n" not in str(e.value)
     assert _snapshot(tmp_path / "checkpoints") == before
 
 
