@@ -643,7 +643,7 @@ class _Store:
                 "(a failing disk or another program writing there)"
             )
         marker = {"rows": self.rows(c), "sha256": dict(zip(self.names, sums, strict=True))}
-        _write_atomic(self.path / "done" / str(c), json.dumps(marker).encode())
+        results.atomic_write_bytes(self.path / "done" / str(c), json.dumps(marker).encode())
         self.verified.add(c)
 
     def check(self, chunks) -> dict[int, str]:
@@ -805,18 +805,6 @@ def _names(out_spec: PyTree) -> list[str]:
 
 def _name(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _create(path: Path, meta: dict, out_spec: PyTree) -> None:
