@@ -177,7 +177,12 @@ def _arguments(
         return Annotated[tp, tyro.conf.arg(help=help, **kw), tyro.conf.FlagCreatePairsOff]
 
     fields: list = [
-        ("quick", flag(bool, quick_help), dataclasses.field(default=False)),
+        # Each field's default below is the chosen preset's: `--quick --help` shows its sizes.
+        (
+            "quick",
+            flag(bool, f"{quick_help}; `--quick --help` shows its values"),
+            dataclasses.field(default=False),
+        ),
         ("out", flag(Path | None, "output folder", metavar="DIR"), dataclasses.field(default=None)),
         (
             "plot_only",
@@ -199,7 +204,10 @@ def _arguments(
         fields.append(
             (
                 "scale",
-                flag(Literal["default", "paper"], paper_help),
+                flag(
+                    Literal["default", "paper"],
+                    f"{paper_help}; `--scale paper --help` shows its values",
+                ),
                 dataclasses.field(default="default"),
             )
         )

@@ -91,13 +91,32 @@ def test_every_count_has_an_upper_bound_a_run_can_reach(name):
         assert not _ints_unbounded(tp, b), f"{name}.{f.name} has no upper bound"
 
 
-def _help(name: str, monkeypatch) -> str:
+def _help(name: str, monkeypatch, *argv: str) -> str:
     monkeypatch.setenv("COLUMNS", "200")  # one help line per flag
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as e:
-        importlib.import_module(f"studies.{name}").main(["--help"])
+        importlib.import_module(f"studies.{name}").main([*argv, "--help"])
     assert e.value.code == 0
     return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "argv", "preset"),
+    [
+        ("momentum", (), "Config"),
+        ("momentum", ("--quick",), "QUICK"),
+        ("fractal", ("--scale", "paper"), "PAPER"),
+    ],
+)
+def test_help_shows_the_defaults_of_the_chosen_preset(name, argv, preset, monkeypatch):
+    study = importlib.import_module(f"studies.{name}")
+    cfg = study.Config() if preset == "Config" else getattr(study, preset)
+    field = {"momentum": "rate_num_lrs", "fractal": "grid_n"}[name]
+    assert getattr(cfg, field) != getattr(study.Config() if argv else study.QUICK, field)
+    text = _help(name, monkeypatch, *argv)
+    line = next(ln for ln in text.splitlines() if ln.startswith(f"  {config.flag(field)} "))
+    assert line.rstrip().endswith(f"(default: {getattr(cfg, field)})"), line
+    assert "`--quick --help` shows its values" in text
 
 
 @pytest.mark.parametrize("name", STUDIES)
