@@ -258,6 +258,39 @@ def test_deep_views_switch_to_float64(server):
     assert explore.precision(np.array([[-6, 6], [-6, 6]]), 256, 256, "z") is False
 
 
+def fn_diagonal_wells(x):
+    u, v = x[0] + x[1], x[0] - x[1]  # minima at u = +-1, v = 1; u = 0 splits the basins
+    return (u**2 - 1) ** 2 + (v - 1) ** 2
+
+
+def test_views_near_the_origin_take_the_dtype_of_where_the_runs_go():
+    # Starts 5e-10 apart around (0, 0) move out to x, y ~ 0.5 while u = x + y is still
+    # about 1e-9, under float32's ulp there (6e-8): in float32 every run ends on u = 0,
+    # not converged. The dtype follows the coordinates the runs reach (the bounds, 2).
+    srv = explore.Server(
+        explore.Explorer("tests.test_explore:fn_diagonal_wells", bounds=(-2, 2, -2, 2))
+    )
+    url = srv.start()
+    try:
+        q = "landscape=tests.test_explore:fn_diagonal_wells&lr=0.01&steps=600"
+        box = "x0=-2e-9&x1=2e-9&y0=-2e-9&y1=2e-9&n=8"
+        status, body = get(f"{url}/api/basins?{q}&{box}")
+    finally:
+        srv.stop()
+    assert status == 200
+    labels = np.array(json.loads(body)["labels"])
+    # Row i at y = (i - 3.5) 5e-10, column j at x = (j - 3.5) 5e-10: u has the sign of
+    # i + j - 7, so the runs go to the minimum with u = sign(u), and the diagonal stays.
+    s = explore.load_fn("tests.test_explore:fn_diagonal_wells", (-2, 2, -2, 2))
+    plus = int(np.argmax(s.minima[:, 0] + s.minima[:, 1]))
+    i, j = np.indices((8, 8))
+    expected = np.where(i + j > 7, plus, 1 - plus)
+    expected[i + j == 7] = -1
+    np.testing.assert_array_equal(labels, expected)
+    assert explore.precision(np.array([[-2e-9, 2e-9]] * 2), 8, 8, "x0") is False
+    assert explore.precision(np.array([[-2e-9, 2e-9]] * 2), 8, 8, "x0", reach=2.0) is True
+
+
 def test_path_is_the_recorded_run_from_that_start(server):
     url, _ = server
     status, body = get(f"{url}/api/path?landscape=himmelblau&lr=0.01&steps=200&x=0.5&y=-0.5")
@@ -525,6 +558,32 @@ def test_fn_finds_the_minima_of_a_user_function():
     s = explore.load_fn("tests.test_explore:fn_two_wells", (-2, 2, -2, 2))
     np.testing.assert_allclose(s.minima[np.argsort(s.minima[:, 0])], [[-1, 0], [1, 0]], atol=1e-9)
     assert s.f_min == pytest.approx(0, abs=1e-12)
+
+
+def test_an_fn_surfaces_cache_version_covers_its_module_and_bounds(tmp_path, monkeypatch):
+    # Disk tiles outlive the server: they must not be served for other bounds, or for the
+    # same function over another value of a module constant.
+    monkeypatch.syspath_prepend(tmp_path)
+    body = "def f(x):\n    return (x[0] ** 2 - A) ** 2 + x[1] ** 2\n"
+    for name, a in (("fn_version_a", 1.0), ("fn_version_b", 4.0)):
+        (tmp_path / f"{name}.py").write_text(f"A = {a}\n\n\n{body}")
+    a = explore.load_fn("fn_version_a:f", (-3, 3, -3, 3))
+    assert explore.load_fn("fn_version_a:f", (-3, 3, -3, 3)).version == a.version
+    assert explore.load_fn("fn_version_a:f", (-2, 2, -2, 2)).version != a.version
+    assert explore.load_fn("fn_version_b:f", (-3, 3, -3, 3)).version != a.version
+
+
+def test_the_browser_keeps_a_tile_only_under_the_servers_version(server):
+    url, ex = server
+    tile = f"{url}/tile/0/0/0.png?lr=0.01&steps=40"
+
+    def cache_control(u: str) -> str:
+        with urllib.request.urlopen(u, timeout=120) as r:
+            return r.headers["Cache-Control"]
+
+    assert cache_control(f"{tile}&v={ex.tiles_version}") == "public, max-age=86400"
+    assert cache_control(f"{tile}&v=0123456789abcdef") == "no-store"
+    assert cache_control(tile) == "no-store"
 
 
 @pytest.mark.parametrize(

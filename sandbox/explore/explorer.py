@@ -54,6 +54,11 @@ class Surface:
     f_min: float
     version: str  # part of every cache key: the function's source digest
 
+    @property
+    def reach(self) -> float:
+        """The largest coordinate of the bounds: the scale a descent's iterates reach."""
+        return float(np.max(np.abs(self.bounds)))
+
     def info(self) -> dict:
         return {
             "name": self.name,
@@ -94,20 +99,24 @@ def load_fn(spec: str, bounds: Sequence[float] = (-5.0, 5.0, -5.0, 5.0)) -> Surf
     if not sep or not module or not attr:
         raise ValueError(f"`--fn` must be MODULE:FUNCTION, got {spec!r}")
     try:
-        obj = getattr(importlib.import_module(module), attr)
+        mod = importlib.import_module(module)
+        obj = getattr(mod, attr)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"`--fn` {spec!r} cannot be imported ({e})") from None
+    # Disk tiles are reused across restarts while the key holds: the whole module's source
+    # (its constants and helpers too, not what it imports from elsewhere) and the bounds.
+    b = np.asarray(bounds, np.float64).reshape(2, 2)
     try:
-        version = hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
+        source = inspect.getsource(mod)
     except (OSError, TypeError):
-        version = str(time.time())  # no source: never reuse a disk tile across restarts
+        source = str(time.time())  # no source: never reuse a disk tile across restarts
+    version = hashlib.sha256(f"{source}\n{spec}\n{b.tolist()!r}".encode()).hexdigest()[:16]
     if isinstance(obj, landscapes.Landscape):
         if obj.dim != 2:
             raise ValueError(f"`--fn` must be a 2-D landscape, got {obj.dim}-D")
         return dataclasses.replace(_surface(obj, version), name=spec)
     if not callable(obj):
         raise ValueError(f"`--fn` {spec!r} must be a function of x [2] or a Landscape")
-    b = np.asarray(bounds, np.float64).reshape(2, 2)
     if not np.all(np.isfinite(b)) or not np.all(b[:, 0] < b[:, 1]):
         raise ValueError(f"`--bounds` must be x_lo < x_hi, y_lo < y_hi, got {list(bounds)}")
     sweep._check_fn(obj, 2, np.float32)  # one line if it is not a scalar function of x [2]
@@ -189,6 +198,11 @@ class Explorer:
                 s = load_fn(name, np.ravel(self.stored.spec["bounds"]))
                 self.surfaces[name] = s
         self.infos = [s.info() for s in self.surfaces.values()]  # (imports matplotlib now)
+        # The page puts this in every tile URL (`v`): a browser keeps a tile for a day only
+        # under the URL of the code and surfaces that drew it.
+        self.tiles_version = hashlib.sha256(
+            "|".join([self.version, *(s.version for s in self.surfaces.values())]).encode()
+        ).hexdigest()[:16]
         self.memory = caches.MemoryCache(memory_bytes)
         self.disk = caches.DiskCache(Path(cache_dir), disk_bytes) if cache_dir else None
         # Tiles of queued requests run together in one sweep.descend call, at most this
@@ -243,7 +257,7 @@ class Explorer:
         """A job that labels an nx x ny grid over `box` and renders it as `out` ("json",
         "png"); tiles and views of the same settings and dtype are batched."""
         s = self.surfaces[d.surface]
-        x64 = tiles.precision(box, nx, ny, "z" if out == "png" else "x0")
+        x64 = tiles.precision(box, nx, ny, "z" if out == "png" else "x0", s.reach)
         starts = tiles.centres(box, nx, ny, x64)
         return jobs.Job(
             key,
@@ -363,7 +377,7 @@ class Explorer:
         b, n = s.bounds, 2**z
         tx = int(np.clip((x - b[0, 0]) / (b[0, 1] - b[0, 0]) * n, 0, n - 1))
         ty = int(np.clip((b[1, 1] - y) / (b[1, 1] - b[1, 0]) * n, 0, n - 1))
-        x64 = tiles.precision(tiles.tile_box(b, z, tx, ty), tiles.TILE, tiles.TILE, "z")
+        x64 = tiles.precision(tiles.tile_box(b, z, tx, ty), tiles.TILE, tiles.TILE, "z", s.reach)
         every = max(1, d.steps // 500)
 
         def run(js: list[jobs.Job]) -> None:

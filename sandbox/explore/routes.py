@@ -25,11 +25,17 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=NO_STORE)
 
 
-async def answer(request, make, media: str, keep: bool, worker: jobs.Worker) -> Response:
+def tile_headers(ex, q: dict) -> dict:
+    """A tile is kept by the browser (a day) only under a URL whose `v` is the server's
+    `tiles_version` (the page adds it): a tile of other code or surfaces is never reused."""
+    return KEEP if q.pop("v", None) == ex.tiles_version else NO_STORE
+
+
+async def answer(request, make, media: str, headers: dict | None, worker: jobs.Worker) -> Response:
     """Waits for the job `make()` builds (shared with identical requests) off the event
     loop; a client that goes away stops waiting, so a job nobody wants is not computed (or
     stops at its next block). A shared job cancelled just as this request joined it is
-    submitted again."""
+    submitted again. The answer carries `headers` (default: no-store)."""
     while True:
         job = worker.submit(make())
         fut = asyncio.wrap_future(job.future)
@@ -46,7 +52,7 @@ async def answer(request, make, media: str, keep: bool, worker: jobs.Worker) -> 
             raise
         if not fut.cancelled():
             break
-    return Response(fut.result(), media_type=media, headers=KEEP if keep else NO_STORE)
+    return Response(fut.result(), media_type=media, headers=headers or NO_STORE)
 
 
 def guarded(handler):
@@ -101,6 +107,7 @@ async def config(request, ex, q):
             },
             "maps": maps,
             "sweep": ex.stored.info() if ex.stored is not None else None,
+            "tiles_version": ex.tiles_version,
         }
     )
 
@@ -133,10 +140,11 @@ async def basins_(request, ex, q):
     # After the tiles in the queue: the map comes first, the numbers of the view next.
     prio = float(TILE * TILE + n * n)
     make = lambda: ex.basin_job(d, box, n, n, "json", key, prio)  # noqa: E731
-    return await answer(request, make, "application/json", False, ex.worker)
+    return await answer(request, make, "application/json", None, ex.worker)
 
 
 async def tile(request, ex, q):
+    headers = tile_headers(ex, q)
     d = params.descent(q, ex.surfaces, set())
     s = ex.surfaces[d.surface]
     p = request.path_params
@@ -144,10 +152,10 @@ async def tile(request, ex, q):
     key = f"tile|{ex.version}|{s.version}|{d.key()}|{z}/{x}/{y}"
     hit = ex.cached(key)
     if hit is not None:
-        return Response(hit, media_type="image/png", headers=KEEP)
+        return Response(hit, media_type="image/png", headers=headers)
     box = tiles.tile_box(s.bounds, z, x, y)
     make = lambda: ex.basin_job(d, box, TILE, TILE, "png", key, float(TILE * TILE))  # noqa: E731
-    return await answer(request, make, "image/png", True, ex.worker)
+    return await answer(request, make, "image/png", headers, ex.worker)
 
 
 async def view(request, ex, q):
@@ -157,7 +165,7 @@ async def view(request, ex, q):
     h = params.integer(q, "h", 512, 1, params.VIEW_MAX)
     key = f"view|{ex.version}|{d.key()}|{box.tolist()!r}|{w}x{h}"
     make = lambda: ex.basin_job(d, box, w, h, "png", key, float(w * h))  # noqa: E731
-    return await answer(request, make, "image/png", False, ex.worker)
+    return await answer(request, make, "image/png", None, ex.worker)
 
 
 async def path(request, ex, q):
@@ -166,7 +174,7 @@ async def path(request, ex, q):
     z = params.integer(q, "z", 0, 0, tiles.max_zoom(ex.surfaces[d.surface].bounds))
     key = f"path|{ex.version}|{d.key()}|{x!r},{y!r},{z}"
     make = lambda: ex.path_job(d, x, y, z, key)  # noqa: E731
-    return await answer(request, make, "application/json", False, ex.worker)
+    return await answer(request, make, "application/json", None, ex.worker)
 
 
 async def trainability(request, ex, q):
@@ -178,10 +186,11 @@ async def trainability(request, ex, q):
     key = f"train|{ex.version}|{t.key()}|{box.tolist()!r}|{n}"
     names = ("x0", "x1", "y0", "y1")
     make = lambda: ex.train_job(t, box, n, n, "json", key, float(n * n), names)  # noqa: E731
-    return await answer(request, make, "application/json", False, ex.train_worker)
+    return await answer(request, make, "application/json", None, ex.train_worker)
 
 
 async def train_tile(request, ex, q):
+    headers = tile_headers(ex, q)
     p = request.path_params
     t = params.training(q, p["map"], {"px"})
     bounds = PHASES[t.phase][1]
@@ -192,11 +201,11 @@ async def train_tile(request, ex, q):
     key = f"ttile|{ex.version}|{t.key()}|{px}|{z}/{x}/{y}"
     hit = ex.cached(key)
     if hit is not None:
-        return Response(hit, media_type="image/png", headers=KEEP)
+        return Response(hit, media_type="image/png", headers=headers)
     box = tiles.tile_box(bounds, z, x, y)
     names = ("z",) * 4
     make = lambda: ex.train_job(t, box, px, px, "png", key, float(px * px), names)  # noqa: E731
-    return await answer(request, make, "image/png", True, ex.train_worker)
+    return await answer(request, make, "image/png", headers, ex.train_worker)
 
 
 async def index(request):

@@ -16,15 +16,17 @@ STEPS_SPECIAL = (40, 40, 40)  # colour=steps: runs that never reached tol
 LOSS_SPECIAL = (0, 0, 0)  # colour=loss: diverged runs
 
 
-def precision(box: np.ndarray, nx: int, ny: int, what: str) -> bool:
+def precision(box: np.ndarray, nx: int, ny: int, what: str, reach: float = 0.0) -> bool:
     """Whether an nx x ny grid over `box` needs float64 (False: float32 resolves it).
 
     A grid resolves in a dtype when its pixel spacing is at least RESOLVE_ULPS ulps of the
-    largest coordinate of the box; a grid float64 does not resolve is a BadRequest naming
-    `what` (the zoom, or the bounds).
+    largest coordinate the computation holds: the box's, or `reach` (for descents, the
+    largest coordinate of the surface's bounds: starts near the origin move out to O(1)
+    iterates, where float32 no longer tells neighbouring starts apart). A grid float64 does
+    not resolve is a BadRequest naming `what` (the zoom, or the bounds).
     """
     spacing = min((box[0, 1] - box[0, 0]) / nx, (box[1, 1] - box[1, 0]) / ny)
-    scale = max(float(np.max(np.abs(box))), 1e-300)
+    scale = max(float(np.max(np.abs(box))), reach, 1e-300)
     if spacing >= RESOLVE_ULPS * np.finfo(np.float32).eps * scale:
         return False
     if spacing >= RESOLVE_ULPS * np.finfo(np.float64).eps * scale:

@@ -165,6 +165,8 @@ function newMap() {
 
 function tileLayer(url, coarse, minZoom) {
   const w = world();
+  // The server's version of its code and surfaces: a tile the browser keeps is one they drew.
+  url += "&v=" + state.config.tiles_version;
   const layer = L.tileLayer(url, { tileSize: 256, noWrap: true, maxZoom: maxZoom(), minZoom: minZoom || 0,
     bounds: L.latLngBounds([[w[1][0], w[0][0]], [w[1][1], w[0][1]]]) });
   layer.coarse = coarse;
