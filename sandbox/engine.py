@@ -13,20 +13,20 @@ runs, loss-surface grid points and the fractal's learning-rate grid all go throu
 - Results are bitwise independent of the chunk size and of the device count: every item goes
   through the same vectorized loop body (per-device shares are multiples of `lane`, and of
   `batch` above it).
-- `store=PATH`: every finished chunk is written to a zarr group at PATH as soon as it is back
-  on the host, read back, and marked done by a marker holding the checksums of its bytes
-  (one atomic rename). The store records a digest of everything that determines the results
-  (the jaxpr of `one` with its constants, the items, the shared inputs, the outputs' shapes,
-  and what the caller adds) and the layout (device count and platform, lane, batch); called
-  again with the same arguments, `map_chunks` computes only the chunks not done and returns
-  arrays bitwise equal to an uninterrupted run. Every chunk is checked against its checksums
-  before it is returned: a missing, swapped, truncated or garbled chunk, or a marker without
-  its data, is computed again (one line on stderr says which). A store of another
-  computation or layout, a damaged engine.json or zarr metadata, a file, or a store that
-  cannot be written while chunks are missing is refused with one ValueError naming the store
-  and what is wrong, before any work, and left untouched. With `lazy=True` the outputs come
-  back as zarr arrays read on demand, so a map larger than memory never holds all its
-  results at once.
+- `store=PATH`: every finished chunk is written to a zarr group at PATH as soon as it is back on the
+  host, read back, and marked done by a marker holding the checksums of its bytes, salted with the
+  store's identity and the chunk's index (one atomic rename). The store records a digest of
+  everything that determines the results (the jaxpr of `one` with its constants, the items, the
+  shared inputs, the outputs' shapes, and what the caller adds) and the layout (device count and
+  platform, lane, batch); called again with the same arguments, `map_chunks` computes only the
+  chunks not done and returns arrays bitwise equal to an uninterrupted run. Every chunk is checked
+  against its checksums before it is returned: a missing, swapped, truncated or garbled chunk, or a
+  marker without its data (a chunk swapped with its marker, or copied in from another store,
+  included), is computed again (one line on stderr says which). A store of another computation or
+  layout, a damaged engine.json or zarr metadata, a file, or a store that cannot be written while
+  chunks are missing is refused with one ValueError naming the store and what is wrong, before any
+  work, and left untouched. With `lazy=True` the outputs come back as zarr arrays read on demand, so
+  a map larger than memory never holds all its results at once.
 - Any number of jobs (processes, on any hosts sharing the folder) may run the same
   `map_chunks(..., store=SHARED_PATH)` at once: each claims chunks by leases (`_Claims`),
   computes and marks them, and takes over the chunks of a job whose lease expired (`lease`
@@ -73,7 +73,7 @@ LEASE_S = 60.0
 # A lease is renewed for at most this many lease lengths: a job hung inside one chunk (alive,
 # its renewal thread still running) does not hold that chunk from the others forever.
 RENEW_MAX = 100
-STORE_FORMAT = "sandbox.engine/2"
+STORE_FORMAT = "sandbox.engine/3"  # 3: markers' checksums salted with store and chunk
 
 
 def map_chunks(
@@ -481,12 +481,12 @@ def _layout(devices: list, lane: int, batch: int | None) -> dict:
     }
 
 
-def _checksums(outputs: list[np.ndarray]) -> list[str]:
-    """SHA-256 (first 32 hex digits) of each array's dtype, shape and bytes."""
+def _checksums(outputs: list[np.ndarray], salt: str) -> list[str]:
+    """SHA-256 (first 32 hex digits) of `salt` and each array's dtype, shape and bytes."""
     sums = []
     for a in outputs:
         a = np.ascontiguousarray(a)
-        h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+        h = hashlib.sha256(f"{salt}|{a.dtype.str}{a.shape}".encode())
         h.update(memoryview(a).cast("B"))
         sums.append(h.hexdigest()[:32])
     return sums
@@ -507,6 +507,14 @@ class _Store:
         self.names = _names(out_spec)
         self.verified: set[int] = set()  # chunks whose bytes matched their marker
         self._group = None
+        # Checksums hash what the chunk is, not only its bytes: a chunk swapped together with
+        # its marker, or copied in from a store of other inputs, fails its check.
+        what = {k: meta[k] for k in ("identity", "layout", "n", "chunk")}
+        self._salt = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+    def checksums(self, c: int, arrays: list[np.ndarray]) -> list[str]:
+        """The checksums of chunk c's arrays, as its marker holds them."""
+        return _checksums(arrays, f"{self._salt}|chunk {c}")
 
     @classmethod
     def open(cls, path, parts, out_spec, n, chunk, layout) -> "_Store":
@@ -636,8 +644,8 @@ class _Store:
         except OSError as e:  # a full disk: the command line names the store (cli.command)
             e.filename = e.filename or str(self.path)
             raise
-        sums = _checksums(arrays)
-        if _checksums(self.read_chunk(c)) != sums:
+        sums = self.checksums(c, arrays)
+        if self.checksums(c, self.read_chunk(c)) != sums:
             raise ValueError(
                 f"`store` {str(self.path)!r}: chunk {c} does not read back as it was written "
                 "(a failing disk or another program writing there)"
@@ -666,7 +674,7 @@ class _Store:
             try:
                 if g is None:
                     g = _open_read(self.path)
-                got = _checksums(self.read_chunk(c, g))
+                got = self.checksums(c, self.read_chunk(c, g))
             except Exception as e:  # a truncated or garbled chunk fails to decode
                 bad[c] = f"its data cannot be read ({type(e).__name__})"
                 continue

@@ -98,6 +98,20 @@ def _damage_swapped(path):
     shutil.copyfile(_chunk_file(path, "x", 1), _chunk_file(path, "x", 3))
 
 
+def _damage_swapped_with_markers(path):
+    # Chunks 1 and 3 trade places, their markers with them: each marker matches the bytes
+    # beside it, but not the place they are in.
+    for name in ("x", "pair"):
+        a, b = _chunk_file(path, name, 1), _chunk_file(path, name, 3)
+        data = a.read_bytes()
+        a.write_bytes(b.read_bytes())
+        b.write_bytes(data)
+    done = path / "done"
+    (done / "1").rename(done / "tmp")
+    (done / "3").rename(done / "1")
+    (done / "tmp").rename(done / "3")
+
+
 def _damage_truncated(path):
     f = _chunk_file(path, "x", 3)
     f.write_bytes(f.read_bytes()[:-5])
@@ -125,11 +139,15 @@ def _damage_forged(path):
     [
         (_damage_deleted, "chunk 3 (its bytes do not match its checksum (x))"),
         (_damage_swapped, "chunk 3 (its bytes do not match its checksum (x))"),
+        (
+            _damage_swapped_with_markers,
+            "chunk 1 (its bytes do not match its checksum (pair, x)) and 1 more",
+        ),
         (_damage_truncated, "chunk 3 (its data cannot be read"),
         (_damage_garbled, "chunk 3 (its "),  # undecodable, or decoded to other bytes
         (_damage_forged, "chunk 3 (its done marker holds no valid checksums) and 1 more"),
     ],
-    ids=["deleted", "swapped", "truncated", "garbled", "forged"],
+    ids=["deleted", "swapped", "swapped-with-markers", "truncated", "garbled", "forged"],
 )
 def test_a_damaged_chunk_is_found_and_computed_again(
     finished, reference, tmp_path, capsys, damage, says
