@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from sandbox import engine, landscapes, sweep
+from sandbox.sweep import jobs as sweep_jobs
 from sandbox.sweep import spec as specs
 
 ROOT = Path(__file__).parents[1]
@@ -358,6 +360,9 @@ def _with(path, value):
         ("axes", KeyError, r"spec key `hyper.lr` \(or `axes.lr`\) is missing"),
         ("hyper.lr", 0.1, r"spec key `axes.lr` is also in \[hyper\]"),
         ("hyper.eps", "x", r"spec key `hyper.eps` must be a finite number"),
+        # Values the float32 runs would hold as 0 or inf.
+        ("axes.lr", {"values": [1e-50]}, r"spec key `axes.lr` must be 0 or a number of mag"),
+        ("axes.lr", {"values": [1e39]}, r"spec key `axes.lr` must be 0 or a number of magni"),
         ("starts.grid", [65536, 65536], r"spec `\[starts\]` x `\[axes\]` make \d+ runs; at most"),
     ],
 )
@@ -368,6 +373,51 @@ def test_each_spec_error_is_one_line_naming_the_key(path, value, match):
     with pytest.raises(ValueError, match=match) as e:
         specs.check(raw)
     assert "\n" not in str(e.value)
+
+
+def test_an_integer_hyperparameter_beyond_int32_is_refused_naming_the_key():
+    raw = {**GOOD, "optimizer": "noisy_sgd", "hyper": {"eta": 0.1, "seed": 3_000_000_000}}
+    with pytest.raises(ValueError, match=r"`hyper.seed` must be an integer in \[-2147483648, "):
+        specs.check(raw)
+    raw = {**GOOD, "optimizer": "noisy_sgd", "hyper": {"eta": 0.1}}
+    raw["axes"] = {**GOOD["axes"], "seed": {"values": [0, 2**31]}}
+    with pytest.raises(ValueError, match=r"`axes.seed` must be an integer in \[-2147483648, "):
+        specs.check(raw)
+
+
+def test_workers_making_a_new_store_at_once_all_open_it(tmp_path):
+    # Each worker finds no sweep.json, then lists the folder while the others write theirs
+    # (hidden temporary files, then sweep.json and runs/): none may take it for a foreign
+    # folder. 20 new stores, 8 workers each.
+    spec_path = _spec(tmp_path, steps=100)
+    spec, text = specs.read(spec_path), spec_path.read_text()
+    refused = []
+
+    def open_(store, barrier):
+        barrier.wait()
+        try:
+            sweep_jobs._open(store, spec, text)
+        except ValueError as e:
+            refused.append(str(e))
+
+    for i in range(20):
+        barrier = threading.Barrier(8)
+        workers = [
+            threading.Thread(target=open_, args=(tmp_path / f"s{i}", barrier)) for _ in range(8)
+        ]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    assert refused == []
+    # A job killed while writing sweep.json leaves a hidden temporary file: still a new store.
+    (tmp_path / "killed").mkdir()
+    (tmp_path / "killed" / ".sweep.json.abc.tmp").write_text("{")
+    assert sweep_jobs._open(tmp_path / "killed", spec, text)["spec"] == spec
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is a folder that is not a sweep store"):
+        sweep_jobs._open(tmp_path / "mine", spec, text)
 
 
 def test_a_spec_error_on_the_command_line_is_one_line_and_status_2(tmp_path, capsys):

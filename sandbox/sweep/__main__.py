@@ -11,7 +11,7 @@ from sandbox import cli
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(  # usage errors: one line, exit status 2 (its subcommands' too)
         prog="python -m sandbox.sweep",
         description="Sweeps as jobs: a TOML spec computed into a store by any number of workers.",
     )
@@ -40,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str] | None = None) -> None:
-    args = parser().parse_args(argv)  # usage errors: argparse's usage line and exit 2
+    args = parser().parse_args(argv)
     from sandbox import sweep
 
     lease = getattr(args, "lease", None)
@@ -48,6 +48,10 @@ def _main(argv: Sequence[str] | None = None) -> None:
         raise ValueError(f"`--lease` must be a number of seconds in (0, 1e6), got {lease}")
     if getattr(args, "workers", 1) < 1:
         raise ValueError(f"`--workers` must be an integer >= 1, got {args.workers}")
+    if getattr(args, "timeout_min", 1) < 1:
+        raise ValueError(f"`--timeout-min` must be an integer >= 1, got {args.timeout_min}")
+    if getattr(args, "gpus_per_worker", 0) < 0:
+        raise ValueError(f"`--gpus-per-worker` must be an integer >= 0, got {args.gpus_per_worker}")
     if args.command == "run":
         r = sweep.run(args.spec, args.store, lease=args.lease, progress=not args.no_progress)
         print(f"sweep: {len(r.x)} runs in {args.store}")

@@ -75,7 +75,12 @@ def _open(store: Path, spec: dict | None, text: str | None = None) -> dict:
         raise ValueError(f"{where} does not exist")
     meta_path = store / "sweep.json"
     if spec is not None and not meta_path.exists():
-        if store.exists() and any(p.name != "spec.toml" for p in store.iterdir()):
+        # Hidden files are other jobs' sweep.json or spec.toml being written (or left by a
+        # job killed meanwhile); anything else is refused unless a job made the store since.
+        foreign = store.exists() and any(
+            p.name != "spec.toml" and not p.name.startswith(".") for p in store.iterdir()
+        )
+        if foreign and not meta_path.exists():
             raise ValueError(f"{where} is a folder that is not a sweep store (no sweep.json)")
         try:
             store.mkdir(parents=True, exist_ok=True)

@@ -208,19 +208,38 @@ def check(raw: dict) -> dict:
             )
     if "lr" not in names:
         raise ValueError("spec key `hyper.lr` (or `axes.lr`) is missing: the learning rate")
-    for k in names:  # each value in its hyperparameter's range
+    for k in names:  # each value in its hyperparameter's range, as the runs will hold it
+        where = "axes" if k in spec["axes"] else "hyper"
         for v in spec["axes"].get(k, [spec["hyper"].get(k)]):
             try:
                 optim.check_scalar(k, np.float64(v))
             except ValueError as e:
-                where = "axes" if k in spec["axes"] else "hyper"
                 raise ValueError(f"spec key `{where}.{k}`: {e}") from None
+            _held(f"{where}.{k}", v, np.int32 if k in optim.INTEGER_HYPERS else spec["dtype"])
     if num * combinations(spec) > MAX_RUNS:
         raise ValueError(
             f"spec `[starts]` x `[axes]` make {num * combinations(spec)} runs; at most "
             f"{MAX_RUNS} fit one sweep"
         )
     return spec
+
+
+def _held(key: str, v: float, dtype) -> None:
+    """A value the runs hold in `dtype` as given: not overflowed, not subnormal (XLA flushes
+    those to zero), and an integer within int32 (checked before a store is made)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "i":
+        info = np.iinfo(dtype)
+        if not info.min <= v <= info.max:
+            raise _err(key, f"an integer in [{info.min}, {info.max}] ({dtype})", v)
+        return
+    info = np.finfo(dtype)
+    with np.errstate(over="ignore"):
+        held = abs(float(np.asarray(v, np.float64).astype(dtype)))
+    if not (held == 0 == v or info.tiny <= held <= info.max):
+        raise _err(
+            key, f"0 or a number of magnitude {info.tiny:.3g} to {info.max:.3g} ({dtype})", v
+        )
 
 
 def _hyper_value(key, v):
