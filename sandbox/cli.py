@@ -376,10 +376,11 @@ def _stores_in(root: str | None):
 
 
 def command(main: Callable[[Sequence[str] | None], Any]) -> Callable:
-    """Wraps a study's `main`: every CPU core in use (`devices.use_all_cores`); bad input and
-    a full disk become one line on stderr and exit status 2; a Ctrl-C becomes one line saying
-    what became of the run folder ("interrupted; results/NAME unchanged" or "... landed
-    whole", never a mix: `results.RunFolder`) and exit status 130."""
+    """Wraps a study's `main`: every CPU core in use (`devices.use_all_cores`); bad input, a
+    path this user may not access and a full disk become one line on stderr and exit status
+    2; a Ctrl-C becomes one line saying what became of the run folder ("interrupted;
+    results/NAME unchanged" or "... landed whole", never a mix: `results.RunFolder`) and exit
+    status 130."""
 
     def wrapped(argv: Sequence[str] | None = None):
         from sandbox import devices
@@ -393,6 +394,9 @@ def command(main: Callable[[Sequence[str] | None], Any]) -> Callable:
                 interrupted.append(True)
             except ValueError as e:
                 print(f"error: {e}", file=sys.stderr)
+                raise SystemExit(2) from None
+            except PermissionError as e:  # a folder given that this user may not read or write
+                print(f"error: {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
                 raise SystemExit(2) from None
             except OSError as e:  # a full disk outside a run folder (a run folder says itself)
                 if e.errno not in results.DISK_FULL:

@@ -196,8 +196,14 @@ def _run_stored(one, items, shared, store_: "_Store", batch, finish, lease_s, ba
                     # seen to stop changing from the start), and expired ones come first.
                     stale = claims.stale(current, done)
                     free = [c for c in order if c not in current and c not in done]
-                    for c in [*sorted(stale), *free]:
-                        if c in claims.held or not claims.claim(c, current, stale):
+                    open_ = [c for c in [*sorted(stale), *free] if c not in claims.held]
+                    if claims.held and len(open_) < 2:
+                        # The next chunk while ours is still computing: not the last one
+                        # open, which another job may be idle for. Ours first, then ask.
+                        yield None
+                        continue
+                    for c in open_:
+                        if not claims.claim(c, current, stale):
                             continue
                         if store_.is_done(c):  # finished by another job since the listing
                             claims.release(c)
@@ -295,9 +301,10 @@ def _count(items: PyTree) -> int:
 
 
 def _run(one, items, shared, chunks, chunk, n, batch, finish, stored, progress_bar) -> dict:
-    """Computes the chunks `chunks` (any iterable, consumed one at a time), the next
-    dispatched while the last is copied back; each is finished, then handed to
-    `stored(c, outputs)` (or kept: the returned {chunk index: outputs})."""
+    """Computes the chunks `chunks` (any iterable, consumed one at a time; None: none to
+    dispatch before the last one is finished), the next dispatched while the last is copied
+    back; each is finished, then handed to `stored(c, outputs)` (or kept: the returned
+    {chunk index: outputs})."""
     devices = jax.local_devices()
     pieces = {}
     runner = _runner(one, len(devices), batch)
@@ -305,10 +312,11 @@ def _run(one, items, shared, chunks, chunk, n, batch, finish, stored, progress_b
     shared_dev = jax.device_put(shared, NamedSharding(_mesh(tuple(devices)), P()))
     pending = None
     todo = iter(chunks)
+    end = object()
     while True:
-        c = next(todo, None)
+        c = next(todo, end)
         out = None
-        if c is not None:
+        if c is not end and c is not None:
             part = jax.device_put(_chunk_of(items, c, chunk, n), sharding)
             out = runner(part, shared_dev)
         if pending is not None:  # copy back the last chunk while this one runs
@@ -323,9 +331,9 @@ def _run(one, items, shared, chunks, chunk, n, batch, finish, stored, progress_b
             else:
                 pieces[pc] = host
             progress_bar.update(_rows(pc, chunk, n))
-        if c is None:
+        if c is end:
             return pieces
-        pending = (c, out)
+        pending = None if c is None else (c, out)
 
 
 def bar(iterable, *, desc: str, unit: str = "cell", total: int | None = None):
@@ -821,7 +829,10 @@ def _create(path: Path, meta: dict, out_spec: PyTree) -> None:
     import zarr
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    # The umask's mode, as the store's other folders (mkdtemp's 0700 would keep the other
+    # users of a shared folder out of it).
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}"
+    tmp.mkdir()
     try:
         g = zarr.open_group(tmp / "arrays.zarr", mode="w")
         for name, spec in zip(_names(out_spec), jax.tree.leaves(out_spec), strict=True):

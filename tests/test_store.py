@@ -298,6 +298,16 @@ def test_an_unwritable_store_with_chunks_missing_is_refused_before_any_work(fini
         shutil.rmtree(base)
 
 
+def test_a_new_store_has_the_umasks_modes_for_other_users_of_a_shared_folder(tmp_path):
+    old = os.umask(0o022)
+    try:
+        _map(tmp_path / "store")
+    finally:
+        os.umask(old)
+    folders = [tmp_path / "store", *(p for p in (tmp_path / "store").rglob("*") if p.is_dir())]
+    assert {oct(p.stat().st_mode & 0o777) for p in folders} == {"0o755"}
+
+
 # ----------------------------------------------------------------------------- outputs
 
 
@@ -412,6 +422,24 @@ def test_a_live_lease_is_respected_and_an_expired_one_taken_over(tmp_path, monke
         with engine._Claims(store, lease_s=0.3) as other:
             assert not other.claim(2, other.current())
     assert sorted(p.name for p in (store.path / "leases").iterdir()) == ["1.0"]
+
+
+def test_a_job_leaves_the_last_open_chunk_to_others_while_its_own_computes(
+    tmp_path, monkeypatch, reference
+):
+    # A job dispatches its next chunk while the last one is copied back, but not the last
+    # chunk open: another job may be idle for it. 5 chunks, one job: while chunk c is being
+    # written, the job holds a lease on c and on c + 1, except on the last two.
+    held = {}
+    write = engine._Store.write
+
+    def watched(self, c, outputs):
+        held[c] = sorted(lease["chunk"] for lease in engine.leases(self.path))
+        write(self, c, outputs)
+
+    monkeypatch.setattr(engine._Store, "write", watched)
+    _same(_map(tmp_path / "store"), reference)
+    assert held == {0: [0, 1], 1: [1, 2], 2: [2, 3], 3: [3], 4: [4]}
 
 
 def test_a_lease_of_another_host_expires_when_it_stops_changing(tmp_path, monkeypatch):
