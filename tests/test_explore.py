@@ -656,17 +656,32 @@ def test_trainability_defaults_are_the_fractal_studys():
 
 # ----------------------------------------------------------------------------- stored sweeps
 
-SWEEP_SPEC = """
+# Labelled by its own rules, not the explorer's (all 4 minima, within 1e-2, diverged past
+# 1e6): two of the four minima, within 0.3, diverged past 3.5 (the runs to the other two
+# minima, which lie past it, end diverged), in float64.
+SWEEP_MINIMA = [[3.0, 2.0], [-2.805118086952745, 3.131312518250573]]
+SWEEP_SPEC = f"""
 landscape = "himmelblau"
 optimizer = "sgd"
 steps = 30
+minima = {SWEEP_MINIMA}
+basin_tol = 0.3
+bound = 3.5
+dtype = "float64"
 
 [starts]
 grid = 32
 
 [axes]
-lr = { values = [0.004, 0.02] }
+lr = {{ values = [0.004, 0.02] }}
 """
+
+
+def sweep_reference(x0_Nx2: np.ndarray, lr: float) -> np.ndarray:
+    """The spec's labels of its runs, by sweep.descend and basins.classify called here."""
+    with jax.enable_x64(True):
+        run = sweep.descend("himmelblau", x0_Nx2.astype(np.float64), steps=30, lr=lr, bound=3.5)
+    return basins.classify(run.x, SWEEP_MINIMA, 0.3, run.diverged)
 
 
 @pytest.fixture(scope="module")
@@ -692,18 +707,67 @@ def test_a_stored_sweep_is_its_basin_map_per_combination(stored):
     # The starts as the spec defines them, run here by sweep.descend: pixel (row from the
     # top r, column c) is the start at x = xl + c dx, y = yh - r dx.
     xs, ys = np.linspace(xl, xh, 32), np.linspace(yl, yh, 32)
-    x0 = np.array([[x, y] for y in ys for x in xs], np.float32)
+    x0 = np.array([[x, y] for y in ys for x in xs])
     for index, lr in enumerate((0.004, 0.02)):
         status, png = get(f"{url}/sweep.png?lr={index}")
         assert status == 200
-        run = sweep.descend("himmelblau", x0, steps=30, lr=lr)
-        ref = basins.classify(run.x, H.minima, 1e-2, run.diverged).reshape(32, 32)
-        np.testing.assert_array_equal(decode(png, len(H.minima)), ref)
+        ref = sweep_reference(x0, lr).reshape(32, 32)
+        np.testing.assert_array_equal(decode(png, len(SWEEP_MINIMA)), ref)
         assert len(np.unique(ref)) >= 3
         status, body = get(f"{url}/api/sweep?lr={index}")
         r = json.loads(body)
         assert r["combination"] == {"lr": lr}
         assert r["fractions"]["diverged"] == pytest.approx(np.mean(ref == -2), abs=1e-12)
+
+
+def test_live_tiles_paths_and_views_of_a_stored_sweep_label_as_the_sweep(stored):
+    url, _ = stored
+    _, body = get(url + "/api/config")
+    info = json.loads(body)["sweep"]
+    surface = info["surface"]
+    assert surface["name"] == "@sweep" and info["live_off"] is None
+    assert surface["minima"] == SWEEP_MINIMA == info["minima"] and surface["basin_tol"] == 0.3
+    assert surface["colours"] == info["colours"]
+    # /api/basins over the stored image's extent, 32 x 32: its pixel centres are the stored
+    # starts (the linspace over the bounds), row 0 at the bottom as decode gives the image.
+    (ex0, ex1), (ey0, ey1) = info["extent"]
+    (xl, xh), (yl, yh) = H.bounds
+    xs, ys = np.linspace(xl, xh, 32), np.linspace(yl, yh, 32)
+    x0 = np.array([[x, y] for y in ys for x in xs])
+    np.testing.assert_allclose(starts(ex0, ex1, ey0, ey1, 32, np.float64), x0, rtol=0, atol=1e-14)
+    box = f"x0={ex0!r}&x1={ex1!r}&y0={ey0!r}&y1={ey1!r}&n=32"
+    for index, lr in enumerate((0.004, 0.02)):
+        _, png = get(f"{url}/sweep.png?lr={index}")
+        stored_labels = decode(png, len(SWEEP_MINIMA))
+        q = f"optimizer=sgd&lr={lr}&steps=30&{box}"
+        status, body = get(f"{url}/api/basins?landscape=@sweep&{q}")
+        assert status == 200
+        live = np.array(json.loads(body)["labels"])
+        np.testing.assert_array_equal(live, stored_labels)
+        # The explorer's own rules over the same starts label otherwise (the test can fail).
+        _, body = get(f"{url}/api/basins?landscape=himmelblau&{q}")
+        own = np.array(json.loads(body)["labels"])
+        assert np.mean(own != stored_labels) > 0.05
+        # A path from a start the two rules label differently: the sweep's label, in the
+        # sweep's float64 (its tile at zoom 0 is float32 on the landscape's own surface).
+        i, j = np.argwhere(own != stored_labels)[0]
+        x, y = (float(v) for v in x0[i * 32 + j])
+        status, body = get(f"{url}/api/path?landscape=@sweep&lr={lr}&steps=30&x={x!r}&y={y!r}")
+        r = json.loads(body)
+        assert status == 200 and r["label"] == stored_labels[i, j] and r["x64"] is True
+        _, body = get(f"{url}/api/path?landscape=himmelblau&lr={lr}&steps=30&x={x!r}&y={y!r}")
+        assert json.loads(body)["label"] == own[i, j] and json.loads(body)["x64"] is False
+
+
+def test_a_stored_sweep_over_the_live_step_limit_is_the_stored_map_only(tmp_path):
+    limit = explore.params.STEPS_MAX
+    steps = limit + 1
+    spec = SWEEP_SPEC.replace("steps = 30", f"steps = {steps}").replace("grid = 32", "grid = 2")
+    (tmp_path / "spec.toml").write_text(spec)
+    sweep.run(tmp_path / "spec.toml", tmp_path / "store", progress=False)
+    info = explore.stored.StoredSweep(tmp_path / "store").info()
+    assert f"{steps} steps" in info["live_off"] and f"limit of {limit}" in info["live_off"]
+    assert info["steps"] == steps and info["grid"] == [2, 2]
 
 
 @pytest.mark.parametrize(

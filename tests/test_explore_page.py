@@ -35,11 +35,12 @@ pytestmark = pytest.mark.skipif(
 
 
 # A stored sweep finer than a zoom-0 tile (260 starts a side over the bounds): stored at
-# zoom 0, live from zoom 1.
+# zoom 0, live from zoom 1; its runs reach a minimum within 0.05 (the explorer's own: 0.01).
 SWEEP_SPEC = """
 landscape = "himmelblau"
 optimizer = "sgd"
 steps = 30
+basin_tol = 0.05
 
 [starts]
 grid = 260
@@ -343,12 +344,25 @@ def test_a_stored_sweep_zooms_into_live_tiles_and_draws_paths(browser, server, s
         pg.evaluate("window.explorer.state.map.setView([2.0, 3.0], 3, {animate: false})")
         settle(pg)
         srcs = pg.eval_on_selector_all(".leaflet-tile", "els => els.map(e => e.src)")
-        assert srcs and all("lr=0.02&steps=30" in s for s in srcs), srcs[:2]
+        # The sweep's own surface: its minima, within its basin_tol.
+        assert srcs and all("landscape=%40sweep&" in s for s in srcs), srcs[:2]
+        assert all("lr=0.02&steps=30" in s for s in srcs), srcs[:2]
+        assert "not converged (no minimum within 0.05)" in pg.inner_text("#legend")
+        assert "within 0.05 of its 4 minima" in pg.inner_text("#sweep-about")
         box = pg.eval_on_selector("#map", "e => e.getBoundingClientRect().toJSON()")
         pg.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         pg.wait_for_function("window.explorer.pathsShown >= 1", timeout=T)
         assert "from (" in pg.inner_text("#path-info")
         assert pg.evaluate("window.explorer.errors") == []
         pg.screenshot(path=shots / "sweep-live.png")
+        # A sweep the live tiles cannot continue (as the server says of one whose steps are
+        # over the limit): one status line, no live tiles, measures or paths.
+        pg.evaluate("window.explorer.state.config.sweep.live_off = 'the stored map only: x'")
+        pg.select_option("#sweep-axes select", "0")  # fires change: a refresh
+        pg.wait_for_function("document.getElementById('status').textContent.includes('x')")
+        assert pg.inner_text("#status") == "the stored map only: x"
+        assert pg.locator(".leaflet-tile").count() == 0
+        pg.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        assert pg.evaluate("window.explorer.errors") == []
     finally:
         context.close()

@@ -53,6 +53,11 @@ class Surface:
     formula: str
     f_min: float
     version: str  # part of every cache key: the function's source digest
+    # How its runs are labelled: within basin_tol of a minimum, diverged past +-bound; a
+    # stored sweep's surface takes its spec's, and float64 when its spec's dtype is float64.
+    basin_tol: float = REACH_TOL
+    bound: float = 1e6
+    float64: bool = False
 
     @property
     def reach(self) -> float:
@@ -68,6 +73,7 @@ class Surface:
             "saddles": self.saddles.tolist(),
             "maxima": self.maxima.tolist(),
             "f_min": self.f_min if math.isfinite(self.f_min) else None,
+            "basin_tol": self.basin_tol,
             # "#rrggbb" of diverged, not converged, then basin 0, 1, ... (plotting's colours)
             "colours": ["#" + bytes(c).hex() for c in tiles.basin_table(len(self.minima))],
             "max_zoom": tiles.max_zoom(self.bounds),
@@ -185,19 +191,22 @@ class Explorer:
         if fn is not None:
             s = load_fn(fn, bounds)
             self.surfaces[s.name] = s
-        # A stored sweep (`--sweep DIR`): its map, continued live on its own landscape.
+        # A stored sweep (`--sweep DIR`): its map, continued live by a surface of its own
+        # (`stored.SURFACE`), labelled as the sweep labels; not listed among the landscapes.
         self.stored = None
+        listed = list(self.surfaces)
         if sweep_dir is not None:
-            from sandbox.explore.stored import StoredSweep
+            from sandbox.explore import stored
 
-            self.stored = StoredSweep(sweep_dir)
+            self.stored = stored.StoredSweep(sweep_dir)
             name = self.stored.spec["landscape"]
             if name not in self.surfaces:
                 if ":" not in name:
                     raise ValueError(f"`--sweep`: landscape {name!r} is not 2-D")
-                s = load_fn(name, np.ravel(self.stored.spec["bounds"]))
-                self.surfaces[name] = s
-        self.infos = [s.info() for s in self.surfaces.values()]  # (imports matplotlib now)
+                self.surfaces[name] = load_fn(name, np.ravel(self.stored.spec["bounds"]))
+                listed.append(name)
+            self.surfaces[stored.SURFACE] = self.stored.surface(self.surfaces[name])
+        self.infos = [self.surfaces[n].info() for n in listed]  # (imports matplotlib now)
         # The page puts this in every tile URL (`v`): a browser keeps a tile for a day only
         # under the URL of the code and surfaces that drew it.
         self.tiles_version = hashlib.sha256(
@@ -257,7 +266,7 @@ class Explorer:
         """A job that labels an nx x ny grid over `box` and renders it as `out` ("json",
         "png"); tiles and views of the same settings and dtype are batched."""
         s = self.surfaces[d.surface]
-        x64 = tiles.precision(box, nx, ny, "z" if out == "png" else "x0", s.reach)
+        x64 = tiles.precision(box, nx, ny, "z" if out == "png" else "x0", s.reach) or s.float64
         starts = tiles.centres(box, nx, ny, x64)
         return jobs.Job(
             key,
@@ -300,6 +309,7 @@ class Explorer:
                         optimizer=d.optimizer,
                         steps=d.steps,
                         tol=tol,
+                        bound=s.bound,
                         chunk_size=block,
                         progress=False,
                         **hyper,
@@ -340,7 +350,7 @@ class Explorer:
         """Labels (as `basins.classify`) and renders one job's runs [lo, hi) of a batch."""
         _, nx, ny, out = j.payload
         sl = slice(lo, hi)
-        labels = basins.classify(run.x[sl], s.minima, REACH_TOL, run.diverged[sl])
+        labels = basins.classify(run.x[sl], s.minima, s.basin_tol, run.diverged[sl])
         lab = labels.reshape(ny, nx)
         if out == "json":
             j.future.set_result(self._basins_json(s, lab))
@@ -378,6 +388,7 @@ class Explorer:
         tx = int(np.clip((x - b[0, 0]) / (b[0, 1] - b[0, 0]) * n, 0, n - 1))
         ty = int(np.clip((b[1, 1] - y) / (b[1, 1] - b[1, 0]) * n, 0, n - 1))
         x64 = tiles.precision(tiles.tile_box(b, z, tx, ty), tiles.TILE, tiles.TILE, "z", s.reach)
+        x64 = x64 or s.float64
         every = max(1, d.steps // 500)
 
         def run(js: list[jobs.Job]) -> None:
@@ -394,10 +405,11 @@ class Explorer:
                     steps=d.steps,
                     record_every=every,
                     tol=d.tol,
+                    bound=s.bound,
                     progress=False,
                     **hyper,
                 )
-            label = int(basins.classify(r.x, s.minima, REACH_TOL, r.diverged)[0])
+            label = int(basins.classify(r.x, s.minima, s.basin_tol, r.diverged)[0])
             path = r.path[0].astype(np.float64)  # the start, then every `every` updates
             losses = r.losses[0].astype(np.float64)
             steps_rec = np.arange(len(path)) * every

@@ -11,7 +11,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from sandbox import optim
-from sandbox.explore import jobs, params, tiles
+from sandbox.explore import jobs, params, stored, tiles
 from sandbox.explore.params import BOX, PHASES
 from sandbox.explore.tiles import TILE
 
@@ -106,7 +106,10 @@ async def config(request, ex, q):
                 "max_zoom": tiles.max_zoom(params.TRAIN_BOUNDS),
             },
             "maps": maps,
-            "sweep": ex.stored.info() if ex.stored is not None else None,
+            # The stored sweep, and the surface its live tiles take (`landscape` = its name).
+            "sweep": ex.stored.info() | {"surface": ex.surfaces[stored.SURFACE].info()}
+            if ex.stored is not None
+            else None,
             "tiles_version": ex.tiles_version,
         }
     )

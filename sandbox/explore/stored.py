@@ -1,14 +1,20 @@
 """A stored sweep (`sandbox.sweep.load`) as a map: the basin labels of its grid of starts for
 one combination of its axes, and the descent settings that continue it live."""
 
+import dataclasses
+import hashlib
 import math
 from pathlib import Path
 
 import numpy as np
 
 from sandbox import basins, sweep
-from sandbox.explore import tiles
+from sandbox.explore import params, tiles
 from sandbox.explore.params import BadRequest, integer, no_others
+
+# The `landscape` of the live tiles, paths and views that continue a stored sweep: its
+# function over its bounds, labelled by its minima, basin_tol, bound and dtype.
+SURFACE = "@sweep"
 
 
 class StoredSweep:
@@ -34,6 +40,33 @@ class StoredSweep:
         labels = basins.classify(r.x, self.minima, spec["basin_tol"], r.diverged)
         combos = math.prod(len(v) for v in self.axes.values())
         self.labels_SxA = labels.reshape(len(r.starts), combos)
+
+    def surface(self, base):
+        """The live continuation of the map: `base` (an `explorer.Surface`: the spec's
+        landscape) over the spec's bounds, its runs labelled as the sweep labels them."""
+        s = self.spec
+        bounds = np.asarray(s["bounds"], np.float64)
+        rule = [base.version, bounds.tolist(), self.minima.tolist(), s["basin_tol"], s["bound"]]
+        rule.append(s["dtype"])
+        return dataclasses.replace(
+            base,
+            name=SURFACE,
+            bounds=bounds,
+            minima=self.minima,
+            basin_tol=float(s["basin_tol"]),
+            bound=float(s["bound"]),
+            float64=s["dtype"] == "float64",
+            version=hashlib.sha256(repr(rule).encode()).hexdigest()[:16],
+        )
+
+    def live_off(self) -> str | None:
+        """Why the live tiles cannot continue this sweep (None: they can)."""
+        if self.spec["steps"] > params.STEPS_MAX:
+            return (
+                f"the stored map only: its {self.spec['steps']} steps per run are over the "
+                f"live limit of {params.STEPS_MAX}, so no live tiles, measures or paths"
+            )
+        return None
 
     def combination(self, q: dict) -> int:
         """The index of the combination the query picks: each axis by the index of its value
@@ -67,6 +100,9 @@ class StoredSweep:
             "steps": s["steps"],
             "tol": s.get("tol"),
             "dtype": s["dtype"],
+            "basin_tol": s["basin_tol"],
+            "bound": s["bound"],
+            "live_off": self.live_off(),
             "hyper": s["hyper"],
             "axes": {k: v.tolist() for k, v in self.axes.items()},
             "grid": [self.h, self.w],

@@ -17,14 +17,17 @@ const MAPS = {
   sweep: { x: "x", y: "y", log: false },
 };
 
-// Basin maps: the live one, and a stored sweep (`--sweep DIR`) continued live past its grid.
+// Basin maps: the live one, and a stored sweep (`--sweep DIR`) continued live past its grid
+// by a surface of its own (`sweep.surface`: its function, bounds and labelling rules).
 function basinLike() { return mode() === "basins" || mode() === "sweep"; }
-function landscape() { return mode() === "sweep" ? state.config.sweep.landscape : $("landscape").value; }
+function landscape() { return mode() === "sweep" ? state.config.sweep.surface.name : $("landscape").value; }
+// Why a stored sweep cannot go on live (its steps over the live limit); null when it can.
+function liveOff() { return mode() === "sweep" ? state.config.sweep.live_off : null; }
 
 function sweepParams() {
   // The stored sweep's settings at the chosen combination of its axes (as /tile takes them).
   const sw = state.config.sweep, p = new URLSearchParams();
-  p.set("landscape", sw.landscape);
+  p.set("landscape", sw.surface.name);
   p.set("optimizer", sw.optimizer);
   for (const [k, v] of Object.entries(sw.hyper)) p.set(k, v);
   for (const el of document.querySelectorAll("#sweep-axes select")) p.set(el.dataset.name, sw.axes[el.dataset.name][el.value]);
@@ -53,8 +56,12 @@ function buildSweep() {
     sel.addEventListener("change", refresh);
     box.append(lab, sel);
   }
+  const k = sw.minima.length;
   $("sweep-about").textContent = `${sw.folder}: ${sw.landscape}, ${sw.optimizer}, ${sw.steps} steps, ` +
-    `${sw.grid[0]} × ${sw.grid[1]} starts (${sw.dtype}); past the stored resolution the map goes on live.`;
+    `${sw.grid[0]} × ${sw.grid[1]} starts (${sw.dtype}); labelled as the sweep labels: ` +
+    (k ? `within ${sw.basin_tol} of its ${k} minim${k > 1 ? "a" : "um"}` : "it names no minima, so every run is not converged") +
+    `, diverged past ${sw.bound}. ` +
+    (sw.live_off ? "" : "Past the stored resolution the map goes on live, labelled the same way.");
 }
 
 function mode() { return $("mode").value; }
@@ -223,7 +230,8 @@ function refresh() {
     // The first zoom whose tile pixels are no coarser than the stored grid's.
     const live = Math.max(0, Math.ceil(Math.log2((w[0][1] - w[0][0]) / (256 * sw.pixel[0])) - 1e-9));
     state.liveZoom = live;
-    state.layers.push(tileLayer("/tile/{z}/{x}/{y}.png?" + descentParams(), false, live).addTo(state.map));
+    if (sw.live_off) status(sw.live_off);  // one line, instead of every tile failing
+    else state.layers.push(tileLayer("/tile/{z}/{x}/{y}.png?" + descentParams(), false, live).addTo(state.map));
     const info = state.landscapes[landscape()];
     info.minima.forEach((m, i) => L.circleMarker([m[1], m[0]], { radius: 6, color: "#000", weight: 1.5,
       fillColor: info.colours[i + 2], fillOpacity: 1 }).bindTooltip(`minimum ${i}: (${m[0].toFixed(3)}, ${m[1].toFixed(3)})`).addTo(state.marks));
@@ -326,7 +334,7 @@ function legend() {
     const info = state.landscapes[landscape()], colour = mode() === "sweep" ? "basin" : $("colour").value;
     if (colour === "basin") {
       html = info.minima.map((m, i) => `<div class="minimum"><span class="sw" style="background:${info.colours[i + 2]}"></span> minimum ${i} at (${m[0].toFixed(3)}, ${m[1].toFixed(3)})</div>`).join("") +
-        `<div><span class="sw" style="background:${info.colours[1]}"></span> not converged</div>` +
+        `<div><span class="sw" style="background:${info.colours[1]}"></span> not converged (no minimum within ${info.basin_tol})</div>` +
         `<div><span class="sw" style="background:${info.colours[0]}"></span> diverged</div>`;
     } else if (colour === "steps") {
       html = `<div>steps to |grad| &lt; tol, log scale</div><div>1 ${bar(lg.steps.stops)} ${$("steps").value}</div>` +
@@ -370,6 +378,7 @@ async function measureNow() {
   const seq = ++measureSeq;
   const v = viewBox();
   if (!v) { $("measures").innerHTML = ""; return; }
+  if (liveOff()) { $("measures").innerHTML = "<small>no live runs: the stored map only</small>"; return; }
   const basinsMode = basinLike();
   const p = basinsMode ? descentParams() : trainParams();
   p.delete("colour");
@@ -404,6 +413,7 @@ async function measureNow() {
 
 async function showPath(latlng) {
   if (!basinLike()) return;
+  if (liveOff()) { status(liveOff()); return; }
   const p = descentParams();
   p.delete("colour");
   p.set("x", latlng.lng); p.set("y", latlng.lat); p.set("z", state.map.getZoom());
@@ -514,6 +524,7 @@ $("save").addEventListener("click", () => {
   const v = viewBox();
   if (!basinLike()) { status("saving is for basin maps; trainability tiles save one by one", true); return; }
   if (!v) { status("the view shows nothing of the landscape's bounds", true); return; }
+  if (liveOff()) { status(liveOff()); return; }
   const px = (x, y) => state.map.latLngToContainerPoint([y, x]);
   const a0 = px(v.x0, v.y0), a1 = px(v.x1, v.y1);
   const w = Math.max(1, Math.min(Math.round(Math.abs(a1.x - a0.x) * r), state.config.limits.view));
@@ -522,7 +533,9 @@ $("save").addEventListener("click", () => {
   for (const [k, val] of Object.entries(v)) p.set(k, val);
   p.set("w", w); p.set("h", h);
   const a = document.createElement("a");
-  a.href = "/view.png?" + p; a.download = `${$("landscape").value}-${$("optimizer").value}.png`;
+  const sw = state.config.sweep;
+  a.href = "/view.png?" + p;
+  a.download = mode() === "sweep" ? `sweep-${sw.landscape}-${sw.optimizer}.png` : `${$("landscape").value}-${$("optimizer").value}.png`;
   document.body.append(a); a.click(); a.remove();
 });
 
@@ -533,7 +546,12 @@ async function main() {
   for (const l of await getJSON("/api/landscapes")) state.landscapes[l.name] = l;
   for (const name of Object.keys(state.landscapes)) $("landscape").add(new Option(name, name));
   for (const name of Object.keys(state.config.optimizers)) $("optimizer").add(new Option(name, name));
-  if (state.config.sweep) { $("mode").add(new Option("stored sweep", "sweep")); buildSweep(); }
+  if (state.config.sweep) {
+    $("mode").add(new Option("stored sweep", "sweep"));
+    const surface = state.config.sweep.surface;  // not in the landscape menu
+    state.landscapes[surface.name] = surface;
+    buildSweep();
+  }
   $("landscape").value = initial.get("landscape") || "himmelblau";
   $("optimizer").value = initial.get("optimizer") || "sgd";
   $("mode").value = MAPS[initial.get("mode")] ? initial.get("mode") : "basins";
