@@ -224,6 +224,9 @@ BAD = [
     ("/api/basins?lr=0.01&learning_rate=5&x0=0&x1=1&y0=0&y1=1", "learning_rate"),
     ("/tile/0/0/0.png?lr=0.01&zoom=3", "zoom"),
     ("/api/path?lr=0.01&x=1&y=1&n=3", "n"),
+    ("/api/path?lr=0.01&x=1e30&y=1", "x"),  # outside the bounds: no start of the map
+    ("/api/path?lr=0.01&x=1&y=-6.01", "y"),
+    ("/api/path?lr=0.01&x=inf&y=1", "x"),
     ("/view.png?lr=0.01&x0=0&x1=1&y0=0&y1=1&n=4", "n"),
     ("/api/trainability?x0=0&x1=1&y0=0&y1=1&lr1=3", "lr1"),
     ("/tile/init_vs_lr/0/0/0.png?px=16&offset=1", "offset"),
@@ -312,6 +315,27 @@ def test_path_is_the_recorded_run_from_that_start(server):
     tile = np.array([[xh - w, xh], [yh - w, yh]])
     assert status == 200 and json.loads(body)["x64"] is explore.precision(tile, 256, 256, "z")
     assert json.loads(body)["x64"] is True
+
+
+def fn_pole(x):
+    return 1.0 / x[0] ** 2 + x[1] ** 2  # infinite on x = 0
+
+
+def test_a_path_from_a_pole_is_strict_json_with_a_null_loss():
+    srv = explore.Server(explore.Explorer("tests.test_explore:fn_pole", bounds=(-1, 1, -1, 1)))
+    url = srv.start()
+    try:
+        q = "landscape=tests.test_explore:fn_pole&lr=0.1&steps=10&x=0&y=0.5"
+        status, body = get(f"{url}/api/path?{q}")
+    finally:
+        srv.stop()
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    r = json.loads(body, parse_constant=refuse)
+    assert status == 200 and r["diverged"] and r["label"] == basins.DIVERGED
+    assert r["final_loss"] is None and r["path"] == [] and r["losses"] == []
 
 
 def test_trainability_equals_score_grid_and_its_tile_shows_the_sign(server):

@@ -163,6 +163,10 @@ def dimension(mask_HxW: np.ndarray) -> dict:
     }
 
 
+def _finite(v) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
 def _pow2_below(n: float) -> int:
     return 1 << max(int(math.floor(math.log2(max(n, 1)))), 0)
 
@@ -423,8 +427,10 @@ class Explorer:
                 "diverged": bool(r.diverged[0]),
                 "diverged_step": int(r.diverged_step[0]),
                 "steps_to_tol": int(r.steps_to_tol[0]),
-                "final": r.x[0].astype(np.float64).tolist(),
-                "final_loss": float(r.loss[0]),
+                # null where a diverged run's last point or loss is not finite (JSON has
+                # no Infinity or NaN)
+                "final": [_finite(v) for v in r.x[0].astype(np.float64)],
+                "final_loss": _finite(r.loss[0]),
                 "x64": x64,
             }
             js[0].future.set_result(json.dumps(body).encode())

@@ -53,6 +53,14 @@ def number(q: dict, name: str, default: float | None = None) -> float:
     return v
 
 
+def within(q: dict, name: str, lo: float, hi: float) -> float:
+    """A required number in [lo, hi] from the query (a start inside a map's bounds)."""
+    v = number(q, name)
+    if not lo <= v <= hi:
+        raise BadRequest(f"`{name}` must be within the map's bounds [{lo:g}, {hi:g}], got {v:g}")
+    return v
+
+
 def integer(q: dict, name: str, default: int | None, lo: int, hi: int) -> int:
     """An integer in [lo, hi] from the query; `default` when absent (None: required)."""
     v = _read(q, name, default, int, "an integer")

@@ -173,8 +173,9 @@ async def view(request, ex, q):
 
 async def path(request, ex, q):
     d = params.descent(q, ex.surfaces, {"x", "y", "z"})
-    x, y = params.number(q, "x"), params.number(q, "y")
-    z = params.integer(q, "z", 0, 0, tiles.max_zoom(ex.surfaces[d.surface].bounds))
+    b = ex.surfaces[d.surface].bounds
+    x, y = params.within(q, "x", *b[0]), params.within(q, "y", *b[1])
+    z = params.integer(q, "z", 0, 0, tiles.max_zoom(b))
     key = f"path|{ex.version}|{d.key()}|{x!r},{y!r},{z}"
     make = lambda: ex.path_job(d, x, y, z, key)  # noqa: E731
     return await answer(request, make, "application/json", None, ex.worker)

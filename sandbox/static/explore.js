@@ -414,6 +414,11 @@ async function measureNow() {
 async function showPath(latlng) {
   if (!basinLike()) return;
   if (liveOff()) { status(liveOff()); return; }
+  const w = world();
+  if (latlng.lng < w[0][0] || latlng.lng > w[0][1] || latlng.lat < w[1][0] || latlng.lat > w[1][1]) {
+    status(`a path starts inside the map's bounds: x in [${w[0]}], y in [${w[1]}]`);
+    return;
+  }
   const p = descentParams();
   p.delete("colour");
   p.set("x", latlng.lng); p.set("y", latlng.lat); p.set("z", state.map.getZoom());
@@ -423,10 +428,13 @@ async function showPath(latlng) {
     const pts = r.path.map((q) => [q[1], q[0]]);
     L.polyline(pts, { color: "#fff", weight: 3 }).addTo(state.path);
     L.polyline(pts, { color: "#d62728", weight: 1.5 }).addTo(state.path);
-    L.circleMarker(pts[0], { radius: 4, color: "#000", fillColor: "#fff", fillOpacity: 1 }).addTo(state.path);
+    if (pts.length) L.circleMarker(pts[0], { radius: 4, color: "#000", fillColor: "#fff", fillOpacity: 1 }).addTo(state.path);
     const what = r.diverged ? "diverged" : r.label >= 0 ? `reached minimum ${r.label}` : "not converged";
-    $("path-info").textContent = `from (${r.start[0].toFixed(4)}, ${r.start[1].toFixed(4)}): ${what}, loss ${r.final_loss.toPrecision(4)}`;
-    drawCurve(r.steps, r.losses, state.landscapes[landscape()].f_min);
+    const loss = r.final_loss === null ? "not finite" : r.final_loss.toPrecision(4);
+    $("path-info").textContent = `from (${r.start[0].toFixed(4)}, ${r.start[1].toFixed(4)}): ${what}, loss ${loss}`;
+    const c = $("curve");
+    if (r.losses.length) drawCurve(r.steps, r.losses, state.landscapes[landscape()].f_min);
+    else c.getContext("2d").clearRect(0, 0, c.width, c.height);
     window.explorer.pathsShown += 1;
     document.body.dataset.paths = window.explorer.pathsShown;
   } catch (e) { status(e.message, true); }
