@@ -326,6 +326,28 @@ def test_page_zooms_moves_the_lr_draws_a_path_and_saves(page, browser, shots, tm
     assert len(list(shots.glob("*.png"))) >= 3
 
 
+def test_a_path_answered_after_a_settings_change_is_not_drawn(page, shots):
+    page.select_option("#mode", "basins")
+    settle(page, measured=False)
+    shown = page.evaluate("window.explorer.pathsShown")
+    box = page.eval_on_selector("#map", "e => e.getBoundingClientRect().toJSON()")
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_function(f"window.explorer.pathsShown > {shown}", timeout=T)
+    assert page.inner_text("#path-info").startswith("from (")
+    # A click, then new settings in the same task: the click's answer comes after them.
+    dropped = page.evaluate("window.explorer.pathsDropped")
+    page.evaluate(
+        """() => { window.explorer.state.map.fire("click", {latlng: L.latLng(0.5, 0.5)});
+        const lr = document.getElementById("lr"); lr.value = "-1.9";
+        lr.dispatchEvent(new Event("change")); }"""
+    )
+    page.wait_for_function(f"window.explorer.pathsDropped > {dropped}", timeout=T)
+    assert page.evaluate("window.explorer.pathsShown") == shown + 1
+    assert page.inner_text("#path-info") == "click a start on the map"  # cleared by the change
+    assert page.evaluate("window.explorer.state.path.getLayers().length") == 0
+    page.screenshot(path=shots / "path-dropped.png")
+
+
 @pytest.mark.slow  # 7 s; the stored map's pixels are checked server-side in test_explore.py
 def test_a_stored_sweep_zooms_into_live_tiles_and_draws_paths(browser, server, shots):
     url, _ = server
@@ -363,6 +385,7 @@ def test_a_stored_sweep_zooms_into_live_tiles_and_draws_paths(browser, server, s
         assert pg.inner_text("#status") == "the stored map only: x"
         assert pg.locator(".leaflet-tile").count() == 0
         pg.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        assert pg.inner_text("#path-info") == "click a start on the map"
         assert pg.evaluate("window.explorer.errors") == []
     finally:
         context.close()

@@ -7,7 +7,7 @@
 const $ = (id) => document.getElementById(id);
 const state = { config: null, landscapes: {}, map: null, layers: [], marks: null, path: null };
 // Counters and the last answers, for the browser tests.
-window.explorer = { tilesLoaded: 0, pathsShown: 0, measured: 0, measure: null, errors: [], state };
+window.explorer = { tilesLoaded: 0, pathsShown: 0, pathsDropped: 0, measured: 0, measure: null, errors: [], state };
 
 // The three maps: what their axes are, in which units.
 const MAPS = {
@@ -210,7 +210,7 @@ function refresh() {
   for (const l of state.layers) state.map.removeLayer(l);
   state.layers = [];
   state.marks.clearLayers();
-  state.path.clearLayers();
+  clearPath();
   const basinsMode = basinLike();
   $("basin-controls").hidden = mode() !== "basins";
   $("sweep-controls").hidden = mode() !== "sweep";
@@ -411,6 +411,18 @@ async function measureNow() {
 
 // ------------------------------------------------------------------ paths
 
+// A path answer is drawn only if no refresh (new settings) or later click came after its
+// click: each bumps pathSeq.
+let pathSeq = 0;
+
+function clearPath() {
+  pathSeq += 1;
+  state.path.clearLayers();
+  $("path-info").textContent = "click a start on the map";
+  const c = $("curve");
+  c.getContext("2d").clearRect(0, 0, c.width, c.height);
+}
+
 async function showPath(latlng) {
   if (!basinLike()) return;
   if (liveOff()) { status(liveOff()); return; }
@@ -419,11 +431,13 @@ async function showPath(latlng) {
     status(`a path starts inside the map's bounds: x in [${w[0]}], y in [${w[1]}]`);
     return;
   }
+  const seq = ++pathSeq;
   const p = descentParams();
   p.delete("colour");
   p.set("x", latlng.lng); p.set("y", latlng.lat); p.set("z", state.map.getZoom());
   try {
     const r = await getJSON("/api/path?" + p);
+    if (seq !== pathSeq) { window.explorer.pathsDropped += 1; return; }
     state.path.clearLayers();
     const pts = r.path.map((q) => [q[1], q[0]]);
     L.polyline(pts, { color: "#fff", weight: 3 }).addTo(state.path);
@@ -437,7 +451,7 @@ async function showPath(latlng) {
     else c.getContext("2d").clearRect(0, 0, c.width, c.height);
     window.explorer.pathsShown += 1;
     document.body.dataset.paths = window.explorer.pathsShown;
-  } catch (e) { status(e.message, true); }
+  } catch (e) { if (seq === pathSeq) status(e.message, true); }
 }
 
 function drawCurve(steps, losses, fmin) {
