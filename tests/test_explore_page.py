@@ -348,6 +348,24 @@ def test_a_path_answered_after_a_settings_change_is_not_drawn(page, shots):
     page.screenshot(path=shots / "path-dropped.png")
 
 
+def test_a_link_to_what_this_server_lacks_shows_the_defaults(browser, server, shots):
+    url, _ = server
+    pg = browser.new_page(viewport={"width": 800, "height": 600})
+    try:
+        pg.goto(f"{url}/?mode=nomap&landscape=nosuch:fn&lr=0.01&steps=20")
+        pg.wait_for_selector("body[data-ready='1']", timeout=T)
+        pg.wait_for_function("window.explorer.tilesLoaded >= 1", timeout=T)
+        text = pg.inner_text("#status")
+        assert text.startswith("not on this server:")
+        assert 'map "nomap" (showing basins)' in text
+        assert 'landscape "nosuch:fn" (showing himmelblau)' in text
+        assert pg.input_value("#mode") == "basins" and pg.input_value("#landscape") == "himmelblau"
+        assert pg.evaluate("window.explorer.errors") == []
+        pg.screenshot(path=shots / "fallback.png")
+    finally:
+        pg.close()
+
+
 @pytest.mark.slow  # 7 s; the stored map's pixels are checked server-side in test_explore.py
 def test_a_stored_sweep_zooms_into_live_tiles_and_draws_paths(browser, server, shots):
     url, _ = server

@@ -52,7 +52,8 @@ function buildSweep() {
     const sel = document.createElement("select");
     sel.dataset.name = name;
     values.forEach((v, i) => sel.add(new Option(String(v), String(i))));
-    sel.value = initial.get(`sweep_${name}`) ?? "0";
+    const want = initial.get(`sweep_${name}`);
+    sel.value = values.some((_, i) => String(i) === want) ? want : "0";
     sel.addEventListener("change", refresh);
     box.append(lab, sel);
   }
@@ -574,11 +575,23 @@ async function main() {
     state.landscapes[surface.name] = surface;
     buildSweep();
   }
-  $("landscape").value = initial.get("landscape") || "himmelblau";
-  $("optimizer").value = initial.get("optimizer") || "sgd";
-  $("mode").value = MAPS[initial.get("mode")] ? initial.get("mode") : "basins";
+  // A link's map, landscape or optimizer this server lacks (a stored sweep without --sweep,
+  // another --fn): the default instead, said in the status line.
+  const missing = [];
+  const choose = (id, what, fallback) => {
+    const want = initial.get(id);
+    const ok = want !== null && [...$(id).options].some((o) => o.value === want);
+    if (want !== null && !ok) missing.push(`${what} ${JSON.stringify(want)} (showing ${fallback})`);
+    $(id).value = ok ? want : fallback;
+  };
+  choose("mode", "map", "basins");
+  // A stored sweep's link names its own surface as its landscape, not one of the menu.
+  if (initial.get("mode") === "sweep") $("landscape").value = "himmelblau";
+  else choose("landscape", "landscape", "himmelblau");
+  choose("optimizer", "optimizer", "sgd");
+  if (missing.length) status(`not on this server: ${missing.join(", ")}`);
   if (initial.get("lr")) $("lr").value = Math.log10(parseFloat(initial.get("lr")));
-  if (initial.get("steps")) (initial.get("mode") && initial.get("mode") !== "basins" ? $("tsteps") : $("steps")).value = initial.get("steps");
+  if (initial.get("steps")) (mode() === "basins" ? $("steps") : $("tsteps")).value = initial.get("steps");
   if (initial.get("colour")) $("colour").value = initial.get("colour");
   if (initial.get("tpx")) $("tpx").value = initial.get("tpx");
   buildHypers();
