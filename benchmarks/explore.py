@@ -220,6 +220,22 @@ def _dropped(url: str, ex) -> None:
     )
 
 
+def _memory_request(i: int) -> str:
+    """The i-th request of the memory run, valid for any i: step counts cycle below the
+    limit (each a new program until they repeat), starts stay inside Himmelblau's bounds and
+    every box is increasing."""
+    from sandbox import explore
+
+    k = i // 4
+    steps = 100 + k % (explore.params.STEPS_MAX - 100)
+    return (
+        f"/api/basins?lr=0.01&steps={steps}&x0=0&x1={1 + 1e-6 * k}&y0=0&y1=1&n=8",
+        f"/tile/2/{k % 4}/{(k // 4) % 4}.png?landscape=booth&lr={0.01 + 1e-6 * k}&steps=20",
+        f"/api/path?lr=0.01&steps=50&x={1e-6 * k}&y=0.5",
+        f"/api/trainability?x0={k * 1e-6}&x1={1 + k * 1e-6}&y0=0&y1=1&n=4&steps=20",
+    )[i % 4]
+
+
 def _memory(n: int, programs_max: int = 0) -> None:
     """Resident memory of a server (memory tile cache of the default 64 MiB, no disk cache)
     after n distinct requests; every 4th asks for a step count not asked before.
@@ -235,18 +251,9 @@ def _memory(n: int, programs_max: int = 0) -> None:
     url = server.start()
     rss = lambda: psutil.Process().memory_info().rss / 2**20  # noqa: E731
     print(f"explorer memory: resident {rss():.0f} MiB after start-up, {n} distinct requests")
-    box = "x0=0&x1=1&y0=0&y1=1"
     t = time.perf_counter()
     for i in range(n):
-        k = i // 4
-        url_i = (
-            f"{url}/api/basins?lr=0.01&steps={100 + k}&{box}&n=8",  # a new program
-            f"{url}/tile/2/{k % 4}/{(k // 4) % 4}.png?landscape=booth&lr={0.01 + 1e-6 * k}"
-            "&steps=20",
-            f"{url}/api/path?lr=0.01&steps=50&x={0.001 * k}&y=0.5",
-            f"{url}/api/trainability?x0={k * 1e-3}&x1=1&y0=0&y1=1&n=4&steps=20",
-        )[i % 4]
-        _get(url_i)
+        _get(url + _memory_request(i))
         if (i + 1) % max(1, n // 8) == 0 or i + 1 == n:
             print(
                 f"  {i + 1:5d} requests: resident {rss():6.0f} MiB, compiled-program caches "
