@@ -6,6 +6,7 @@ geometry written out here and from `fractal` called directly, not from the page'
 Screenshots of each step are kept in the module's tmp folder.
 """
 
+import contextlib
 import math
 import re
 import shutil
@@ -69,6 +70,19 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         yield b
         b.close()
+
+
+@contextlib.contextmanager
+def opened(browser, server, path: str):
+    """A page of its own (800 x 600) at `path` of the server, once the page is ready."""
+    url, _ = server
+    pg = browser.new_page(viewport={"width": 800, "height": 600})
+    try:
+        pg.goto(url + path)
+        pg.wait_for_selector("body[data-ready='1']", timeout=T)
+        yield pg
+    finally:
+        pg.close()
 
 
 @pytest.fixture(scope="module")
@@ -222,18 +236,12 @@ def test_dimension_readout_equals_box_counting_of_the_same_pixels(page, shots):
 
 @pytest.mark.slow  # a page of its own; the failed tile's reply is checked in test_explore.py
 def test_a_failed_tile_says_why(browser, server, shots):
-    url, _ = server
-    pg = browser.new_page(viewport={"width": 800, "height": 600})
-    try:
-        pg.goto(f"{url}/?optimizer=momentum&momentum=1.5&lr=0.01&steps=20")
-        pg.wait_for_selector("body[data-ready='1']", timeout=T)
+    with opened(browser, server, "/?optimizer=momentum&momentum=1.5&lr=0.01&steps=20") as pg:
         pg.wait_for_function("window.explorer.errors.length > 0", timeout=T)
         errors = pg.evaluate("window.explorer.errors")
         assert any("`momentum`" in e for e in errors), errors
         assert "failed" in pg.inner_text("#progress")
         pg.screenshot(path=shots / "failed-tile.png")
-    finally:
-        pg.close()
 
 
 # Slow (6 s each): both maps' tiles are checked against fractal.train server-side in
@@ -349,11 +357,7 @@ def test_a_path_answered_after_a_settings_change_is_not_drawn(page, shots):
 
 
 def test_a_link_to_what_this_server_lacks_shows_the_defaults(browser, server, shots):
-    url, _ = server
-    pg = browser.new_page(viewport={"width": 800, "height": 600})
-    try:
-        pg.goto(f"{url}/?mode=nomap&landscape=nosuch:fn&lr=0.01&steps=20")
-        pg.wait_for_selector("body[data-ready='1']", timeout=T)
+    with opened(browser, server, "/?mode=nomap&landscape=nosuch:fn&lr=0.01&steps=20") as pg:
         pg.wait_for_function("window.explorer.tilesLoaded >= 1", timeout=T)
         text = pg.inner_text("#status")
         assert text.startswith("not on this server:")
@@ -362,8 +366,6 @@ def test_a_link_to_what_this_server_lacks_shows_the_defaults(browser, server, sh
         assert pg.input_value("#mode") == "basins" and pg.input_value("#landscape") == "himmelblau"
         assert pg.evaluate("window.explorer.errors") == []
         pg.screenshot(path=shots / "fallback.png")
-    finally:
-        pg.close()
 
 
 @pytest.mark.slow  # 7 s; the stored map's pixels are checked server-side in test_explore.py
