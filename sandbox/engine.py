@@ -74,6 +74,9 @@ LEASE_S = 60.0
 # its renewal thread still running) does not hold that chunk from the others forever.
 RENEW_MAX = 100
 STORE_FORMAT = "sandbox.engine/3"  # 3: markers' checksums salted with store and chunk
+# Formats a store keeps when it is resumed or read: a format-2 store's markers hold its
+# chunks' checksums unsalted (it does not find a chunk moved with its marker).
+READ_FORMATS = ("sandbox.engine/2", STORE_FORMAT)
 
 
 def map_chunks(
@@ -494,7 +497,7 @@ def _checksums(outputs: list[np.ndarray], salt: str) -> list[str]:
     sums = []
     for a in outputs:
         a = np.ascontiguousarray(a)
-        h = hashlib.sha256(f"{salt}|{a.dtype.str}{a.shape}".encode())
+        h = hashlib.sha256(f"{salt}{a.dtype.str}{a.shape}".encode())
         h.update(memoryview(a).cast("B"))
         sums.append(h.hexdigest()[:32])
     return sums
@@ -519,10 +522,12 @@ class _Store:
         # its marker, or copied in from a store of other inputs, fails its check.
         what = {k: meta[k] for k in ("identity", "layout", "n", "chunk")}
         self._salt = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+        if meta["format"] != STORE_FORMAT:  # a format-2 store, resumed as it was made
+            self._salt = None
 
     def checksums(self, c: int, arrays: list[np.ndarray]) -> list[str]:
         """The checksums of chunk c's arrays, as its marker holds them."""
-        return _checksums(arrays, f"{self._salt}|chunk {c}")
+        return _checksums(arrays, "" if self._salt is None else f"{self._salt}|chunk {c}|")
 
     @classmethod
     def open(cls, path, parts, out_spec, n, chunk, layout) -> "_Store":
@@ -777,7 +782,7 @@ def _read_meta(path: Path) -> dict:
         raise ValueError(f"{where} has an unreadable engine.json ({type(e).__name__})") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{where} has a damaged engine.json (not an object)")
-    if meta.get("format") != STORE_FORMAT:
+    if meta.get("format") not in READ_FORMATS:
         raise ValueError(
             f"{where} is not a {STORE_FORMAT} store (format {meta.get('format')!r}: made by "
             "another version of the sandbox); use another path or delete that one"

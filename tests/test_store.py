@@ -162,6 +162,27 @@ def test_a_damaged_chunk_is_found_and_computed_again(
     assert "verification" not in capsys.readouterr().err
 
 
+def test_a_store_of_format_2_is_read_and_resumed_as_it_was_made(
+    finished, reference, tmp_path, capsys, monkeypatch
+):
+    # Format 2 (before markers were salted): the same markers with unsalted checksums.
+    path = _copy(finished, tmp_path)
+    meta = json.loads((path / "engine.json").read_text())
+    st = engine._Store(path, meta, engine._out_spec(_logistic, ITEMS, SHARED))
+    for c in range(_chunks(path)):
+        sums = engine._checksums(st.read_chunk(c), "")
+        marker = {"rows": st.rows(c), "sha256": dict(zip(st.names, sums, strict=True))}
+        (path / "done" / str(c)).write_text(json.dumps(marker))
+    (path / "engine.json").write_text(json.dumps({**meta, "format": "sandbox.engine/2"}))
+    _same(engine.read(path), reference)
+    _damage_garbled(path)  # still checked: the damaged chunk is computed again
+    _same(_map(path), reference)
+    assert "chunk 3 (its " in capsys.readouterr().err
+    _no_work(monkeypatch)
+    _same(_map(path), reference)  # repaired as format 2
+    assert json.loads((path / "engine.json").read_text())["format"] == "sandbox.engine/2"
+
+
 def test_lazy_arrays_come_back_only_after_every_chunk_is_checked(finished, reference, tmp_path):
     path = _copy(finished, tmp_path)
     _damage_swapped(path)

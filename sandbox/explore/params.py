@@ -106,7 +106,8 @@ def descent(q: dict, surfaces: dict, extra: set[str]) -> Descent:
     parameter than these and `extra` is refused by name."""
     name = q.get("landscape", "himmelblau")
     if name not in surfaces:
-        raise BadRequest(f"unknown `landscape` {name!r}; known: {', '.join(sorted(surfaces))}")
+        listed = sorted(n for n in surfaces if not n.startswith("@"))  # (@sweep: the page's)
+        raise BadRequest(f"unknown `landscape` {name!r}; known: {', '.join(listed)}")
     opt = q.get("optimizer", "sgd")
     if opt not in optim.names():
         raise BadRequest(f"unknown `optimizer` {opt!r}; known: {', '.join(optim.names())}")

@@ -542,8 +542,9 @@ $("copy").addEventListener("click", async () => {
 });
 
 $("save").addEventListener("click", () => {
-  // The view within the bounds, at the screen's resolution, computed in one piece.
-  const r = window.devicePixelRatio || 1;
+  // The view within the bounds, at the screen's resolution (no finer than the deepest
+  // zoom's pixels: finer is beyond what float64 resolves), computed in one piece.
+  const r = Math.min(window.devicePixelRatio || 1, 2 ** (maxZoom() - state.map.getZoom()));
   const v = viewBox();
   if (!basinLike()) { status("saving is for basin maps; trainability tiles save one by one", true); return; }
   if (!v) { status("the view shows nothing of the landscape's bounds", true); return; }
@@ -591,7 +592,9 @@ async function main() {
   choose("optimizer", "optimizer", "sgd");
   if (missing.length) status(`not on this server: ${missing.join(", ")}`);
   if (initial.get("lr")) $("lr").value = Math.log10(parseFloat(initial.get("lr")));
-  if (initial.get("steps")) (mode() === "basins" ? $("steps") : $("tsteps")).value = initial.get("steps");
+  // The link's steps are for the map it names: not for the defaults shown instead.
+  const opened = !initial.get("mode") || initial.get("mode") === mode();
+  if (initial.get("steps") && opened) (mode() === "basins" ? $("steps") : $("tsteps")).value = initial.get("steps");
   if (initial.get("colour")) $("colour").value = initial.get("colour");
   if (initial.get("tpx")) $("tpx").value = initial.get("tpx");
   buildHypers();
