@@ -16,7 +16,8 @@ Optimizers, each written as preconditioned GD w <- w - P^-1 g with P diagonal:
 with nu updated before the step that uses it (Optax's `scale_by_rms`, eps outside the root)
 and started at nu_0 = g_0^2 (so every flow starts from the same state). The *effective
 sharpness* is the top of the spectrum of P^-1 H; the step is stable along an eigenvector
-while its eigenvalue is below 2. `FlowTrace.eigs` records the top `num_eigs` of them.
+while its eigenvalue is below 2. `FlowTrace.eigs` records the top `num_eigs` of them and
+`FlowTrace.eig_next` the next one.
 
 The three `flow`s:
 
@@ -41,8 +42,9 @@ The three `flow`s:
   predicted dt ahead, C + dt dC/dt = A + B[X], linear in X, this is the small
   semidefinite complementarity problem
       X >= 0,   A + B[X] >= 0,   <X, A + B[X]> = 0
-  (`complementarity`), solved inside JAX. Its B is positive semidefinite, so it is the
-  optimality condition of min_{X >= 0} 1/2 <X, B[X]> + <A, X>.
+  (`complementarity`), solved inside JAX (`FlowTrace.cone_residual`: how well). Its B is
+  positive semidefinite, so it is the optimality condition of
+  min_{X >= 0} 1/2 <X, B[X]> + <A, X>.
   The time-averaged loss it predicts for the oscillating optimizer is
       predicted = L(w) + 1/2 <H, Sigma> = L(w) + 1/2 tr(X Theta)
   (for GD: L(w) + tr(Sigma) / lr). Each step solves the cone problem CONE_SOLVES times
@@ -68,6 +70,7 @@ the quasi-static candidate and why it is left out.
     trace = flows.run(loss, params, flow="central", lr=0.05, steps=500)
     trace.loss, trace.predicted   # [500] L(w(t)) and the predicted time-averaged loss
     trace.eigs                    # [500, 5] top eigenvalues of P^-1 H (threshold 2)
+    trace.eig_next                # [500] the 6th: below 2 CRITICAL, or num_eigs is too small
 """
 
 import functools
@@ -102,6 +105,8 @@ NUM_BLOCKS = 2
 FIRST_BLOCKS = 20
 # Cone problems (with their eigen-solve and third derivatives) per unit of time.
 CONE_SOLVES = 1
+# The cone solver's smoothing Newton fallback runs at most this many times `max_iter`.
+SMOOTHING_ITER = 10
 _HIGHEST = lax.Precision.HIGHEST
 
 
@@ -115,6 +120,9 @@ class FlowTrace(NamedTuple):
         0), NaN for the discrete run.
       eigs: [T, k] top eigenvalues of P^-1 H at the start of each step, descending (for
         the discrete run with the preconditioner its step uses).
+      eig_next: [T] the (k + 1)-th of them (the eigen-solve's next Ritz value, a lower
+        bound), NaN where k is the number of parameters. The cone problem sees only the top
+        k: once this one passes 2 CRITICAL, a central flow needs a larger `num_eigs`.
       lr_eff: [T] the effective learning rate: lr for gd, lr / (sqrt(nu) + eps) for
         scalar_rmsprop, the geometric mean over parameters of lr / (sqrt(nu) + eps) for
         rmsprop.
@@ -123,6 +131,8 @@ class FlowTrace(NamedTuple):
       substeps: [T] integration substeps per step (1 for discrete).
       matvecs: [T] Hessian-vector plus third-derivative products per step.
       grads: [T] gradient evaluations per step.
+      cone_residual: [T] the largest `cone_residual` of the step's cone problems (0 where
+        none was solved: no eigenvalue above 2 CRITICAL, and for discrete and stable).
       params: the parameters at the end (a pytree like w0).
       nu: the final optimizer state nu ([n] for rmsprop, scalar otherwise; 0 for gd).
     """
@@ -135,6 +145,8 @@ class FlowTrace(NamedTuple):
     substeps: Array
     matvecs: Array
     grads: Array
+    eig_next: Array
+    cone_residual: Array
     params: PyTree
     nu: Array
 
@@ -163,7 +175,8 @@ def run(
       lr: the learning rate, positive and finite (may be traced: `jax.vmap` over it).
       steps: T >= 1 steps (units of flow time).
       num_eigs: k, the number of effective eigenvalues tracked (1 <= k <= parameters); only
-        these can enter the central flow's cone problem.
+        these can enter the central flow's cone problem (`FlowTrace.eig_next` shows whether
+        the next one stays below it).
       beta2: rmsprop's decay b2 in (0, 1); default DEFAULT_BETA2. Not for gd.
       eps: rmsprop's eps >= 0, added to sqrt(nu).
       key: draws the first eigen-solve's start vector; default jax.random.key(0).
@@ -230,39 +243,39 @@ def complementarity(
     zeros are the solutions; the Jacobian uses the derivative of the eigenvalue projection
     (Loewner divided differences), each step a k^2 x k^2 least-squares solve with a
     backtracking line search on |F|; a projected gradient step where no step size reduces
-    |F|. Stops at |F| <= 100 eps (of A and B normalized to unit size) or `max_iter`.
+    |F|. That is fast from a warm start but can stall far from the solution when B is
+    ill-conditioned, so where it ends above tolerance a smoothing Newton method takes over
+    from its last iterate: Qi, Sun and Zhou's (Math. Program. 87, 2000) on the
+    Chen-Harker-Kanzow-Smale smoothed projection, which keeps X and Z positive definite with
+    X Z = mu^2 I on the way (the Jacobian is nonsingular for mu > 0 and B >= 0) and drives
+    mu to 0 with |F|: globally convergent for B >= 0, quadratic near the solution (it also
+    stops where rounding leaves no step size that decreases its merit function). Each
+    stops at |F| <= 100 eps (of A and B normalized to unit size, A with the identity where
+    the mask leaves rows and columns out; `cone_residual` scales the selected block), Newton
+    after `max_iter` iterations, smoothing Newton after SMOOTHING_ITER times as many (one
+    of 32 random problems with k = 3 whose B has condition number 1e7 took more than 200;
+    288 such problems all met the tolerance within 500).
 
     Args:
       A: [k, k] symmetric.
       B: [k, k, k, k].
       mask: optional bool [k]: X is zero outside the rows and columns it selects.
       X0: optional [k, k] start (e.g. the previous solution).
-      max_iter: Newton iterations at most.
+      max_iter: semismooth Newton iterations at most.
 
     Returns:
-      X [k, k], positive semidefinite.
+      X [k, k], positive semidefinite; `cone_residual(A, B, X, mask=mask)` says how well it
+      meets the conditions.
     """
-    A = jnp.asarray(A)
-    k = A.shape[0]
-    dtype = A.dtype
-    A = 0.5 * (A + A.T)
-    B = jnp.asarray(B, dtype)
-    B = 0.5 * (B + B.transpose(1, 0, 2, 3))
-    B = 0.5 * (B + B.transpose(0, 1, 3, 2))
-    B = 0.5 * (B + B.transpose(2, 3, 0, 1))
-    if mask is not None:
-        m = jnp.asarray(mask, dtype)
-        mm = m[:, None] * m[None, :]
-        B = B * mm[:, :, None, None] * mm[None, None, :, :]
-        A = A * mm + jnp.diag(1 - m)  # decoupled: X_ij = 0 wherever i or j is off
-    a_scale = jnp.maximum(jnp.max(jnp.abs(A)), jnp.finfo(dtype).tiny)
-    B_m = B.reshape(k * k, k * k)
-    b_scale = jnp.maximum(jnp.linalg.norm(B_m, 2), jnp.finfo(dtype).tiny)
-    An, Bn = A / a_scale, B_m / b_scale  # solve for Y = X b_scale / a_scale
-    Y0 = jnp.zeros_like(A) if X0 is None else jnp.asarray(X0, dtype) * (b_scale / a_scale)
-    if mask is not None:
+    An, Bn, a_scale, b_scale, mm = _normalized(A, B, mask)
+    k, dtype = An.shape[0], An.dtype
+    # solve for Y = X b_scale / a_scale
+    Y0 = jnp.zeros_like(An) if X0 is None else jnp.asarray(X0, dtype) * (b_scale / a_scale)
+    if mm is not None:
         Y0 = Y0 * mm
+    Y0 = jnp.where(jnp.all(jnp.isfinite(Y0)), Y0, 0)  # A = 0: overflow, the solution is 0
     tol = 100 * float(jnp.finfo(dtype).eps)
+    eye = jnp.eye(k * k, dtype=dtype)
 
     def Z(Y):
         return An + (Bn @ Y.reshape(-1)).reshape(k, k)
@@ -270,10 +283,8 @@ def complementarity(
     def residual(Y):
         return Y - _psd_part(Y - Z(Y))
 
-    def newton(Y):
-        F = residual(Y)
-        mu, Q = jnp.linalg.eigh(Y - Z(Y))
-        Omega = _projection_weights(mu)
+    def jacobian(Q, Omega):
+        """The k^2 x k^2 matrix of E -> E - Q (Omega * Q^T (E - B[E]) Q) Q^T."""
 
         def J(E):
             E = E.reshape(k, k)
@@ -281,7 +292,12 @@ def complementarity(
             dP = Q @ (Omega * (Q.T @ D @ Q)) @ Q.T
             return (E - dP).reshape(-1)
 
-        J_m = jax.vmap(J, in_axes=1, out_axes=1)(jnp.eye(k * k, dtype=dtype))
+        return jax.vmap(J, in_axes=1, out_axes=1)(eye)
+
+    def newton(Y):
+        F = residual(Y)
+        mu, Q = jnp.linalg.eigh(Y - Z(Y))
+        J_m = jacobian(Q, _projection_weights(mu))
         d = jnp.linalg.lstsq(J_m, -F.reshape(-1))[0].reshape(k, k)
         d = 0.5 * (d + d.T)
         d = jnp.where(jnp.all(jnp.isfinite(d)), d, 0)
@@ -302,9 +318,93 @@ def complementarity(
         return newton(Y), it + 1
 
     Y, _ = lax.while_loop(cond, body, (Y0, jnp.zeros((), jnp.int32)))
+
+    # Smoothing Newton (Qi, Sun and Zhou 2000, Algorithm 1) on H(mu, Y) = (mu, F_mu(Y)),
+    # F_mu(Y) = Y - Proj_mu(Y - Z(Y)), Proj_mu applying (l + sqrt(l^2 + 4 mu^2)) / 2 to the
+    # eigenvalues l; merit psi = mu^2 + |F_mu|^2.
+    mu_bar, gamma, sigma = 1.0, 0.5, 1e-4  # gamma mu_bar < 1
+    ts = 0.5 ** jnp.arange(40, dtype=dtype)
+
+    def smooth_residual(mu, Y):
+        lam, Q = jnp.linalg.eigh(Y - Z(Y))
+        return Y - (Q * _smoothed_plus(lam, mu)[None, :]) @ Q.T
+
+    def psi(mu, Y):
+        return mu * mu + jnp.sum(smooth_residual(mu, Y) ** 2)
+
+    def smooth_step(state):
+        Y, mu, it, _ = state
+        p = psi(mu, Y)
+        beta = gamma * jnp.minimum(1, p)
+        lam, Q = jnp.linalg.eigh(Y - Z(Y))
+        root = jnp.sqrt(lam * lam + 4 * mu * mu)
+        F = Y - (Q * _smoothed_plus(lam, mu)[None, :]) @ Q.T
+        # dF/dmu = -Q diag(2 mu / sqrt(l^2 + 4 mu^2)) Q^T
+        dF_dmu = -(Q * _safe_div(2 * mu, root)[None, :]) @ Q.T
+        d_mu = -mu + beta * mu_bar
+        J_m = jacobian(Q, _smoothed_weights(lam, mu))
+        rhs = -(F + d_mu * dF_dmu).reshape(-1)
+        d = jnp.linalg.lstsq(J_m, rhs)[0].reshape(k, k)
+        d = 0.5 * (d + d.T)
+        d = jnp.where(jnp.all(jnp.isfinite(d)), d, 0)
+        trial = jax.vmap(lambda t: psi(mu + t * d_mu, Y + t * d))(ts)
+        ok = trial <= (1 - 2 * sigma * (1 - gamma * mu_bar) * ts) * p
+        # no step size decreases psi (in exact arithmetic one does): rounding, stop there
+        t = jnp.where(jnp.any(ok), ts[jnp.argmax(ok)], 0)
+        return Y + t * d, mu + t * d_mu, it + 1, ~jnp.any(ok)
+
+    def smooth_cond(state):
+        Y, _, it, stuck = state
+        go_on = (jnp.linalg.norm(residual(Y)) > tol) & ~stuck
+        return go_on & (it < SMOOTHING_ITER * max_iter)
+
+    start = (Y, jnp.asarray(mu_bar, dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
+    Y, _, _, _ = lax.while_loop(smooth_cond, smooth_step, start)
     Y = _psd_part(Y - Z(Y))  # a fixed point of the projection: exactly PSD
     X = Y * (a_scale / b_scale)
-    return X * mm if mask is not None else X
+    return X * mm if mm is not None else X
+
+
+def cone_residual(A: Array, B: Array, X: Array, *, mask: Array | None = None) -> Array:
+    """How far a symmetric X is from solving SDCP(A, B) (`complementarity`): the natural
+    residual r = |Y - Proj_PSD(Y - Z)|_F of the problem scaled to |A|_max = |B|_2 = 1 (Y =
+    X |B|_2 / |A|_max, Z = (A + B[X]) / |A|_max; with a mask, of the selected rows and
+    columns). Zero exactly at the solutions; the smallest eigenvalues of Y and Z are >= -r
+    and |<Y, Z>| <= r (|Y| + |Z| + r)."""
+    An, Bn, a_scale, b_scale, mm = _normalized(A, B, mask, block_scale=True)
+    k = An.shape[0]
+    X = jnp.asarray(X, An.dtype)
+    Y = (X * mm if mm is not None else X) * (b_scale / a_scale)
+    Z = An + (Bn @ Y.reshape(-1)).reshape(k, k)
+    return jnp.linalg.norm(Y - _psd_part(Y - Z))
+
+
+def _normalized(A, B, mask, *, block_scale=False):
+    """(A / |A|_max [k, k], B / |B|_2 [k^2, k^2], |A|_max, |B|_2, mask matrix or None): A
+    and B symmetrized, and restricted to the masked rows and columns (decoupled outside: A
+    = I, B = 0 there, whose solution is X_ij = 0 wherever i or j is off). |A|_max includes
+    that I unless `block_scale` (then it is the selected block's, and the I is added after
+    scaling)."""
+    A = jnp.asarray(A)
+    k = A.shape[0]
+    dtype = A.dtype
+    A = 0.5 * (A + A.T)
+    B = jnp.asarray(B, dtype)
+    B = 0.5 * (B + B.transpose(1, 0, 2, 3))
+    B = 0.5 * (B + B.transpose(0, 1, 3, 2))
+    B = 0.5 * (B + B.transpose(2, 3, 0, 1))
+    mm, off = None, jnp.zeros((k, k), dtype)
+    if mask is not None:
+        m = jnp.asarray(mask, dtype)
+        mm = m[:, None] * m[None, :]
+        B = B * mm[:, :, None, None] * mm[None, None, :, :]
+        A, off = A * mm, jnp.diag(1 - m)
+    if not block_scale:
+        A, off = A + off, 0 * off
+    a_scale = jnp.maximum(jnp.max(jnp.abs(A)), jnp.finfo(dtype).tiny)
+    B_m = B.reshape(k * k, k * k)
+    b_scale = jnp.maximum(jnp.linalg.norm(B_m, 2), jnp.finfo(dtype).tiny)
+    return A / a_scale + off, B_m / b_scale, a_scale, b_scale, mm
 
 
 def _psd_part(M: Array) -> Array:
@@ -322,6 +422,25 @@ def _projection_weights(mu: Array) -> Array:
     same = jnp.abs(dmu) <= 1e-12 * (1 + jnp.abs(mu[:, None]))
     both = (mu[:, None] > 0) & (mu[None, :] > 0)
     return jnp.where(same, both.astype(mu.dtype), dpos / jnp.where(same, 1, dmu))
+
+
+def _smoothed_plus(lam: Array, mu: Array) -> Array:
+    """(l + sqrt(l^2 + 4 mu^2)) / 2, the Chen-Harker-Kanzow-Smale smoothing of max(l, 0)
+    (written without the cancellation at l << -mu)."""
+    root = jnp.sqrt(lam * lam + 4 * mu * mu)
+    neg = _safe_div(2 * mu * mu, root - lam)
+    return jnp.where(lam >= 0, 0.5 * (lam + root), neg)
+
+
+def _smoothed_weights(lam: Array, mu: Array) -> Array:
+    """Divided differences of `_smoothed_plus` at the eigenvalues lam (its derivative on the
+    diagonal): 1/2 + (l_i + l_j) / (2 (r_i + r_j)), r = sqrt(l^2 + 4 mu^2), exact for any
+    pair (the square roots' difference is (l_i^2 - l_j^2) / (r_i + r_j))."""
+    root = jnp.sqrt(lam * lam + 4 * mu * mu)
+    num = lam[:, None] + lam[None, :]
+    den = root[:, None] + root[None, :]
+    # mu = 0 and l_i = l_j = 0: the projection's generalized derivative 1/2
+    return 0.5 + 0.5 * _safe_div(num, den)
 
 
 # ----------------------------------------------------------------------------- eigenvectors
@@ -474,7 +593,8 @@ def _program(f, flow, opt: _Opt, steps, k, w0, key, cone_solves):
         return dw, dnu
 
     def oscillation(w, nu, g, theta, Y, X_prev, dt):
-        """X from the cone problem and the frozen terms it adds: (X, cw [n], cnu)."""
+        """X from the cone problem and the frozen terms it adds: (X, cw [n], cnu, its
+        matvecs, the cone problem's residual)."""
         s, _ = operator(w, nu)
         U = s[:, None] * Y[:, :k]  # generalized eigenvectors, U^T P U = I
         th = theta[:k]
@@ -502,12 +622,13 @@ def _program(f, flow, opt: _Opt, steps, k, w0, key, cone_solves):
                     # tr(H Sigma H) ~ 4 p^2 tr(U X U^T) = 4 p^2 <G, X>
                     Bop = Bop + 8 * r * p[0] ** 2 * jnp.einsum("ij,ab->ijab", G, G)
             A = 2 * jnp.eye(k, dtype=dtype) - jnp.diag(th) + dt * a
-            return complementarity(A, dt * Bop, mask=mask, X0=X_prev), N
+            X = complementarity(A, dt * Bop, mask=mask, X0=X_prev)
+            return X, N, cone_residual(A, dt * Bop, X, mask=mask)
 
         def skip(_):
-            return jnp.zeros((k, k), dtype), jnp.zeros((k, k, n), dtype)
+            return jnp.zeros((k, k), dtype), jnp.zeros((k, k, n), dtype), jnp.zeros((), dtype)
 
-        X, N = lax.cond(jnp.any(mask), solve, skip, None)
+        X, N, res = lax.cond(jnp.any(mask), solve, skip, None)
         p = jnp.broadcast_to(opt.p(nu), (n,))
         cw = -0.5 * _safe_div(jnp.einsum("ab,abn->n", X, N), p)
         if opt.name == "rmsprop":
@@ -517,7 +638,7 @@ def _program(f, flow, opt: _Opt, steps, k, w0, key, cone_solves):
         else:
             cnu = jnp.zeros((), dtype)
         m = jnp.sum(mask).astype(jnp.int32)  # critical directions: a prefix of theta
-        return X, cw, cnu, m * (m + 1) // 2
+        return X, cw, cnu, m * (m + 1) // 2, res
 
     def integrate(w, nu, g, span, theta, cw, cnu):
         """RK4 over `span` time units with the frozen terms (cw, cnu); substeps sized to
@@ -555,12 +676,12 @@ def _program(f, flow, opt: _Opt, steps, k, w0, key, cone_solves):
         if flow == "stable":
             w_new, nu_new, num_sub = integrate(w, nu, g, 1.0, theta[0], 0.0, 0.0)
             sigma, X_new, Y_new = jnp.zeros((), dtype), X, Y
-            matvecs = eig_mv
+            matvecs, res = eig_mv, jnp.zeros((), dtype)
         else:
             # cone_solves cone problems per unit time, each followed by RK4 substeps with
             # its oscillation terms frozen
             span = 1.0 / cone_solves
-            X_new, cw, cnu, crit = oscillation(w, nu, g, theta, Y, X, span)
+            X_new, cw, cnu, crit, res = oscillation(w, nu, g, theta, Y, X, span)
             sigma = 0.5 * jnp.sum(jnp.diag(X_new) * theta[:k])
             w_new, nu_new, num_sub = integrate(w, nu, g, span, theta[0], cw, cnu)
             matvecs = eig_mv + crit
@@ -568,18 +689,37 @@ def _program(f, flow, opt: _Opt, steps, k, w0, key, cone_solves):
             for _ in range(cone_solves - 1):
                 g_ = grad(w_new)
                 th_, Y_new, more = eig(w_new, nu_new, Y_new, False)
-                X_new, cw, cnu, crit = oscillation(w_new, nu_new, g_, th_, Y_new, X_new, span)
+                X_new, cw, cnu, crit, r = oscillation(w_new, nu_new, g_, th_, Y_new, X_new, span)
                 w_new, nu_new, m = integrate(w_new, nu_new, g_, span, th_[0], cw, cnu)
                 num_sub = num_sub + m
                 matvecs = matvecs + more + crit
+                res = jnp.maximum(res, r)
         grads = 4 * num_sub  # the step's first gradient serves RK4's first stage
-        out = (L, L + sigma, theta[:k], opt.lr_eff(nu), sigma, num_sub, matvecs, grads)
+        out = FlowTrace(
+            loss=L,
+            predicted=L + sigma,
+            eigs=theta[:k],
+            lr_eff=opt.lr_eff(nu),
+            sigma=sigma,
+            substeps=num_sub,
+            matvecs=matvecs,
+            grads=grads,
+            eig_next=_next_eig(theta, k),
+            cone_residual=res,
+            params=None,
+            nu=None,
+        )
         return (w_new, nu_new, Y_new, X_new), out
 
     carry0 = (w0, nu0, Y0, jnp.zeros((k, k), dtype))
     (w, nu, _, _), outs = lax.scan(step, carry0, jnp.arange(steps))
-    L, pred, eigs, lr_eff, sigma, num_sub, matvecs, grads = outs
-    return FlowTrace(L, pred, eigs, lr_eff, sigma, num_sub, matvecs, grads, w, nu)
+    return outs._replace(params=w, nu=nu)
+
+
+def _next_eig(theta: Array, k: int) -> Array:
+    """The (k + 1)-th of the eigen-solve's values theta [b] (b = k + 1 unless k is the
+    dimension: then NaN)."""
+    return theta[k] if theta.shape[0] > k else jnp.full((), jnp.nan, theta.dtype)
 
 
 def _third_derivatives(f: Callable, k: int) -> Callable:
@@ -637,16 +777,19 @@ def _discrete(f, opt: _Opt, steps, k, w0, nu0, Y0, eig):
             w_new = w + jnp.where(jnp.isfinite(updates), updates, 0)
             nu = state[0].nu if opt.name == "rmsprop" else jnp.zeros((), dtype)
         theta, Y, eig_mv = eig(w, nu, Y, t == 0)
-        nan = jnp.full((), jnp.nan, dtype)
-        out = (
-            L,
-            nan,
-            theta[:k],
-            opt.lr_eff(nu),
-            jnp.zeros((), dtype),
-            jnp.ones((), jnp.int32),
-            eig_mv,
-            jnp.ones((), jnp.int32),
+        out = FlowTrace(
+            loss=L,
+            predicted=jnp.full((), jnp.nan, dtype),
+            eigs=theta[:k],
+            lr_eff=opt.lr_eff(nu),
+            sigma=jnp.zeros((), dtype),
+            substeps=jnp.ones((), jnp.int32),
+            matvecs=eig_mv,
+            grads=jnp.ones((), jnp.int32),
+            eig_next=_next_eig(theta, k),
+            cone_residual=jnp.zeros((), dtype),
+            params=None,
+            nu=None,
         )
         return (w_new, state, Y), out
 
@@ -657,7 +800,7 @@ def _discrete(f, opt: _Opt, steps, k, w0, nu0, Y0, eig):
         nu = state
     else:
         nu = jnp.zeros((), dtype)
-    return FlowTrace(*outs, w, nu)
+    return outs._replace(params=w, nu=nu)
 
 
 def onset(eigs_TxK: Any, *, rtol: float = 1e-3) -> int | None:

@@ -150,6 +150,110 @@ def test_cone_solver_meets_the_complementarity_conditions_to_1e8(k):
             assert abs(np.sum(Xm_i[sel] * Zm)) <= 1e-8
 
 
+def _sym_basis(k):
+    """An orthonormal basis [k (k + 1) / 2, k, k] of the symmetric k x k matrices."""
+    out = []
+    for p, q in zip(*np.triu_indices(k), strict=True):
+        E = np.zeros((k, k))
+        E[p, q] = E[q, p] = 1.0 if p == q else 1 / np.sqrt(2)
+        out.append(E)
+    return np.array(out)
+
+
+def _constructed_problem(rng, k, cond, scale):
+    """(A, B, X*): B with condition number `cond` on the symmetric matrices, and a solution
+    X* chosen first, large (`scale`) along the least curved direction of B: X* = scale
+    Proj_PSD(E_min) and Z* >= 0 on its null space, so X* Z* = 0 and A = Z* - B[X*] has X*
+    as its solution (unique: B is definite)."""
+    S = _sym_basis(k)
+    m = len(S)
+    V = np.linalg.qr(rng.normal(size=(m, m)))[0]
+    B = np.einsum("pq,pij,qab->ijab", (V * np.logspace(0, -np.log10(cond), m)) @ V.T, S, S)
+    lam, Q = np.linalg.eigh(np.einsum("p,pij->ij", V[:, -1], S))
+    if lam[-1] < -lam[0]:  # the sign with the larger positive part
+        lam, Q = -lam[::-1], Q[:, ::-1]
+    X = (Q * (scale * np.maximum(lam, 0))) @ Q.T
+    Z = (Q * np.where(lam > 0, 0, rng.uniform(0.5, 2, size=k))) @ Q.T
+    return Z - _apply(B, X), B, X
+
+
+def _natural_residual(A, B, X):
+    """|Y - Proj_PSD(Y - Z)|_F with A, B scaled to |A|_max = |B|_2 = 1, in NumPy."""
+    k = len(A)
+    a, b = np.abs(A).max(), np.linalg.norm(B.reshape(k * k, k * k), 2)
+    Y, Z = X * b / a, (A + _apply(B, X)) / a
+    mu, Q = np.linalg.eigh(Y - Z)
+    return np.linalg.norm(Y - (Q * np.maximum(mu, 0)) @ Q.T)
+
+
+def test_cone_solver_ill_conditioned_matches_the_constructed_solution():
+    # B with condition number 1e4 to 1e6 and X* of size 100 to 1000 along its least curved
+    # direction: semismooth Newton alone stalls on some of these (its projected gradient
+    # fallback moves about 1 / cond per step: 6 of these 24 ended 18% to 81% off after its
+    # 50 iterations), the smoothing Newton fallback finds X* (measured relative error up to
+    # 5e-11, float64 rounding times the condition number; tolerance 1e-7).
+    rng = np.random.default_rng(7)
+    problems = [
+        _constructed_problem(rng, 3, cond, scale)
+        for cond, scale in [(1e4, 100), (1e5, 300), (1e6, 1000)]
+        for _ in range(8)
+    ]
+    with jax.enable_x64(True):
+        A = jnp.asarray(np.stack([p[0] for p in problems]))
+        B = jnp.asarray(np.stack([p[1] for p in problems]))
+        X = np.asarray(jax.jit(jax.vmap(flows.complementarity))(A, B))
+        res = np.asarray(jax.vmap(flows.cone_residual)(A, B, jnp.asarray(X)))
+    for (_, _, X_star), X_i in zip(problems, X, strict=True):
+        np.testing.assert_allclose(X_i, X_star, atol=1e-7 * np.abs(X_star).max())
+    assert res.max() <= 1e-7, res.max()
+
+
+def test_cone_solver_solves_an_ill_conditioned_random_problem():
+    # A random k = 3 problem (the 140th from this seed) whose B has condition number 1.4e5:
+    # 50 semismooth Newton iterations ended at min eig Z = -0.33 (objective -13.0 against
+    # -53.2). The conditions, checked in NumPy, certify the solution (B is definite): X and
+    # Z >= 0 and <X, Z> = 0 to 1e-9 of |A| |X| (float64 rounding times the condition).
+    rng = np.random.default_rng(0)
+    for _ in range(140):
+        M = rng.normal(size=(3, 3))
+        G = rng.normal(size=(6, 3, 3))
+        G = 0.5 * (G + G.transpose(0, 2, 1))
+    A, B = 0.5 * (M + M.T), np.einsum("lij,lab->ijab", G, G) / 6
+    with jax.enable_x64(True):
+        X = np.asarray(flows.complementarity(jnp.asarray(A), jnp.asarray(B)))
+    Z = A + _apply(B, X)
+    size = np.abs(A).max() * np.abs(X).max()
+    assert np.abs(X).max() > 100  # the far-away solution
+    assert np.linalg.eigvalsh(X).min() >= -1e-9 * np.abs(X).max()
+    assert np.linalg.eigvalsh(Z).min() >= -1e-9 * np.abs(A).max()
+    assert abs(np.sum(X * Z)) <= 1e-9 * size
+    objective = 0.5 * np.sum(X * _apply(B, X)) + np.sum(A * X)
+    np.testing.assert_allclose(objective, -53.176874, rtol=1e-7)
+
+
+def test_cone_residual_is_the_scaled_natural_residual():
+    # Against the NumPy definition, for a solution and for other X (rtol 1e-10; atol 1e-13
+    # for the rounding at the solution, where it is 6e-16), and masked: the residual of the
+    # selected block.
+    rng = np.random.default_rng(11)
+    A, B = _random_problem(rng, 3)
+    with jax.enable_x64(True):
+        X = np.asarray(flows.complementarity(jnp.asarray(A), jnp.asarray(B)))
+        M = rng.normal(size=(3, 3))
+        for Xt in (X, X + 0.1 * np.eye(3), np.zeros((3, 3)), M + M.T):
+            got = float(flows.cone_residual(jnp.asarray(A), jnp.asarray(B), jnp.asarray(Xt)))
+            np.testing.assert_allclose(got, _natural_residual(A, B, Xt), rtol=1e-10, atol=1e-13)
+        assert float(flows.cone_residual(jnp.asarray(A), jnp.asarray(B), jnp.asarray(X))) < 1e-13
+        m = np.array([True, False, True])
+        Xm = np.asarray(flows.complementarity(jnp.asarray(A), jnp.asarray(B), mask=m))
+        sel = np.ix_(m, m)
+        bad = Xm + 0.1 * np.outer(m, m)
+        got = float(flows.cone_residual(jnp.asarray(A), jnp.asarray(B), jnp.asarray(bad), mask=m))
+    np.testing.assert_allclose(
+        got, _natural_residual(A[sel], B[np.ix_(m, m, m, m)], bad[sel]), rtol=1e-10
+    )
+
+
 # ----------------------------------------------------------------------------- below threshold
 
 D = np.array([0.5, 0.3, 0.1, 0.05])  # Hessian of the quadratic
@@ -180,10 +284,23 @@ def test_below_threshold_gd_flows_equal_gradient_flow():
         np.testing.assert_allclose(trace.loss, exact_loss, atol=1e-6)
         np.testing.assert_allclose(trace.predicted, trace.loss, atol=1e-12)  # Sigma = 0
         np.testing.assert_allclose(trace.eigs, np.tile(lr * D[:2], (steps, 1)), rtol=1e-10)
+        np.testing.assert_allclose(trace.eig_next, lr * D[2], rtol=1e-10)  # the 3rd
+        np.testing.assert_array_equal(trace.cone_residual, 0)  # no cone problem below 2 C
     np.testing.assert_allclose(central.params, stable.params, atol=1e-12)
     # GD itself is (1 - lr D)^t w0 exactly (it differs from the flow by t (lr lambda)^2 / 2).
     np.testing.assert_allclose(discrete.params, (1 - lr * D) ** steps * W0, rtol=1e-12)
     assert np.all(np.isnan(discrete.predicted))
+    np.testing.assert_allclose(discrete.eig_next, lr * D[2], rtol=1e-10)
+
+
+def test_eig_next_is_nan_when_every_eigenvalue_is_tracked():
+    # num_eigs = 4 = the number of parameters: there is no 5th eigenvalue
+    with jax.enable_x64(True):
+        trace = jax.device_get(
+            flows.run(_quadratic, jnp.asarray(W0), flow="central", lr=0.1, steps=3, num_eigs=4)
+        )
+    np.testing.assert_allclose(trace.eigs[-1], 0.1 * D, rtol=1e-10)
+    assert np.all(np.isnan(trace.eig_next))
 
 
 def _rmsprop_flow_reference(optimizer, lr, beta2, steps):
@@ -262,6 +379,13 @@ def test_central_flow_holds_the_effective_sharpness_at_2_and_predicts_gd(eos):
     np.testing.assert_allclose(central.params, [0.0, 3.0, 0.0], atol=1e-6)
     np.testing.assert_allclose(central.loss[-1], 0.05, rtol=1e-6)
     np.testing.assert_allclose(central.predicted[-1], 0.45, rtol=1e-6)
+    # the third effective eigenvalue, y's curvature 0.1 times lr once x = 0, is far below 2
+    np.testing.assert_allclose(central.eig_next[-1], 0.05, rtol=1e-9)
+    assert central.eig_next.max() < 0.1
+    # every cone problem solved to float64 rounding (measured 2e-16; 1e-12), none before the
+    # top eigenvalue passes 2 CRITICAL
+    crit = np.flatnonzero(central.eigs[:, 0] > 2 * flows.CRITICAL)[0]
+    assert np.all(central.cone_residual[:crit] == 0) and central.cone_residual.max() < 1e-12
     # against GD's running mean over its last 2000 steps (window 2000): the central flow is
     # a second-order time average; measured gap 0.55%, tolerance 2% (the paper: "a few
     # percent").
@@ -283,6 +407,55 @@ def test_below_onset_central_and_stable_flows_agree(eos):
     np.testing.assert_allclose(central.loss[:onset], stable.loss[:onset], rtol=1e-9)
     # after onset the stable flow's sharpness keeps rising to 1 + 4 = 5 (effective 2.5)
     assert stable.eigs[-1, 0] > 2.4
+
+
+M_STAR = np.array([[5.0, 0.5], [0.5, 4.8]])  # eigenvalues 5.41 and 4.39, both above 4
+MU = 0.1
+
+
+def _coupled(w):
+    """0.5 x^T M(y) x + (mu / 2) |y - y*|^2, x in R^2, M(y) = [[1 + y1, y3 / sqrt 2], [y3 /
+    sqrt 2, 1 + y2]], so that |y - y*| = |M(y) - M*|_F with M* = M(y*). The stable flow
+    takes M to M*, both of its eigenvalues past 4 = 2 / lr. The central flow stops where
+    mu (y - y*) + 1/2 grad_y <M(y), Sigma> = 0 with Sigma >= 0, M <= 4 I and Sigma (4 I - M)
+    = 0: the optimality conditions of min |M - M*|_F^2 over M <= 4 I (Sigma / 2 mu its
+    multiplier). The solution is the projection M = Q min(m, 4) Q^T of M* = Q m Q^T, here
+    4 I: both directions critical, and Sigma = 2 mu (M* - 4 I), whose off-diagonal entry
+    2 mu 0.5 = 0.1 holds y3 at 0 (the cone problem's X is a full 2 x 2 block)."""
+    x, y = w[:2], w[2:]
+    r = 1 / np.sqrt(2)
+    M = jnp.stack([jnp.stack([1 + y[0], r * y[2]]), jnp.stack([r * y[2], 1 + y[1]])])
+    y_star = jnp.asarray([M_STAR[0, 0] - 1, M_STAR[1, 1] - 1, np.sqrt(2) * M_STAR[0, 1]])
+    return 0.5 * x @ M @ x + 0.5 * MU * jnp.sum((y - y_star) ** 2)
+
+
+def test_central_flow_holds_two_coupled_directions_at_the_projection():
+    # Closed form (see _coupled): y = (3, 3, 0), x = 0, loss mu/2 |M* - 4 I|_F^2 = 0.107,
+    # Sigma = 2 mu (M* - 4 I) with tr Sigma = 0.36, predicted loss + tr Sigma / lr = 0.827.
+    # The flow approaches it at rate lr mu = 0.05 per step, within exp(-0.05 390) = 3e-9
+    # after 400 steps (measured 9e-16 in y); tolerance 1e-7. Both effective eigenvalues end
+    # at 2. A cone problem that dropped X's off-diagonal entry ends at y3 = 0.021 with
+    # eigenvalues 2.009 and 1.991.
+    sigma = 2 * MU * (M_STAR - 4 * np.eye(2))
+    loss = 0.5 * MU * np.sum((M_STAR - 4 * np.eye(2)) ** 2)
+    with jax.enable_x64(True):
+        w0 = jnp.array([0.1, -0.05, 2.0, 1.5, 0.3])
+        central = jax.device_get(
+            flows.run(_coupled, w0, flow="central", lr=LR, steps=400, num_eigs=2)
+        )
+        # with one tracked direction the cone problem holds only the top one: the second
+        # passes 2 CRITICAL unseen, and eig_next shows it
+        short = jax.device_get(
+            flows.run(_coupled, w0, flow="central", lr=LR, steps=400, num_eigs=1)
+        )
+    np.testing.assert_allclose(central.params, [0, 0, 3, 3, 0], atol=1e-7)
+    np.testing.assert_allclose(central.eigs[-1], [2, 2], atol=1e-7)
+    np.testing.assert_allclose(central.loss[-1], loss, rtol=1e-7)
+    np.testing.assert_allclose(central.sigma[-1], np.trace(sigma) / LR, rtol=1e-7)
+    np.testing.assert_allclose(central.predicted[-1], loss + np.trace(sigma) / LR, rtol=1e-7)
+    assert central.eig_next.max() < 0.1 and central.cone_residual.max() < 1e-12
+    assert short.eig_next.max() > 2 * flows.CRITICAL
+    assert abs(short.params[4]) > 0.01  # without the off-diagonal term y3 is not held at 0
 
 
 @pytest.mark.slow
@@ -376,8 +549,10 @@ def test_block_eigensolver_finds_the_preconditioned_spectrum():
                 eps=eps,
             )
         )
-    exact = np.sort(lr * d / (np.sqrt(trace.nu) + eps))[::-1][:3]
-    np.testing.assert_allclose(trace.eigs[-1], exact, rtol=1e-9)
+    exact = np.sort(lr * d / (np.sqrt(trace.nu) + eps))[::-1][:4]
+    np.testing.assert_allclose(trace.eigs[-1], exact[:3], rtol=1e-9)
+    # the block's 4th Ritz value, recorded as eig_next, converges too (1e-9)
+    np.testing.assert_allclose(trace.eig_next[-1], exact[3], rtol=1e-9)
 
 
 @pytest.mark.parametrize(
