@@ -250,8 +250,8 @@ def complementarity(
     X Z = mu^2 I on the way (the Jacobian is nonsingular for mu > 0 and B >= 0) and drives
     mu to 0 with |F|: globally convergent for B >= 0, quadratic near the solution (it also
     stops where rounding leaves no step size that decreases its merit function). Each
-    stops at |F| <= 100 eps (of A and B normalized to unit size, A with the identity where
-    the mask leaves rows and columns out; `cone_residual` scales the selected block), Newton
+    stops at |F| <= 100 eps (of A and B normalized to unit size on the rows and columns the
+    mask selects: `cone_residual`), Newton
     after `max_iter` iterations, smoothing Newton after SMOOTHING_ITER times as many (one
     of 32 random problems with k = 3 whose B has condition number 1e7 took more than 200;
     288 such problems all met the tolerance within 500).
@@ -371,7 +371,7 @@ def cone_residual(A: Array, B: Array, X: Array, *, mask: Array | None = None) ->
     X |B|_2 / |A|_max, Z = (A + B[X]) / |A|_max; with a mask, of the selected rows and
     columns). Zero exactly at the solutions; the smallest eigenvalues of Y and Z are >= -r
     and |<Y, Z>| <= r (|Y| + |Z| + r)."""
-    An, Bn, a_scale, b_scale, mm = _normalized(A, B, mask, block_scale=True)
+    An, Bn, a_scale, b_scale, mm = _normalized(A, B, mask)
     k = An.shape[0]
     X = jnp.asarray(X, An.dtype)
     Y = (X * mm if mm is not None else X) * (b_scale / a_scale)
@@ -379,12 +379,11 @@ def cone_residual(A: Array, B: Array, X: Array, *, mask: Array | None = None) ->
     return jnp.linalg.norm(Y - _psd_part(Y - Z))
 
 
-def _normalized(A, B, mask, *, block_scale=False):
+def _normalized(A, B, mask):
     """(A / |A|_max [k, k], B / |B|_2 [k^2, k^2], |A|_max, |B|_2, mask matrix or None): A
-    and B symmetrized, and restricted to the masked rows and columns (decoupled outside: A
-    = I, B = 0 there, whose solution is X_ij = 0 wherever i or j is off). |A|_max includes
-    that I unless `block_scale` (then it is the selected block's, and the I is added after
-    scaling)."""
+    and B symmetrized, and restricted to the masked rows and columns: the sizes are the
+    selected block's, and outside it A / |A|_max = I, B = 0, whose solution is X_ij = 0
+    wherever i or j is off."""
     A = jnp.asarray(A)
     k = A.shape[0]
     dtype = A.dtype
@@ -399,8 +398,6 @@ def _normalized(A, B, mask, *, block_scale=False):
         mm = m[:, None] * m[None, :]
         B = B * mm[:, :, None, None] * mm[None, None, :, :]
         A, off = A * mm, jnp.diag(1 - m)
-    if not block_scale:
-        A, off = A + off, 0 * off
     a_scale = jnp.maximum(jnp.max(jnp.abs(A)), jnp.finfo(dtype).tiny)
     B_m = B.reshape(k * k, k * k)
     b_scale = jnp.maximum(jnp.linalg.norm(B_m, 2), jnp.finfo(dtype).tiny)

@@ -231,6 +231,30 @@ def test_cone_solver_solves_an_ill_conditioned_random_problem():
     np.testing.assert_allclose(objective, -53.176874, rtol=1e-7)
 
 
+def test_cone_solver_masked_float32_meets_the_selected_blocks_scale():
+    # The central flow's cone problems are float32, masked, with an A of the size of
+    # |2 - eig| (about 1e-2). The solver's tolerance, 100 eps = 1.2e-5, is on the selected
+    # block scaled to unit size (the masked-out rows' I once set the scale: up to 7.8e-4
+    # here). Natural residual of the block in float64 NumPy: measured up to 4.8e-6,
+    # tolerance 1e-4.
+    rng = np.random.default_rng(3)
+    problems = [_random_problem(rng, 4) for _ in range(64)]
+    A = np.stack([p[0] for p in problems]) * 1e-2
+    B = np.stack([p[1] for p in problems])
+    m = np.array([True, True, True, False])
+    X = jax.jit(jax.vmap(lambda a, b: flows.complementarity(a, b, mask=jnp.asarray(m))))(
+        jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32)
+    )
+    X = np.asarray(X, np.float64)
+    assert np.all(X[:, 3, :] == 0) and np.all(X[:, :, 3] == 0)
+    sel = np.ix_(m, m)
+    res = [
+        _natural_residual(a[sel], b[np.ix_(m, m, m, m)], x[sel])
+        for a, b, x in zip(A, B, X, strict=True)
+    ]
+    assert max(res) <= 1e-4, max(res)
+
+
 def test_cone_residual_is_the_scaled_natural_residual():
     # Against the NumPy definition, for a solution and for other X (rtol 1e-10; atol 1e-13
     # for the rounding at the solution, where it is 6e-16), and masked: the residual of the
