@@ -26,7 +26,8 @@ largest relative gap of the central prediction to the running mean (from `window
 after onset, when the mean no longer reaches back before it), the largest |eig - 2| of the
 central flow after onset; for RMSProp the effective learning rate (geometric mean over
 parameters of lr / (sqrt(nu) + eps)) of the central flow against the discrete run's running
-mean. `claims` checks each against its stated tolerance.
+mean. A value with nothing to measure is null (before an onset at step 0, after one at the
+last step), and so is its claim. `claims` checks each against its stated tolerance.
 
 Heavy-ball momentum (v <- beta v + g, w <- w - lr v, threshold (2 + 2 beta) / lr) is left
 out, for this reason. RMSProp's state nu can be carried as a state of the flow because the
@@ -157,6 +158,11 @@ def _first(mask) -> int | None:
     return int(hit[0]) if len(hit) else None
 
 
+def _max(x) -> float | None:
+    """The largest entry, None for an empty array (an onset at the first or last step)."""
+    return float(np.max(x)) if np.size(x) else None
+
+
 def run_summary(arrays: dict, name: str, cfg: Config) -> dict:
     get = lambda flow, field: arrays[f"{name}/{flow}/{field}"]  # noqa: E731
     disc, stable, central = (get(f, "loss") for f in FLOWS)
@@ -164,9 +170,9 @@ def run_summary(arrays: dict, name: str, cfg: Config) -> dict:
     onset = flows.onset(get("central", "eigs"))
     out = {"onset_step": onset, "window": cfg.window}
     before = slice(0, onset if onset is not None else len(disc))
-    out["before_onset_max_gap"] = {
-        "discrete_vs_stable": float(_gap(disc[before], stable[before]).max()),
-        "central_vs_stable": float(_gap(central[before], stable[before]).max()),
+    out["before_onset_max_gap"] = {  # None: onset at step 0, nothing before it
+        "discrete_vs_stable": _max(_gap(disc[before], stable[before])),
+        "central_vs_stable": _max(_gap(central[before], stable[before])),
     }
     out["matvecs_per_step"] = {f: float(np.mean(get(f, "matvecs"))) for f in FLOWS}
     out["grads_per_step"] = {f: float(np.mean(get(f, "grads"))) for f in FLOWS}
@@ -194,7 +200,8 @@ def run_summary(arrays: dict, name: str, cfg: Config) -> dict:
         "predicted_gap_median": float(np.median(pred_gap)),
         "predicted_gap_max": float(pred_gap.max()),
         "loss_gap_median": float(np.median(loss_gap)),  # L(w) alone, without Sigma's share
-        "max_abs_eig_minus_2": float(np.abs(get("central", "eigs")[onset + 1 :, 0] - 2).max()),
+        # None: onset at the last step, nothing after it
+        "max_abs_eig_minus_2": _max(np.abs(get("central", "eigs")[onset + 1 :, 0] - 2)),
         "final_loss": float(central[-1]),
         "final_predicted": float(get("central", "predicted")[-1]),
     }
@@ -227,8 +234,10 @@ def claims(summary: dict, cfg: Config) -> dict:
     for name, _, _ in runs(cfg):
         s = summary[name]
         out[f"{name}_reaches_onset"] = s["onset_step"] is not None
-        out[f"{name}_three_agree_before_onset"] = bool(
-            max(s["before_onset_max_gap"].values()) <= cfg.agree_tol
+        gaps = s["before_onset_max_gap"].values()
+        # None where there is nothing to compare (onset at step 0)
+        out[f"{name}_three_agree_before_onset"] = (
+            None if None in gaps else bool(max(gaps) <= cfg.agree_tol)
         )
         if s["onset_step"] is None:
             continue
@@ -237,7 +246,8 @@ def claims(summary: dict, cfg: Config) -> dict:
         out[f"{name}_central_closer_than_stable"] = (
             c["predicted_gap_median"] < s["stable"]["gap_median"]
         )
-        out[f"{name}_central_holds_2"] = c["max_abs_eig_minus_2"] <= cfg.hold_tol
+        dev = c["max_abs_eig_minus_2"]
+        out[f"{name}_central_holds_2"] = None if dev is None else dev <= cfg.hold_tol
         out[f"{name}_stable_sharpness_passes_2"] = s["stable"]["max_sharpness_after_onset"] > 2
         if "lr_eff" in s:
             out[f"{name}_lr_eff_predicted"] = s["lr_eff"]["central_gap_median"] <= cfg.track_tol

@@ -1,12 +1,14 @@
 """studies/central_flows in --quick mode: GD and RMSProp beside their stable and central flows."""
 
+import io
 import json
 
 import jax
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from sandbox import hessian
+from sandbox import hessian, report
 from studies import central_flows as cf
 
 
@@ -112,6 +114,56 @@ def test_rmsprop_at_the_edge_and_its_effective_learning_rate(full_run):
     # the state nu starts at g_0^2 in every flow: the effective learning rates agree at 0
     lr0 = [arrays[f"rmsprop/{flow}/lr_eff"][0] for flow in cf.FLOWS]
     np.testing.assert_allclose(lr0, lr0[0], rtol=1e-6)
+
+
+def _synthetic(eigs_TxK, T=100):
+    """arrays as `compute` writes them for one GD run `gd_0.3`, every flow the same: loss
+    falling linearly, the given central eigenvalues."""
+    arrays = {}
+    for flow in cf.FLOWS:
+        fields = dict(
+            loss=np.linspace(1, 0.5, T),
+            predicted=np.linspace(1, 0.5, T),
+            eigs=eigs_TxK,
+            lr_eff=np.full(T, 0.3),
+            matvecs=np.full(T, 8),
+            grads=np.full(T, 8),
+        )
+        arrays |= {f"gd_0.3/{flow}/{k}": v.copy() for k, v in fields.items()}
+    return arrays
+
+
+def test_onset_at_the_first_or_last_step_leaves_nothing_to_measure():
+    # An onset at step 0 (a gd_lr above 2 / lambda_0) has no steps before it, one at the
+    # last step none after it: those values and their claims are None, the rest is measured.
+    T = 100
+    cfg = cf.Config(gd_lrs=(0.3,), rmsprop_lr=0.0, steps=T, window=10)
+    at_0 = cf.summarize(_synthetic(np.full((T, 3), 2.0)), cfg)
+    s = at_0["gd_0.3"]
+    assert s["onset_step"] == 0
+    assert s["before_onset_max_gap"] == {"discrete_vs_stable": None, "central_vs_stable": None}
+    assert at_0["claims"]["gd_0.3_three_agree_before_onset"] is None
+    assert s["central"]["max_abs_eig_minus_2"] == 0.0
+    assert at_0["claims"]["gd_0.3_central_holds_2"] is True
+    eigs = np.full((T, 3), 1.0)
+    eigs[-1, 0] = 2.0
+    at_end = cf.summarize(_synthetic(eigs), cfg)
+    s = at_end["gd_0.3"]
+    assert s["onset_step"] == T - 1
+    assert s["before_onset_max_gap"] == {"discrete_vs_stable": 0.0, "central_vs_stable": 0.0}
+    assert s["central"]["max_abs_eig_minus_2"] is None
+    assert at_end["claims"]["gd_0.3_central_holds_2"] is None
+    assert at_end["claims"]["gd_0.3_three_agree_before_onset"] is True
+    # summary.json and the gallery take the Nones, the figures draw
+    assert "null" in json.dumps(at_0) and "null" in json.dumps(at_end)
+    row = ("gd_0.3 / central / max_abs_eig_minus_2", "None", "")
+    assert row in report.summary_rows(at_end)
+    for summary in (at_0, at_end):
+        figs = cf.plot(_synthetic(np.full((T, 3), 2.0)), cfg, summary)
+        assert set(figs) == {"gd"}
+        for fig in figs.values():
+            fig.savefig(io.BytesIO(), format="png")
+            plt.close(fig)
 
 
 @pytest.mark.parametrize(
