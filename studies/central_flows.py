@@ -113,7 +113,6 @@ QUICK = Config(
     rmsprop_lr=2e-3,
     steps=300,
     num_eigs=4,
-    window=10,
     hold_tol=2e-3,
 )
 
