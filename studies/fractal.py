@@ -43,9 +43,8 @@ class Config(config.Checked):
     seed: int = config.seed()  # seed of the MLP's initial weights and data
     # Per-layer learning rates of a width -> width -> 1 tanh MLP, float64.
     width: int = config.count(8, 4096)  # the MLP's hidden width
-    steps: int = config.field(
-        500, fractal.WINDOW, 10**6
-    )  # GD steps per run (>= the score's window)
+    steps: int = config.field(500, fractal.WINDOW, 10**6)
+    """GD steps per run (at least the score's window)"""
     grid_n: int = config.count(256, 8192, lo=8)  # lrs per side of the full view
     log10_lr1: tuple[float, float] = config.field((-1.0, 7.0), increasing=True)  # lr1 decades
     log10_lr2: tuple[float, float] = config.field((0.0, 3.0), increasing=True)  # lr2 decades

@@ -138,6 +138,15 @@ def test_bad_scale_is_one_line_and_exit_status_2(argv, match, capsys, tmp_path):
     assert match in err and len(err.strip().splitlines()) == 1
 
 
+def test_help_gives_the_meaning_of_steps(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one help line per flag
+    with pytest.raises(SystemExit) as e:
+        study.main(["--help"])
+    assert e.value.code == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "--steps INT" in ln)
+    assert "GD steps per run (at least the score's window)" in line, line
+
+
 def test_plot_only_redraws(run):
     folder, _, _, _ = run
     (folder / "trainability.png").unlink()
