@@ -345,7 +345,7 @@ def run_study(
     if args.plot_only and getattr(args, "typed", None):  # before the folder is touched
         saved, *_ = results.load(out, type(cfg), study=name)
         refuse_other_config(out, saved, cfg, args.typed)
-    rf = results.RunFolder(out)
+    rf = results.RunFolder(out, new_run=not args.plot_only)
     with rf as stage:
         if args.plot_only:
             # Read under the folder's lock (one clear line if the saved run is unusable); the

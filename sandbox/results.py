@@ -314,14 +314,17 @@ class RunFolder:
 
     Whatever moment a run is killed at, the folder holds the files of one run (landing in
     place, once the watcher has finished; until then `load` refuses the mix by digest). Older
-    top-level run files (`RUN_FILE_SUFFIXES`) that the new run did not write are dropped.
+    top-level run files (`RUN_FILE_SUFFIXES`) that the new run did not write are dropped; a
+    new run into a folder that holds other files but no run (no meta.json naming its files)
+    is refused in one line before anything is computed, so a mistyped `--out` drops nothing.
     A symbolic link `out` stands for the folder it points to: the files land there and the
     link stays. A Ctrl-C during the landing is held back until the folder has landed; a full
     disk is one ValueError naming the folder and the space (`disk_full_message`).
     """
 
-    def __init__(self, out: Path | str):
+    def __init__(self, out: Path | str, *, new_run: bool = True):
         self.given = check_writable(out)
+        self.new_run = new_run  # (a redraw's `load` refuses a folder that holds no run)
         self.out = Path(os.path.realpath(self.given))
         self.in_place = os.path.ismount(self.out) or not _can_build_beside(self.out)
         self.landed = False
@@ -349,11 +352,24 @@ class RunFolder:
         if self.given.is_symlink():  # what older versions left beside a linked --out
             _remove_next(self.given)
         self._had_run = any((self.out / name).exists() for name in RUN_DATA)
+        foreign = _not_a_run(self.out) if self.new_run else []
+        if foreign:
+            self._release()
+            raise ValueError(
+                f"`--out` {str(self.given)!r} holds files that are not a run's "
+                f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): a run lands "
+                "as a whole folder and would drop them; give a new or empty folder, or a run's"
+            )
         # The watcher starts first, so that no moment leaves a stage without one.
         self.stage = self.out / f".staging-{os.getpid()}-{os.urandom(4).hex()}"
         self._watcher = _start_watcher(self.out, self.stage)
         self.stage.mkdir(mode=0o700)
         return self.stage
+
+    def _release(self) -> None:
+        os.close(self._lock)
+        self._lock = None
+        OPENED.remove(self)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         staged = _size_of(self.stage) if self.stage is not None and not self.landed else 0
@@ -435,6 +451,23 @@ class RunFolder:
         plan = {"stage": self.stage.name, "drop": drop}
         atomic_write_bytes(self.out / LANDING, json.dumps(plan).encode())  # the commit point
         _recover(self.out)
+
+
+def _not_a_run(folder: Path) -> list[str]:
+    """The top-level files of `folder` that no run wrote, where it holds no run (no
+    meta.json recording its files): what landing a run there would drop. A run folder's own
+    subfolders and hidden files (checkpoints, engine stores, locks) are kept, so they pass."""
+    try:
+        info = json.loads((folder / "meta.json").read_text())
+        if isinstance(info, dict) and isinstance(info.get("files"), dict):
+            return []
+    except (OSError, ValueError):
+        pass
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if not p.name.startswith(".") and (p.is_symlink() or not p.is_dir())
+    )
 
 
 LANDING = ".landing.json"

@@ -167,6 +167,28 @@ def _main(out, *args) -> None:
     TINY["main"](["--out", str(out), *map(str, args)])
 
 
+def test_a_new_run_into_a_folder_of_other_files_is_refused_and_drops_nothing(tmp_path, capsys):
+    """A run lands as a whole folder, dropping older run files: into a folder that holds no
+    run (a mistyped --out, a desktop) it is refused in one line, before computing."""
+    out = tmp_path / "mine"
+    (out / "sub").mkdir(parents=True)
+    mine = {"README.md": b"notes", "notes.json": b"{}", "data.csv": b"1,2", "sub/x.png": b"p"}
+    for name, data in mine.items():
+        (out / name).write_bytes(data)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        _main(out, "--seed", 1)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert f"`--out` {str(out)!r} holds files that are not a run's (README.md, data.csv" in err
+    assert {n: (out / n).read_bytes() for n in mine} == mine and _leftovers(out) == []
+    # A folder of subfolders only (a killed run's checkpoints) takes the run, keeping them.
+    for name in ("README.md", "notes.json", "data.csv"):
+        (out / name).unlink()
+    _main(out, "--seed", 1)
+    assert _one_run(out) == 1 and (out / "sub" / "x.png").read_bytes() == b"p"
+
+
 def test_a_study_that_computes_without_jax_saves_and_draws_without_loading_it(tmp_path):
     """The tiny study computes with NumPy: its run and its --plot-only load no JAX (and
     start no backend), so its meta.json names none; the library versions are still there."""
