@@ -91,7 +91,8 @@ def parse(
     """
     import tyro
 
-    argv = _expand(list(sys.argv[1:] if argv is None else argv), presets["default"], aliases)
+    given = list(sys.argv[1:] if argv is None else argv)  # errors name the flags as typed
+    argv = _expand(given, presets["default"], aliases)
     quick = "--quick" in argv
     scale = _value_of(argv, "--scale") if "paper" in presets else None
     if quick and scale == "paper":
@@ -100,10 +101,10 @@ def parse(
     cls = _arguments(type(preset), preset, options, quick_help, paper_help)
     prog = f"python -m studies.{name}"
     description = (doc or "").strip().splitlines()[0] if doc else None
-    with config.deferred(), _one_line_errors(prog, argv, aliases):
+    with config.deferred(), _one_line_errors(prog, given, aliases):
         parsed = tyro.cli(cls, args=argv, prog=prog, description=description)
     cfg = parsed.config
-    typed = _typed(argv, cfg, aliases)
+    typed = _typed(given, cfg, aliases)
     flags = {f.name: typed.get(f.name, config.flag(f.name)) for f in _fields(cfg)}
     config.check(cfg, flags=flags)
     values = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(parsed)}
@@ -150,19 +151,20 @@ def _expand(argv: list[str], cfg: Any, aliases: dict[str, str] | None) -> list[s
 
 
 def _typed(argv: list[str], cfg: Any, aliases: dict[str, str] | None) -> dict[str, str]:
-    """{field: the flag as typed} for every config field given on the command line."""
+    """{field: the flag as typed} for every config field given on `argv` (as typed: an
+    alias is named as itself)."""
     spelled = {}
     for f in _fields(cfg):
         for s in (config.flag(f.name), "--" + f.name):
             spelled[s] = f.name
             spelled["--no-" + s[2:]] = f.name
             spelled["--no_" + s[2:]] = f.name
-    back = {v: k for k, v in (aliases or {}).items()}
+    spelled.update({a: spelled[t] for a, t in (aliases or {}).items() if t in spelled})
     typed = {}
     for a in argv:
         key = a.split("=", 1)[0]
         if key in spelled:
-            typed[spelled[key]] = back.get(key, key)
+            typed[spelled[key]] = key
     return typed
 
 
@@ -254,11 +256,11 @@ class _one_line_errors:
         if field is None:
             return "the command line"
         typed = {config.flag(field), "--" + field}
-        back = {v: k for k, v in self.aliases.items()}
-        for a in self.argv:
+        typed |= {a for a, t in self.aliases.items() if t in typed}
+        for a in self.argv:  # as typed
             key = a.split("=", 1)[0]
             if key in typed:
-                return f"`{back.get(key, key)}`"
+                return f"`{key}`"
         return f"`{config.flag(field)}`"
 
     def _hook(self, event) -> None:

@@ -150,6 +150,18 @@ def test_the_readme_override_of_each_study_is_a_valid_command_line(name):
     assert args.typed and all(getattr(cfg, f) != getattr(args.preset, f) for f in args.typed)
 
 
+@pytest.mark.parametrize("flag", ["--gd-lrs", "--lrs"])  # the field's flag, its alias
+@pytest.mark.parametrize("value", ["0", "fast"])  # out of its bounds, not a number
+def test_an_error_names_the_flag_as_typed_alias_or_not(flag, value, tmp_path, capsys):
+    eos = importlib.import_module("studies.edge_of_stability")
+    with pytest.raises(SystemExit) as e:
+        eos.main(["--quick", "--out", str(tmp_path), flag, value, "0.1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and f"`{flag}`" in err, err
+    other = {"--gd-lrs": "--lrs", "--lrs": "--gd-lrs"}[flag]
+    assert f"`{other}`" not in err and not any(tmp_path.iterdir())
+
+
 def test_flags_set_fields_over_the_chosen_preset():
     saddle = importlib.import_module("studies.saddle")
     argv = ["--quick", "--lr", "0.05", "--num_runs", "4096", "--escape-lrs", "0.05", "0.1"]
