@@ -21,6 +21,10 @@ import numpy as np
 from sandbox import cli, config, landscapes, plotting
 
 NAME = "gradient"
+# |grad| at or below this is the origin's neighbourhood: no direction, left out of the uphill
+# check. A step s along the unit gradient raises z by s (|grad| - s (u_x^2 - u_y^2)), which
+# is > 0 for every point with |grad| > MOVING when s <= MOVING.
+MOVING = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,11 +32,24 @@ class Config(config.Checked):
     seed: int = config.seed()  # unused: the study has no randomness
     landscape: Literal["saddle"] = "saddle"  # the analytic gradient is known for this one
     grid_n: int = config.count(1024, 8192, lo=2)  # grid_n^2 points for the jax.grad check
-    half_width: float = config.field(2.0, gt=0)  # the grid covers [-half_width, half_width]^2
-    step: float = config.field(1e-3, gt=0)  # step along the gradient for the uphill check
-    contour_n: int = config.count(401, 8192, lo=2)  # grid of the contour lines checked
+    # At least 1e-2, so that the grid has points with |grad| > MOVING; at most 4e3, where
+    # float32 still resolves the rise of a step of MOVING against z's rounding (RELATIONS).
+    half_width: float = config.field(2.0, 1e-2, 4e3)  # the grid is [-half_width, half_width]^2
+    step: float = config.field(1e-3, gt=0, le=MOVING)  # step along the gradient, uphill check
+    # 3 is the smallest grid with contour lines: on 2 x 2, z is 0 at all four corners.
+    contour_n: int = config.count(401, 8192, lo=3)  # grid of the contour lines checked
     num_levels: int = config.count(15, 1000, lo=2)  # contour levels
     quiver_n: int = config.count(21, 1000, lo=2)  # arrows per side of the quiver plot
+
+    RELATIONS = (
+        # A smaller step is lost in float32's rounding of z ~ half_width^2 (the rise of a
+        # step s is about 2 s |x|). Measured on grids of 1024 and 2047 for half_width in
+        # [1e-2, 4e3]: every point rises at s = 2^-22 half_width, not all at 2^-23.
+        config.relation(
+            "step >= half_width * 2^-22 (twice float32's eps)",
+            lambda c: c.step >= c.half_width * 2.0**-22,
+        ),
+    )
 
 
 QUICK = Config(grid_n=128, contour_n=101)
@@ -92,7 +109,7 @@ def compute(cfg: Config) -> tuple[dict, dict]:
     fn = landscapes.get(cfg.landscape).fn
     err_N, gnorm_N, rise_N = _grid_check(fn, cfg)
     # The origin is the critical point: no direction there, so it is left out.
-    moving = gnorm_N > 1e-3
+    moving = gnorm_N > MOVING
     uphill = float(np.mean(rise_N[moving] > 0))
     cos_M = _contour_cosines(fn, cfg)
 
