@@ -339,19 +339,36 @@ def _run(one, items, shared, chunks, chunk, n, batch, finish, stored, progress_b
         pending = None if c is None else (c, out)
 
 
-def bar(iterable, *, desc: str, unit: str = "cell", total: int | None = None):
+def bar(
+    iterable,
+    *,
+    desc: str,
+    unit: str = "cell",
+    total: int | None = None,
+    disable: bool | None = None,
+):
     """A study-level progress bar over `iterable` (parts, cells of a table): shown once the
     work has run a few seconds, with the time left; while it runs, the engine's own bars
-    stay hidden, so a person sees one bar, never a stack of them."""
-    global _OUTER_BARS
+    stay hidden, so a person sees one bar, never a stack of them.
+
+    `disable=True` (a study's --no-progress) shows no bar, and every `bar` opened inside
+    this one is silent too unless it says `disable=False`; None (the default): silent
+    exactly when an enclosing bar was disabled."""
+    global _OUTER_BARS, _SILENT_BARS
+    silent = bool(disable) if disable is not None else _SILENT_BARS > 0
     _OUTER_BARS += 1
+    _SILENT_BARS += silent
     try:
-        yield from _tqdm(iterable, desc=desc, unit=unit, total=total, delay=PROGRESS_AFTER_S)
+        yield from _tqdm(
+            iterable, desc=desc, unit=unit, total=total, delay=PROGRESS_AFTER_S, disable=silent
+        )
     finally:
         _OUTER_BARS -= 1
+        _SILENT_BARS -= silent
 
 
 _OUTER_BARS = 0  # how many study-level bars are open (`bar`)
+_SILENT_BARS = 0  # how many of them were disabled: the bars opened inside stay silent
 
 
 def round_chunk(chunk: int, num_devices: int, lane: int = 1, batch: int | None = None) -> int:

@@ -122,7 +122,7 @@ def compute(cfg: Config, out: Path, *, data_dir: str | None = None, progress: bo
     arrays, summary = {}, {}
     ts = np.linspace(0.0, 1.0, cfg.num_t)
     arrays["t"] = ts
-    for shortcut in engine.bar(cfg.shortcuts, desc=NAME, unit="pair"):
+    for shortcut in engine.bar(cfg.shortcuts, desc=NAME, unit="pair", disable=not progress):
         start = time.perf_counter()
         model, ((v1, h1), (v2, h2)) = networks(cfg, ds, shortcut, out / "networks", progress)
         w1, w2 = v1["params"], v2["params"]

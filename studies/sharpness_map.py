@@ -163,7 +163,7 @@ def map_one(name: str, loss, params, grid: int, cfg: Config, loop, batch) -> tup
 def compute(cfg: Config, out: Path, *, progress: bool = True) -> tuple[dict, dict]:
     ds = data.digits_dataset(seed=cfg.seed)
     arrays, summary = {}, {}
-    for name in engine.bar(NETWORKS, desc=NAME, unit="network"):
+    for name in engine.bar(NETWORKS, desc=NAME, unit="network", disable=not progress):
         if name == "resnet":
             loss, params = resnet_problem(cfg, ds, out / "networks", progress)
             # One point at a time (vmapped weights make grouped convolutions), its Lanczos

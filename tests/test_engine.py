@@ -2,6 +2,8 @@
 processes, chunk stores that resume after a kill, refuse another computation and are shared
 by several processes (tests/test_store.py: damaged stores; tests/test_sweep_jobs.py: jobs)."""
 
+import functools
+import io
 import json
 import os
 import signal
@@ -113,6 +115,24 @@ def _same(a: sweep.Sweep, b: sweep.Sweep):
         assert (x is None) == (y is None), name
         if x is not None:
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=name)
+
+
+def test_a_disabled_bar_and_every_bar_inside_it_write_nothing(monkeypatch):
+    # A study's --no-progress: its bar disabled, the bars opened inside (a library's own,
+    # engine.map_chunks's) are silent too; shown at once here (no delay) otherwise.
+    err = io.StringIO()
+    monkeypatch.setattr(engine, "_tqdm", functools.partial(engine.tqdm, file=err, leave=False))
+    monkeypatch.setattr(engine, "PROGRESS_AFTER_S", 0)
+    for _ in engine.bar(range(2), desc="study", disable=True):
+        for _ in engine.bar(range(2), desc="inner"):
+            pass
+        engine.map_chunks(lambda item, shared: item * 2, np.arange(3.0), None, progress=None)
+    assert err.getvalue() == ""
+    assert engine._OUTER_BARS == 0 and engine._SILENT_BARS == 0
+    list(engine.bar(range(2), desc="shown"))
+    for _ in engine.bar(range(1), desc="study"):
+        list(engine.bar(range(1), desc="nested"))
+    assert "shown" in err.getvalue() and "nested" in err.getvalue()
 
 
 def test_a_store_returns_the_same_arrays_and_a_second_call_computes_nothing(tmp_path):

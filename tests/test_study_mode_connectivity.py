@@ -99,3 +99,22 @@ def test_bad_command_line_is_one_line(tmp_path, capsys, epochs):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "`--epochs` must be an integer in [1, 10000]" in err[0], err
     assert not any(tmp_path.iterdir())
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_no_progress_disables_the_study_bar(tmp_path, monkeypatch):
+    # The pair bar is disabled (and with it every bar opened inside it); stopped there.
+    seen = []
+
+    def bar(iterable, **kw):
+        seen.append(kw)
+        raise _Stop
+
+    monkeypatch.setattr(mc.engine, "bar", bar)
+    for flags, disabled in (([], False), (["--no-progress"], True)):
+        with pytest.raises(_Stop):
+            mc.main(["--quick", "--out", str(tmp_path / "run"), *flags])
+        assert seen.pop()["disable"] is disabled
