@@ -41,6 +41,7 @@ import numpy as np
 
 from sandbox import cli, config, data, engine, sharpness
 from sandbox.models import fc
+from studies.train_resnet import check_data_dir
 
 NAME = "edge_of_stability"
 DataSet = data.Name  # a field named `data` hides the module in the class body
@@ -316,13 +317,20 @@ def _plot_others(arrays: dict, cfg: Config, keys: Sequence[str]):
 @dataclasses.dataclass(frozen=True)
 class Options:
     data_dir: str | None = dataclasses.field(
-        default=None, metadata={"help": "a CIFAR-10 folder: train on CIFAR-10", "metavar": "DIR"}
+        default=None,
+        metadata={
+            "help": "a CIFAR-10 folder: train on CIFAR-10 (with --data, cifar10 only)",
+            "metavar": "DIR",
+        },
     )
 
 
 def _prepare(cfg: Config, args) -> Config:
-    """A CIFAR-10 folder trains on CIFAR-10."""
-    return cfg if args.data_dir is None else dataclasses.replace(cfg, data="cifar10")
+    """A CIFAR-10 folder alone trains on CIFAR-10; with `--data` another data set, refused
+    (`train_resnet.check_data_dir`)."""
+    if args.data_dir is not None and "data" not in args.typed:
+        cfg = dataclasses.replace(cfg, data="cifar10")
+    return check_data_dir(cfg, args)
 
 
 main = cli.study_main(

@@ -104,6 +104,7 @@ from sandbox import (
     train,
 )
 from sandbox.models import resnet
+from studies.train_resnet import check_data_dir
 
 NAME = "resnet_landscape"
 DataSet = data.Name  # a field named `data` hides the module in the class body
@@ -824,6 +825,7 @@ main = cli.study_main(
     _compute,
     plot,
     options=Options,
+    prepare=check_data_dir,  # --data-dir: the CIFAR-10 folder, with --data cifar10 only
     quick_help="ResNet-8, 5 x 5 grid (under a minute)",
     paper_help="paper: Li et al.'s 51 x 51 plane (21 x 21 PCA plane, 41 points on the line)",
     folder=lambda cfg, args: NAME if cfg.depth == 56 or args.quick else f"{NAME}-resnet{cfg.depth}",

@@ -20,10 +20,10 @@ Run: make train_resnet (ResNet-56 with and without shortcuts on the digits, 30 e
                         same run)
      smoke: python -m studies.train_resnet --quick (ResNet-8, 2 epochs; about 15 seconds)
 Options: every Config field (--data, --depth, --shortcut, --epochs, --batch-size, --optimizer,
---pair/--no-pair, ...; `--help` lists them), --data-dir, --no-progress; --precision
-float32|bfloat16 (bfloat16: mixed precision, sandbox.precision; a bfloat16 run is another run,
-in results/train_resnet-bfloat16 by default: its checkpoints never resume a float32 run's, nor
-the other way round).
+--pair/--no-pair, ...; `--help` lists them), --data-dir (with --data cifar10 only),
+--no-progress; --precision float32|bfloat16 (bfloat16: mixed precision, sandbox.precision; a
+bfloat16 run is another run, in results/train_resnet-bfloat16 by default: its checkpoints
+never resume a float32 run's, nor the other way round).
 """
 
 import dataclasses
@@ -185,11 +185,23 @@ def _report(cfg: Config, summary: dict) -> list[str]:
     ]
 
 
+def check_data_dir(cfg, args):
+    """`--data-dir` is the CIFAR-10 folder: refused, in one line naming both flags, with any
+    other data set (the digits and the synthetic set are built in, so a folder given with
+    them would be ignored). The rule of every study with --data and --data-dir."""
+    if args.data_dir is not None and cfg.data != "cifar10":
+        given = args.typed.get("data")
+        here = f", not `{given} {cfg.data}`" if given else f" (the data set here is {cfg.data})"
+        raise ValueError(f"`--data-dir` is the CIFAR-10 folder, for `--data cifar10` only{here}")
+    return cfg
+
+
 main = cli.study_main(
     __name__,
     lambda c, out, args: compute(c, out, data_dir=args.data_dir, progress=not args.no_progress),
     plot,
     options=cli.DataOptions,
+    prepare=check_data_dir,
     quick_help="ResNet-8 for 2 epochs (seconds)",
     report=_report,
     # A bfloat16 run is another run (its checkpoints say so): by default a folder of its own.

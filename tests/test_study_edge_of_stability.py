@@ -163,3 +163,17 @@ def test_a_cifar10_folder_switches_the_data_to_its_first_images(tiny_cifar):
     # The quick run's 512 images are more than the folder's 20: all of them, flattened to
     # 3072 inputs.
     assert n == 20 and params[0][0].shape == (3072, 64)
+
+
+@pytest.mark.parametrize("data", ["digits", "synthetic"])
+def test_a_cifar10_folder_with_another_data_set_is_refused(tmp_path, capsys, data):
+    # --data-dir alone means CIFAR-10; with --data naming another set it is refused, not
+    # turned into cifar10 behind the flag's back.
+    with pytest.raises(SystemExit) as e:
+        eos.main(["--quick", "--out", str(tmp_path), "--data", data, "--data-dir", "/tmp"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"for `--data cifar10` only, not `--data {data}`" in err[0], err
+    assert not any(tmp_path.iterdir())
+    _, cfg = eos.main.parse(["--quick", "--data", "cifar10", "--data-dir", "/tmp"])
+    assert cfg.data == "cifar10"

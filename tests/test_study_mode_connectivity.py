@@ -101,6 +101,22 @@ def test_bad_command_line_is_one_line(tmp_path, capsys, epochs):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data-dir", "/tmp"], "`--data-dir` is the CIFAR-10 folder, for `--data cifar10` only"),
+        (["--data", "digits", "--data-dir", "/no/such"], "only, not `--data digits`"),
+    ],
+)
+def test_a_data_folder_with_another_data_set_is_refused(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        mc.main(["--quick", "--out", str(tmp_path), *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not any(tmp_path.iterdir())
+
+
 class _Stop(Exception):
     pass
 

@@ -154,6 +154,8 @@ def test_plot_only_redraws(run):
         (["--epochs", "1"], "at least 3 checkpoints"),
         (["--data", "mnist"], "`--data` must be one of"),
         (["--lanczos_iters", "0"], "`--lanczos_iters` must be an integer in [1, 1000]"),
+        (["--data-dir", "/tmp"], "`--data-dir` is the CIFAR-10 folder, for `--data cifar10` only"),
+        (["--data", "digits", "--data-dir", "/tmp"], "only, not `--data digits`"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_status_2(args, message, tmp_path, capsys):

@@ -96,6 +96,10 @@ def test_plot_only_redraws(quick_run):
         (["--epochs", "99999999999999999999"], "`--epochs` must be an integer in [1, 10000]"),
         (["--keep_last", "-1"], "`--keep_last` must be an integer in [1, 10000], got -1"),
         (["--data", "cifar10", "--data-dir", "/no/such/folder"], "CIFAR-10 not found"),
+        # The digits are built in: a folder given with them is refused, not ignored.
+        (["--data-dir", "/tmp"], "`--data-dir` is the CIFAR-10 folder, for `--data cifar10` only"),
+        (["--data", "digits", "--data-dir", "/no/such"], "only, not `--data digits`"),
+        (["--data=synthetic", "--data-dir", "/tmp"], "only, not `--data synthetic`"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, args, match):
