@@ -67,6 +67,11 @@ accelerator job. A run that is stopped continues where it stopped: training from
 checkpoints, each surface from its engine store in cells/ (one per computation, named by
 its digest; `--store DIR` elsewhere).
 
+The networks: those of train_resnet's run folder (`--networks DIR`; by default
+results/train_resnet, or -quick) where it holds this very run, else trained in <out>/train/,
+said in a line on stderr where the folder exists; a `--networks` folder that does not
+exist is refused, and `--networks none` always trains here.
+
 Run: make resnet_landscape (ResNet-56 pair on the digits, after make train_resnet: 439 s
                             measured on 2 AVX-512 cores; about 3 min more when it has
                             to train the pair itself)
@@ -80,6 +85,7 @@ Run: make resnet_landscape (ResNet-56 pair on the digits, after make train_resne
 
 import dataclasses
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -269,15 +275,22 @@ def _trained(
 ):
     """(state, history, workdir) of the trained network: the one in `networks`/<shortcut>
     (train_resnet's run folder) when it is this very run, else trained (or resumed) in
-    out/train/<shortcut>."""
+    out/train/<shortcut>, said in one line on stderr where `networks` is a folder."""
     keep = cfg.checkpoint_epochs()
     tcfg = cfg.train_config()
+    workdir = out / "train" / shortcut
+    label = f"ResNet-{cfg.depth} shortcut {shortcut}: "
     if networks is not None:
         found = train.reload(model, ds, tcfg, Path(networks) / shortcut, keep_epochs=keep)
         if found is not None:
             return *found, Path(networks) / shortcut
-    workdir = out / "train" / shortcut
-    label = f"ResNet-{cfg.depth} shortcut {shortcut}: "
+        if Path(networks).is_dir():
+            print(
+                f"{NAME}: {Path(networks) / shortcut} holds no finished run of this "
+                f"{label.rstrip(': ')} ({cfg.epochs} epochs on {cfg.data}, seed {cfg.seed}): "
+                f"training it in {workdir}",
+                file=sys.stderr,
+            )
     state, hist = train.fit(
         model, ds, tcfg, workdir=workdir, keep_epochs=keep, progress=progress, label=label
     )
@@ -789,11 +802,24 @@ class Options(cli.DataOptions):
     networks: str | None = dataclasses.field(
         default=None,
         metadata={
-            "help": "a train_resnet run folder whose trained networks are reused when they are "
-            "the same runs (default results/train_resnet, or -quick; 'none': train here)",
+            "help": "a train_resnet run folder (it must exist) whose trained networks are "
+            "reused when they are the same runs, else trained here, said on stderr (default "
+            "results/train_resnet, or -quick, trained here where absent; 'none': train here)",
             "metavar": "DIR",
         },
     )
+
+
+def _prepare(cfg: Config, args) -> Config:
+    """--data-dir with --data cifar10 only (`train_resnet.check_data_dir`); a `--networks`
+    folder given must exist (the default one need not: the networks are trained here)."""
+    given = args.networks
+    if given is not None and given != "none" and not Path(given).is_dir():
+        raise ValueError(
+            f"`--networks` {given!r} is not a folder: give a train_resnet run folder, or "
+            "'none' to train the networks here"
+        )
+    return check_data_dir(cfg, args)
 
 
 def _compute(cfg: Config, out: Path, args) -> tuple[dict, dict]:
@@ -825,7 +851,7 @@ main = cli.study_main(
     _compute,
     plot,
     options=Options,
-    prepare=check_data_dir,  # --data-dir: the CIFAR-10 folder, with --data cifar10 only
+    prepare=_prepare,
     quick_help="ResNet-8, 5 x 5 grid (under a minute)",
     paper_help="paper: Li et al.'s 51 x 51 plane (21 x 21 PCA plane, 41 points on the line)",
     folder=lambda cfg, args: NAME if cfg.depth == 56 or args.quick else f"{NAME}-resnet{cfg.depth}",

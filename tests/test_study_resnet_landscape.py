@@ -154,6 +154,8 @@ def test_plot_only_redraws(run):
         (["--epochs", "1"], "at least 3 checkpoints"),
         (["--data", "mnist"], "`--data` must be one of"),
         (["--lanczos_iters", "0"], "`--lanczos_iters` must be an integer in [1, 1000]"),
+        # A folder given must exist: it never silently means "train both networks here".
+        (["--quick", "--networks", "/no/such/dir"], "`--networks` '/no/such/dir' is not a folder"),
         (["--data-dir", "/tmp"], "`--data-dir` is the CIFAR-10 folder, for `--data cifar10` only"),
         (["--data", "digits", "--data-dir", "/tmp"], "only, not `--data digits`"),
     ],
@@ -217,3 +219,28 @@ def test_the_zoom_is_the_main_plane_near_its_centre(run):
     assert z.shape == (study.QUICK.zoom_grid,) * 2
     c, cz = main.shape[0] // 2, z.shape[0] // 2
     np.testing.assert_allclose(z[cz, cz], main[c, c], rtol=1e-5)
+
+
+def test_the_default_networks_folder_and_none_need_not_exist():
+    args, _ = study.main.parse(["--quick", "--networks", "none"])
+    assert args.networks == "none"
+    args, _ = study.main.parse(["--quick"])  # results/train_resnet-quick, trained if absent
+    assert args.networks is None
+
+
+def test_a_networks_folder_without_the_run_says_so_before_training(tmp_path, monkeypatch, capsys):
+    # An existing folder that holds no finished run of this network: one line on stderr,
+    # then the network is trained in <out>/train/ (train.fit stubbed: nothing is trained).
+    trained = []
+    monkeypatch.setattr(
+        study.train, "fit", lambda *a, workdir, **kw: trained.append(workdir) or ("s", "h")
+    )
+    out = tmp_path / "out"
+    got = study._trained(study.QUICK, None, None, "A", out, tmp_path, False)
+    assert got == ("s", "h", out / "train" / "A") and trained == [out / "train" / "A"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{tmp_path / 'A'} holds no finished run" in err[0], err
+    assert f"training it in {out / 'train' / 'A'}" in err[0]
+    # No folder given (`--networks none`): trained without a word.
+    study._trained(study.QUICK, None, None, "A", out, None, False)
+    assert capsys.readouterr().err == ""
