@@ -24,7 +24,15 @@ import numpy as np
 from sandbox import cli, config, engine, landscapes, optim, plotting, results, sweep
 
 NAME = "optimizers"
-Landscape2D = Literal[tuple(n for n in landscapes.names() if landscapes.get(n).dim == 2)]
+
+
+def _two_d_with_minimum(name: str) -> bool:
+    """2-D with a global minimum to succeed at (saddle and monkey_saddle have none)."""
+    land = landscapes.get(name)
+    return land.dim == 2 and len(land.global_minima) > 0
+
+
+Landscape2D = Literal[tuple(n for n in landscapes.names() if _two_d_with_minimum(n))]
 Optimizer = Literal[tuple(optim.names())]
 
 # The momentum-like hyperparameter of each optimizer that has one.
@@ -41,18 +49,20 @@ BETA = {
 @dataclasses.dataclass(frozen=True)
 class Config(config.Checked):
     seed: int = config.seed()  # seed of the random starts
-    functions: tuple[Landscape2D, ...] = (
-        "rosenbrock",
-        "himmelblau",
-        "rastrigin",
-        "beale",
-        "ackley",
-        "six_hump_camel",
-        "styblinski_tang",
-        "goldstein_price",
+    functions: tuple[Landscape2D, ...] = config.field(
+        (
+            "rosenbrock",
+            "himmelblau",
+            "rastrigin",
+            "beale",
+            "ackley",
+            "six_hump_camel",
+            "styblinski_tang",
+            "goldstein_price",
+        ),
     )
-    """2-D landscapes of the table"""
-    optimizers: tuple[Optimizer, ...] = optim.DETERMINISTIC
+    """2-D landscapes of the table (those with a global minimum)"""
+    optimizers: tuple[Optimizer, ...] = config.field(optim.DETERMINISTIC)
     """optimizers of the table"""
     num_starts: int = config.count(512, 2**20)  # random starts per landscape
     steps: int = config.count(2000, 10**6)  # steps per run
@@ -66,6 +76,19 @@ class Config(config.Checked):
     picture_function: Landscape2D = "rosenbrock"  # the picture's surface
     picture_start: tuple[float, float] = (-1.2, 1.0)  # the classic Rosenbrock start
     picture_steps: int = config.count(600, 10**6)  # steps of each optimizer in the picture
+
+    RELATIONS = (
+        # A path counts only while it stays in the surface's box: one from outside never does.
+        config.relation(
+            "picture_start inside the bounds of picture_function",
+            lambda c: _inside(c.picture_start, c.picture_function),
+        ),
+    )
+
+
+def _inside(point: tuple[float, float], name: str) -> bool:
+    b = landscapes.get(name).bounds
+    return bool(np.all((np.asarray(point) >= b[:, 0]) & (np.asarray(point) <= b[:, 1])))
 
 
 QUICK = Config(

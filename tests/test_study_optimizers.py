@@ -1,0 +1,53 @@
+"""studies.optimizers' config: values it cannot compute with are refused before anything runs.
+
+The quick run itself is tested in test_studies.py (slow); these only parse.
+"""
+
+import pytest
+
+from sandbox import landscapes
+from studies import optimizers
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        # Landscapes without a minimum have no success to measure.
+        (["--functions", "saddle"], "`--functions` must be one of ackley, "),
+        (["--functions", "himmelblau,monkey_saddle"], "got 'monkey_saddle'"),
+        (["--picture-function", "saddle"], "`--picture-function` must be one of ackley, "),
+        # A picture path counts only inside the box: from outside none would.
+        (["--picture-start", "5,5"], "`--picture-function`, `--picture-start`: must satisfy"),
+    ],
+)
+def test_values_it_cannot_compute_with_exit_2_in_one_line_naming_the_flag(
+    argv, message, tmp_path, capsys
+):
+    with pytest.raises(SystemExit) as e:
+        optimizers.main(["--quick", "--out", str(tmp_path / "run"), *argv])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_choices_are_the_two_d_landscapes_with_a_minimum():
+    choices = set(optimizers.Landscape2D.__args__)
+    assert {"saddle", "monkey_saddle", "x2sinx"}.isdisjoint(choices)
+    for name in landscapes.names():
+        land = landscapes.get(name)
+        assert (name in choices) == (land.dim == 2 and len(land.global_minima) > 0), name
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--quick"],
+        ["--functions", "beale", "booth"],  # the README's override
+        ["--quick", "--betas", "0.9"],
+        ["--quick", "--picture-function", "himmelblau", "--picture-start", "5,5"],
+    ],
+)
+def test_the_presets_the_readme_override_and_good_values_parse(argv):
+    optimizers.main.parse(argv)
