@@ -314,10 +314,11 @@ def refuse_other_config(out: Path, saved: Any, cfg: Any, typed: dict[str, str]) 
 
 
 def run_dir(out: Path | None, name: str, quick: bool) -> Path:
-    """The study's folder: `--out` as given, else results/<name> (results/<name>-quick)."""
+    """The study's folder: `--out` as given, else results/<name> (results/<name>-quick); made
+    (and checked) by `RunFolder` once nothing refuses the run."""
     if out is None:
         out = results.RESULTS_ROOT / (f"{name}-quick" if quick else name)
-    return results.check_writable(out)
+    return Path(out)
 
 
 def run_study(
@@ -344,11 +345,16 @@ def run_study(
         cfg = dataclasses.replace(cfg, seed=args.seed)
     if out is None:
         out = run_dir(args.out, name, args.quick)
+    if args.plot_only and not Path(out).is_dir():  # before any folder is made
+        raise ValueError(f"`--out` {str(out)!r} holds no run to redraw (no such folder)")
     if args.plot_only and getattr(args, "typed", None):  # before the folder is touched
         saved, *_ = results.load(out, type(cfg), study=name)
         refuse_other_config(out, saved, cfg, args.typed)
-    rf = results.RunFolder(out, new_run=not args.plot_only)
-    with rf as stage:
+    # A --store that cannot be used is refused on entry, before the run folder is made.
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_stores_in(None if args.plot_only else getattr(args, "store", None)))
+        rf = results.RunFolder(out, new_run=not args.plot_only)
+        stage = stack.enter_context(rf)
         if args.plot_only:
             # Read under the folder's lock (one clear line if the saved run is unusable); the
             # stage then holds these very files.
@@ -356,8 +362,7 @@ def run_study(
             rf.link_data()
         else:
             start = time.perf_counter()
-            with _stores_in(getattr(args, "store", None)):
-                arrays, summary = compute(cfg)
+            arrays, summary = compute(cfg)
             results.save(stage, cfg, arrays, summary, time.perf_counter() - start, study=name)
             cfg, arrays, summary = results.load(stage, type(cfg), study=name)
         for fig_name, fig in plot(arrays, cfg, summary).items():

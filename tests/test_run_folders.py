@@ -189,6 +189,20 @@ def test_a_new_run_into_a_folder_of_other_files_is_refused_and_drops_nothing(tmp
     assert _one_run(out) == 1 and (out / "sub" / "x.png").read_bytes() == b"p"
 
 
+def test_a_refused_redraw_or_store_makes_no_folder(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    for args, says in [
+        (["--plot-only"], "holds no run to redraw (no such folder)"),
+        (["--store", tmp_path / "file"], "is not a folder"),
+    ]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            _main(tmp_path / "new", *args)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and says in err, err
+        assert not (tmp_path / "new").exists()
+
+
 def test_a_study_that_computes_without_jax_saves_and_draws_without_loading_it(tmp_path):
     """The tiny study computes with NumPy: its run and its --plot-only load no JAX (and
     start no backend), so its meta.json names none; the library versions are still there."""
