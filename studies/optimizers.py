@@ -60,16 +60,19 @@ class Config(config.Checked):
             "styblinski_tang",
             "goldstein_price",
         ),
+        distinct=True,
     )
     """2-D landscapes of the table (those with a global minimum)"""
-    optimizers: tuple[Optimizer, ...] = config.field(optim.DETERMINISTIC)
+    optimizers: tuple[Optimizer, ...] = config.field(optim.DETERMINISTIC, distinct=True)
     """optimizers of the table"""
     num_starts: int = config.count(512, 2**20)  # random starts per landscape
     steps: int = config.count(2000, 10**6)  # steps per run
     lr_range: tuple[float, float] = config.field((1e-6, 1.0), gt=0, increasing=True)
     """(lo, hi) of the log-spaced lrs tuned over"""
     num_lrs: int = config.count(32, 4096)  # lrs tuned over
-    betas: tuple[float, ...] = config.field((0.5, 0.8, 0.9, 0.95), 0, lt=1)  # betas tuned over
+    # Increasing: the rows of the lr x beta heatmaps.
+    betas: tuple[float, ...] = config.field((0.5, 0.8, 0.9, 0.95), 0, lt=1, increasing=True)
+    """betas tuned over"""
     success_tol: float = config.field(1e-2, gt=0)  # distance to a global minimum: success
     grad_tol: float = config.field(1e-3, gt=0)  # |grad f| that counts as converged
     # The lecture's picture: every optimizer from one start on one surface.

@@ -16,6 +16,11 @@ from studies import optimizers
         (["--functions", "saddle"], "`--functions` must be one of ackley, "),
         (["--functions", "himmelblau,monkey_saddle"], "got 'monkey_saddle'"),
         (["--picture-function", "saddle"], "`--picture-function` must be one of ackley, "),
+        # The rows of the lr x beta heatmaps.
+        (["--betas", "0.5,0.5"], "`--betas` must be a non-empty list, increasing"),
+        (["--betas", "0.9,0.5,0.8"], "`--betas` must be a non-empty list, increasing"),
+        (["--functions", "beale,beale"], "`--functions` must be a non-empty list, distinct"),
+        (["--optimizers", "sgd,sgd"], "`--optimizers` must be a non-empty list, distinct"),
         # A picture path counts only inside the box: from outside none would.
         (["--picture-start", "5,5"], "`--picture-function`, `--picture-start`: must satisfy"),
     ],
