@@ -300,6 +300,18 @@ class DataOptions(Progress):
     )
 
 
+def check_data_dir(cfg: Any, args: argparse.Namespace) -> Any:
+    """`--data-dir` (`DataOptions`) is the CIFAR-10 folder: refused, in one line naming both
+    flags, with any other data set (the digits and the synthetic set are built in, so a
+    folder given with them would be ignored). A study's `prepare`, for every study with
+    --data and --data-dir."""
+    if args.data_dir is not None and cfg.data != "cifar10":
+        given = args.typed.get("data")
+        here = f", not `{given} {cfg.data}`" if given else f" (the data set here is {cfg.data})"
+        raise ValueError(f"`--data-dir` is the CIFAR-10 folder, for `--data cifar10` only{here}")
+    return cfg
+
+
 def refuse_other_config(out: Path, saved: Any, cfg: Any, typed: dict[str, str]) -> None:
     """--plot-only redraws the saved run: a flag asking for another value of a config field
     than the saved one is refused, in one line naming the fields."""

@@ -41,7 +41,6 @@ import numpy as np
 
 from sandbox import cli, config, data, engine, sharpness
 from sandbox.models import fc
-from studies.train_resnet import check_data_dir
 
 NAME = "edge_of_stability"
 DataSet = data.Name  # a field named `data` hides the module in the class body
@@ -327,10 +326,10 @@ class Options:
 
 def _prepare(cfg: Config, args) -> Config:
     """A CIFAR-10 folder alone trains on CIFAR-10; with `--data` another data set, refused
-    (`train_resnet.check_data_dir`)."""
+    (`cli.check_data_dir`)."""
     if args.data_dir is not None and "data" not in args.typed:
         cfg = dataclasses.replace(cfg, data="cifar10")
-    return check_data_dir(cfg, args)
+    return cli.check_data_dir(cfg, args)
 
 
 main = cli.study_main(

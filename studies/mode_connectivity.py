@@ -40,7 +40,6 @@ import optax
 
 from sandbox import cli, config, connect, data, engine, network, train
 from sandbox.models import resnet
-from studies.train_resnet import check_data_dir
 
 NAME = "mode_connectivity"
 DataSet = data.Name  # a field named `data` hides the module in the class body
@@ -289,7 +288,7 @@ main = cli.study_main(
     lambda c, out, args: compute(c, out, data_dir=args.data_dir, progress=not args.no_progress),
     plot,
     options=cli.DataOptions,
-    prepare=check_data_dir,  # --data-dir: the CIFAR-10 folder, with --data cifar10 only
+    prepare=cli.check_data_dir,  # --data-dir: the CIFAR-10 folder, with --data cifar10 only
     report=_report,
     quick_help="ResNet-8 pairs on 512 images (about 25 s)",
 )

@@ -110,7 +110,6 @@ from sandbox import (
     train,
 )
 from sandbox.models import resnet
-from studies.train_resnet import check_data_dir
 
 NAME = "resnet_landscape"
 DataSet = data.Name  # a field named `data` hides the module in the class body
@@ -811,7 +810,7 @@ class Options(cli.DataOptions):
 
 
 def _prepare(cfg: Config, args) -> Config:
-    """--data-dir with --data cifar10 only (`train_resnet.check_data_dir`); a `--networks`
+    """--data-dir with --data cifar10 only (`cli.check_data_dir`); a `--networks`
     folder given must exist (the default one need not: the networks are trained here)."""
     given = args.networks
     if given is not None and given != "none" and not Path(given).is_dir():
@@ -819,7 +818,7 @@ def _prepare(cfg: Config, args) -> Config:
             f"`--networks` {given!r} is not a folder: give a train_resnet run folder, or "
             "'none' to train the networks here"
         )
-    return check_data_dir(cfg, args)
+    return cli.check_data_dir(cfg, args)
 
 
 def _compute(cfg: Config, out: Path, args) -> tuple[dict, dict]:

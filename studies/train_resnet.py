@@ -185,23 +185,12 @@ def _report(cfg: Config, summary: dict) -> list[str]:
     ]
 
 
-def check_data_dir(cfg, args):
-    """`--data-dir` is the CIFAR-10 folder: refused, in one line naming both flags, with any
-    other data set (the digits and the synthetic set are built in, so a folder given with
-    them would be ignored). The rule of every study with --data and --data-dir."""
-    if args.data_dir is not None and cfg.data != "cifar10":
-        given = args.typed.get("data")
-        here = f", not `{given} {cfg.data}`" if given else f" (the data set here is {cfg.data})"
-        raise ValueError(f"`--data-dir` is the CIFAR-10 folder, for `--data cifar10` only{here}")
-    return cfg
-
-
 main = cli.study_main(
     __name__,
     lambda c, out, args: compute(c, out, data_dir=args.data_dir, progress=not args.no_progress),
     plot,
     options=cli.DataOptions,
-    prepare=check_data_dir,
+    prepare=cli.check_data_dir,
     quick_help="ResNet-8 for 2 epochs (seconds)",
     report=_report,
     # A bfloat16 run is another run (its checkpoints say so): by default a folder of its own.
