@@ -38,7 +38,15 @@ from matplotlib.patches import Patch
 from sandbox import basins, calculus, cli, config, landscapes, optim, plotting, sweep
 
 NAME = "local_minima"
-Landscape2D = Literal[tuple(n for n in landscapes.names() if landscapes.get(n).dim == 2)]
+
+
+def _two_d_with_minimum(name: str) -> bool:
+    """2-D with a minimum for a basin (saddle and monkey_saddle have none)."""
+    land = landscapes.get(name)
+    return land.dim == 2 and len(land.minima) > 0
+
+
+Landscape2D = Literal[tuple(n for n in landscapes.names() if _two_d_with_minimum(n))]
 Optimizer = Literal[tuple(optim.names())]
 PositiveLr = Annotated[float, config.bounds(gt=0)]
 Steps = Annotated[int, config.bounds(1, 10**6)]
@@ -69,7 +77,7 @@ class Config(config.Checked):
             "no (landscape, optimizer, lr) twice",
         ),
     )
-    """(landscape, optimizer, lr, steps) of each basin map"""
+    """(landscape with a minimum, optimizer, lr, steps) of each basin map"""
     map_n: int = config.count(1024, 8192, lo=2)  # starts per side of each map
     reach_tol: float = config.field(1e-2, gt=0)  # an endpoint this close to a minimum reached it
     # Himmelblau's basin fractions against the GD learning rate.

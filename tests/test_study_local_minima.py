@@ -214,6 +214,8 @@ def test_course_exercise_reaches_a_minimum_from_each_start(run):
         ({"num_lrs": -3}, "`num_lrs`"),
         ({"maps": ()}, "`maps`"),
         ({"maps": (("nope", "sgd", 0.01, 10),)}, "'nope'"),
+        # No minimum, no basin: the landscapes without one are not choices.
+        ({"maps": (("saddle", "sgd", 0.01, 10),)}, "'saddle'"),
         ({"maps": (("himmelblau", "sgd", -0.01, 10),)}, "a finite number > 0"),
         ({"lr_min": 0.03, "lr_max": 0.001}, "`lr_max`"),
         ({"exercise_optimizer": "newton"}, "`exercise_optimizer`"),
@@ -222,3 +224,28 @@ def test_course_exercise_reaches_a_minimum_from_each_start(run):
 def test_bad_config_values_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         local_minima.Config(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "maps", [["saddle,sgd,0.01,100"], ["himmelblau,sgd,0.01,100,monkey_saddle,adam,0.01,100"]]
+)
+def test_a_map_of_a_landscape_without_minima_exits_2_in_one_line(maps, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        local_minima.main(["--quick", "--out", str(tmp_path / "run"), "--maps", *maps])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert "error: `--maps`" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_map_choices_are_the_two_d_landscapes_with_a_minimum():
+    choices = set(local_minima.Landscape2D.__args__)
+    for name in landscapes.names():
+        land = landscapes.get(name)
+        assert (name in choices) == (land.dim == 2 and len(land.minima) > 0), name
+    assert {"saddle", "monkey_saddle"}.isdisjoint(choices)
+
+
+@pytest.mark.parametrize("argv", [[], ["--quick"], ["--num-lrs", "233"]])
+def test_the_presets_and_the_readme_override_parse(argv):
+    local_minima.main.parse(argv)
