@@ -37,6 +37,22 @@ from sandbox import calculus, cli, config, descent, landscapes, optim, plotting,
 NAME = "saddle"
 LANDSCAPES = ("saddle", "double_well")
 _erfc = np.vectorize(math.erfc, otypes=[np.float64])
+# The smallest normal float32: perturbed GD's eta is a float32 hyperparameter, and a
+# subnormal one is flushed to 0 (measured: no run escapes at eta = 1e-38, all at 1.2e-38).
+ETA_MIN = float(np.finfo(np.float32).tiny)
+Z_75 = 0.6744897501960817  # P(|N(0, 1)| > Z_75) = 1/2
+
+
+def noise_median_steps(lr: float, eta: float, radius: float, curvature: float = 2.0) -> int:
+    """The median of the law below: the first t with P(T <= t) >= 1/2, that is with
+    v_t >= (R / Z_75)^2, in closed form (|lambda_min| = 2 on z)."""
+    q = 1 + lr * curvature
+    need = (q * q - 1) * (radius / Z_75) ** 2 / (lr * lr * eta)
+    return max(0, math.ceil(math.log1p(need) / (2 * math.log(q))))
+
+
+def _medians_in_budget(etas, lr: float, radius: float, escape_steps: int) -> bool:
+    return all(2 <= noise_median_steps(lr, eta, radius) <= escape_steps for eta in etas)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +79,13 @@ class Config(config.Checked):
     num_runs: int = config.count(8192, 2**24)  # runs per method
     offset_scale: float = config.field(1e-6, gt=0)  # GD, momentum start at x ~ N(0, scale^2)
     momentum: float = config.field(0.9, 0, lt=1)  # beta of heavy-ball momentum
-    noise_eta: float = config.field(1e-8, gt=0)  # perturbed GD's noise variance, from the ridge
+    noise_eta: float = config.field(1e-8, ETA_MIN)  # perturbed GD's noise variance, from ridge
+    # At least two, for the fitted steps per decade of eta; the summary keys each by "%g".
     noise_etas: tuple[float, ...] = config.field(
-        (1e-14, 1e-12, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2), gt=0
+        (1e-14, 1e-12, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2),
+        ETA_MIN,
+        min_len=2,
+        rule=(lambda e: len({f"{x:g}" for x in e}) == len(e), "distinct to 6 significant digits"),
     )
     """noise variances of the median escape time against eta"""
     runs_per_eta: int = config.count(2048, 2**24)  # perturbed-GD runs per noise level
@@ -74,6 +94,13 @@ class Config(config.Checked):
         config.relation(
             "eps_min < eps_max <= min(radius, double_well_radius) / 2",
             lambda c: c.eps_min < c.eps_max <= 0.5 * min(c.radius, c.double_well_radius),
+        ),
+        # The fit of the median against log eta needs every median measured (not past the
+        # budget) and free to move with eta (all runs out in one step would pin it at 1).
+        config.relation(
+            "2 <= median escape time on z <= escape_steps, for each eta of noise_etas (by "
+            "the law of perturbed GD with lr and radius)",
+            lambda c: _medians_in_budget(c.noise_etas, c.lr, c.radius, c.escape_steps),
         ),
     )
 
@@ -449,13 +476,16 @@ def _escape_vs_noise(cfg: Config, arrays: dict, curv: dict) -> dict:
             "ks_distance": {"measured": ks_distance(steps_N, cdf_T), "theory": 0.0},
         }
     q = 1 + a * curv["saddle"]
-    med_M = np.array([v["median_steps"]["measured"] for v in noise.values()])
+    med_M = np.array([lower_median(steps_N) for steps_N in arrays["noise_steps_MxN"]])
+    ok = np.isfinite(med_M)  # a median past the budget (few runs_per_eta) is left out
     return {
         "runs_per_eta": cfg.runs_per_eta,
         # Median T ~ log(R / (0.674 sigma)) / log q with sigma ~ sqrt(eta): -1 / (2 log10 q)
         # steps per decade of eta.
         "steps_per_decade_of_eta": {
-            "measured": float(np.polyfit(np.log10(etas_M), med_M, 1)[0]),
+            "measured": float(np.polyfit(np.log10(etas_M[ok]), med_M[ok], 1)[0])
+            if np.sum(ok) >= 2
+            else math.nan,
             "theory": -1 / (2 * math.log10(q)),
         },
         **noise,

@@ -126,6 +126,7 @@ def test_median_escape_time_against_noise_level(run):
         ({"num_eps": 1}, "num_eps"),
         ({"escape_lrs": ()}, "escape_lrs"),
         ({"noise_etas": ()}, "noise_etas"),
+        ({"noise_eta": 1e-40}, "noise_eta"),
         ({"eps_min": 1e-3, "eps_max": 1e-4}, "eps_min"),
         ({"lr": -0.1}, "lr"),
         ({"double_well_radius": 1.5}, "double_well_radius"),
@@ -135,3 +136,49 @@ def test_median_escape_time_against_noise_level(run):
 def test_bad_config_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"`{field}`"):
         saddle.Config(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        # The fitted steps per decade of eta need two noise levels, each its own summary key.
+        (["--noise-etas", "1e-8,1e-8"], "`--noise-etas` must be a list of at least 2"),
+        (["--noise-etas", "1e-8"], "`--noise-etas` must be a list of at least 2"),
+        (["--noise-etas", "1e-8,1.0000001e-8"], "distinct to 6 significant digits"),
+        # float32 flushes a subnormal eta to 0: no run would ever escape.
+        (["--noise-etas", "1e-40,1e-8"], "each a finite number >= 1.17549e-38"),
+        (["--noise-eta", "1e-40"], "`--noise-eta` must be a finite number >= 1.17549e-38"),
+        # The median of eta 1e-30 is 203 steps, past a budget of 100; at eta 1e3 every run
+        # leaves in one step.
+        (["--noise-etas", "1e-30,1e-8", "--escape-steps", "100"], "must satisfy 2 <= median"),
+        (["--noise-etas", "1e-8,1e3"], "`--noise-etas`: must satisfy 2 <= median"),
+    ],
+)
+def test_noise_levels_the_fit_cannot_use_are_refused_in_one_line(argv, message):
+    with pytest.raises(ValueError, match="`--noise-eta") as e:
+        saddle.main.parse(["--quick", *argv])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_refused_noise_level_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        saddle.main(["--quick", "--out", str(tmp_path / "run"), "--noise-etas", "1e-8,1e-8"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "`--noise-etas`" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("lr, radius", [(0.01, 0.1), (0.1, 1.0), (0.249, 10.0)])
+def test_the_closed_form_median_is_the_laws(lr, radius):
+    for eta in np.geomspace(saddle.ETA_MIN, 1e3, 25):
+        median = saddle.noise_median_steps(lr, eta, radius)
+        # Past the median by a few steps (far past it, v_t overflows).
+        cdf_T = saddle.cdf_noise(np.arange(median + 5), lr, eta, 2.0, radius)
+        assert median == saddle.median_from_cdf(cdf_T), eta
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["--quick"], ["--lr", "0.05", "--num-runs", "4096"], ["--noise-etas", "1e-6,1e-8"]]
+)
+def test_the_presets_the_readme_override_and_two_noise_levels_parse(argv):
+    saddle.main.parse(argv)
