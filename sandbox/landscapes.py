@@ -519,6 +519,12 @@ def names() -> list[str]:
     return sorted(_FACTORIES)
 
 
+def names_2d_with_minimum() -> list[str]:
+    """The 2-D landscapes with a global minimum, sorted: the choices of a study that descends
+    to a minimum or labels basins (saddle and monkey_saddle have none)."""
+    return [n for n in names() if get(n).dim == 2 and len(get(n).global_minima) > 0]
+
+
 def get(name: str, **params) -> Landscape:
     """The landscape `name`, built with `params` (e.g. `get("quadratic", kappa=100.0)`).
 

@@ -44,13 +44,8 @@ from sandbox.models import fc
 NAME = "initialization"
 
 
-def _two_d_with_minimum(name: str) -> bool:
-    land = landscapes.get(name)
-    return land.dim == 2 and len(land.global_minima) > 0
-
-
 TEST_FROM = 1437  # digits 1437..1796 (the last 20%) are the MLP's test set
-Landscape = Literal[tuple(n for n in landscapes.names() if _two_d_with_minimum(n))]
+Landscape = Literal[tuple(landscapes.names_2d_with_minimum())]
 Optimizer = Literal[tuple(optim.names())]
 
 

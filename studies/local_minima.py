@@ -40,13 +40,7 @@ from sandbox import basins, calculus, cli, config, landscapes, optim, plotting, 
 NAME = "local_minima"
 
 
-def _two_d_with_minimum(name: str) -> bool:
-    """2-D with a minimum for a basin (saddle and monkey_saddle have none)."""
-    land = landscapes.get(name)
-    return land.dim == 2 and len(land.minima) > 0
-
-
-Landscape2D = Literal[tuple(n for n in landscapes.names() if _two_d_with_minimum(n))]
+Landscape2D = Literal[tuple(landscapes.names_2d_with_minimum())]
 Optimizer = Literal[tuple(optim.names())]
 PositiveLr = Annotated[float, config.bounds(gt=0)]
 Steps = Annotated[int, config.bounds(1, 10**6)]

@@ -26,13 +26,7 @@ from sandbox import cli, config, engine, landscapes, optim, plotting, results, s
 NAME = "optimizers"
 
 
-def _two_d_with_minimum(name: str) -> bool:
-    """2-D with a global minimum to succeed at (saddle and monkey_saddle have none)."""
-    land = landscapes.get(name)
-    return land.dim == 2 and len(land.global_minima) > 0
-
-
-Landscape2D = Literal[tuple(n for n in landscapes.names() if _two_d_with_minimum(n))]
+Landscape2D = Literal[tuple(landscapes.names_2d_with_minimum())]
 Optimizer = Literal[tuple(optim.names())]
 
 # The momentum-like hyperparameter of each optimizer that has one.

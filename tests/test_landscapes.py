@@ -130,6 +130,26 @@ def test_names():
     assert required <= set(names)
 
 
+def test_the_2d_landscapes_with_a_minimum_are_those_no_grid_point_goes_below():
+    # Each named one: 2-D, and no point of a 101 x 101 grid over its bounds lies below its
+    # global minimum (tolerance 1e-6 relative, float64). The saddles, unbounded below, not.
+    named = landscapes.names_2d_with_minimum()
+    assert named == sorted(named) and {"saddle", "monkey_saddle", "x2sinx"}.isdisjoint(named)
+    assert len(named) == len([n for n in landscapes.names() if landscapes.get(n).dim == 2]) - 2
+    with jax.enable_x64(True):
+        for name in named:
+            land = landscapes.get(name)
+            b = np.asarray(land.bounds, np.float64)
+            g = np.stack(np.meshgrid(*(np.linspace(lo, hi, 101) for lo, hi in b)), -1)
+            values = jax.vmap(land.fn)(jnp.asarray(g.reshape(-1, 2)))
+            f_min = min(float(land.fn(jnp.asarray(m))) for m in land.global_minima)
+            assert float(values.min()) >= f_min - 1e-6 * max(1.0, abs(f_min)), name
+        for name in ("saddle", "monkey_saddle"):
+            land = landscapes.get(name)
+            edge = jnp.array([land.bounds[0][0], 0.0])  # (x_lo, 0): below the critical point
+            assert float(land.fn(edge)) < float(land.fn(jnp.zeros(2))), name
+
+
 @pytest.mark.parametrize(
     "name, params, argument",
     [
