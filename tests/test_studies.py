@@ -191,3 +191,25 @@ def test_failed_run_keeps_earlier_results(tmp_path):
     assert (tmp_path / "arrays.npz").read_bytes() == before
     cfg, arrays, _ = results.load(tmp_path, study.Config)
     assert cfg == study.QUICK
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", ["mode_connectivity", "sharpness_map"])
+def test_no_progress_disables_the_study_bar(name, tmp_path, monkeypatch):
+    # The study's bar (pairs, networks) is disabled, and with it every bar opened inside it;
+    # the run stops there.
+    study = importlib.import_module(f"studies.{name}")
+    seen = []
+
+    def bar(iterable, **kw):
+        seen.append(kw)
+        raise _Stop
+
+    monkeypatch.setattr(study.engine, "bar", bar)
+    for flags, disabled in (([], False), (["--no-progress"], True)):
+        with pytest.raises(_Stop):
+            study.main(["--quick", "--out", str(tmp_path / "run"), *flags])
+        assert seen.pop()["disable"] is disabled

@@ -115,22 +115,3 @@ def test_a_data_folder_with_another_data_set_is_refused(tmp_path, capsys, args, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not any(tmp_path.iterdir())
-
-
-class _Stop(Exception):
-    pass
-
-
-def test_no_progress_disables_the_study_bar(tmp_path, monkeypatch):
-    # The pair bar is disabled (and with it every bar opened inside it); stopped there.
-    seen = []
-
-    def bar(iterable, **kw):
-        seen.append(kw)
-        raise _Stop
-
-    monkeypatch.setattr(mc.engine, "bar", bar)
-    for flags, disabled in (([], False), (["--no-progress"], True)):
-        with pytest.raises(_Stop):
-            mc.main(["--quick", "--out", str(tmp_path / "run"), *flags])
-        assert seen.pop()["disable"] is disabled

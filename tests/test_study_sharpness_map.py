@@ -60,22 +60,3 @@ def test_bad_command_line_is_one_line(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "`--seed` must be an integer in [0, 4294967295]" in err[0], err
-
-
-class _Stop(Exception):
-    pass
-
-
-def test_no_progress_disables_the_study_bar(tmp_path, monkeypatch):
-    # The network bar is disabled (and with it every bar opened inside it); stopped there.
-    seen = []
-
-    def bar(iterable, **kw):
-        seen.append(kw)
-        raise _Stop
-
-    monkeypatch.setattr(sm.engine, "bar", bar)
-    for flags, disabled in (([], False), (["--no-progress"], True)):
-        with pytest.raises(_Stop):
-            sm.main(["--quick", "--out", str(tmp_path / "run"), *flags])
-        assert seen.pop()["disable"] is disabled
