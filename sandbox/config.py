@@ -168,7 +168,11 @@ def check(cfg: Any, flags: Mapping[str, str] | None = None) -> Any:
             raise ValueError(f"{label(f.name)} must be {expected}, got {_show(value)}")
     names = [f.name for f in dataclasses.fields(cls)]
     for r in getattr(cls, "RELATIONS", ()):
-        if not r.predicate(cfg):
+        try:
+            holds = r.predicate(cfg)
+        except ArithmeticError:  # (overflow, a division by zero): values it cannot relate
+            holds = False
+        if not holds:
             used = r.fields(names)
             got = ", ".join(f"{n} = {_show(getattr(cfg, n))}" for n in used)
             raise ValueError(

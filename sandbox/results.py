@@ -315,8 +315,8 @@ class RunFolder:
     Whatever moment a run is killed at, the folder holds the files of one run (landing in
     place, once the watcher has finished; until then `load` refuses the mix by digest). Older
     top-level run files (`RUN_FILE_SUFFIXES`) that the new run did not write are dropped; a
-    new run into a folder that holds other files but no run (no meta.json naming its files)
-    is refused in one line before anything is computed, so a mistyped `--out` drops nothing.
+    new run into a folder that holds such files but no run (none of `RUN_DATA`) is refused
+    in one line before anything is computed, so a mistyped `--out` drops nothing.
     A symbolic link `out` stands for the folder it points to: the files land there and the
     link stays. A Ctrl-C during the landing is held back until the folder has landed; a full
     disk is one ValueError naming the folder and the space (`disk_full_message`).
@@ -454,19 +454,17 @@ class RunFolder:
 
 
 def _not_a_run(folder: Path) -> list[str]:
-    """The top-level files of `folder` that no run wrote, where it holds no run (no
-    meta.json recording its files): what landing a run there would drop. A run folder's own
-    subfolders and hidden files (checkpoints, engine stores, locks) are kept, so they pass."""
-    try:
-        info = json.loads((folder / "meta.json").read_text())
-        if isinstance(info, dict) and isinstance(info.get("files"), dict):
-            return []
-    except (OSError, ValueError):
-        pass
+    """What landing a run in `folder` would drop where it holds no run (none of `RUN_DATA`,
+    not even a damaged or older run's): its top-level run-like files (`RUN_FILE_SUFFIXES`).
+    Everything else (subfolders such as checkpoints, hidden files, other files) is kept."""
+    if any((folder / name).exists() for name in RUN_DATA):
+        return []
     return sorted(
         p.name
         for p in folder.iterdir()
-        if not p.name.startswith(".") and (p.is_symlink() or not p.is_dir())
+        if not p.name.startswith(".")
+        and p.name.endswith(RUN_FILE_SUFFIXES)
+        and (p.is_symlink() or p.is_file())
     )
 
 

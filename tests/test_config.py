@@ -162,6 +162,16 @@ def test_an_error_names_the_flag_as_typed_alias_or_not(flag, value, tmp_path, ca
     assert f"`{other}`" not in err and not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("args", [["--lr", "1e-200"], ["--radius", "1e200"]])
+def test_a_relation_that_cannot_be_evaluated_is_not_satisfied(args):
+    # saddle's escape-time relation divides by lr^2 and exponentiates the radius: a
+    # ZeroDivisionError or OverflowError there is the relation failing, in one line.
+    saddle = importlib.import_module("studies.saddle")
+    with pytest.raises(ValueError, match=rf"`{args[0]}`.*: must satisfy 2 <= median") as e:
+        saddle.main.parse(["--quick", *args])
+    assert "\n" not in str(e.value)
+
+
 def test_flags_set_fields_over_the_chosen_preset():
     saddle = importlib.import_module("studies.saddle")
     argv = ["--quick", "--lr", "0.05", "--num_runs", "4096", "--escape-lrs", "0.05", "0.1"]

@@ -180,13 +180,19 @@ def test_a_new_run_into_a_folder_of_other_files_is_refused_and_drops_nothing(tmp
         _main(out, "--seed", 1)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1, err
-    assert f"`--out` {str(out)!r} holds files that are not a run's (README.md, data.csv" in err
+    assert f"`--out` {str(out)!r} holds files that are not a run's (README.md, notes.json)" in err
     assert {n: (out / n).read_bytes() for n in mine} == mine and _leftovers(out) == []
-    # A folder of subfolders only (a killed run's checkpoints) takes the run, keeping them.
-    for name in ("README.md", "notes.json", "data.csv"):
+    # What a landing keeps (subfolders such as a killed run's checkpoints, other files) does
+    # not refuse a run, and is kept.
+    for name in ("README.md", "notes.json"):
         (out / name).unlink()
     _main(out, "--seed", 1)
     assert _one_run(out) == 1 and (out / "sub" / "x.png").read_bytes() == b"p"
+    assert (out / "data.csv").read_bytes() == b"1,2"
+    # A damaged run (meta.json gone) is still a run: run again, it is replaced.
+    (out / "meta.json").unlink()
+    _main(out, "--seed", 2)
+    assert _one_run(out) == 2
 
 
 def test_a_refused_redraw_or_store_makes_no_folder(tmp_path, capsys):
