@@ -49,13 +49,14 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 # ARGS reach the study: `make saddle ARGS="--lr 0.05 --num-runs 4096"` (every Config field is
-# a flag, `python -m studies.saddle --help`); under `make quick` every study gets them.
+# a flag, `python -m studies.saddle --help`); under `make quick` and `make figures` every study
+# gets them, and fractal-paper and resnet56 their study.
 $(STUDIES) $(RESEARCH): $(STAMP)
 	$(PY) -m studies.$@ $(ARGS)
 
 # The fractal at the paper's scale (width 16, 1024^2 runs x 1000 steps): an accelerator job.
 fractal-paper: $(STAMP)
-	$(PY) -m studies.fractal --scale paper
+	$(PY) -m studies.fractal --scale paper $(ARGS)
 
 studies: $(STUDIES)
 	$(PY) -m sandbox.report
@@ -67,14 +68,14 @@ quick: $(STAMP)
 	@set -e; for s in $(STUDIES) $(RESEARCH); do echo "== $$s (quick)"; $(PY) -m studies.$$s --quick $(ARGS); done
 
 figures: $(STAMP)
-	@set -e; for s in $(STUDIES); do $(PY) -m studies.$$s --plot-only; done
+	@set -e; for s in $(STUDIES); do $(PY) -m studies.$$s --plot-only $(ARGS); done
 
 report: $(STAMP)
 	$(PY) -m sandbox.report
 
 # ResNet-56 with and without shortcuts on digits; both accuracies in summary.json.
 resnet56: $(STAMP)
-	$(PY) -m studies.train_resnet --pair
+	$(PY) -m studies.train_resnet --pair $(ARGS)
 
 # The explorer: a live basin and trainability map in the browser (prints its URL).
 explore: $(STAMP)

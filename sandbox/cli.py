@@ -134,15 +134,21 @@ def _tuple_fields(cfg: Any) -> set[str]:
 
 def _expand(argv: list[str], cfg: Any, aliases: dict[str, str] | None) -> list[str]:
     """argv with aliases replaced by the fields' flags and comma-separated values of tuple
-    fields split (`--escape-lrs 0.05,0.1` = `--escape-lrs 0.05 0.1`)."""
+    fields split (`--escape-lrs 0.05,0.1` = `--escape-lrs=0.05,0.1` = `--escape-lrs 0.05
+    0.1`)."""
     tuples = {config.flag(n) for n in _tuple_fields(cfg)} | {"--" + n for n in _tuple_fields(cfg)}
     out: list[str] = []
     in_tuple = False
     for a in argv:
         if a.startswith("--"):
+            a, eq, value = a.partition("=")
             a = (aliases or {}).get(a, a)
             in_tuple = a in tuples
             out.append(a)
+            if eq and in_tuple:  # `--escape-lrs=0.05,0.1`
+                out.extend(t for t in value.split(",") if t)
+            elif eq:
+                out[-1] = f"{a}={value}"
         elif in_tuple and "," in a:
             out.extend(t for t in a.split(",") if t)
         else:

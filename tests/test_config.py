@@ -178,6 +178,9 @@ def test_flags_set_fields_over_the_chosen_preset():
     args, cfg = saddle.main.parse(argv)
     assert cfg == dataclasses.replace(saddle.QUICK, lr=0.05, num_runs=4096, escape_lrs=(0.05, 0.1))
     assert args.typed == {"lr": "--lr", "num_runs": "--num_runs", "escape_lrs": "--escape-lrs"}
+    # The same with `=`, a tuple comma-separated.
+    argv = ["--quick", "--lr=0.05", "--num_runs=4096", "--escape-lrs=0.05,0.1"]
+    assert saddle.main.parse(argv) == (args, cfg)
     _, cfg = saddle.main.parse(["--escape-lrs", "0.05,0.1"])  # comma-separated too
     assert cfg == dataclasses.replace(saddle.Config(), escape_lrs=(0.05, 0.1))
     fractal = importlib.import_module("studies.fractal")
