@@ -352,7 +352,9 @@ class RunFolder:
         if self.given.is_symlink():  # what older versions left beside a linked --out
             _remove_next(self.given)
         self._had_run = any((self.out / name).exists() for name in RUN_DATA)
-        foreign = _not_a_run(self.out) if self.new_run else []
+        # A folder of no run (none of RUN_DATA, not even a damaged or older run's): what the
+        # landing would drop there is someone else's.
+        foreign = _run_files(self.out) if self.new_run and not self._had_run else []
         if foreign:
             self._release()
             raise ValueError(
@@ -440,25 +442,16 @@ class RunFolder:
 
     def _land_in_place(self) -> None:
         staged = {p.name for p in self.stage.iterdir()}
-        drop = sorted(
-            p.name
-            for p in self.out.iterdir()
-            if not p.name.startswith(".")
-            and p.name.endswith(RUN_FILE_SUFFIXES)
-            and p.name not in staged
-            and (p.is_symlink() or p.is_file())
-        )
+        drop = [name for name in _run_files(self.out) if name not in staged]
         plan = {"stage": self.stage.name, "drop": drop}
         atomic_write_bytes(self.out / LANDING, json.dumps(plan).encode())  # the commit point
         _recover(self.out)
 
 
-def _not_a_run(folder: Path) -> list[str]:
-    """What landing a run in `folder` would drop where it holds no run (none of `RUN_DATA`,
-    not even a damaged or older run's): its top-level run-like files (`RUN_FILE_SUFFIXES`).
-    Everything else (subfolders such as checkpoints, hidden files, other files) is kept."""
-    if any((folder / name).exists() for name in RUN_DATA):
-        return []
+def _run_files(folder: Path) -> list[str]:
+    """The top-level run files of `folder` (`RUN_FILE_SUFFIXES`, not hidden), sorted: what a
+    landing replaces or drops. Everything else (subfolders such as checkpoints, hidden
+    files, other files) is kept."""
     return sorted(
         p.name
         for p in folder.iterdir()
