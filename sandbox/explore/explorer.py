@@ -59,10 +59,12 @@ class Surface:
     bound: float = 1e6
     float64: bool = False
 
-    @property
-    def reach(self) -> float:
-        """The largest coordinate of the bounds: the scale a descent's iterates reach."""
-        return float(np.max(np.abs(self.bounds)))
+    def x64(self, box: np.ndarray, nx: int, ny: int, what: str) -> bool:
+        """Whether descents from an nx x ny grid over `box` run in float64: where float32
+        does not resolve the grid at the scale the iterates reach (the bounds' largest
+        coordinate, `tiles.precision`), or where the surface asks for float64."""
+        reach = float(np.max(np.abs(self.bounds)))
+        return tiles.precision(box, nx, ny, what, reach) or self.float64
 
     def info(self) -> dict:
         return {
@@ -270,7 +272,7 @@ class Explorer:
         """A job that labels an nx x ny grid over `box` and renders it as `out` ("json",
         "png"); tiles and views of the same settings and dtype are batched."""
         s = self.surfaces[d.surface]
-        x64 = tiles.precision(box, nx, ny, "z" if out == "png" else "x0", s.reach) or s.float64
+        x64 = s.x64(box, nx, ny, "z" if out == "png" else "x0")
         starts = tiles.centres(box, nx, ny, x64)
         return jobs.Job(
             key,
@@ -391,8 +393,7 @@ class Explorer:
         b, n = s.bounds, 2**z
         tx = int(np.clip((x - b[0, 0]) / (b[0, 1] - b[0, 0]) * n, 0, n - 1))
         ty = int(np.clip((b[1, 1] - y) / (b[1, 1] - b[1, 0]) * n, 0, n - 1))
-        x64 = tiles.precision(tiles.tile_box(b, z, tx, ty), tiles.TILE, tiles.TILE, "z", s.reach)
-        x64 = x64 or s.float64
+        x64 = s.x64(tiles.tile_box(b, z, tx, ty), tiles.TILE, tiles.TILE, "z")
         every = max(1, d.steps // 500)
 
         def run(js: list[jobs.Job]) -> None:
