@@ -326,19 +326,19 @@ def complementarity(
     ts = 0.5 ** jnp.arange(40, dtype=dtype)
 
     def smooth_residual(mu, Y):
+        """F_mu(Y), with the eigen-decomposition (lam, Q) of the Y - Z(Y) it projects."""
         lam, Q = jnp.linalg.eigh(Y - Z(Y))
-        return Y - (Q * _smoothed_plus(lam, mu)[None, :]) @ Q.T
+        return Y - (Q * _smoothed_plus(lam, mu)[None, :]) @ Q.T, lam, Q
 
     def psi(mu, Y):
-        return mu * mu + jnp.sum(smooth_residual(mu, Y) ** 2)
+        return mu * mu + jnp.sum(smooth_residual(mu, Y)[0] ** 2)
 
     def smooth_step(state):
         Y, mu, it, _ = state
-        p = psi(mu, Y)
+        F, lam, Q = smooth_residual(mu, Y)
+        p = mu * mu + jnp.sum(F**2)  # psi(mu, Y)
         beta = gamma * jnp.minimum(1, p)
-        lam, Q = jnp.linalg.eigh(Y - Z(Y))
         root = jnp.sqrt(lam * lam + 4 * mu * mu)
-        F = Y - (Q * _smoothed_plus(lam, mu)[None, :]) @ Q.T
         # dF/dmu = -Q diag(2 mu / sqrt(l^2 + 4 mu^2)) Q^T
         dF_dmu = -(Q * _safe_div(2 * mu, root)[None, :]) @ Q.T
         d_mu = -mu + beta * mu_bar
